@@ -1,0 +1,114 @@
+//! Helpers shared by the testbed's integration tests. These tests build real
+//! namespaces and run real FRR/qemu, so they need root (CI runs as root).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use metalmesh_testbed::{Quiet, Testbed};
+
+/// Tears the testbed down when the test ends, pass or fail.
+pub struct Guard {
+    pub run_dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Guard {
+    /// A fresh run directory; anything a crashed earlier run left is removed first.
+    pub fn new() -> Guard {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "testbed integration tests need root (network namespaces)"
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = tmp.path().join("run");
+        Testbed::down(&run_dir, &mut Quiet).unwrap();
+        Guard { run_dir, _tmp: tmp }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Err(error) = Testbed::down(&self.run_dir, &mut Quiet) {
+            eprintln!("cleanup failed: {error}");
+        }
+    }
+}
+
+/// Runs the `metalmesh-testbed` binary with a run directory.
+pub fn cli(run_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_metalmesh-testbed"))
+        .arg("--run-dir")
+        .arg(run_dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Polls `check` every 200 ms until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Namespaces with the testbed's prefix that exist now.
+pub fn mm_namespaces() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("mm-"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let line = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if line.contains(needle) {
+                found.push(format!("{}: {line}", name.to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+/// Asserts that nothing of a testbed remains: namespaces, processes, run files.
+pub fn assert_nothing_left(run_dir: &Path) {
+    assert_eq!(
+        mm_namespaces(),
+        Vec::<String>::new(),
+        "namespaces left behind"
+    );
+    let run = run_dir.display().to_string();
+    assert_eq!(
+        processes_mentioning(&run),
+        Vec::<String>::new(),
+        "processes left behind"
+    );
+    assert!(
+        !run_dir.join("state.json").exists(),
+        "state file left behind"
+    );
+    assert!(!run_dir.join("nodes").exists() && !run_dir.join("machines").exists());
+}
