@@ -1,6 +1,14 @@
 //! `metalmesh-agent`: the daemon that runs on every leaf switch.
 //!
-//! It composes the other libraries: link discovery (LLDP), boot services and
-//! the machine lifecycle from `metalmesh-provisioning`, the dataplane
-//! reconciler, the BGP speaker from `metalmesh-bgp`, and the inventory mesh
-//! from `metalmesh-inventory`. See `ARCHITECTURE.md` §1 and `docs/agent.md`.
+//! It composes the switch's services: link discovery ([`lldp`]), the switch's
+//! own inventory ([`switch`]), the local admin API ([`admin`]), all run as
+//! supervised tasks ([`supervisor`]) by [`run`]. Boot services, the machine
+//! lifecycle, the dataplane, BGP and the inventory mesh join them as their
+//! crates land. See `docs/agent.md`.
+
+pub mod admin;
+pub mod config;
+pub mod lldp;
+pub mod run;
+pub mod supervisor;
+pub mod switch;

@@ -71,8 +71,9 @@ pub(crate) fn up(
         });
     }
 
+    let agent_binary = crate::agent::binary()?;
     let plan = Plan::new(topology);
-    let daemons = daemon_specs(&plan, &run);
+    let daemons = daemon_specs(&plan, &run, &agent_binary);
     let state = State {
         version: STATE_VERSION,
         plan,
@@ -95,10 +96,21 @@ pub(crate) fn up(
     }
 }
 
-fn daemon_specs(plan: &Plan, run: &RunDir) -> BTreeMap<String, Vec<DaemonSpec>> {
-    let mut daemons = BTreeMap::new();
+fn daemon_specs(
+    plan: &Plan,
+    run: &RunDir,
+    agent_binary: &std::path::Path,
+) -> BTreeMap<String, Vec<DaemonSpec>> {
+    let mut daemons: BTreeMap<String, Vec<DaemonSpec>> = BTreeMap::new();
     for node in plan.nodes.iter().filter(|n| n.runs_frr()) {
         daemons.insert(node.name.clone(), frr::daemons(node, run));
+    }
+    // Leaves run the agent after their routing daemons.
+    for leaf in plan.nodes.iter().filter(|n| n.role == Role::Leaf) {
+        daemons
+            .entry(leaf.name.clone())
+            .or_default()
+            .push(crate::agent::daemon(leaf, run, agent_binary));
     }
     for machine in plan.machines.iter().filter(|m| m.kind == MachineKind::Vm) {
         daemons.insert(
@@ -240,11 +252,23 @@ fn build(testbed: &Testbed, progress: &mut dyn Progress) -> Result<(), Error> {
     }
 
     let frr_nodes: Vec<_> = plan.nodes.iter().filter(|n| n.runs_frr()).collect();
-    progress.step(&format!("starting FRR on {} routers", frr_nodes.len()));
     for node in &frr_nodes {
         write_frr_config(run, node)?;
     }
-    for node in &frr_nodes {
+    let leaves: Vec<_> = plan.nodes.iter().filter(|n| n.role == Role::Leaf).collect();
+    for leaf in &leaves {
+        let dir = crate::agent::dir(run, &leaf.name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let path = crate::agent::config_path(run, &leaf.name);
+        std::fs::write(&path, crate::agent::config(plan, leaf, run))
+            .map_err(|e| Error::io(&path, e))?;
+    }
+    progress.step(&format!(
+        "starting FRR on {} routers and metalmesh-agent on {} leaves",
+        frr_nodes.len(),
+        leaves.len()
+    ));
+    for node in &plan.nodes {
         for daemon in testbed.daemons_of(&node.name) {
             daemon.start()?;
         }

@@ -25,8 +25,12 @@ pub struct DaemonSpec {
     pub name: String,
     /// Namespace it runs in.
     pub namespace: String,
-    /// Program and arguments. The program daemonises itself and writes `pidfile`.
+    /// Program and arguments. The program writes `pidfile` (with its own pid).
     pub argv: Vec<String>,
+    /// The program stays in the foreground: the testbed detaches it into its
+    /// own session. Otherwise it daemonises itself (FRR's `-d`, qemu's `-daemonize`).
+    #[serde(default)]
+    pub detach: bool,
     pub pidfile: PathBuf,
     /// File that collects the program's standard output and error.
     pub output: PathBuf,
@@ -50,8 +54,17 @@ impl DaemonSpec {
             .map_err(|source| Error::io(&self.output, source))?;
         let mut args = vec!["netns".to_string(), "exec".into(), self.namespace.clone()];
         args.extend(self.argv.iter().cloned());
-        let command = crate::sys::display("ip", &args);
-        let mut child = Command::new("ip")
+        // `setsid -f` forks the foreground daemon into its own session and
+        // returns at once, so it is reparented to init like a self-daemonised one.
+        let program = if self.detach {
+            args.insert(0, "ip".into());
+            args.insert(0, "-f".into());
+            "setsid"
+        } else {
+            "ip"
+        };
+        let command = crate::sys::display(program, &args);
+        let mut child = Command::new(program)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(log)

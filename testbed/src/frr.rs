@@ -87,6 +87,7 @@ pub fn daemons(node: &Node, run: &RunDir) -> Vec<DaemonSpec> {
             ],
             pidfile,
             output: dir.join(format!("{daemon}.log")),
+            detach: false,
         }
     };
     vec![spec("zebra", ZEBRA), spec("bgpd", BGPD)]

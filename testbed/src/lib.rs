@@ -15,6 +15,7 @@
 //! # Ok::<(), metalmesh_testbed::Error>(())
 //! ```
 
+mod agent;
 mod build;
 mod daemon;
 mod error;
@@ -24,12 +25,14 @@ mod qemu;
 mod state;
 mod status;
 mod sys;
+pub mod testing;
 mod topology;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+pub use agent::AGENT_BIN_ENV;
 pub use build::DownReport;
 pub use daemon::DaemonSpec;
 pub use error::Error;
@@ -170,7 +173,16 @@ impl Testbed {
             .args(args)
             .env("METALMESH_TESTBED_DIR", self.run.path())
             .env("METALMESH_NODE", name);
+        // The leaf's agent CLI finds its own agent.
+        if self.daemons_of(name).iter().any(|d| d.name == "agent") {
+            command.env("METALMESH_AGENT_SOCKET", agent::socket(&self.run, name));
+        }
         Ok(command)
+    }
+
+    /// Admin socket of a leaf's agent.
+    pub fn agent_socket(&self, leaf: &str) -> PathBuf {
+        agent::socket(&self.run, leaf)
     }
 
     /// Runs a vtysh command on a node's FRR and returns its output.

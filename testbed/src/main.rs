@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use metalmesh_bin_support::OutputFormat;
 use metalmesh_testbed::{Overrides, Progress, Signal, Testbed, Topology};
 
 #[derive(Debug, Parser)]
@@ -20,15 +21,9 @@ struct Cli {
     #[arg(long, global = true, env = "METALMESH_TESTBED_DIR", default_value = metalmesh_testbed::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
     #[command(flatten)]
-    log: metalmesh_telemetry::LogArgs,
+    log: metalmesh_bin_support::LogArgs,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Output {
-    Table,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,8 +56,8 @@ enum Command {
     Down,
     /// Show nodes, daemons, BGP sessions and machines.
     Status {
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
     },
     /// Run a command inside a node's (or namespace machine's) namespace.
     Exec {
@@ -112,7 +107,7 @@ impl Progress for Stderr {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    metalmesh_telemetry::init(&cli.log, "warn");
+    metalmesh_bin_support::logging::init(&cli.log, "warn");
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -172,8 +167,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { output } => {
             let status = Testbed::open(&run_dir)?.status();
             match output {
-                Output::Table => print!("{}", status.to_table()),
-                Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                OutputFormat::Table => print!("{}", status.to_table()),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
             }
         }
         Command::Exec { node, command } => {

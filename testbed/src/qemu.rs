@@ -88,6 +88,7 @@ pub fn daemon(machine: &Machine, run: &RunDir, memory_mb: u32, namespace: &str) 
         argv,
         pidfile,
         output: dir.join("qemu.log"),
+        detach: false,
     }
 }
 

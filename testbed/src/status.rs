@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+use metalmesh_bin_support::render_table;
 use serde::{Deserialize, Serialize};
 
 use crate::Testbed;
@@ -77,7 +78,7 @@ impl Status {
 
     pub fn to_table(&self) -> String {
         let mut out = String::new();
-        let mut rows = vec![[
+        let mut rows = vec![vec![
             "NODE".to_string(),
             "ROLE".into(),
             "LOOPBACK".into(),
@@ -98,7 +99,7 @@ impl Status {
                 .map(|s| format!("{}={}", s.peer, s.state))
                 .collect::<Vec<_>>()
                 .join(" ");
-            rows.push([
+            rows.push(vec![
                 node.name.clone(),
                 node.role.to_string(),
                 node.loopback.to_string(),
@@ -110,13 +111,13 @@ impl Status {
                 } else {
                     daemons
                 },
-                if bgp.is_empty() { "-".into() } else { bgp },
+                bgp,
             ]);
         }
-        render(&mut out, &rows);
+        out.push_str(&render_table(rows));
         if !self.machines.is_empty() {
             out.push('\n');
-            let mut rows = vec![[
+            let mut rows = vec![vec![
                 "MACHINE".to_string(),
                 "RACK".into(),
                 "KIND".into(),
@@ -125,7 +126,7 @@ impl Status {
                 "RUNNING".into(),
             ]];
             for m in &self.machines {
-                rows.push([
+                rows.push(vec![
                     m.name.clone(),
                     m.rack.to_string(),
                     m.kind.to_string(),
@@ -134,32 +135,11 @@ impl Status {
                     if m.running { "yes" } else { "no" }.into(),
                 ]);
             }
-            render(&mut out, &rows);
+            out.push_str(&render_table(rows));
         }
         let (up, total) = self.bgp_counts();
         let _ = writeln!(out, "\nBGP sessions Established: {up}/{total}");
         out
-    }
-}
-
-/// Left-aligned columns separated by two spaces.
-fn render<const N: usize>(out: &mut String, rows: &[[String; N]]) {
-    let mut widths = [0usize; N];
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    for row in rows {
-        let mut line = String::new();
-        for (i, (w, cell)) in widths.iter().zip(row).enumerate() {
-            if i + 1 == N {
-                line.push_str(cell);
-            } else {
-                let _ = write!(line, "{cell:<w$}  ");
-            }
-        }
-        let _ = writeln!(out, "{}", line.trim_end());
     }
 }
 

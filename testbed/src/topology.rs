@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use metalmesh_config::line_of;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -127,13 +128,6 @@ fn origin(path: Option<&Path>, text: &str, span: Option<std::ops::Range<usize>>)
     }
 }
 
-/// 1-based line number of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset)
-        .map_or(0, |prefix| prefix.bytes().filter(|b| *b == b'\n').count())
-        + 1
-}
-
 impl Topology {
     /// Reads a topology file (if any), applies command-line overrides and validates.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, TopologyError> {
@@ -146,7 +140,7 @@ impl Topology {
                 let file: TopologyFile =
                     toml::from_str(&text).map_err(|error| TopologyError::Parse {
                         path: path.to_path_buf(),
-                        message: describe_toml_error(&text, &error),
+                        message: metalmesh_config::describe(&text, &error),
                     })?;
                 (text, file)
             }
@@ -265,33 +259,6 @@ impl Topology {
             fabric_mtu,
             leaf_bgp,
         })
-    }
-}
-
-/// Renders a TOML error as "line N, key `k`: message" without the multi-line
-/// source excerpt, so it fits one line of a CLI error.
-fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
-    let message = error.message().trim().to_string();
-    match error.span() {
-        Some(span) => {
-            let line = line_of(text, span.start);
-            let key = text
-                .lines()
-                .nth(line - 1)
-                .and_then(|l| l.split('=').next())
-                .map(|k| {
-                    k.trim()
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .trim()
-                })
-                .filter(|k| !k.is_empty());
-            match key {
-                Some(key) => format!("line {line}, key `{key}`: {message}"),
-                None => format!("line {line}: {message}"),
-            }
-        }
-        None => message,
     }
 }
 

@@ -2,9 +2,7 @@
 //! nothing half-created.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{Guard, assert_nothing_left, cli, mm_namespaces, stderr};
+use metalmesh_testbed::testing::{Guard, assert_nothing_left, cli, mm_namespaces, stderr};
 
 #[test]
 fn unknown_flag_is_rejected() {

@@ -3,11 +3,9 @@
 //! `down` leaves nothing behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Guard, assert_nothing_left, cli, eventually, stderr};
+use metalmesh_testbed::testing::{Guard, assert_nothing_left, cli, eventually, stderr};
 use metalmesh_testbed::{Overrides, Quiet, Role, Testbed, Topology};
 
 fn ping(testbed: &Testbed, node: &str, source: &str, target: &str) -> bool {

@@ -2,12 +2,10 @@
 //! provisioning bridge: a capture on `mm-pxe` sees its DHCPDISCOVER.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Guard, assert_nothing_left, cli, stderr};
+use metalmesh_testbed::testing::{Guard, assert_nothing_left, cli, stderr};
 use metalmesh_testbed::{MachineKind, Overrides, Quiet, Testbed, Topology};
 
 #[test]

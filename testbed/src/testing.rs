@@ -1,16 +1,20 @@
-//! Helpers shared by the testbed's integration tests. These tests build real
-//! namespaces and run real FRR/qemu, so they need root (CI runs as root).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! Helpers for integration tests that run on the testbed (this crate's and
+//! the other crates'). Such tests build real namespaces and run real daemons,
+//! so they need root (CI runs as root). Failures panic: these are test aids.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::new_without_default)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use metalmesh_testbed::{Quiet, Testbed};
+use crate::{Quiet, Testbed};
 
 /// Tears the testbed down when the test ends, pass or fail.
+#[derive(Debug)]
 pub struct Guard {
     pub run_dir: PathBuf,
+    /// A scratch directory that lives as long as the guard.
+    pub scratch: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
@@ -23,8 +27,14 @@ impl Guard {
         );
         let tmp = tempfile::tempdir().unwrap();
         let run_dir = tmp.path().join("run");
+        let scratch = tmp.path().join("scratch");
+        std::fs::create_dir_all(&scratch).unwrap();
         Testbed::down(&run_dir, &mut Quiet).unwrap();
-        Guard { run_dir, _tmp: tmp }
+        Guard {
+            run_dir,
+            scratch,
+            _tmp: tmp,
+        }
     }
 }
 
@@ -36,14 +46,30 @@ impl Drop for Guard {
     }
 }
 
+/// The `metalmesh-testbed` binary of this build (next to the test binary).
+pub fn testbed_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("metalmesh-testbed"))
+        .find(|p| p.is_file())
+        .expect("metalmesh-testbed binary not built")
+}
+
 /// Runs the `metalmesh-testbed` binary with a run directory.
 pub fn cli(run_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_metalmesh-testbed"))
+    Command::new(testbed_binary())
         .arg("--run-dir")
         .arg(run_dir)
         .args(args)
         .output()
         .unwrap()
+}
+
+/// Runs a command and returns its output, panicking if it cannot start.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program).args(args).output().unwrap()
 }
 
 pub fn stderr(output: &Output) -> String {

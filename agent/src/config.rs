@@ -1,0 +1,353 @@
+//! The agent's configuration file (`/etc/metalmesh/agent.toml`), read into
+//! typed structs with defaults. Every error names the file, line and key.
+//! The settings are documented in `docs/config.md`.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use metalmesh_config::{ConfigError, Source};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/metalmesh/agent.toml";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/metalmesh";
+/// Default admin socket.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/metalmesh/agent.sock";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Where the agent keeps its store, leases and certificates.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    pub switch: SwitchConfig,
+    #[serde(default)]
+    pub lldp: LldpConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchConfig {
+    /// The switch's name; default: the host name.
+    pub name: Option<String>,
+    /// Partition (one mesh, one failure domain) the switch belongs to.
+    #[serde(default = "default_partition")]
+    pub partition: String,
+    /// Rack this leaf serves; default: the switch name.
+    pub rack: Option<String>,
+    /// Loopback /32: router ID and VTEP address.
+    pub loopback: Ipv4Addr,
+    /// The switch's BGP ASN.
+    pub asn: u32,
+    /// MAC address used as LLDP chassis ID; default: the lowest-numbered
+    /// Ethernet interface's address.
+    pub chassis_mac: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LldpConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Interface names or glob patterns (`swp*`, `eth[0-3]`) of the ports
+    /// LLDP runs on. A plain name must exist when the agent starts; a pattern
+    /// also picks up ports created later.
+    #[serde(default)]
+    pub ports: Vec<Spanned<String>>,
+    /// Seconds between transmissions (802.1AB msgTxInterval).
+    #[serde(default = "default_tx_interval")]
+    pub tx_interval_secs: Spanned<u32>,
+    /// TTL advertised = tx interval × hold multiplier (802.1AB msgTxHold).
+    #[serde(default = "default_hold")]
+    pub hold_multiplier: Spanned<u32>,
+    /// Most neighbours kept per port; more are dropped and counted.
+    #[serde(default = "default_max_neighbors")]
+    pub max_neighbors_per_port: Spanned<u32>,
+}
+
+impl Default for LldpConfig {
+    fn default() -> Self {
+        LldpConfig {
+            enabled: true,
+            ports: Vec::new(),
+            tx_interval_secs: default_tx_interval(),
+            hold_multiplier: default_hold(),
+            max_neighbors_per_port: default_max_neighbors(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Unix socket of the local admin API.
+    #[serde(default = "default_admin_socket")]
+    pub socket: PathBuf,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            socket: default_admin_socket(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+fn default_partition() -> String {
+    "default".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_tx_interval() -> Spanned<u32> {
+    Spanned::new(0..0, 30)
+}
+fn default_hold() -> Spanned<u32> {
+    Spanned::new(0..0, 4)
+}
+fn default_max_neighbors() -> Spanned<u32> {
+    Spanned::new(0..0, 32)
+}
+fn default_admin_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_ADMIN_SOCKET)
+}
+
+/// Interface-name patterns, compiled.
+#[derive(Debug, Clone)]
+pub struct PortSelector {
+    patterns: Vec<(String, glob::Pattern)>,
+}
+
+impl PortSelector {
+    pub fn matches(&self, name: &str) -> bool {
+        self.patterns.iter().any(|(_, p)| p.matches(name))
+    }
+
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.patterns.iter().map(|(s, _)| s.as_str())
+    }
+}
+
+/// A loaded, validated configuration and the source it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: AgentConfig,
+    pub source: Source,
+    pub lldp_ports: PortSelector,
+}
+
+/// Whether a port entry is a glob pattern rather than a plain interface name.
+fn is_pattern(text: &str) -> bool {
+    text.contains(['*', '?', '['])
+}
+
+impl Loaded {
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let source = Source::read(path)?;
+        Self::from_source(source)
+    }
+
+    pub fn from_source(source: Source) -> Result<Loaded, ConfigError> {
+        let config: AgentConfig = source.parse()?;
+        let lldp = &config.lldp;
+        let ranged = |value: &Spanned<u32>, key: &str, range: std::ops::RangeInclusive<u32>| {
+            if range.contains(value.get_ref()) {
+                Ok(())
+            } else {
+                Err(source.error_at(
+                    value.span(),
+                    key,
+                    format!(
+                        "{} is out of range ({}..={})",
+                        value.get_ref(),
+                        range.start(),
+                        range.end()
+                    ),
+                ))
+            }
+        };
+        ranged(&lldp.tx_interval_secs, "lldp.tx_interval_secs", 1..=3600)?;
+        ranged(&lldp.hold_multiplier, "lldp.hold_multiplier", 2..=10)?;
+        ranged(
+            &lldp.max_neighbors_per_port,
+            "lldp.max_neighbors_per_port",
+            1..=1024,
+        )?;
+        if lldp.enabled && lldp.ports.is_empty() {
+            return Err(source.error(
+                "lldp.ports",
+                "LLDP is enabled but no ports are selected (e.g. ports = [\"swp*\"])",
+            ));
+        }
+        let mut patterns = Vec::new();
+        for entry in &lldp.ports {
+            let text = entry.get_ref();
+            if text.is_empty() || text.len() > 64 {
+                return Err(source.error_at(
+                    entry.span(),
+                    "lldp.ports",
+                    format!("`{text}` is not an interface name or pattern"),
+                ));
+            }
+            let pattern = glob::Pattern::new(text).map_err(|e| {
+                source.error_at(
+                    entry.span(),
+                    "lldp.ports",
+                    format!("bad pattern `{text}`: {e}"),
+                )
+            })?;
+            patterns.push((text.clone(), pattern));
+        }
+        if let Some(mac) = &config.switch.chassis_mac
+            && parse_mac(mac).is_none()
+        {
+            return Err(source.error(
+                "switch.chassis_mac",
+                format!("`{mac}` is not a MAC address"),
+            ));
+        }
+        if let Some(name) = &config.switch.name
+            && (name.is_empty() || name.len() > 255)
+        {
+            return Err(source.error("switch.name", "must be 1 to 255 characters"));
+        }
+        Ok(Loaded {
+            config,
+            source,
+            lldp_ports: PortSelector { patterns },
+        })
+    }
+
+    /// Rejects plain port names that name no interface on this switch.
+    pub fn check_ports_exist(&self, interfaces: &[String]) -> Result<(), ConfigError> {
+        for entry in &self.config.lldp.ports {
+            let text = entry.get_ref();
+            if !is_pattern(text) && !interfaces.iter().any(|i| i == text) {
+                return Err(self.source.error_at(
+                    entry.span(),
+                    "lldp.ports",
+                    format!("unknown port `{text}`: no such interface on this switch"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Loaded, ConfigError> {
+        Loaded::from_source(Source {
+            path: PathBuf::from("/etc/metalmesh/agent.toml"),
+            text: text.into(),
+        })
+    }
+
+    const MINIMAL: &str =
+        "[switch]\nloopback = \"10.255.0.1\"\nasn = 4200000001\n[lldp]\nports = [\"swp*\"]\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let loaded = load(MINIMAL).unwrap();
+        let c = &loaded.config;
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.admin.socket, PathBuf::from(DEFAULT_ADMIN_SOCKET));
+        assert_eq!(*c.lldp.tx_interval_secs.get_ref(), 30);
+        assert_eq!(*c.lldp.hold_multiplier.get_ref(), 4);
+        assert_eq!(c.switch.partition, "default");
+        assert!(loaded.lldp_ports.matches("swp12"));
+        assert!(!loaded.lldp_ports.matches("eth0"));
+    }
+
+    #[test]
+    fn typo_is_rejected_with_line_and_key() {
+        let error = load(&format!("{MINIMAL}tx_intervall_secs = 5\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("line 6") && error.contains("tx_intervall_secs"),
+            "{error}"
+        );
+        let error = load("[swtich]\nloopback = \"10.255.0.1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("line 1") && error.contains("swtich"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_line_and_key() {
+        let error = load(&MINIMAL.replace("4200000001", "\"x\""))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("line 3") && error.contains("asn"), "{error}");
+        let error = load(&format!("{MINIMAL}tx_interval_secs = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("line 6, key `lldp.tx_interval_secs`"),
+            "{error}"
+        );
+        let error = load(&MINIMAL.replace("swp*", "swp["))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("line 5, key `lldp.ports`") && error.contains("bad pattern"),
+            "{error}"
+        );
+        let error = load(&MINIMAL.replace("10.255.0.1", "10.255.0.300"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("line 2") && error.contains("loopback"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_plain_port_is_rejected() {
+        let loaded = load(&MINIMAL.replace("\"swp*\"", "\"swp*\", \"swp99\"")).unwrap();
+        let error = loaded
+            .check_ports_exist(&["swp1".into(), "swp2".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("unknown port `swp99`") && error.contains("line 5"),
+            "{error}"
+        );
+        assert!(loaded.check_ports_exist(&["swp99".into()]).is_ok());
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(parse_mac("02:00:00:00:00:0a"), Some([2, 0, 0, 0, 0, 10]));
+        assert_eq!(parse_mac("02:00:00:00:00"), None);
+        assert_eq!(parse_mac("02:00:00:00:00:0a:0b"), None);
+        assert_eq!(parse_mac("zz:00:00:00:00:0a"), None);
+    }
+}

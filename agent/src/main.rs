@@ -1,0 +1,247 @@
+//! `metalmesh-agent`: the leaf-switch daemon (`run`) and the commands that
+//! query it over its admin socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use metalmesh_agent::admin::client;
+use metalmesh_agent::admin::{AgentStatus, Request, Response};
+use metalmesh_agent::config::{DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG, Loaded};
+use metalmesh_agent::lldp::LldpSnapshot;
+use metalmesh_agent::run::{RunOptions, run};
+use metalmesh_agent::switch::Port;
+use metalmesh_bin_support::{LogArgs, OutputFormat, render_table};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "metalmesh-agent",
+    version,
+    about = "The metalmesh leaf-switch agent"
+)]
+struct Cli {
+    /// Admin socket of the agent to query.
+    #[arg(long, global = true, env = "METALMESH_AGENT_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    socket: PathBuf,
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent.
+    Run {
+        #[arg(long, env = "METALMESH_AGENT_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Write the agent's pid here (removed on clean exit).
+        #[arg(long)]
+        pidfile: Option<PathBuf>,
+    },
+    /// Check a configuration file and exit.
+    CheckConfig {
+        #[arg(long, env = "METALMESH_AGENT_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// The agent's state: switch identity, subsystems, counters.
+    Status {
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// LLDP.
+    Lldp {
+        #[command(subcommand)]
+        command: LldpCommand,
+    },
+    /// The switch's ports as the kernel reports them.
+    Ports {
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LldpCommand {
+    /// Neighbours heard on the switch's ports.
+    Neighbors {
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let daemon = matches!(cli.command, Command::Run { .. });
+    metalmesh_bin_support::logging::init(&cli.log, if daemon { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("metalmesh-agent: cannot start runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            if daemon {
+                tracing::error!(error = format!("{error:#}"), "metalmesh-agent stopped");
+            }
+            eprintln!("metalmesh-agent: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config, pidfile } => run(RunOptions { config, pidfile }).await,
+        Command::CheckConfig { config } => {
+            let loaded = Loaded::load(&config)?;
+            println!("{}: ok", loaded.source.path.display());
+            Ok(())
+        }
+        Command::Status { output } => {
+            let Response::Status(status) = client::request(&cli.socket, &Request::Status).await?
+            else {
+                anyhow::bail!("unexpected answer to status");
+            };
+            print(output, &*status, status_table)
+        }
+        Command::Lldp {
+            command: LldpCommand::Neighbors { output },
+        } => {
+            let Response::LldpNeighbors(snapshot) =
+                client::request(&cli.socket, &Request::LldpNeighbors).await?
+            else {
+                anyhow::bail!("unexpected answer to lldp neighbors");
+            };
+            print(output, &snapshot, neighbors_table)
+        }
+        Command::Ports { output } => {
+            let Response::Ports(ports) = client::request(&cli.socket, &Request::Ports).await?
+            else {
+                anyhow::bail!("unexpected answer to ports");
+            };
+            print(output, &ports, |p| ports_table(p))
+        }
+    }
+}
+
+fn print<T: serde::Serialize>(
+    format: OutputFormat,
+    value: &T,
+    table: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Table => print!("{}", table(value)),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value)?),
+    }
+    Ok(())
+}
+
+fn status_table(s: &AgentStatus) -> String {
+    let mut rows = vec![vec!["FIELD".to_string(), "VALUE".into()]];
+    let mut row = |k: &str, v: String| rows.push(vec![k.to_string(), v]);
+    row("version", s.version.clone());
+    row("pid", s.pid.to_string());
+    row("uptime", format!("{} s", s.uptime_secs));
+    row("config", s.config.clone());
+    row("state dir", s.state_dir.clone());
+    if let Some(sw) = &s.switch {
+        row("switch", sw.name.clone());
+        row("partition", sw.partition.clone());
+        row("rack", sw.rack.clone());
+        row("loopback", sw.loopback.to_string());
+        row("asn", sw.asn.to_string());
+        row("chassis mac", sw.chassis_mac.clone());
+        row(
+            "ports",
+            format!(
+                "{} ({} up)",
+                sw.ports.len(),
+                sw.ports.iter().filter(|p| p.oper_up).count()
+            ),
+        );
+    }
+    row("lldp ports", s.lldp_ports.join(" "));
+    row("lldp neighbors", s.lldp_neighbors.to_string());
+    let c = &s.lldp_counters;
+    row(
+        "lldp frames",
+        format!(
+            "in {} out {} discarded {} oversized {}",
+            c.frames_in, c.frames_out, c.frames_discarded, c.frames_oversized
+        ),
+    );
+    for (name, h) in &s.subsystems {
+        let state = if h.running { "running" } else { "stopped" };
+        let error = h
+            .last_error
+            .as_deref()
+            .map(|e| format!(", last error: {e}"))
+            .unwrap_or_default();
+        row(
+            &format!("subsystem {name}"),
+            format!("{state}, {} restarts{error}", h.restarts),
+        );
+    }
+    render_table(rows)
+}
+
+fn neighbors_table(snapshot: &LldpSnapshot) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut rows = vec![vec![
+        "PORT".to_string(),
+        "CHASSIS".into(),
+        "REMOTE PORT".into(),
+        "SYSTEM".into(),
+        "MGMT".into(),
+        "EXPIRES".into(),
+    ]];
+    for n in &snapshot.neighbors {
+        rows.push(vec![
+            n.local_port.clone(),
+            n.chassis_id.clone(),
+            n.port_id.clone(),
+            n.system_name.clone().unwrap_or_default(),
+            n.management_addresses.join(","),
+            format!("{} s", n.expires_at.saturating_sub(now)),
+        ]);
+    }
+    render_table(rows)
+}
+
+fn ports_table(ports: &[Port]) -> String {
+    let mut rows = vec![vec![
+        "PORT".to_string(),
+        "IFINDEX".into(),
+        "MAC".into(),
+        "MTU".into(),
+        "ADMIN".into(),
+        "OPER".into(),
+        "SPEED".into(),
+    ]];
+    for p in ports {
+        rows.push(vec![
+            p.name.clone(),
+            p.ifindex.to_string(),
+            p.mac.clone().unwrap_or_default(),
+            p.mtu.map(|m| m.to_string()).unwrap_or_default(),
+            if p.admin_up { "up" } else { "down" }.into(),
+            p.oper_state.clone(),
+            p.speed_mbps
+                .map(|s| format!("{s} Mb/s"))
+                .unwrap_or_default(),
+        ]);
+    }
+    render_table(rows)
+}

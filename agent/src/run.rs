@@ -1,0 +1,210 @@
+//! `metalmesh-agent run`: loads the configuration, checks it against the
+//! switch, starts every subsystem under the supervisor and stops them
+//! cleanly on SIGTERM or SIGINT.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::server::{self, AgentView};
+use crate::config::{Loaded, parse_mac};
+use crate::lldp::task::LldpTask;
+use crate::lldp::{LldpSnapshot, LocalSystem, Settings};
+use crate::supervisor::Supervisor;
+use crate::switch::{self, Port, SwitchRecord, links};
+
+/// How long subsystems get to stop after a signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub pidfile: Option<PathBuf>,
+}
+
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    let loaded = Loaded::load(&options.config)?;
+    let config = &loaded.config;
+    std::fs::create_dir_all(&config.state_dir).with_context(|| {
+        format!(
+            "cannot create state directory {}",
+            config.state_dir.display()
+        )
+    })?;
+
+    let ports = links::dump_once().await?;
+    let names: Vec<String> = ports.iter().map(|p| p.name.clone()).collect();
+    loaded.check_ports_exist(&names)?;
+    let chassis_mac = match &config.switch.chassis_mac {
+        Some(text) => parse_mac(text).context("switch.chassis_mac")?,
+        None => switch::default_chassis_mac(&ports).context(
+            "no interface with a MAC address to use as chassis ID; set switch.chassis_mac",
+        )?,
+    };
+    let name = config.switch.name.clone().unwrap_or_else(switch::host_name);
+    let rack = config.switch.rack.clone().unwrap_or_else(|| name.clone());
+
+    let listener = Arc::new(server::bind(&config.admin.socket).await?);
+    let _pidfile = options
+        .pidfile
+        .as_deref()
+        .map(PidFile::create)
+        .transpose()?;
+    let _socket = RemoveOnDrop(config.admin.socket.clone());
+
+    let cancel = CancellationToken::new();
+    let mut supervisor = Supervisor::new(cancel.clone());
+    let (ports_tx, ports_rx) = watch::channel::<Option<Vec<Port>>>(Some(ports));
+    let ports_tx = Arc::new(ports_tx);
+    let (switch_tx, switch_rx) = watch::channel::<Option<SwitchRecord>>(None);
+    let (lldp_tx, lldp_rx) = watch::channel(LldpSnapshot::default());
+    let lldp_tx = Arc::new(lldp_tx);
+
+    // Inventory: the kernel's links, and the switch record built from them.
+    {
+        let ports_tx = Arc::clone(&ports_tx);
+        supervisor.spawn("inventory", move |cancel| {
+            let ports_tx = Arc::clone(&ports_tx);
+            async move { Ok(links::monitor(&ports_tx, cancel).await?) }
+        });
+        let record_ports = ports_rx.clone();
+        let record = SwitchRecord {
+            name: name.clone(),
+            partition: config.switch.partition.clone(),
+            rack,
+            loopback: config.switch.loopback,
+            asn: config.switch.asn,
+            chassis_mac: metalmesh_lldp::format_mac(&chassis_mac),
+            ports: Vec::new(),
+        };
+        let switch_tx = Arc::new(switch_tx);
+        supervisor.spawn("switch-record", move |cancel| {
+            let switch_tx = Arc::clone(&switch_tx);
+            let mut record = record.clone();
+            let mut ports_rx = record_ports.clone();
+            async move {
+                ports_rx.mark_changed();
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return Ok(()),
+                        changed = ports_rx.changed() => changed?,
+                    }
+                    record.ports = ports_rx.borrow_and_update().clone().unwrap_or_default();
+                    switch_tx.send_replace(Some(record.clone()));
+                }
+            }
+        });
+    }
+
+    if config.lldp.enabled {
+        let task = LldpTaskTemplate {
+            local: LocalSystem {
+                name: name.clone(),
+                description: format!("metalmesh-agent {}", env!("CARGO_PKG_VERSION")),
+                chassis_mac,
+                management_address: Some(IpAddr::V4(config.switch.loopback)),
+                management_ifindex: 1,
+            },
+            settings: Settings {
+                tx_interval: Duration::from_secs(u64::from(
+                    *config.lldp.tx_interval_secs.get_ref(),
+                )),
+                hold_multiplier: *config.lldp.hold_multiplier.get_ref(),
+                max_neighbors_per_port: *config.lldp.max_neighbors_per_port.get_ref() as usize,
+            },
+            selector: loaded.lldp_ports.clone(),
+            ports: ports_rx.clone(),
+            snapshot: Arc::clone(&lldp_tx),
+        };
+        supervisor.spawn("lldp", move |cancel| task.instance().run(cancel));
+    }
+
+    let view = AgentView {
+        started: Instant::now(),
+        config_path: options.config.clone(),
+        state_dir: config.state_dir.clone(),
+        lldp_patterns: loaded.lldp_ports.patterns().map(str::to_string).collect(),
+        switch: switch_rx,
+        ports: ports_rx,
+        lldp: lldp_rx,
+        health: supervisor.health(),
+    };
+    supervisor.spawn("admin", move |cancel| {
+        server::serve(Arc::clone(&listener), view.clone(), cancel)
+    });
+
+    tracing::info!(
+        switch = %name, loopback = %config.switch.loopback, asn = config.switch.asn,
+        socket = %config.admin.socket.display(), "metalmesh-agent running"
+    );
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    supervisor.shutdown(SHUTDOWN_GRACE).await;
+    Ok(())
+}
+
+/// The parts of an LLDP task a restart builds afresh from.
+struct LldpTaskTemplate {
+    local: LocalSystem,
+    settings: Settings,
+    selector: crate::config::PortSelector,
+    ports: watch::Receiver<Option<Vec<Port>>>,
+    snapshot: Arc<watch::Sender<LldpSnapshot>>,
+}
+
+impl LldpTaskTemplate {
+    fn instance(&self) -> LldpTask {
+        LldpTask {
+            local: self.local.clone(),
+            settings: self.settings.clone(),
+            selector: self.selector.clone(),
+            ports: self.ports.clone(),
+            snapshot: Arc::clone(&self.snapshot),
+        }
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+/// The agent's pid file, removed on clean exit.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn create(path: &Path) -> anyhow::Result<PidFile> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write pid file {}", path.display()))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

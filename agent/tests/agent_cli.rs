@@ -1,0 +1,118 @@
+//! The agent binary's behaviour on bad configuration, an unreachable agent,
+//! and a clean stop on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use metalmesh_testbed::testing::{Guard, eventually, run};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
+
+fn config(guard: &Guard, body: &str) -> std::path::PathBuf {
+    let path = guard.scratch.join("agent.toml");
+    let text = format!(
+        "state_dir = {:?}\n[switch]\nname = \"tcli\"\nloopback = \"10.255.0.9\"\nasn = 4200000009\nchassis_mac = \"02:00:00:00:00:09\"\n{body}[admin]\nsocket = {:?}\n",
+        guard.scratch.join("state"),
+        guard.scratch.join("agent.sock"),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn typo_in_config_is_rejected_with_file_line_and_key() {
+    let guard = Guard::new();
+    let path = config(
+        &guard,
+        "[lldp]\nports = [\"swp*\"]\ntx_intervall_secs = 5\n",
+    );
+    let out = run(AGENT, &["run", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
+    assert!(
+        stderr.contains("line 9, key `tx_intervall_secs`"),
+        "{stderr}"
+    );
+    // check-config says the same without starting anything.
+    let out = run(AGENT, &["check-config", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tx_intervall_secs"));
+}
+
+#[test]
+fn unknown_port_is_rejected() {
+    let guard = Guard::new();
+    let path = config(&guard, "[lldp]\nports = [\"swp*\", \"swp99\"]\n");
+    let out = run("ip", &["netns", "add", "mm-tcli"]);
+    assert!(out.status.success());
+    let out = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            "mm-tcli",
+            AGENT,
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 8, key `lldp.ports`: unknown port `swp99`"),
+        "{stderr}"
+    );
+    assert!(!guard.scratch.join("agent.sock").exists());
+}
+
+#[test]
+fn unreachable_agent_is_a_clear_error() {
+    let out = run(AGENT, &["--socket", "/nonexistent/agent.sock", "status"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach the agent at /nonexistent/agent.sock"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    let guard = Guard::new();
+    let path = config(&guard, "[lldp]\nports = [\"swp*\"]\n");
+    let out = run("ip", &["netns", "add", "mm-tcli"]);
+    assert!(out.status.success());
+    let pidfile = guard.scratch.join("agent.pid");
+    let socket = guard.scratch.join("agent.sock");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", "mm-tcli", AGENT, "run", "--config"])
+        .arg(&path)
+        .arg("--pidfile")
+        .arg(&pidfile)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || {
+        run(AGENT, &["--socket", socket.to_str().unwrap(), "status"])
+            .status
+            .success()
+    }));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!socket.exists(), "admin socket left behind");
+    assert!(!pidfile.exists(), "pid file left behind");
+}

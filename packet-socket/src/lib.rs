@@ -1,0 +1,169 @@
+//! Raw Ethernet I/O on one interface: an `AF_PACKET`/`SOCK_RAW` socket bound
+//! to an interface index and an EtherType, non-blocking and driven by tokio.
+//! Link-layer protocols (LLDP now, DHCP's raw replies later) use it; the
+//! standard library and tokio offer no safe way to open one.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+/// One received frame's metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes copied into the buffer.
+    pub len: usize,
+    /// The frame's real length; larger than `len` when the buffer was too small.
+    pub frame_len: usize,
+    /// The frame was sent by this host (seen on the way out), not received.
+    pub outgoing: bool,
+}
+
+/// An `AF_PACKET` socket bound to one interface and EtherType.
+#[derive(Debug)]
+pub struct PacketSocket {
+    fd: AsyncFd<OwnedFd>,
+    ifindex: u32,
+}
+
+fn check(result: libc::c_int) -> io::Result<libc::c_int> {
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
+}
+
+impl PacketSocket {
+    /// Opens a socket that receives and sends frames of `ethertype` on `ifindex`.
+    /// Needs CAP_NET_RAW. Must be called within a tokio runtime.
+    pub fn bind(ifindex: u32, ethertype: u16) -> io::Result<PacketSocket> {
+        let protocol = ethertype.to_be();
+        // SAFETY: plain syscall with constant arguments; the result is checked.
+        let raw = check(unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::c_int::from(protocol),
+            )
+        })?;
+        // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+        let mut address: libc::sockaddr_ll = unsafe { zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_protocol = protocol;
+        address.sll_ifindex = i32::try_from(ifindex)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
+        // SAFETY: the pointer and length describe `address`, which outlives the call.
+        check(unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const address).cast::<libc::sockaddr>(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        })?;
+        // SAFETY: `fd` is an OwnedFd: valid, open, and always the same
+        // descriptor for as long as the AsyncFd owns it.
+        let fd = unsafe {
+            AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE)
+        }?;
+        Ok(PacketSocket { fd, ifindex })
+    }
+
+    /// Also receives frames sent to a multicast MAC (for NICs that filter).
+    pub fn join_multicast(&self, mac: [u8; 6]) -> io::Result<()> {
+        // SAFETY: packet_mreq is plain old data; all-zero is a valid value.
+        let mut request: libc::packet_mreq = unsafe { zeroed() };
+        request.mr_ifindex = self.ifindex as i32;
+        request.mr_type = libc::PACKET_MR_MULTICAST as u16;
+        request.mr_alen = 6;
+        request.mr_address[..6].copy_from_slice(&mac);
+        // SAFETY: the pointer and length describe `request`, which outlives the call.
+        check(unsafe {
+            libc::setsockopt(
+                self.fd.get_ref().as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_ADD_MEMBERSHIP,
+                (&raw const request).cast::<libc::c_void>(),
+                size_of::<libc::packet_mreq>() as libc::socklen_t,
+            )
+        })?;
+        Ok(())
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Receives one frame into `buf`.
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let result = guard.try_io(|fd| {
+                // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+                let mut from: libc::sockaddr_ll = unsafe { zeroed() };
+                let mut from_len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                // SAFETY: `buf` and `from` are valid for writes of the lengths
+                // passed; MSG_TRUNC makes the kernel return the full frame length.
+                let n = unsafe {
+                    libc::recvfrom(
+                        fd.get_ref().as_raw_fd(),
+                        buf.as_mut_ptr().cast::<libc::c_void>(),
+                        buf.len(),
+                        libc::MSG_TRUNC,
+                        (&raw mut from).cast::<libc::sockaddr>(),
+                        &mut from_len,
+                    )
+                };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let frame_len = n as usize;
+                Ok(Received {
+                    len: frame_len.min(buf.len()),
+                    frame_len,
+                    outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
+                })
+            });
+            match result {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Sends one complete Ethernet frame (header included) out of the interface.
+    pub async fn send(&self, frame: &[u8]) -> io::Result<()> {
+        loop {
+            let mut guard = self.fd.writable().await?;
+            let result = guard.try_io(|fd| {
+                // SAFETY: `frame` is valid for reads of its length.
+                let n = unsafe {
+                    libc::send(
+                        fd.get_ref().as_raw_fd(),
+                        frame.as_ptr().cast::<libc::c_void>(),
+                        frame.len(),
+                        0,
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else if n as usize != frame.len() {
+                    Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "short frame write",
+                    ))
+                } else {
+                    Ok(())
+                }
+            });
+            match result {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}

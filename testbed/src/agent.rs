@@ -1,0 +1,147 @@
+//! `metalmesh-agent` on each leaf: its configuration, its daemon, and where
+//! its binary comes from.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::daemon::DaemonSpec;
+use crate::error::Error;
+use crate::plan::{Node, Plan, RunDir};
+
+/// Environment variable naming the agent binary the testbed runs.
+pub const AGENT_BIN_ENV: &str = "METALMESH_AGENT_BIN";
+const AGENT_BIN: &str = "metalmesh-agent";
+/// LLDP transmit interval on testbed leaves: quick discovery in tests and demos.
+const LLDP_TX_INTERVAL_SECS: u32 = 5;
+
+/// Finds the agent binary: `$METALMESH_AGENT_BIN`, else next to the running
+/// executable (or its parent, for test binaries in `target/*/deps`), else `PATH`.
+pub fn binary() -> Result<PathBuf, Error> {
+    if let Some(path) = std::env::var_os(AGENT_BIN_ENV) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Error::MissingProgram {
+                program: format!("{} (from {AGENT_BIN_ENV})", path.display()),
+                package: "metalmesh-agent: cargo build --bin metalmesh-agent",
+            })
+        };
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(2) {
+            let candidate = dir.join(AGENT_BIN);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    if crate::sys::have_program(AGENT_BIN) {
+        return Ok(PathBuf::from(AGENT_BIN));
+    }
+    Err(Error::MissingProgram {
+        program: AGENT_BIN.into(),
+        package: "metalmesh-agent: cargo build --bin metalmesh-agent",
+    })
+}
+
+pub fn dir(run: &RunDir, leaf: &str) -> PathBuf {
+    run.node_dir(leaf).join("agent")
+}
+
+pub fn config_path(run: &RunDir, leaf: &str) -> PathBuf {
+    dir(run, leaf).join("agent.toml")
+}
+
+pub fn socket(run: &RunDir, leaf: &str) -> PathBuf {
+    dir(run, leaf).join("agent.sock")
+}
+
+/// The agent configuration of a leaf.
+pub fn config(plan: &Plan, leaf: &Node, run: &RunDir) -> String {
+    let rack = leaf.rack.unwrap_or_default();
+    let mut ports: Vec<String> = leaf.bgp_interfaces.clone();
+    if plan.machines.iter().any(|m| m.leaf == leaf.name) {
+        ports.push(format!("m{rack}-*"));
+    }
+    let ports = ports
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut conf = String::new();
+    let _ = writeln!(
+        conf,
+        "# metalmesh-agent on {} (written by metalmesh-testbed)",
+        leaf.name
+    );
+    let _ = writeln!(
+        conf,
+        "state_dir = {:?}",
+        path(&dir(run, &leaf.name).join("state"))
+    );
+    let _ = writeln!(conf, "\n[switch]");
+    let _ = writeln!(conf, "name = {:?}", leaf.name);
+    let _ = writeln!(conf, "partition = \"testbed\"");
+    let _ = writeln!(conf, "rack = \"rack{rack}\"");
+    let _ = writeln!(conf, "loopback = \"{}\"", leaf.loopback);
+    let _ = writeln!(conf, "asn = {}", leaf.asn.unwrap_or_default());
+    let _ = writeln!(conf, "\n[lldp]");
+    let _ = writeln!(conf, "ports = [{ports}]");
+    let _ = writeln!(conf, "tx_interval_secs = {LLDP_TX_INTERVAL_SECS}");
+    let _ = writeln!(conf, "\n[admin]");
+    let _ = writeln!(conf, "socket = {:?}", path(&socket(run, &leaf.name)));
+    conf
+}
+
+pub fn daemon(leaf: &Node, run: &RunDir, binary: &Path) -> DaemonSpec {
+    let dir = dir(run, &leaf.name);
+    let pidfile = dir.join("agent.pid");
+    DaemonSpec {
+        name: "agent".into(),
+        namespace: leaf.namespace(),
+        argv: vec![
+            path(binary),
+            "run".into(),
+            "--config".into(),
+            path(&config_path(run, &leaf.name)),
+            "--pidfile".into(),
+            path(&pidfile),
+        ],
+        pidfile,
+        output: dir.join("agent.log"),
+        detach: true,
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::Topology;
+
+    #[test]
+    fn leaf_config_selects_uplinks_and_machine_ports() {
+        let plan = Plan::new(&Topology {
+            machines_per_rack: 2,
+            ..Topology::default()
+        });
+        let leaf = plan.node("leaf2").unwrap();
+        let conf = config(&plan, leaf, &RunDir::new("/r"));
+        assert!(
+            conf.contains("ports = [\"spine1\", \"spine2\", \"m2-*\"]"),
+            "{conf}"
+        );
+        assert!(conf.contains("loopback = \"10.255.0.2\""), "{conf}");
+        assert!(
+            conf.contains("socket = \"/r/nodes/leaf2/agent/agent.sock\""),
+            "{conf}"
+        );
+        let spec = daemon(leaf, &RunDir::new("/r"), Path::new("/bin/metalmesh-agent"));
+        assert!(spec.detach);
+        assert_eq!(spec.namespace, "mm-leaf2");
+    }
+}
