@@ -27,6 +27,130 @@ pub struct AgentConfig {
     pub lldp: LldpConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Boot services on the provisioning bridge; absent: none run.
+    pub boot: Option<BootConfig>,
+}
+
+/// DHCP, TFTP and HTTP boot for the rack (see docs/config.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    /// The provisioning bridge the services answer on.
+    pub interface: String,
+    /// The leaf's address on it: DHCP server identifier, TFTP and HTTP server.
+    pub server_ip: Ipv4Addr,
+    pub prefix_len: Spanned<u8>,
+    pub pool_start: Spanned<Ipv4Addr>,
+    pub pool_end: Spanned<Ipv4Addr>,
+    /// Default: the server address.
+    pub routers: Option<Vec<Ipv4Addr>>,
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub ntp: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u32,
+    #[serde(default = "default_decline_secs")]
+    pub decline_quarantine_secs: u32,
+    #[serde(default = "default_rate")]
+    pub requests_per_mac_per_sec: u32,
+    #[serde(default = "default_dhcp_port")]
+    pub dhcp_port: u16,
+    #[serde(default = "default_tftp_port")]
+    pub tftp_port: u16,
+    #[serde(default = "default_http_port")]
+    pub http_port: u16,
+    /// Directory of iPXE binaries served over TFTP.
+    #[serde(default = "default_tftp_root")]
+    pub tftp_root: PathBuf,
+    /// Directory behind `http://<server>:<port>/boot/`.
+    pub http_root: PathBuf,
+    #[serde(default = "default_bios_file")]
+    pub bios_file: String,
+    #[serde(default = "default_uefi_x64_file")]
+    pub uefi_x64_file: String,
+    #[serde(default = "default_uefi_arm64_file")]
+    pub uefi_arm64_file: String,
+    #[serde(default = "default_kernel")]
+    pub kernel: String,
+    #[serde(default = "default_initrd")]
+    pub initrd: String,
+    #[serde(default)]
+    pub cmdline: String,
+    #[serde(default = "default_max_transfers")]
+    pub max_tftp_transfers: usize,
+}
+
+fn default_lease_secs() -> u32 {
+    3600
+}
+fn default_decline_secs() -> u32 {
+    600
+}
+fn default_rate() -> u32 {
+    20
+}
+fn default_dhcp_port() -> u16 {
+    67
+}
+fn default_tftp_port() -> u16 {
+    69
+}
+fn default_http_port() -> u16 {
+    8070
+}
+fn default_tftp_root() -> PathBuf {
+    PathBuf::from("/usr/lib/ipxe")
+}
+fn default_bios_file() -> String {
+    "undionly.kpxe".into()
+}
+fn default_uefi_x64_file() -> String {
+    "ipxe.efi".into()
+}
+fn default_uefi_arm64_file() -> String {
+    "ipxe-arm64.efi".into()
+}
+fn default_kernel() -> String {
+    "vmlinuz".into()
+}
+fn default_initrd() -> String {
+    "initramfs.img".into()
+}
+fn default_max_transfers() -> usize {
+    256
+}
+
+impl BootConfig {
+    /// The DHCP server's settings.
+    pub fn dhcp_settings(&self) -> metalmesh_provisioning::dhcp::DhcpSettings {
+        use metalmesh_provisioning::dhcp::{BootFiles, DhcpSettings};
+        DhcpSettings {
+            server_ip: self.server_ip,
+            prefix_len: *self.prefix_len.get_ref(),
+            pool_start: *self.pool_start.get_ref(),
+            pool_end: *self.pool_end.get_ref(),
+            routers: self.routers.clone().unwrap_or_else(|| vec![self.server_ip]),
+            dns: self.dns.clone(),
+            ntp: self.ntp.clone(),
+            domain: self.domain.clone(),
+            lease_secs: self.lease_secs,
+            offer_hold_secs: 30,
+            decline_quarantine_secs: self.decline_quarantine_secs,
+            requests_per_mac_per_sec: self.requests_per_mac_per_sec,
+            boot: BootFiles {
+                bios: self.bios_file.clone(),
+                uefi_x64: self.uefi_x64_file.clone(),
+                uefi_arm64: self.uefi_arm64_file.clone(),
+                http_base: self.http_base(),
+            },
+        }
+    }
+
+    pub fn http_base(&self) -> String {
+        format!("http://{}:{}", self.server_ip, self.http_port)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -213,6 +337,31 @@ impl Loaded {
                 format!("`{mac}` is not a MAC address"),
             ));
         }
+        if let Some(boot) = &config.boot {
+            use metalmesh_provisioning::dhcp::settings::SettingsError;
+            match boot.dhcp_settings().validate() {
+                Ok(()) => {}
+                Err(SettingsError::Prefix(_)) => {
+                    return Err(source.error_at(
+                        boot.prefix_len.span(),
+                        "boot.prefix_len",
+                        "must be 8..=30",
+                    ));
+                }
+                Err(error @ SettingsError::EmptyPool { .. }) => {
+                    return Err(source.error_at(boot.pool_start.span(), "boot.pool_start", error));
+                }
+                Err(error @ SettingsError::PoolOutsideSubnet { .. }) => {
+                    let bad = if boot.dhcp_settings().in_subnet(*boot.pool_start.get_ref()) {
+                        (boot.pool_end.span(), "boot.pool_end")
+                    } else {
+                        (boot.pool_start.span(), "boot.pool_start")
+                    };
+                    return Err(source.error_at(bad.0, bad.1, error));
+                }
+                Err(error) => return Err(source.error("boot", error)),
+            }
+        }
         if let Some(name) = &config.switch.name
             && (name.is_empty() || name.len() > 255)
         {
@@ -225,8 +374,20 @@ impl Loaded {
         })
     }
 
-    /// Rejects plain port names that name no interface on this switch.
+    /// Rejects plain port names (and a provisioning bridge) that name no
+    /// interface on this switch.
     pub fn check_ports_exist(&self, interfaces: &[String]) -> Result<(), ConfigError> {
+        if let Some(boot) = &self.config.boot
+            && !interfaces.contains(&boot.interface)
+        {
+            return Err(self.source.error(
+                "boot.interface",
+                format!(
+                    "unknown interface `{}`: no such interface on this switch",
+                    boot.interface
+                ),
+            ));
+        }
         for entry in &self.config.lldp.ports {
             let text = entry.get_ref();
             if !is_pattern(text) && !interfaces.iter().any(|i| i == text) {
@@ -341,6 +502,24 @@ mod tests {
             "{error}"
         );
         assert!(loaded.check_ports_exist(&["swp99".into()]).is_ok());
+    }
+
+    #[test]
+    fn boot_pool_outside_the_subnet_is_rejected() {
+        let boot = "[boot]\ninterface = \"mm-pxe\"\nserver_ip = \"10.100.1.1\"\nprefix_len = 24\npool_start = \"10.100.1.100\"\npool_end = \"10.100.2.10\"\nhttp_root = \"/srv\"\n";
+        let error = load(&format!("{MINIMAL}{boot}")).unwrap_err().to_string();
+        assert!(
+            error.contains("line 11, key `boot.pool_end`") && error.contains("outside"),
+            "{error}"
+        );
+        let ok = load(&format!(
+            "{MINIMAL}{}",
+            boot.replace("10.100.2.10", "10.100.1.200")
+        ))
+        .unwrap();
+        let settings = ok.config.boot.unwrap().dhcp_settings();
+        assert_eq!(settings.routers, vec![Ipv4Addr::new(10, 100, 1, 1)]);
+        assert_eq!(settings.boot.http_base, "http://10.100.1.1:8070");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! crates land. See `docs/agent.md`.
 
 pub mod admin;
+pub mod boot;
 pub mod config;
 pub mod lldp;
 pub mod run;

@@ -13,6 +13,7 @@ use metalmesh_agent::lldp::LldpSnapshot;
 use metalmesh_agent::run::{RunOptions, run};
 use metalmesh_agent::switch::Port;
 use metalmesh_bin_support::{LogArgs, OutputFormat, render_table};
+use metalmesh_provisioning::dhcp::Lease;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,6 +55,11 @@ enum Command {
     Lldp {
         #[command(subcommand)]
         command: LldpCommand,
+    },
+    /// DHCP leases of the rack.
+    Leases {
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
     },
     /// The switch's ports as the kernel reports them.
     Ports {
@@ -122,6 +128,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("unexpected answer to lldp neighbors");
             };
             print(output, &snapshot, neighbors_table)
+        }
+        Command::Leases { output } => {
+            let Response::Leases(leases) = client::request(&cli.socket, &Request::Leases).await?
+            else {
+                anyhow::bail!("unexpected answer to leases");
+            };
+            print(output, &leases, |l| leases_table(l))
         }
         Command::Ports { output } => {
             let Response::Ports(ports) = client::request(&cli.socket, &Request::Ports).await?
@@ -215,6 +228,32 @@ fn neighbors_table(snapshot: &LldpSnapshot) -> String {
             n.system_name.clone().unwrap_or_default(),
             n.management_addresses.join(","),
             format!("{} s", n.expires_at.saturating_sub(now)),
+        ]);
+    }
+    render_table(rows)
+}
+
+fn leases_table(leases: &[Lease]) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut rows = vec![vec![
+        "MAC".to_string(),
+        "IP".into(),
+        "STATE".into(),
+        "EXPIRES".into(),
+        "CLIENT".into(),
+        "HOSTNAME".into(),
+    ]];
+    for l in leases {
+        rows.push(vec![
+            l.mac.clone(),
+            l.ip.to_string(),
+            format!("{:?}", l.state).to_lowercase(),
+            format!("{} s", l.expires.saturating_sub(now)),
+            l.client_kind.as_str().to_string(),
+            l.hostname.clone().unwrap_or_default(),
         ]);
     }
     render_table(rows)

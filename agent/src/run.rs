@@ -125,7 +125,21 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         supervisor.spawn("lldp", move |cancel| task.instance().run(cancel));
     }
 
+    let dhcp_counters = Arc::new(std::sync::Mutex::new(None));
+    let lease_db = config.state_dir.join("leases.db");
+    if let Some(boot) = &config.boot {
+        crate::boot::spawn(
+            &mut supervisor,
+            boot,
+            &name,
+            &lease_db,
+            Arc::clone(&dhcp_counters),
+        );
+    }
+
     let view = AgentView {
+        lease_db: config.boot.as_ref().map(|_| lease_db.clone()),
+        dhcp_counters,
         started: Instant::now(),
         config_path: options.config.clone(),
         state_dir: config.state_dir.clone(),

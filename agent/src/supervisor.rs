@@ -89,8 +89,8 @@ impl Supervisor {
                 let started = tokio::time::Instant::now();
                 // A panic inside a subsystem is caught by its own task and
                 // treated like an error, not allowed to end the agent.
-                let run = tokio::spawn(factory(cancel.child_token()));
-                let result = match run.await {
+                let mut run = AbortOnDrop(tokio::spawn(factory(cancel.child_token())));
+                let result = match (&mut run.0).await {
                     Ok(result) => result,
                     Err(join) => Err(anyhow::anyhow!("panicked: {join}")),
                 };
@@ -129,6 +129,15 @@ impl Supervisor {
             tracing::warn!(?timeout, "subsystems did not stop in time; aborting them");
             self.tasks.abort_all();
         }
+    }
+}
+
+/// Aborts the subsystem's task when its supervising task is aborted.
+struct AbortOnDrop(tokio::task::JoinHandle<anyhow::Result<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

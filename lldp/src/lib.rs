@@ -433,7 +433,7 @@ fn decode_management_address(value: &[u8]) -> Option<ManagementAddress> {
     let (numbering, rest) = rest.split_first()?;
     let (number, rest) = rest.split_at_checked(4)?;
     let (&oid_len, oid) = rest.split_first()?;
-    if oid.len() != usize::from(oid_len) {
+    if oid.len() != usize::from(oid_len) || oid.len() > 128 {
         return None;
     }
     Some(ManagementAddress {

@@ -19,6 +19,8 @@ pub struct Received {
     pub frame_len: usize,
     /// The frame was sent by this host (seen on the way out), not received.
     pub outgoing: bool,
+    /// Interface the frame came in on.
+    pub ifindex: u32,
 }
 
 /// An `AF_PACKET` socket bound to one interface and EtherType.
@@ -41,12 +43,14 @@ impl PacketSocket {
     /// Needs CAP_NET_RAW. Must be called within a tokio runtime.
     pub fn bind(ifindex: u32, ethertype: u16) -> io::Result<PacketSocket> {
         let protocol = ethertype.to_be();
+        // Protocol 0 at creation: the socket receives nothing until bind()
+        // names the interface and EtherType, so no other port's frame slips in.
         // SAFETY: plain syscall with constant arguments; the result is checked.
         let raw = check(unsafe {
             libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::c_int::from(protocol),
+                0,
             )
         })?;
         // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
@@ -126,6 +130,7 @@ impl PacketSocket {
                     len: frame_len.min(buf.len()),
                     frame_len,
                     outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
+                    ifindex: u32::try_from(from.sll_ifindex).unwrap_or(0),
                 })
             });
             match result {

@@ -45,6 +45,23 @@ pub fn binary() -> Result<PathBuf, Error> {
     })
 }
 
+/// Environment variable naming the directory with the kernel and initramfs
+/// the leaves serve over HTTP.
+pub const BOOT_DIR_ENV: &str = "METALMESH_BOOT_DIR";
+
+/// `$METALMESH_BOOT_DIR`, else `target/boot` beside the build (what
+/// `scripts/build-boot` writes).
+pub fn boot_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(BOOT_DIR_ENV) {
+        return PathBuf::from(dir);
+    }
+    binary()
+        .ok()
+        .and_then(|b| b.canonicalize().ok())
+        .and_then(|b| b.parent().and_then(Path::parent).map(|t| t.join("boot")))
+        .unwrap_or_else(|| PathBuf::from("target/boot"))
+}
+
 pub fn dir(run: &RunDir, leaf: &str) -> PathBuf {
     run.node_dir(leaf).join("agent")
 }
@@ -89,6 +106,19 @@ pub fn config(plan: &Plan, leaf: &Node, run: &RunDir) -> String {
     let _ = writeln!(conf, "\n[lldp]");
     let _ = writeln!(conf, "ports = [{ports}]");
     let _ = writeln!(conf, "tx_interval_secs = {LLDP_TX_INTERVAL_SECS}");
+    if let Some((address, prefix)) = leaf.provisioning {
+        let octets = address.octets();
+        let host = |last: u8| format!("{}.{}.{}.{last}", octets[0], octets[1], octets[2]);
+        let _ = writeln!(conf, "\n[boot]");
+        let _ = writeln!(conf, "interface = \"{}\"", crate::plan::PROVISIONING_BRIDGE);
+        let _ = writeln!(conf, "server_ip = \"{address}\"");
+        let _ = writeln!(conf, "prefix_len = {prefix}");
+        let _ = writeln!(conf, "pool_start = \"{}\"", host(100));
+        let _ = writeln!(conf, "pool_end = \"{}\"", host(250));
+        let _ = writeln!(conf, "domain = \"rack{rack}.testbed\"");
+        let _ = writeln!(conf, "tftp_root = \"/usr/lib/ipxe\"");
+        let _ = writeln!(conf, "http_root = {:?}", path(&boot_dir()));
+    }
     let _ = writeln!(conf, "\n[admin]");
     let _ = writeln!(conf, "socket = {:?}", path(&socket(run, &leaf.name)));
     conf

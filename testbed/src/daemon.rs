@@ -136,6 +136,11 @@ impl DaemonSpec {
         };
         let target = Pid::from_raw(pid);
         let _ = kill(target, signal);
+        // Only stopping signals are waited for (and escalated); HUP, USR1 …
+        // are delivered and the daemon keeps running.
+        if !matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGKILL) {
+            return Ok(());
+        }
         if wait_gone(pid, &self.pidfile, STOP_TIMEOUT) {
             return Ok(());
         }

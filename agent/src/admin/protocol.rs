@@ -17,6 +17,7 @@ pub enum Request {
     Status,
     LldpNeighbors,
     Ports,
+    Leases,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,6 +26,7 @@ pub enum Response {
     Status(Box<AgentStatus>),
     LldpNeighbors(LldpSnapshot),
     Ports(Vec<Port>),
+    Leases(Vec<metalmesh_provisioning::dhcp::Lease>),
     Error { message: String },
 }
 
@@ -41,5 +43,7 @@ pub struct AgentStatus {
     pub lldp_ports: Vec<String>,
     pub lldp_neighbors: usize,
     pub lldp_counters: crate::lldp::Counters,
+    /// DHCP counters, when boot services run.
+    pub dhcp_counters: Option<metalmesh_provisioning::dhcp::DhcpCounters>,
     pub subsystems: BTreeMap<String, SubsystemHealth>,
 }

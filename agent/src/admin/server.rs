@@ -22,6 +22,9 @@ const MAX_CONNECTIONS: usize = 64;
 /// What the admin API reads from.
 #[derive(Debug, Clone)]
 pub struct AgentView {
+    /// The DHCP lease store, when boot services run.
+    pub lease_db: Option<PathBuf>,
+    pub dhcp_counters: Arc<std::sync::Mutex<Option<metalmesh_provisioning::dhcp::DhcpCounters>>>,
     pub started: std::time::Instant,
     pub config_path: PathBuf,
     pub state_dir: PathBuf,
@@ -48,11 +51,24 @@ impl AgentView {
                     lldp_ports: lldp.ports,
                     lldp_neighbors: lldp.neighbors.len(),
                     lldp_counters: lldp.counters,
+                    dhcp_counters: self.dhcp_counters.lock().ok().and_then(|c| c.clone()),
                     subsystems: self.health.snapshot(),
                 }))
             }
             Request::LldpNeighbors => Response::LldpNeighbors(self.lldp.borrow().clone()),
             Request::Ports => Response::Ports(self.ports.borrow().clone().unwrap_or_default()),
+            Request::Leases => match &self.lease_db {
+                None => Response::Error {
+                    message: "boot services are not configured on this switch ([boot])".into(),
+                },
+                // A second connection reads the store; WAL lets it run beside the server.
+                Some(path) => match metalmesh_provisioning::dhcp::service::read_leases(path) {
+                    Ok(leases) => Response::Leases(leases),
+                    Err(error) => Response::Error {
+                        message: error.to_string(),
+                    },
+                },
+            },
         }
     }
 }
@@ -152,7 +168,11 @@ async fn connection(
             format!("{{\"response\":\"error\",\"body\":{{\"message\":\"{e}\"}}}}").into_bytes()
         });
         bytes.push(b'\n');
-        write.write_all(&bytes).await?;
+        // A client that does not read its answers loses its connection.
+        match tokio::time::timeout(IDLE_TIMEOUT, write.write_all(&bytes)).await {
+            Ok(result) => result?,
+            Err(_) => return Ok(()),
+        }
         if line.len() > MAX_REQUEST_BYTES {
             return Ok(());
         }

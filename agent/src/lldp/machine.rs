@@ -143,8 +143,17 @@ struct PortTx {
     next_tx: Instant,
 }
 
-/// Neighbours are keyed by port and MSAP (chassis ID + port ID).
+/// Neighbours are keyed by port and MSAP (chassis ID + port ID, each with
+/// its subtype as the first byte).
 type Key = (String, Vec<u8>, Vec<u8>);
+
+fn msap(pdu: &Lldpdu) -> (Vec<u8>, Vec<u8>) {
+    let mut chassis = vec![pdu.chassis_id.subtype.to_u8()];
+    chassis.extend_from_slice(&pdu.chassis_id.value);
+    let mut port = vec![pdu.port_id.subtype.to_u8()];
+    port.extend_from_slice(&pdu.port_id.value);
+    (chassis, port)
+}
 
 #[derive(Debug)]
 pub struct LldpMachine {
@@ -307,11 +316,8 @@ impl LldpMachine {
         self.counters.frames_in += 1;
         self.counters.tlvs_unrecognized += frame.lldpdu.unknown.len() as u64;
         let pdu = frame.lldpdu;
-        let key: Key = (
-            port.to_string(),
-            pdu.chassis_id.value.clone(),
-            pdu.port_id.value.clone(),
-        );
+        let (chassis, remote_port) = msap(&pdu);
+        let key: Key = (port.to_string(), chassis, remote_port);
         if pdu.ttl == 0 {
             if let Some(neighbor) = self.neighbors.remove(&key) {
                 out.push(Output::Gone {
@@ -384,6 +390,14 @@ impl LldpMachine {
     }
 }
 
+/// What a neighbour says, made safe to print on an operator's terminal:
+/// control characters (escape sequences) become `?`.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 fn subtype_name<T: Serialize>(subtype: &T) -> String {
     serde_json::to_value(subtype)
         .ok()
@@ -406,13 +420,13 @@ fn neighbor_view(
     Neighbor {
         local_port: port.to_string(),
         source_mac: metalmesh_lldp::format_mac(source),
-        chassis_id: pdu.chassis_id.to_string(),
+        chassis_id: printable(&pdu.chassis_id.to_string()),
         chassis_id_subtype: subtype_name(&pdu.chassis_id.subtype),
-        port_id: pdu.port_id.to_string(),
+        port_id: printable(&pdu.port_id.to_string()),
         port_id_subtype: subtype_name(&pdu.port_id.subtype),
-        port_description: pdu.port_description.clone(),
-        system_name: pdu.system_name.clone(),
-        system_description: pdu.system_description.clone(),
+        port_description: pdu.port_description.as_deref().map(printable),
+        system_name: pdu.system_name.as_deref().map(printable),
+        system_description: pdu.system_description.as_deref().map(printable),
         capabilities: Capabilities::names(caps.supported)
             .into_iter()
             .map(String::from)

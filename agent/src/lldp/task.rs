@@ -34,8 +34,16 @@ pub struct LldpSnapshot {
 }
 
 enum FromPort {
-    Frame { port: String, bytes: Vec<u8> },
-    Closed { port: String, error: std::io::Error },
+    Frame {
+        port: String,
+        bytes: Vec<u8>,
+    },
+    /// The socket of `port` (as it was at `ifindex`) failed for good.
+    Closed {
+        port: String,
+        ifindex: u32,
+        error: std::io::Error,
+    },
 }
 
 struct PortIo {
@@ -86,10 +94,17 @@ impl LldpTask {
                     Some(FromPort::Frame { port, bytes }) => {
                         machine.handle(Instant::now(), Input::Frame { port: &port, bytes: &bytes })
                     }
-                    Some(FromPort::Closed { port, error }) => {
-                        tracing::warn!(%port, %error, "LLDP socket closed");
-                        io.remove(&port);
-                        machine.handle(Instant::now(), Input::PortDown { port })
+                    Some(FromPort::Closed { port, ifindex, error }) => {
+                        // Only the socket that failed goes, never a newer one.
+                        if io.get(&port).is_some_and(|p| p.ifindex == ifindex) {
+                            tracing::warn!(%port, %error, "LLDP socket closed; reopening");
+                            io.remove(&port);
+                            // Reconcile again, which reopens it if the port is still up.
+                            self.ports.mark_changed();
+                            machine.handle(Instant::now(), Input::PortDown { port })
+                        } else {
+                            Vec::new()
+                        }
                     }
                     None => anyhow::bail!("LLDP frame channel closed"),
                 },
@@ -170,18 +185,30 @@ fn open(port: &str, ifindex: u32, frames: mpsc::Sender<FromPort>) -> std::io::Re
         let mut buf = vec![0u8; RECEIVE_BUFFER];
         loop {
             match reader_socket.recv(&mut buf).await {
-                Ok(received) if received.outgoing => continue,
+                Ok(received) if received.outgoing || received.ifindex != ifindex => continue,
                 Ok(received) => {
+                    // At most one byte more than the largest valid frame is
+                    // kept: enough for the decoder to count it as oversized.
+                    let keep = received.len.min(metalmesh_lldp::MAX_FRAME + 1);
                     let message = FromPort::Frame {
                         port: name.clone(),
-                        bytes: buf[..received.len].to_vec(),
+                        bytes: buf[..keep].to_vec(),
                     };
                     if frames.send(message).await.is_err() {
                         return;
                     }
                 }
+                // The kernel reports ENETDOWN once when the link goes down;
+                // the socket works again when it comes back.
+                Err(error) if error.raw_os_error() == Some(libc::ENETDOWN) => continue,
                 Err(error) => {
-                    let _ = frames.send(FromPort::Closed { port: name, error }).await;
+                    let _ = frames
+                        .send(FromPort::Closed {
+                            port: name,
+                            ifindex,
+                            error,
+                        })
+                        .await;
                     return;
                 }
             }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_core::NetlinkPayload;
-use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage, State};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{AsyncSocket, SocketAddr};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -150,6 +150,11 @@ pub async fn monitor(
                     return Err(LinkError::StreamEnded);
                 };
                 match message.payload {
+                    // Bridge-port notifications (AF_BRIDGE) describe membership,
+                    // not the link itself: a port leaving a bridge still exists.
+                    NetlinkPayload::InnerMessage(
+                        RouteNetlinkMessage::NewLink(ref link) | RouteNetlinkMessage::DelLink(ref link),
+                    ) if link.header.interface_family != AddressFamily::Unspec => continue,
                     NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
                         match port_from_message(&link) {
                             Some(port) => { table.insert(port.ifindex, port); }

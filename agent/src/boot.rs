@@ -1,0 +1,122 @@
+//! The rack's boot services as agent subsystems: DHCP (its own thread, see
+//! `metalmesh_provisioning::dhcp::service`), TFTP and HTTP boot.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metalmesh_provisioning::dhcp::service::{DhcpService, ServiceConfig};
+use metalmesh_provisioning::dhcp::{DhcpCounters, DhcpEvent};
+use metalmesh_provisioning::http::{HttpBootConfig, IpxeSettings};
+use metalmesh_provisioning::tftp::{TftpConfig, TftpCounters};
+use tokio::sync::mpsc;
+
+use crate::config::BootConfig;
+use crate::supervisor::Supervisor;
+
+/// DHCP events waiting for the lifecycle; beyond this they are dropped (and logged).
+const EVENT_QUEUE: usize = 4096;
+
+pub fn spawn(
+    supervisor: &mut Supervisor,
+    boot: &BootConfig,
+    leaf: &str,
+    lease_db: &Path,
+    dhcp_counters: Arc<Mutex<Option<DhcpCounters>>>,
+) {
+    for (file, what) in [
+        (boot.tftp_root.join(&boot.bios_file), "BIOS iPXE (TFTP)"),
+        (
+            boot.tftp_root.join(&boot.uefi_x64_file),
+            "UEFI x86-64 iPXE (TFTP)",
+        ),
+        (boot.http_root.join(&boot.kernel), "kernel (HTTP)"),
+        (boot.http_root.join(&boot.initrd), "initramfs (HTTP)"),
+    ] {
+        if !file.is_file() {
+            tracing::warn!(file = %file.display(), "boot file missing: {what} requests will fail");
+        }
+    }
+
+    let dhcp = ServiceConfig {
+        settings: boot.dhcp_settings(),
+        interface: boot.interface.clone(),
+        port: boot.dhcp_port,
+        lease_db: lease_db.to_path_buf(),
+    };
+    supervisor.spawn("dhcp", move |cancel| {
+        let dhcp = dhcp.clone();
+        let counters = Arc::clone(&dhcp_counters);
+        async move {
+            let (events_tx, mut events) = mpsc::channel::<DhcpEvent>(EVENT_QUEUE);
+            let service = DhcpService::start(dhcp, events_tx)?;
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    Some(event) = events.recv() => log_event(&event),
+                    _ = tick.tick() => {
+                        if let Ok(mut c) = counters.lock() {
+                            *c = Some(service.counters());
+                        }
+                        if service.is_finished() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let stopped = tokio::task::spawn_blocking(move || service.stop()).await?;
+            stopped?;
+            if cancel.is_cancelled() {
+                Ok(())
+            } else {
+                anyhow::bail!("DHCP service ended")
+            }
+        }
+    });
+
+    let tftp = TftpConfig {
+        root: boot.tftp_root.clone(),
+        listen: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), boot.tftp_port),
+        interface: Some(boot.interface.clone()),
+        max_transfers: boot.max_tftp_transfers,
+    };
+    let tftp_counters = Arc::new(TftpCounters::default());
+    supervisor.spawn("tftp", move |cancel| {
+        let tftp = tftp.clone();
+        let counters = Arc::clone(&tftp_counters);
+        async move { Ok(metalmesh_provisioning::tftp::serve(tftp, counters, cancel).await?) }
+    });
+
+    let http = HttpBootConfig {
+        listen: SocketAddr::new(boot.server_ip.into(), boot.http_port),
+        root: boot.http_root.clone(),
+        ipxe: IpxeSettings {
+            base_url: boot.http_base(),
+            kernel: boot.kernel.clone(),
+            initrd: boot.initrd.clone(),
+            cmdline: boot.cmdline.clone(),
+            leaf: leaf.to_string(),
+        },
+    };
+    supervisor.spawn("http", move |cancel| {
+        let http = http.clone();
+        async move { Ok(metalmesh_provisioning::http::serve(http, cancel).await?) }
+    });
+}
+
+fn log_event(event: &DhcpEvent) {
+    match event {
+        DhcpEvent::PxeBooting { mac, kind } => {
+            tracing::info!(%mac, kind = kind.as_str(), "PXE Booting")
+        }
+        DhcpEvent::PoolExhausted { mac, pool_size } => {
+            tracing::warn!(%mac, pool_size, "DHCP pool exhausted: no address for this client")
+        }
+        DhcpEvent::LeaseBound { mac, ip, kind } => {
+            tracing::info!(%mac, %ip, kind = kind.as_str(), "lease bound")
+        }
+        DhcpEvent::Declined { mac, ip } => tracing::warn!(%mac, %ip, "address declined"),
+    }
+}

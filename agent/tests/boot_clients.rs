@@ -1,0 +1,544 @@
+//! The agent's boot services against real clients: dhclient and busybox
+//! udhcpc (obtain, renew, release), tftp-hpa and atftp (options, traversal,
+//! missing files), curl (ranges), `kill -9` between two clients' leases, an
+//! exhausted pool. A leaf namespace with a provisioning bridge and three
+//! client namespaces cabled into it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use metalmesh_testbed::testing::{Guard, eventually, run};
+use serde_json::Value;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
+const LEAF: &str = "mm-tb-leaf";
+const CLIENTS: [&str; 3] = ["mm-tb-c1", "mm-tb-c2", "mm-tb-c3"];
+const SERVER: &str = "10.100.9.1";
+
+struct Rack {
+    guard: Guard,
+    config: PathBuf,
+    socket: PathBuf,
+    http_root: PathBuf,
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Output {
+    let mut full = vec!["netns", "exec", ns];
+    full.extend_from_slice(args);
+    run("ip", &full)
+}
+
+impl Rack {
+    fn new() -> Rack {
+        let guard = Guard::new();
+        ok(&run("ip", &["netns", "add", LEAF]));
+        ok(&run("ip", &["-n", LEAF, "link", "set", "lo", "up"]));
+        ok(&run(
+            "ip",
+            &["-n", LEAF, "link", "add", "mm-pxe", "type", "bridge"],
+        ));
+        ok(&run(
+            "ip",
+            &[
+                "-n",
+                LEAF,
+                "address",
+                "add",
+                &format!("{SERVER}/24"),
+                "dev",
+                "mm-pxe",
+            ],
+        ));
+        ok(&run("ip", &["-n", LEAF, "link", "set", "mm-pxe", "up"]));
+        for (i, client) in CLIENTS.iter().enumerate() {
+            let port = format!("swp{}", i + 1);
+            ok(&run("ip", &["netns", "add", client]));
+            ok(&run(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    &port,
+                    "netns",
+                    LEAF,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    client,
+                    "address",
+                    &format!("02:00:00:00:09:0{}", i + 1),
+                ],
+            ));
+            ok(&run(
+                "ip",
+                &["-n", LEAF, "link", "set", &port, "master", "mm-pxe", "up"],
+            ));
+            ok(&run("ip", &["-n", client, "link", "set", "eth0", "up"]));
+            ok(&run("ip", &["-n", client, "link", "set", "lo", "up"]));
+        }
+        let http_root = guard.scratch.join("http");
+        std::fs::create_dir_all(&http_root).unwrap();
+        // A file with a recognisable, position-dependent pattern.
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(http_root.join("image.bin"), data).unwrap();
+        let socket = guard.scratch.join("agent.sock");
+        let config = guard.scratch.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {:?}\n[switch]\nname = \"tb-leaf\"\nloopback = \"10.255.0.9\"\nasn = 4200000009\nchassis_mac = \"02:00:00:00:09:00\"\n[lldp]\nenabled = false\n[admin]\nsocket = {:?}\n[boot]\ninterface = \"mm-pxe\"\nserver_ip = \"{SERVER}\"\nprefix_len = 24\npool_start = \"10.100.9.100\"\npool_end = \"10.100.9.101\"\nlease_secs = 120\nhttp_root = {:?}\n",
+                guard.scratch.join("state"),
+                socket,
+                http_root
+            ),
+        )
+        .unwrap();
+        let rack = Rack {
+            guard,
+            config,
+            socket,
+            http_root,
+        };
+        rack.start_agent();
+        rack
+    }
+
+    fn start_agent(&self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.guard.scratch.join("agent.log"))
+            .unwrap();
+        let status = Command::new("setsid")
+            .args(["-f", "ip", "netns", "exec", LEAF, AGENT, "run", "--config"])
+            .arg(&self.config)
+            .arg("--pidfile")
+            .arg(self.guard.scratch.join("agent.pid"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(eventually(Duration::from_secs(10), || self
+            .agent(&["status"])
+            .status
+            .success()));
+    }
+
+    fn kill9(&self) {
+        let pid = std::fs::read_to_string(self.guard.scratch.join("agent.pid")).unwrap();
+        ok(&run("kill", &["-KILL", pid.trim()]));
+        assert!(eventually(Duration::from_secs(5), || !self
+            .agent(&["status"])
+            .status
+            .success()));
+    }
+
+    fn agent(&self, args: &[&str]) -> Output {
+        let mut full = vec!["--socket", self.socket.to_str().unwrap()];
+        full.extend_from_slice(args);
+        run(AGENT, &full)
+    }
+
+    fn leases(&self) -> Vec<Value> {
+        let out = ok(&self.agent(&["leases", "-o", "json"]));
+        serde_json::from_str::<Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn lease_of(&self, mac: &str) -> Option<Value> {
+        self.leases().into_iter().find(|l| l["mac"] == mac)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.guard.scratch.join("agent.log")).unwrap_or_default()
+    }
+
+    fn counters(&self) -> Value {
+        let out = ok(&self.agent(&["status", "-o", "json"]));
+        serde_json::from_str::<Value>(&out).unwrap()["dhcp_counters"].clone()
+    }
+}
+
+fn address_of(ns: &str) -> Option<String> {
+    let out = in_ns(ns, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .map(|a| a.split('/').next().unwrap_or_default().to_string())
+}
+
+fn udhcpc_script(dir: &Path) -> PathBuf {
+    let path = dir.join("udhcpc.sh");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\ncase \"$1\" in\n  bound|renew) ip addr flush dev \"$interface\"; ip addr add \"$ip/${mask:-24}\" dev \"$interface\" ;;\n  deconfig) ip addr flush dev \"$interface\" ;;\nesac\nexit 0\n",
+    )
+    .unwrap();
+    ok(&run("chmod", &["+x", path.to_str().unwrap()]));
+    path
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(bytes)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn dhcp_clients_tftp_http_restart_and_exhaustion() {
+    let rack = Rack::new();
+    let scratch = rack.guard.scratch.clone();
+
+    // dhclient: obtain.
+    let lease_file = scratch.join("dhclient.leases");
+    let pid_file = scratch.join("dhclient.pid");
+    let dhclient = |extra: &[&str]| {
+        let mut args = vec![
+            "dhclient",
+            "-1",
+            "-v",
+            "-lf",
+            lease_file.to_str().unwrap(),
+            "-pf",
+            pid_file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.push("eth0");
+        in_ns(CLIENTS[0], &args)
+    };
+    ok(&dhclient(&[]));
+    let c1 = address_of(CLIENTS[0]).expect("dhclient got no address");
+    assert!(c1.starts_with("10.100.9.10"), "{c1}");
+    let lease = rack.lease_of("02:00:00:00:09:01").unwrap();
+    assert_eq!(lease["ip"], c1.as_str());
+    assert_eq!(lease["state"], "bound");
+    assert_eq!(lease["client_kind"], "plain");
+
+    // kill -9 the agent between two clients' leases: nothing is handed out twice.
+    rack.kill9();
+    rack.start_agent();
+    let script = udhcpc_script(&scratch);
+    let out = in_ns(
+        CLIENTS[1],
+        &[
+            "busybox",
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-n",
+            "-q",
+            "-t",
+            "5",
+            "-T",
+            "1",
+            "-s",
+            script.to_str().unwrap(),
+        ],
+    );
+    ok(&out);
+    let c2 = address_of(CLIENTS[1]).expect("udhcpc got no address");
+    assert_ne!(c1, c2, "an address was handed out twice across a kill -9");
+    assert_eq!(
+        rack.lease_of("02:00:00:00:09:01").unwrap()["ip"],
+        c1.as_str()
+    );
+
+    // dhclient renews (INIT-REBOOT after its restart) and keeps its address.
+    ok(&run(
+        "sh",
+        &[
+            "-c",
+            &format!("kill $(cat {}) 2>/dev/null; true", pid_file.display()),
+        ],
+    ));
+    ok(&dhclient(&[]));
+    assert_eq!(address_of(CLIENTS[0]).as_deref(), Some(c1.as_str()));
+
+    // udhcpc in the foreground: renew on SIGUSR1, release on SIGUSR2.
+    let mut udhcpc = Command::new("ip")
+        .args([
+            "netns", "exec", CLIENTS[1], "busybox", "udhcpc", "-f", "-i", "eth0", "-t", "5", "-T",
+            "1", "-s",
+        ])
+        .arg(&script)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || address_of(
+        CLIENTS[1]
+    )
+    .as_deref()
+        == Some(c2.as_str())));
+    // Counters are published twice a second: wait until they include the bind.
+    assert!(eventually(
+        Duration::from_secs(5),
+        || rack.counters()["acks"].as_u64() >= Some(1)
+    ));
+    let before = rack.counters()["acks"].as_u64().unwrap();
+    ok(&run("kill", &["-USR1", &udhcpc.id().to_string()]));
+    assert!(eventually(
+        Duration::from_secs(10),
+        || rack.counters()["acks"].as_u64().unwrap() > before
+    ));
+    ok(&run("kill", &["-USR2", &udhcpc.id().to_string()]));
+    assert!(eventually(Duration::from_secs(10), || {
+        rack.lease_of("02:00:00:00:09:02")
+            .is_some_and(|l| l["state"] == "released")
+    }));
+    let _ = udhcpc.kill();
+    let _ = udhcpc.wait();
+    // dhclient releases too.
+    ok(&dhclient(&["-r"]));
+    assert!(eventually(Duration::from_secs(5), || {
+        rack.lease_of("02:00:00:00:09:01")
+            .is_some_and(|l| l["state"] == "released")
+    }));
+
+    // Exhausted pool: both addresses bound again, the third client gets no offer.
+    ok(&dhclient(&[]));
+    ok(&in_ns(
+        CLIENTS[1],
+        &[
+            "busybox",
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-n",
+            "-q",
+            "-t",
+            "5",
+            "-T",
+            "1",
+            "-s",
+            script.to_str().unwrap(),
+        ],
+    ));
+    let third = in_ns(
+        CLIENTS[2],
+        &[
+            "busybox",
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-n",
+            "-q",
+            "-t",
+            "3",
+            "-T",
+            "1",
+            "-s",
+            script.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !third.status.success(),
+        "the third client got an address from a pool of two"
+    );
+    assert!(eventually(
+        Duration::from_secs(5),
+        || rack.counters()["pool_exhausted"].as_u64() >= Some(1)
+    ));
+    assert!(rack.log().contains("DHCP pool exhausted"), "{}", rack.log());
+
+    // TFTP: tftp-hpa plain, atftp with blksize/tsize/windowsize; checksums match.
+    let original = std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap();
+    let out_hpa = scratch.join("hpa.kpxe");
+    ok(&in_ns(
+        CLIENTS[0],
+        &[
+            "tftp",
+            SERVER,
+            "-m",
+            "binary",
+            "-c",
+            "get",
+            "undionly.kpxe",
+            out_hpa.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(sha256(&std::fs::read(&out_hpa).unwrap()), sha256(&original));
+    let out_atftp = scratch.join("atftp.kpxe");
+    ok(&in_ns(
+        CLIENTS[0],
+        &[
+            "atftp",
+            "--option",
+            "blksize 1468",
+            "--option",
+            "tsize 0",
+            "--option",
+            "windowsize 8",
+            "-g",
+            "-r",
+            "undionly.kpxe",
+            "-l",
+            out_atftp.to_str().unwrap(),
+            SERVER,
+        ],
+    ));
+    assert_eq!(
+        sha256(&std::fs::read(&out_atftp).unwrap()),
+        sha256(&original)
+    );
+    for (name, expected) in [
+        ("../../../../etc/passwd", "Access violation"),
+        ("missing.efi", "not found"),
+    ] {
+        let out = in_ns(
+            CLIENTS[0],
+            &[
+                "atftp",
+                "-g",
+                "-r",
+                name,
+                "-l",
+                scratch.join("x").to_str().unwrap(),
+                SERVER,
+            ],
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success() || text.contains(expected),
+            "{name}: {text}"
+        );
+        assert!(
+            text.to_lowercase().contains(&expected.to_lowercase()),
+            "{name}: {text}"
+        );
+    }
+
+    // HTTP: whole and ranged downloads match the file.
+    let image = std::fs::read(rack.http_root.join("image.bin")).unwrap();
+    let url = format!("http://{SERVER}:8070/boot/image.bin");
+    for (range, slice) in [
+        (None, &image[..]),
+        (Some("0-99"), &image[0..100]),
+        (Some("1000000-1999999"), &image[1_000_000..2_000_000]),
+        (Some("2999000-"), &image[2_999_000..]),
+    ] {
+        let target = scratch.join("download");
+        let mut args = vec!["curl", "-sSf", "-o", target.to_str().unwrap()];
+        if let Some(range) = range {
+            args.extend(["-r", range]);
+        }
+        args.push(&url);
+        ok(&in_ns(CLIENTS[0], &args));
+        assert_eq!(
+            sha256(&std::fs::read(&target).unwrap()),
+            sha256(slice),
+            "range {range:?}"
+        );
+    }
+    let head = ok(&in_ns(CLIENTS[0], &["curl", "-sSfI", &url]));
+    assert!(
+        head.contains("content-length: 3000000") && head.contains("etag:"),
+        "{head}"
+    );
+    let etag = head
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let not_modified = ok(&in_ns(
+        CLIENTS[0],
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("If-None-Match: {etag}"),
+            &url,
+        ],
+    ));
+    assert_eq!(not_modified, "304");
+    let missing = ok(&in_ns(
+        CLIENTS[0],
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{SERVER}:8070/boot/nope.img"),
+        ],
+    ));
+    assert_eq!(missing, "404");
+    assert!(rack.log().contains("boot file missing"));
+    let script = ok(&in_ns(
+        CLIENTS[0],
+        &[
+            "curl",
+            "-sSf",
+            &format!("http://{SERVER}:8070/ipxe/02-00-00-00-09-01"),
+        ],
+    ));
+    assert!(
+        script.starts_with("#!ipxe") && script.contains("metalmesh.mac=02:00:00:00:09:01"),
+        "{script}"
+    );
+}
+
+#[test]
+fn pool_outside_the_bridge_subnet_is_rejected() {
+    let guard = Guard::new();
+    let config = guard.scratch.join("agent.toml");
+    std::fs::write(
+        &config,
+        "[switch]\nloopback = \"10.255.0.9\"\nasn = 1\n[lldp]\nenabled = false\n[boot]\ninterface = \"mm-pxe\"\nserver_ip = \"10.100.9.1\"\nprefix_len = 24\npool_start = \"10.100.9.100\"\npool_end = \"10.100.10.5\"\nhttp_root = \"/srv\"\n",
+    )
+    .unwrap();
+    let out = run(
+        AGENT,
+        &["check-config", "--config", config.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 11, key `boot.pool_end`")
+            && stderr.contains("outside the bridge's subnet"),
+        "{stderr}"
+    );
+}

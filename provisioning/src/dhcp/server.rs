@@ -1,0 +1,942 @@
+//! The DHCPv4 server's protocol logic (RFC 2131, 2132, 3046, 4578), free of
+//! I/O: a datagram in, replies, lease writes and events out. The service
+//! persists the writes before it sends the replies.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable};
+use serde::{Deserialize, Serialize};
+
+use super::client::{ClientKind, classify};
+use super::leases::{Lease, LeaseState, Quarantine, Write};
+use super::settings::DhcpSettings;
+
+pub const SERVER_PORT: u16 = 67;
+pub const CLIENT_PORT: u16 = 68;
+/// Relays forwarding more often than this are looping.
+const MAX_HOPS: u8 = 16;
+/// One `PXE Booting` event per MAC per this many seconds (firmware retries).
+const PXE_EVENT_INTERVAL_SECS: u64 = 30;
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub bytes: Vec<u8>,
+    pub destination: SocketAddrV4,
+}
+
+/// Something the rest of the agent wants to know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum DhcpEvent {
+    /// Network boot firmware asked for an address (lifecycle: `PXE Booting`).
+    PxeBooting {
+        mac: String,
+        kind: ClientKind,
+    },
+    /// A client got no offer because every address is taken.
+    PoolExhausted {
+        mac: String,
+        pool_size: u32,
+    },
+    LeaseBound {
+        mac: String,
+        ip: Ipv4Addr,
+        kind: ClientKind,
+    },
+    Declined {
+        mac: String,
+        ip: Ipv4Addr,
+    },
+}
+
+/// What one datagram led to.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub replies: Vec<Reply>,
+    pub writes: Vec<Write>,
+    pub events: Vec<DhcpEvent>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DhcpCounters {
+    pub received: u64,
+    pub malformed: u64,
+    pub rate_limited: u64,
+    pub ignored: u64,
+    pub offers: u64,
+    pub acks: u64,
+    pub naks: u64,
+    pub releases: u64,
+    pub declines: u64,
+    pub informs: u64,
+    pub pool_exhausted: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last_ms: u64,
+}
+
+#[derive(Debug)]
+pub struct DhcpServer {
+    settings: DhcpSettings,
+    leases: HashMap<String, Lease>,
+    owner_of: HashMap<Ipv4Addr, String>,
+    offers: HashMap<String, (Ipv4Addr, u64)>,
+    offered: HashMap<Ipv4Addr, String>,
+    quarantine: HashMap<Ipv4Addr, u64>,
+    buckets: HashMap<String, Bucket>,
+    pxe_events: HashMap<String, u64>,
+    cursor: u32,
+    counters: DhcpCounters,
+}
+
+fn mac_string(chaddr: &[u8]) -> String {
+    chaddr
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl DhcpServer {
+    /// A server over the persisted leases and quarantine.
+    pub fn new(settings: DhcpSettings, leases: Vec<Lease>, quarantine: Vec<Quarantine>) -> Self {
+        let mut server = DhcpServer {
+            cursor: u32::from(settings.pool_start),
+            settings,
+            leases: HashMap::new(),
+            owner_of: HashMap::new(),
+            offers: HashMap::new(),
+            offered: HashMap::new(),
+            quarantine: quarantine.into_iter().map(|q| (q.ip, q.until)).collect(),
+            buckets: HashMap::new(),
+            pxe_events: HashMap::new(),
+            counters: DhcpCounters::default(),
+        };
+        for lease in leases {
+            server.owner_of.insert(lease.ip, lease.mac.clone());
+            server.leases.insert(lease.mac.clone(), lease);
+        }
+        server
+    }
+
+    pub fn counters(&self) -> &DhcpCounters {
+        &self.counters
+    }
+
+    pub fn settings(&self) -> &DhcpSettings {
+        &self.settings
+    }
+
+    /// Handles one datagram received at `now_ms` (milliseconds since the Unix epoch).
+    pub fn handle(&mut self, now_ms: u64, datagram: &[u8]) -> Outcome {
+        let mut outcome = Outcome::default();
+        self.counters.received += 1;
+        if !options_are_sane(datagram) {
+            self.counters.malformed += 1;
+            return outcome;
+        }
+        let message = match Message::decode(&mut Decoder::new(datagram)) {
+            Ok(m) => m,
+            Err(error) => {
+                self.counters.malformed += 1;
+                tracing::debug!(%error, len = datagram.len(), "malformed DHCP datagram dropped");
+                return outcome;
+            }
+        };
+        if message.opcode() != Opcode::BootRequest
+            || message.hlen() != 6
+            || message.chaddr().len() < 6
+            || message.hops() > MAX_HOPS
+        {
+            self.counters.malformed += 1;
+            return outcome;
+        }
+        let mac = mac_string(&message.chaddr()[..6]);
+        if !self.allow(&mac, now_ms) {
+            self.counters.rate_limited += 1;
+            return outcome;
+        }
+        let giaddr = message.giaddr();
+        if !giaddr.is_unspecified() && !self.settings.in_subnet(giaddr) {
+            // Relayed from a network this server does not serve.
+            self.counters.ignored += 1;
+            return outcome;
+        }
+        let now = now_ms / 1000;
+        self.expire(now);
+        let kind = classify(&message);
+        match message.opts().msg_type() {
+            Some(MessageType::Discover) => self.discover(now, &mac, kind, &message, &mut outcome),
+            Some(MessageType::Request) => self.request(now, &mac, kind, &message, &mut outcome),
+            Some(MessageType::Decline) => self.decline(now, &mac, &message, &mut outcome),
+            Some(MessageType::Release) => self.release(now, &mac, &message, &mut outcome),
+            Some(MessageType::Inform) => self.inform(&mac, kind, &message, &mut outcome),
+            _ => self.counters.ignored += 1,
+        }
+        outcome
+    }
+
+    /// Token bucket per MAC.
+    fn allow(&mut self, mac: &str, now_ms: u64) -> bool {
+        let rate = f64::from(self.settings.requests_per_mac_per_sec.max(1));
+        let burst = rate * 2.0;
+        if self.buckets.len() > 100_000 {
+            // Bounded memory under a flood of random MACs: forget idle buckets.
+            self.buckets
+                .retain(|_, b| now_ms.saturating_sub(b.last_ms) < 10_000);
+        }
+        let bucket = self.buckets.entry(mac.to_string()).or_insert(Bucket {
+            tokens: burst,
+            last_ms: now_ms,
+        });
+        let elapsed = now_ms.saturating_sub(bucket.last_ms) as f64 / 1000.0;
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+        bucket.last_ms = now_ms;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expire(&mut self, now: u64) {
+        self.offers.retain(|_, (ip, until)| {
+            let keep = *until > now;
+            if !keep {
+                self.offered.remove(ip);
+            }
+            keep
+        });
+        self.quarantine.retain(|_, until| *until > now);
+    }
+
+    /// Whether `ip` may be given to `mac` now.
+    fn free_for(&self, ip: Ipv4Addr, mac: &str, now: u64) -> bool {
+        if !self.settings.in_pool(ip) || self.quarantine.contains_key(&ip) {
+            return false;
+        }
+        if self.offered.get(&ip).is_some_and(|owner| owner != mac) {
+            return false;
+        }
+        match self.owner_of.get(&ip) {
+            None => true,
+            Some(owner) if owner == mac => true,
+            Some(owner) => self
+                .leases
+                .get(owner)
+                .is_none_or(|l| l.state != LeaseState::Bound || l.expires <= now),
+        }
+    }
+
+    fn choose(&mut self, now: u64, mac: &str, requested: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+        if let Some((ip, _)) = self.offers.get(mac) {
+            return Some(*ip);
+        }
+        if let Some(lease) = self.leases.get(mac) {
+            let ip = lease.ip;
+            if self.free_for(ip, mac, now) {
+                return Some(ip);
+            }
+        }
+        if let Some(ip) = requested.filter(|ip| self.free_for(*ip, mac, now)) {
+            return Some(ip);
+        }
+        // Next fit from a moving cursor: new clients take fresh addresses
+        // first, so recently used ones are reused last.
+        let start = u32::from(self.settings.pool_start);
+        let size = self.settings.pool_size();
+        for step in 0..size {
+            let candidate = start + (self.cursor.wrapping_sub(start).wrapping_add(step)) % size;
+            let ip = Ipv4Addr::from(candidate);
+            let owned_elsewhere = self.owner_of.get(&ip).is_some_and(|o| o != mac);
+            // Addresses that ever had another owner are left for a second pass.
+            if !owned_elsewhere && self.free_for(ip, mac, now) {
+                self.cursor = candidate.wrapping_add(1);
+                return Some(ip);
+            }
+        }
+        (0..size)
+            .map(|i| Ipv4Addr::from(start + i))
+            .find(|ip| self.free_for(*ip, mac, now))
+    }
+
+    fn discover(&mut self, now: u64, mac: &str, kind: ClientKind, m: &Message, out: &mut Outcome) {
+        self.pxe_event(now, mac, kind, out);
+        let requested = requested_ip(m);
+        let Some(ip) = self.choose(now, mac, requested) else {
+            self.counters.pool_exhausted += 1;
+            tracing::warn!(%mac, pool_size = self.settings.pool_size(), "DHCP pool exhausted: no offer");
+            out.events.push(DhcpEvent::PoolExhausted {
+                mac: mac.to_string(),
+                pool_size: self.settings.pool_size(),
+            });
+            return;
+        };
+        if let Some((old, _)) = self.offers.insert(
+            mac.to_string(),
+            (ip, now + u64::from(self.settings.offer_hold_secs)),
+        ) && old != ip
+        {
+            self.offered.remove(&old);
+        }
+        self.offered.insert(ip, mac.to_string());
+        self.counters.offers += 1;
+        out.replies
+            .push(self.reply(m, MessageType::Offer, ip, kind, true));
+    }
+
+    fn request(&mut self, now: u64, mac: &str, kind: ClientKind, m: &Message, out: &mut Outcome) {
+        let server_id = match m.opts().get(OptionCode::ServerIdentifier) {
+            Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
+            _ => None,
+        };
+        let requested = requested_ip(m);
+        let ciaddr = m.ciaddr();
+        let ip = match (server_id, requested) {
+            // SELECTING: the client picked an offer.
+            (Some(id), _) if id != self.settings.server_ip => {
+                // It chose another server: our offer is free again.
+                if let Some((ip, _)) = self.offers.remove(mac) {
+                    self.offered.remove(&ip);
+                }
+                self.counters.ignored += 1;
+                return;
+            }
+            (Some(_), Some(ip)) => ip,
+            (Some(_), None) => {
+                self.nak(m, "SELECTING request without a requested address", out);
+                return;
+            }
+            // INIT-REBOOT: verify the address the client remembers.
+            (None, Some(ip)) => ip,
+            // RENEWING / REBINDING: the client uses ciaddr.
+            (None, None) if !ciaddr.is_unspecified() => ciaddr,
+            (None, None) => {
+                self.nak(m, "request names no address", out);
+                return;
+            }
+        };
+        if !self.settings.in_subnet(ip) {
+            self.nak(m, "address is not on this network", out);
+            return;
+        }
+        let ours = self.offers.get(mac).is_some_and(|(o, _)| *o == ip)
+            || self.leases.get(mac).is_some_and(|l| l.ip == ip);
+        if !ours && !self.free_for(ip, mac, now) {
+            self.nak(m, "address belongs to another client", out);
+            return;
+        }
+        if !ours && !self.settings.in_pool(ip) {
+            self.nak(m, "address is outside the pool", out);
+            return;
+        }
+        if let Some((o, _)) = self.offers.remove(mac) {
+            self.offered.remove(&o);
+        }
+        let hostname = match m.opts().get(OptionCode::Hostname) {
+            Some(DhcpOption::Hostname(h)) => Some(h.chars().take(64).collect()),
+            _ => None,
+        };
+        let lease = Lease {
+            mac: mac.to_string(),
+            ip,
+            state: LeaseState::Bound,
+            expires: now + u64::from(self.settings.lease_secs),
+            client_kind: kind,
+            hostname,
+            updated: now,
+        };
+        if let Some(previous) = self.leases.get(mac)
+            && previous.ip != ip
+        {
+            self.owner_of.remove(&previous.ip);
+        }
+        if let Some(previous_owner) = self.owner_of.insert(ip, mac.to_string())
+            && previous_owner != mac
+        {
+            self.leases.remove(&previous_owner);
+        }
+        self.leases.insert(mac.to_string(), lease.clone());
+        out.writes.push(Write::Lease(lease));
+        out.events.push(DhcpEvent::LeaseBound {
+            mac: mac.to_string(),
+            ip,
+            kind,
+        });
+        self.counters.acks += 1;
+        out.replies
+            .push(self.reply(m, MessageType::Ack, ip, kind, true));
+    }
+
+    fn decline(&mut self, now: u64, mac: &str, m: &Message, out: &mut Outcome) {
+        let Some(ip) = requested_ip(m) else {
+            self.counters.ignored += 1;
+            return;
+        };
+        let ours = self.leases.get(mac).is_some_and(|l| l.ip == ip)
+            || self.offers.get(mac).is_some_and(|(o, _)| *o == ip);
+        if !ours {
+            self.counters.ignored += 1;
+            return;
+        }
+        self.counters.declines += 1;
+        let until = now + u64::from(self.settings.decline_quarantine_secs);
+        self.quarantine.insert(ip, until);
+        self.offers.remove(mac);
+        self.offered.remove(&ip);
+        if self.leases.remove(mac).is_some() {
+            self.owner_of.remove(&ip);
+        }
+        tracing::warn!(%mac, %ip, "address declined (in use elsewhere): quarantined");
+        out.writes.push(Write::Quarantine(Quarantine {
+            ip,
+            until,
+            mac: mac.to_string(),
+        }));
+        out.writes.push(Write::Forget {
+            mac: mac.to_string(),
+        });
+        out.events.push(DhcpEvent::Declined {
+            mac: mac.to_string(),
+            ip,
+        });
+    }
+
+    fn release(&mut self, now: u64, mac: &str, m: &Message, out: &mut Outcome) {
+        let ip = m.ciaddr();
+        match self.leases.get_mut(mac) {
+            Some(lease) if lease.ip == ip && lease.state == LeaseState::Bound => {
+                lease.state = LeaseState::Released;
+                lease.expires = now;
+                lease.updated = now;
+                self.counters.releases += 1;
+                out.writes.push(Write::Lease(lease.clone()));
+            }
+            _ => self.counters.ignored += 1,
+        }
+    }
+
+    fn inform(&mut self, _mac: &str, kind: ClientKind, m: &Message, out: &mut Outcome) {
+        if m.ciaddr().is_unspecified() {
+            self.counters.ignored += 1;
+            return;
+        }
+        self.counters.informs += 1;
+        out.replies
+            .push(self.reply(m, MessageType::Ack, Ipv4Addr::UNSPECIFIED, kind, false));
+    }
+
+    fn nak(&mut self, m: &Message, why: &str, out: &mut Outcome) {
+        self.counters.naks += 1;
+        tracing::debug!(mac = %mac_string(&m.chaddr()[..6]), why, "DHCPNAK");
+        let mut reply = Message::new_with_id(
+            m.xid(),
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            m.giaddr(),
+            m.chaddr(),
+        );
+        reply.set_opcode(Opcode::BootReply);
+        reply.set_flags(m.flags());
+        let opts = reply.opts_mut();
+        opts.insert(DhcpOption::MessageType(MessageType::Nak));
+        opts.insert(DhcpOption::ServerIdentifier(self.settings.server_ip));
+        opts.insert(DhcpOption::Message(why.to_string()));
+        echo_relay_info(m, &mut reply);
+        // A NAK goes to everyone: the client may not be able to receive unicast.
+        let destination = if m.giaddr().is_unspecified() {
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+        } else {
+            SocketAddrV4::new(m.giaddr(), SERVER_PORT)
+        };
+        if let Ok(bytes) = reply.to_vec() {
+            out.replies.push(Reply { bytes, destination });
+        }
+    }
+
+    fn pxe_event(&mut self, now: u64, mac: &str, kind: ClientKind, out: &mut Outcome) {
+        if !kind.is_network_boot() {
+            return;
+        }
+        let last = self.pxe_events.get(mac).copied().unwrap_or(0);
+        if now.saturating_sub(last) >= PXE_EVENT_INTERVAL_SECS || last == 0 {
+            if self.pxe_events.len() > 100_000 {
+                self.pxe_events
+                    .retain(|_, t| now.saturating_sub(*t) < PXE_EVENT_INTERVAL_SECS);
+            }
+            self.pxe_events.insert(mac.to_string(), now);
+            out.events.push(DhcpEvent::PxeBooting {
+                mac: mac.to_string(),
+                kind,
+            });
+        }
+    }
+
+    /// OFFER or ACK (with `lease` false: an INFORM answer without lease times).
+    fn reply(
+        &self,
+        m: &Message,
+        kind_of: MessageType,
+        yiaddr: Ipv4Addr,
+        client: ClientKind,
+        lease: bool,
+    ) -> Reply {
+        let s = &self.settings;
+        let mut reply = Message::new_with_id(
+            m.xid(),
+            m.ciaddr(),
+            yiaddr,
+            Ipv4Addr::UNSPECIFIED,
+            m.giaddr(),
+            m.chaddr(),
+        );
+        reply.set_opcode(Opcode::BootReply);
+        reply.set_flags(m.flags());
+        let opts = reply.opts_mut();
+        opts.insert(DhcpOption::MessageType(kind_of));
+        opts.insert(DhcpOption::ServerIdentifier(s.server_ip));
+        if lease {
+            opts.insert(DhcpOption::AddressLeaseTime(s.lease_secs));
+            opts.insert(DhcpOption::Renewal(s.lease_secs / 2));
+            opts.insert(DhcpOption::Rebinding(s.lease_secs / 8 * 7));
+        }
+        opts.insert(DhcpOption::SubnetMask(s.mask()));
+        opts.insert(DhcpOption::BroadcastAddr(s.broadcast()));
+        if !s.routers.is_empty() {
+            opts.insert(DhcpOption::Router(s.routers.clone()));
+        }
+        if !s.dns.is_empty() {
+            opts.insert(DhcpOption::DomainNameServer(s.dns.clone()));
+        }
+        if !s.ntp.is_empty() {
+            opts.insert(DhcpOption::NtpServers(s.ntp.clone()));
+        }
+        if let Some(domain) = &s.domain {
+            opts.insert(DhcpOption::DomainName(domain.clone()));
+        }
+        let mac = mac_string(&m.chaddr()[..6]);
+        match client {
+            ClientKind::BiosPxe | ClientKind::UefiX64Pxe | ClientKind::UefiArm64Pxe => {
+                let file = match client {
+                    ClientKind::BiosPxe => &s.boot.bios,
+                    ClientKind::UefiX64Pxe => &s.boot.uefi_x64,
+                    _ => &s.boot.uefi_arm64,
+                };
+                reply.set_siaddr(s.server_ip);
+                set_file(&mut reply, file);
+                reply
+                    .opts_mut()
+                    .insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+                reply.opts_mut().insert(DhcpOption::TFTPServerName(
+                    s.server_ip.to_string().into_bytes(),
+                ));
+            }
+            ClientKind::UefiX64Http | ClientKind::UefiArm64Http => {
+                let file = if client == ClientKind::UefiX64Http {
+                    &s.boot.uefi_x64
+                } else {
+                    &s.boot.uefi_arm64
+                };
+                set_file(&mut reply, &format!("{}/boot/{file}", s.boot.http_base));
+                reply
+                    .opts_mut()
+                    .insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+            }
+            ClientKind::Ipxe => {
+                reply.set_siaddr(s.server_ip);
+                set_file(
+                    &mut reply,
+                    &format!("{}/ipxe/{}", s.boot.http_base, mac.replace(':', "-")),
+                );
+            }
+            ClientKind::Plain => {}
+        }
+        echo_relay_info(m, &mut reply);
+        let destination = if !m.giaddr().is_unspecified() {
+            SocketAddrV4::new(m.giaddr(), SERVER_PORT)
+        } else if !m.ciaddr().is_unspecified() {
+            SocketAddrV4::new(m.ciaddr(), CLIENT_PORT)
+        } else {
+            // Without ARP for an address the client does not have yet, a
+            // broadcast on the provisioning bridge is what every client hears.
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+        };
+        let bytes = reply.to_vec().unwrap_or_default();
+        Reply { bytes, destination }
+    }
+}
+
+/// Options whose length the decoder only checks with debug assertions:
+/// (code, exact length or minimum when negative).
+const CHECKED_LENGTHS: [(u8, i16); 7] = [
+    (80, 0),
+    (81, -3),
+    (94, 3),
+    (152, 4),
+    (153, 4),
+    (154, 4),
+    (155, 4),
+];
+/// Offset of the options (fixed header + magic cookie).
+const OPTIONS_OFFSET: usize = 240;
+
+/// Walks the options before the decoder does and rejects lengths it would
+/// assert on, and option overloading (52), which this server does not use.
+fn options_are_sane(datagram: &[u8]) -> bool {
+    let mut offset = OPTIONS_OFFSET;
+    while let Some(&code) = datagram.get(offset) {
+        match code {
+            0 => offset += 1,
+            255 => return true,
+            _ => {
+                let Some(&len) = datagram.get(offset + 1) else {
+                    return false;
+                };
+                if code == 52 {
+                    return false;
+                }
+                let bad = CHECKED_LENGTHS.iter().any(|&(c, expected)| {
+                    c == code
+                        && if expected >= 0 {
+                            i16::from(len) != expected
+                        } else {
+                            i16::from(len) < -expected
+                        }
+                });
+                if bad {
+                    return false;
+                }
+                offset += 2 + usize::from(len);
+            }
+        }
+    }
+    true
+}
+
+fn requested_ip(m: &Message) -> Option<Ipv4Addr> {
+    match m.opts().get(OptionCode::RequestedIpAddress) {
+        Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
+        _ => None,
+    }
+}
+
+/// The boot file field holds 128 bytes including its NUL; settings keep
+/// names shorter (validated), this guards the rest.
+fn set_file(reply: &mut Message, file: &str) {
+    if file.len() < 128 {
+        reply.set_fname_str(file);
+    } else {
+        tracing::error!(file, "boot file name longer than 127 bytes; not sent");
+    }
+}
+
+/// Relay agent information (option 82) goes back unchanged (RFC 3046 §2.2).
+fn echo_relay_info(request: &Message, reply: &mut Message) {
+    if let Some(info) = request.opts().get(OptionCode::RelayAgentInformation) {
+        reply.opts_mut().insert(info.clone());
+    }
+}
+
+/// Builds requests in tests and tools.
+pub fn request_message(mac: [u8; 6], kind: MessageType, options: Vec<DhcpOption>) -> Message {
+    let mut m = Message::new_with_id(
+        u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]),
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &mac,
+    );
+    m.set_flags(Flags::default());
+    m.opts_mut().insert(DhcpOption::MessageType(kind));
+    for option in options {
+        m.opts_mut().insert(option);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::settings::example;
+    use dhcproto::v4::{Architecture, relay};
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x6d, 1, 3];
+    const T0: u64 = 1_800_000_000_000;
+
+    fn decode(reply: &Reply) -> Message {
+        Message::decode(&mut Decoder::new(&reply.bytes)).unwrap()
+    }
+
+    fn fname(m: &Message) -> String {
+        m.fname_str()
+            .unwrap()
+            .unwrap()
+            .trim_end_matches('\0')
+            .to_string()
+    }
+
+    fn send(server: &mut DhcpServer, now: u64, m: &Message) -> Outcome {
+        server.handle(now, &m.to_vec().unwrap())
+    }
+
+    fn dora(server: &mut DhcpServer, mac: [u8; 6], now: u64) -> Option<Ipv4Addr> {
+        let offer = send(
+            server,
+            now,
+            &request_message(mac, MessageType::Discover, vec![]),
+        );
+        let ip = decode(offer.replies.first()?).yiaddr();
+        let ack = send(
+            server,
+            now,
+            &request_message(
+                mac,
+                MessageType::Request,
+                vec![
+                    DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 100, 1, 1)),
+                    DhcpOption::RequestedIpAddress(ip),
+                ],
+            ),
+        );
+        assert_eq!(ack.writes.len(), 1);
+        let reply = decode(&ack.replies[0]);
+        assert_eq!(reply.opts().msg_type(), Some(MessageType::Ack));
+        Some(reply.yiaddr())
+    }
+
+    #[test]
+    fn full_dora_and_the_same_address_again() {
+        let mut server = DhcpServer::new(example(), vec![], vec![]);
+        let ip = dora(&mut server, MAC, T0).unwrap();
+        assert_eq!(ip, Ipv4Addr::new(10, 100, 1, 100));
+        // RENEWING: ciaddr set, unicast answer.
+        let mut renew = request_message(MAC, MessageType::Request, vec![]);
+        renew.set_ciaddr(ip);
+        let out = send(&mut server, T0 + 1000, &renew);
+        assert_eq!(
+            out.replies[0].destination,
+            SocketAddrV4::new(ip, CLIENT_PORT)
+        );
+        assert_eq!(
+            decode(&out.replies[0]).opts().msg_type(),
+            Some(MessageType::Ack)
+        );
+        // A new DISCOVER gets the same address back.
+        let again = send(
+            &mut server,
+            T0 + 2000,
+            &request_message(MAC, MessageType::Discover, vec![]),
+        );
+        assert_eq!(decode(&again.replies[0]).yiaddr(), ip);
+    }
+
+    #[test]
+    fn pxe_clients_get_their_boot_file_and_an_event() {
+        let mut server = DhcpServer::new(example(), vec![], vec![]);
+        let bios = request_message(
+            MAC,
+            MessageType::Discover,
+            vec![
+                DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()),
+                DhcpOption::ClientSystemArchitecture(Architecture::from(0)),
+            ],
+        );
+        let out = send(&mut server, T0, &bios);
+        let offer = decode(&out.replies[0]);
+        assert_eq!(fname(&offer), "undionly.kpxe");
+        assert_eq!(offer.siaddr(), Ipv4Addr::new(10, 100, 1, 1));
+        assert!(matches!(
+            out.events[0],
+            DhcpEvent::PxeBooting {
+                kind: ClientKind::BiosPxe,
+                ..
+            }
+        ));
+        // Firmware retries within the window do not repeat the event.
+        assert!(send(&mut server, T0 + 1000, &bios).events.is_empty());
+
+        let ipxe = request_message(
+            [2, 0, 0, 0, 0, 9],
+            MessageType::Discover,
+            vec![DhcpOption::UserClass(b"iPXE".to_vec())],
+        );
+        let offer = decode(&send(&mut server, T0, &ipxe).replies[0]);
+        assert_eq!(
+            fname(&offer),
+            "http://10.100.1.1:8070/ipxe/02-00-00-00-00-09"
+        );
+        let http = request_message(
+            [2, 0, 0, 0, 0, 10],
+            MessageType::Discover,
+            vec![
+                DhcpOption::ClassIdentifier(b"HTTPClient:Arch:00016".to_vec()),
+                DhcpOption::ClientSystemArchitecture(Architecture::from(16)),
+            ],
+        );
+        let offer = decode(&send(&mut server, T0, &http).replies[0]);
+        assert_eq!(fname(&offer), "http://10.100.1.1:8070/boot/ipxe.efi");
+        assert!(matches!(
+            offer.opts().get(OptionCode::ClassIdentifier),
+            Some(DhcpOption::ClassIdentifier(v)) if v == b"HTTPClient"
+        ));
+    }
+
+    #[test]
+    fn exhausted_pool_gives_no_offer_and_says_why() {
+        let mut server = DhcpServer::new(example(), vec![], vec![]);
+        for i in 0..3 {
+            assert!(dora(&mut server, [2, 0, 0, 0, 1, i], T0).is_some());
+        }
+        let out = send(
+            &mut server,
+            T0,
+            &request_message([2, 0, 0, 0, 1, 9], MessageType::Discover, vec![]),
+        );
+        assert!(out.replies.is_empty());
+        assert!(matches!(
+            out.events[0],
+            DhcpEvent::PoolExhausted { pool_size: 3, .. }
+        ));
+        assert_eq!(server.counters().pool_exhausted, 1);
+    }
+
+    #[test]
+    fn nak_for_wrong_network_or_someone_elses_address() {
+        let mut server = DhcpServer::new(example(), vec![], vec![]);
+        let taken = dora(&mut server, [2, 0, 0, 0, 0, 1], T0).unwrap();
+        let wrong_net = request_message(
+            MAC,
+            MessageType::Request,
+            vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(
+                192, 168, 7, 7,
+            ))],
+        );
+        let out = send(&mut server, T0, &wrong_net);
+        let nak = decode(&out.replies[0]);
+        assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
+        assert_eq!(out.replies[0].destination.ip(), &Ipv4Addr::BROADCAST);
+        let steal = request_message(
+            MAC,
+            MessageType::Request,
+            vec![DhcpOption::RequestedIpAddress(taken)],
+        );
+        assert_eq!(
+            decode(&send(&mut server, T0, &steal).replies[0])
+                .opts()
+                .msg_type(),
+            Some(MessageType::Nak)
+        );
+        assert!(send(&mut server, T0, &steal).writes.is_empty());
+    }
+
+    #[test]
+    fn release_decline_and_inform() {
+        let mut server = DhcpServer::new(example(), vec![], vec![]);
+        let ip = dora(&mut server, MAC, T0).unwrap();
+        let mut release = request_message(MAC, MessageType::Release, vec![]);
+        release.set_ciaddr(ip);
+        let out = send(&mut server, T0, &release);
+        assert!(out.replies.is_empty());
+        assert!(matches!(&out.writes[0], Write::Lease(l) if l.state == LeaseState::Released));
+        // Declined: quarantined, never offered again while it lasts.
+        let ip = dora(&mut server, MAC, T0 + 1000).unwrap();
+        let decline = request_message(
+            MAC,
+            MessageType::Decline,
+            vec![DhcpOption::RequestedIpAddress(ip)],
+        );
+        let out = send(&mut server, T0 + 1000, &decline);
+        assert!(matches!(out.writes[0], Write::Quarantine(_)));
+        let offer = send(
+            &mut server,
+            T0 + 2000,
+            &request_message(MAC, MessageType::Discover, vec![]),
+        );
+        assert_ne!(decode(&offer.replies[0]).yiaddr(), ip);
+        // INFORM: options, no address, no lease time, unicast to ciaddr.
+        let mut inform = request_message([2, 0, 0, 0, 0, 7], MessageType::Inform, vec![]);
+        inform.set_ciaddr(Ipv4Addr::new(10, 100, 1, 50));
+        let out = send(&mut server, T0, &inform);
+        let ack = decode(&out.replies[0]);
+        assert_eq!(ack.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert!(ack.opts().get(OptionCode::AddressLeaseTime).is_none());
+        assert_eq!(
+            out.replies[0].destination,
+            SocketAddrV4::new(Ipv4Addr::new(10, 100, 1, 50), CLIENT_PORT)
+        );
+    }
+
+    #[test]
+    fn relayed_requests_keep_option_82_and_go_back_to_the_relay() {
+        let mut server = DhcpServer::new(example(), vec![], vec![]);
+        let mut info = relay::RelayAgentInformation::default();
+        info.insert(relay::RelayInfo::AgentCircuitId(b"swp7".to_vec()));
+        let mut m = request_message(
+            MAC,
+            MessageType::Discover,
+            vec![DhcpOption::RelayAgentInformation(info.clone())],
+        );
+        m.set_giaddr(Ipv4Addr::new(10, 100, 1, 254));
+        m.set_hops(1);
+        let out = send(&mut server, T0, &m);
+        assert_eq!(
+            out.replies[0].destination,
+            SocketAddrV4::new(Ipv4Addr::new(10, 100, 1, 254), SERVER_PORT)
+        );
+        assert_eq!(
+            decode(&out.replies[0])
+                .opts()
+                .get(OptionCode::RelayAgentInformation),
+            Some(&DhcpOption::RelayAgentInformation(info))
+        );
+        // A relay from a network we do not serve is ignored.
+        m.set_giaddr(Ipv4Addr::new(192, 0, 2, 1));
+        assert!(send(&mut server, T0, &m).replies.is_empty());
+    }
+
+    #[test]
+    fn floods_are_rate_limited_and_garbage_is_counted() {
+        let mut server = DhcpServer::new(example(), vec![], vec![]);
+        let discover = request_message(MAC, MessageType::Discover, vec![]);
+        let answered = (0..100)
+            .filter(|_| !send(&mut server, T0, &discover).replies.is_empty())
+            .count();
+        assert_eq!(answered, 40);
+        assert_eq!(server.counters().rate_limited, 60);
+        assert!(server.handle(T0, &[1, 2, 3]).replies.is_empty());
+        assert_eq!(server.counters().malformed, 1);
+    }
+
+    #[test]
+    fn lengths_the_decoder_would_assert_on_are_rejected() {
+        let mut server = DhcpServer::new(example(), vec![], vec![]);
+        let mut bytes = request_message(MAC, MessageType::Discover, vec![])
+            .to_vec()
+            .unwrap();
+        let end = bytes.len() - 1;
+        // option 94 (client network interface) must be 3 bytes long: give it 1.
+        bytes.splice(end..end, [94u8, 1, 1]);
+        assert!(server.handle(T0, &bytes).replies.is_empty());
+        assert_eq!(server.counters().malformed, 1);
+    }
+
+    #[test]
+    fn persisted_leases_are_honoured_after_restart() {
+        let mut first = DhcpServer::new(example(), vec![], vec![]);
+        let ip = dora(&mut first, MAC, T0).unwrap();
+        let lease = first.leases.get(&mac_string(&MAC)).unwrap().clone();
+        let mut second = DhcpServer::new(example(), vec![lease], vec![]);
+        // Another client never gets that address while the lease runs.
+        let other = dora(&mut second, [2, 0, 0, 0, 0, 1], T0 + 1000).unwrap();
+        assert_ne!(other, ip);
+    }
+}

@@ -1,0 +1,217 @@
+//! The DHCP server's socket loop, on its own thread: it receives a batch of
+//! datagrams, lets the protocol logic answer them, commits every lease of the
+//! batch in one transaction, and only then sends the replies, so a client
+//! never holds an ACK the store could forget (group commit).
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::mpsc;
+
+use super::leases::{LeaseStore, StoreError};
+use super::server::{DhcpCounters, DhcpEvent, DhcpServer, SERVER_PORT};
+use super::settings::{DhcpSettings, SettingsError};
+
+/// Datagrams handled per batch (and per transaction).
+const BATCH: usize = 256;
+/// How often the loop checks whether it should stop.
+const POLL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("DHCP settings: {0}")]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot open DHCP socket on {interface} port {port}: {source}")]
+    Socket {
+        interface: String,
+        port: u16,
+        source: std::io::Error,
+    },
+}
+
+/// Where and how the service runs.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub settings: DhcpSettings,
+    /// Interface the server answers on (the provisioning bridge).
+    pub interface: String,
+    /// UDP port (67; tests and benchmarks may use another).
+    pub port: u16,
+    pub lease_db: PathBuf,
+}
+
+/// A running DHCP service.
+#[derive(Debug)]
+pub struct DhcpService {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<(), ServiceError>>>,
+    counters: Arc<Mutex<DhcpCounters>>,
+}
+
+fn open_socket(interface: &str, port: u16) -> std::io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_broadcast(true)?;
+    // Only the provisioning bridge: a leaf must never answer DHCP on its uplinks.
+    socket.bind_device(Some(interface.as_bytes()))?;
+    socket.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())?;
+    socket.set_recv_buffer_size(4 * 1024 * 1024)?;
+    let socket: UdpSocket = socket.into();
+    socket.set_read_timeout(Some(POLL))?;
+    Ok(socket)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl DhcpService {
+    /// Validates, opens the store and the socket, and starts the loop.
+    pub fn start(
+        config: ServiceConfig,
+        events: mpsc::Sender<DhcpEvent>,
+    ) -> Result<Self, ServiceError> {
+        config.settings.validate()?;
+        let store = LeaseStore::open(&config.lease_db)?;
+        let server = DhcpServer::new(
+            config.settings.clone(),
+            store.leases()?,
+            store.quarantine()?,
+        );
+        let socket =
+            open_socket(&config.interface, config.port).map_err(|source| ServiceError::Socket {
+                interface: config.interface.clone(),
+                port: config.port,
+                source,
+            })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Mutex::new(DhcpCounters::default()));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            let counters = Arc::clone(&counters);
+            std::thread::Builder::new()
+                .name("dhcp".into())
+                .spawn(move || serve(socket, server, store, events, &stop, &counters))
+                .map_err(|source| ServiceError::Socket {
+                    interface: config.interface.clone(),
+                    port: config.port,
+                    source,
+                })?
+        };
+        tracing::info!(interface = %config.interface, port = config.port, "DHCP server running");
+        Ok(DhcpService {
+            stop,
+            thread: Some(thread),
+            counters,
+        })
+    }
+
+    pub fn counters(&self) -> DhcpCounters {
+        self.counters.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Whether the loop has ended (it only ends on a store failure or stop).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Stops the loop and returns how it ended.
+    pub fn stop(mut self) -> Result<(), ServiceError> {
+        self.stop.store(true, Ordering::SeqCst);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) | None => Ok(()),
+        }
+    }
+}
+
+impl Drop for DhcpService {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn serve(
+    socket: UdpSocket,
+    mut server: DhcpServer,
+    mut store: LeaseStore,
+    events: mpsc::Sender<DhcpEvent>,
+    stop: &AtomicBool,
+    counters: &Mutex<DhcpCounters>,
+) -> Result<(), ServiceError> {
+    let mut buf = vec![0u8; 2048];
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
+    while !stop.load(Ordering::SeqCst) {
+        batch.clear();
+        // Block for the first datagram, then take whatever else is queued.
+        socket.set_nonblocking(false).ok();
+        match socket.recv_from(&mut buf) {
+            Ok((n, _)) => batch.push(buf[..n].to_vec()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "DHCP receive failed");
+                continue;
+            }
+        }
+        socket.set_nonblocking(true).ok();
+        while batch.len() < BATCH {
+            match socket.recv_from(&mut buf) {
+                Ok((n, _)) => batch.push(buf[..n].to_vec()),
+                Err(_) => break,
+            }
+        }
+        let now = now_ms();
+        let mut writes = Vec::new();
+        let mut replies = Vec::new();
+        for datagram in &batch {
+            let outcome = server.handle(now, datagram);
+            writes.extend(outcome.writes);
+            replies.extend(outcome.replies);
+            for event in outcome.events {
+                if events.try_send(event).is_err() {
+                    tracing::debug!("DHCP event queue full; event dropped");
+                }
+            }
+        }
+        // Durable before any ACK leaves. If the disk fails, no ACK is sent
+        // and the loop ends; the supervisor restarts it from the store.
+        if let Err(error) = store.commit(&writes) {
+            tracing::error!(%error, "cannot persist leases; not answering");
+            return Err(error.into());
+        }
+        socket.set_nonblocking(false).ok();
+        for reply in replies {
+            if let Err(error) = socket.send_to(&reply.bytes, reply.destination) {
+                tracing::debug!(%error, to = %reply.destination, "DHCP send failed");
+            }
+        }
+        if let Ok(mut c) = counters.lock() {
+            *c = server.counters().clone();
+        }
+    }
+    Ok(())
+}
+
+/// Reads the leases of a store file (for the admin API), without the server.
+pub fn read_leases(path: &Path) -> Result<Vec<super::Lease>, StoreError> {
+    LeaseStore::open(path)?.leases()
+}
+
+/// Port the service listens on by default.
+pub const DEFAULT_PORT: u16 = SERVER_PORT;

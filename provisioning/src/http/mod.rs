@@ -1,0 +1,88 @@
+//! The leaf's HTTP boot server (port 8070): per-machine iPXE scripts and the
+//! kernel, initramfs and images, streamed from disk with HEAD, Range and
+//! ETag/If-None-Match support. Every request is logged.
+
+mod files;
+mod ipxe;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+pub use ipxe::IpxeSettings;
+
+/// What the HTTP boot server serves.
+#[derive(Debug, Clone)]
+pub struct HttpBootConfig {
+    pub listen: SocketAddr,
+    /// Directory behind `/boot/…`.
+    pub root: PathBuf,
+    pub ipxe: IpxeSettings,
+}
+
+#[derive(Debug)]
+struct AppState {
+    root: PathBuf,
+    ipxe: IpxeSettings,
+}
+
+pub fn router(config: &HttpBootConfig) -> Router {
+    let state = Arc::new(AppState {
+        root: config.root.clone(),
+        ipxe: config.ipxe.clone(),
+    });
+    Router::new()
+        .route("/ipxe/{mac}", get(ipxe::script))
+        .route("/boot/{*path}", get(files::serve))
+        .layer(middleware::from_fn(access_log))
+        .with_state(state)
+}
+
+/// Serves until cancelled.
+pub async fn serve(config: HttpBootConfig, cancel: CancellationToken) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    tracing::info!(listen = %config.listen, root = %config.root.display(), "HTTP boot server running");
+    axum::serve(
+        listener,
+        router(&config).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { cancel.cancelled().await })
+    .await
+}
+
+async fn access_log(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
+    let range = request
+        .headers()
+        .get(axum::http::header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let response = next.run(request).await;
+    let length = response
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    tracing::info!(
+        %peer, %method, %uri, status = response.status().as_u16(), length,
+        range = range.as_deref().unwrap_or("-"),
+        ms = started.elapsed().as_millis() as u64, "http"
+    );
+    response
+}

@@ -1,0 +1,7 @@
+//! Read-only TFTP for the iPXE binaries firmware chain-loads.
+
+pub mod packet;
+pub mod service;
+
+pub use packet::Packet;
+pub use service::{TftpConfig, TftpCounters, serve};

@@ -1,0 +1,385 @@
+//! The read-only TFTP server: one listening socket, one task and socket per
+//! transfer (RFC 1350 §4: the server answers from a new port), option
+//! negotiation (RFC 2347/2348/2349/7440), windowed sending with
+//! retransmission, and files streamed block by block from disk.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::packet::{Packet, code};
+use crate::root::{PathError, resolve};
+
+const DEFAULT_BLKSIZE: usize = 512;
+const MAX_BLKSIZE: usize = 65464;
+const MAX_WINDOW: u16 = 64;
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Retransmissions of one window before the transfer is abandoned.
+const MAX_RETRIES: u32 = 6;
+
+#[derive(Debug, Clone)]
+pub struct TftpConfig {
+    /// Directory files are served from; nothing outside it is reachable.
+    pub root: PathBuf,
+    pub listen: SocketAddr,
+    /// Interface to bind to (the provisioning bridge), if any.
+    pub interface: Option<String>,
+    pub max_transfers: usize,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct TftpCounters {
+    pub requests: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub refused: AtomicU64,
+    pub malformed: AtomicU64,
+    pub bytes_sent: AtomicU64,
+}
+
+/// The TFTP error code for a refused name.
+fn error_code(error: &PathError) -> u16 {
+    match error {
+        PathError::NotFound => code::FILE_NOT_FOUND,
+        PathError::RootUnavailable => code::NOT_DEFINED,
+        _ => code::ACCESS_VIOLATION,
+    }
+}
+
+/// The options this server agrees to, in the order the client sent them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    pub blksize: usize,
+    pub windowsize: u16,
+    pub timeout: Duration,
+    pub acknowledged: Vec<(String, String)>,
+}
+
+pub fn negotiate(options: &[(String, String)], file_size: u64) -> Negotiated {
+    let mut n = Negotiated {
+        blksize: DEFAULT_BLKSIZE,
+        windowsize: 1,
+        timeout: DEFAULT_TIMEOUT,
+        acknowledged: Vec::new(),
+    };
+    for (name, value) in options {
+        let Ok(number) = value.parse::<u64>() else {
+            continue;
+        };
+        match name.as_str() {
+            "blksize" if number >= 8 => {
+                n.blksize = (number as usize).min(MAX_BLKSIZE);
+                n.acknowledged.push((name.clone(), n.blksize.to_string()));
+            }
+            "windowsize" if number >= 1 => {
+                n.windowsize = (number.min(u64::from(MAX_WINDOW))) as u16;
+                n.acknowledged
+                    .push((name.clone(), n.windowsize.to_string()));
+            }
+            "timeout" if (1..=255).contains(&number) => {
+                n.timeout = Duration::from_secs(number);
+                n.acknowledged.push((name.clone(), number.to_string()));
+            }
+            "tsize" => n.acknowledged.push((name.clone(), file_size.to_string())),
+            _ => {}
+        }
+    }
+    n
+}
+
+/// Runs the server until cancelled.
+pub async fn serve(
+    config: TftpConfig,
+    counters: Arc<TftpCounters>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let socket = bind(config.listen, config.interface.as_deref())?;
+    tracing::info!(listen = %config.listen, root = %config.root.display(), "TFTP server running");
+    let slots = Arc::new(Semaphore::new(config.max_transfers));
+    let root = Arc::new(config.root.clone());
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (n, peer) = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            received = socket.recv_from(&mut buf) => received?,
+        };
+        let packet = match Packet::decode(&buf[..n]) {
+            Ok(p) => p,
+            Err(error) => {
+                counters.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, %error, "malformed TFTP request");
+                continue;
+            }
+        };
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        let local = SocketAddr::new(config.listen.ip(), 0);
+        let interface = config.interface.clone();
+        let counters = Arc::clone(&counters);
+        let root = Arc::clone(&root);
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            send_error(&socket, peer, code::NOT_DEFINED, "Server busy").await;
+            continue;
+        };
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let result = match bind(local, interface.as_deref()) {
+                Ok(transfer_socket) => {
+                    tokio::select! {
+                        () = cancel.cancelled() => Ok(()),
+                        r = transfer(&transfer_socket, peer, packet, &root, &counters) => r,
+                    }
+                }
+                Err(error) => Err(error.to_string()),
+            };
+            match result {
+                Ok(()) => {}
+                Err(error) => {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%peer, %error, "TFTP transfer failed");
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn bind(address: SocketAddr, interface: Option<&str>) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if let Some(interface) = interface {
+        socket.bind_device(Some(interface.as_bytes()))?;
+    }
+    socket.bind(&address.into())?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
+}
+
+async fn send_error(socket: &UdpSocket, peer: SocketAddr, code: u16, message: &str) {
+    let packet = Packet::Error {
+        code,
+        message: message.to_string(),
+    };
+    let _ = socket.send_to(&packet.encode(), peer).await;
+}
+
+async fn transfer(
+    socket: &UdpSocket,
+    peer: SocketAddr,
+    request: Packet,
+    root: &Path,
+    counters: &TftpCounters,
+) -> Result<(), String> {
+    let (filename, mode, options) = match request {
+        Packet::ReadRequest {
+            filename,
+            mode,
+            options,
+        } => (filename, mode, options),
+        Packet::WriteRequest { filename, .. } => {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            send_error(
+                socket,
+                peer,
+                code::ACCESS_VIOLATION,
+                "Access violation: read-only server",
+            )
+            .await;
+            return Err(format!("write request for {filename} refused"));
+        }
+        _ => {
+            send_error(
+                socket,
+                peer,
+                code::ILLEGAL_OPERATION,
+                "Illegal TFTP operation",
+            )
+            .await;
+            return Err("not a request".into());
+        }
+    };
+    if mode != "octet" && mode != "netascii" {
+        send_error(
+            socket,
+            peer,
+            code::ILLEGAL_OPERATION,
+            "Only octet and netascii modes",
+        )
+        .await;
+        return Err(format!("mode {mode} refused"));
+    }
+    let path = match resolve(root, &filename) {
+        Ok(path) => path,
+        Err(error) => {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            let message = match error {
+                PathError::NotFound => "File not found".to_string(),
+                other => format!("Access violation: {other}"),
+            };
+            send_error(socket, peer, error_code(&error), &message).await;
+            return Err(format!("{filename}: {error}"));
+        }
+    };
+    let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    let n = negotiate(&options, size);
+    tracing::debug!(%peer, file = %filename, size, blksize = n.blksize, window = n.windowsize, "TFTP read");
+    let mut buf = vec![0u8; 4 + MAX_BLKSIZE + 4];
+    if !n.acknowledged.is_empty() {
+        let oack = Packet::OptionAck {
+            options: n.acknowledged.clone(),
+        }
+        .encode();
+        let mut acked = false;
+        for _ in 0..MAX_RETRIES {
+            socket
+                .send_to(&oack, peer)
+                .await
+                .map_err(|e| e.to_string())?;
+            if wait_ack(socket, peer, &mut buf, n.timeout).await? == Some(0) {
+                acked = true;
+                break;
+            }
+        }
+        if !acked {
+            return Err("client never acknowledged the options".into());
+        }
+    }
+    // Blocks are numbered from 1; the last one is shorter than blksize (maybe empty).
+    let blocks = size / n.blksize as u64 + 1;
+    let mut acked: u64 = 0;
+    let mut retries = 0;
+    let mut data = vec![0u8; n.blksize];
+    while acked < blocks {
+        let window_end = (acked + u64::from(n.windowsize)).min(blocks);
+        for block in acked + 1..=window_end {
+            let offset = (block - 1) * n.blksize as u64;
+            let len = (size.saturating_sub(offset)).min(n.blksize as u64) as usize;
+            file.read_exact_at(&mut data[..len], offset)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let packet = Packet::Data {
+                block: block as u16,
+                data: data[..len].to_vec(),
+            }
+            .encode();
+            socket
+                .send_to(&packet, peer)
+                .await
+                .map_err(|e| e.to_string())?;
+            counters.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        match wait_ack(socket, peer, &mut buf, n.timeout).await? {
+            Some(wire) => {
+                // The ACK names a block by its low 16 bits; map it back into the window.
+                let delta = u64::from(wire.wrapping_sub(acked as u16));
+                if delta >= 1 && delta <= window_end - acked {
+                    acked += delta;
+                    retries = 0;
+                }
+            }
+            None => {
+                retries += 1;
+                if retries > MAX_RETRIES {
+                    return Err(format!("{filename}: client stopped acknowledging"));
+                }
+            }
+        }
+    }
+    counters.completed.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Waits for an ACK from `peer`; `None` on timeout. Errors end the transfer.
+async fn wait_ack(
+    socket: &UdpSocket,
+    peer: SocketAddr,
+    buf: &mut [u8],
+    timeout: Duration,
+) -> Result<Option<u16>, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let received = tokio::time::timeout_at(deadline, socket.recv_from(buf)).await;
+        let (n, from) = match received {
+            Err(_) => return Ok(None),
+            Ok(result) => result.map_err(|e| e.to_string())?,
+        };
+        if from != peer {
+            // RFC 1350: a packet from a stranger gets an error, the transfer goes on.
+            let _ = socket
+                .send_to(
+                    &Packet::Error {
+                        code: 5,
+                        message: "Unknown transfer ID".into(),
+                    }
+                    .encode(),
+                    from,
+                )
+                .await;
+            continue;
+        }
+        match Packet::decode(&buf[..n]) {
+            Ok(Packet::Ack { block }) => return Ok(Some(block)),
+            Ok(Packet::Error { code, message }) => {
+                return Err(format!("client aborted: {code} {message}"));
+            }
+            _ => continue,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_negotiation() {
+        let opts = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        let n = negotiate(
+            &opts(&[
+                ("blksize", "1468"),
+                ("tsize", "0"),
+                ("windowsize", "16"),
+                ("timeout", "3"),
+                ("foo", "1"),
+            ]),
+            12345,
+        );
+        assert_eq!(n.blksize, 1468);
+        assert_eq!(n.windowsize, 16);
+        assert_eq!(n.timeout, Duration::from_secs(3));
+        assert_eq!(n.acknowledged.len(), 4);
+        assert!(n.acknowledged.contains(&("tsize".into(), "12345".into())));
+        let n = negotiate(
+            &opts(&[
+                ("blksize", "100000"),
+                ("windowsize", "999"),
+                ("timeout", "0"),
+            ]),
+            1,
+        );
+        assert_eq!(n.blksize, MAX_BLKSIZE);
+        assert_eq!(n.windowsize, MAX_WINDOW);
+        assert_eq!(n.timeout, DEFAULT_TIMEOUT);
+        assert!(
+            negotiate(&opts(&[("blksize", "4")]), 1)
+                .acknowledged
+                .is_empty()
+        );
+    }
+}
