@@ -93,6 +93,8 @@ pub struct DhcpServer {
     pxe_events: HashMap<String, u64>,
     cursor: u32,
     counters: DhcpCounters,
+    /// Second of the last sweep of expired offers and quarantine.
+    last_sweep: u64,
 }
 
 fn mac_string(chaddr: &[u8]) -> String {
@@ -117,6 +119,7 @@ impl DhcpServer {
             buckets: HashMap::new(),
             pxe_events: HashMap::new(),
             counters: DhcpCounters::default(),
+            last_sweep: 0,
         };
         for lease in leases {
             server.owner_of.insert(lease.ip, lease.mac.clone());
@@ -206,7 +209,15 @@ impl DhcpServer {
         }
     }
 
+    /// Sweeps expired offers and quarantine entries, once per second at
+    /// most: a sweep walks every outstanding offer. Between sweeps, stale
+    /// entries are harmless (an expired offer is just a reservation that
+    /// lasts up to a second longer).
     fn expire(&mut self, now: u64) {
+        if now == self.last_sweep {
+            return;
+        }
+        self.last_sweep = now;
         self.offers.retain(|_, (ip, until)| {
             let keep = *until > now;
             if !keep {
