@@ -114,8 +114,9 @@ fn log_event(event: &DhcpEvent) {
         DhcpEvent::PoolExhausted { mac, pool_size } => {
             tracing::warn!(%mac, pool_size, "DHCP pool exhausted: no address for this client")
         }
+        // One per ACK: debug, or a busy rack's log is all leases.
         DhcpEvent::LeaseBound { mac, ip, kind } => {
-            tracing::info!(%mac, %ip, kind = kind.as_str(), "lease bound")
+            tracing::debug!(%mac, %ip, kind = kind.as_str(), "lease bound")
         }
         DhcpEvent::Declined { mac, ip } => tracing::warn!(%mac, %ip, "address declined"),
     }

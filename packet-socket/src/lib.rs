@@ -43,14 +43,14 @@ impl PacketSocket {
     /// Needs CAP_NET_RAW. Must be called within a tokio runtime.
     pub fn bind(ifindex: u32, ethertype: u16) -> io::Result<PacketSocket> {
         let protocol = ethertype.to_be();
-        // Protocol 0 at creation: the socket receives nothing until bind()
-        // names the interface and EtherType, so no other port's frame slips in.
+        // Until bind() names the interface, the socket sees this EtherType on
+        // every interface: receivers check `Received::ifindex`.
         // SAFETY: plain syscall with constant arguments; the result is checked.
         let raw = check(unsafe {
             libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
+                libc::c_int::from(protocol),
             )
         })?;
         // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.

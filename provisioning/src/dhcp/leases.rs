@@ -246,18 +246,18 @@ impl LeaseStore {
             match write {
                 Write::Lease(l) => {
                     // An address moves to a new owner: the old row goes first.
-                    tx.execute(
-                        "DELETE FROM leases WHERE ip = ?1 AND mac <> ?2",
-                        params![l.ip.to_string(), l.mac],
-                    )
-                    .map_err(err)?;
-                    tx.execute(
+                    tx.prepare_cached("DELETE FROM leases WHERE ip = ?1 AND mac <> ?2")
+                        .and_then(|mut s| s.execute(params![l.ip.to_string(), l.mac]))
+                        .map_err(err)?;
+                    tx.prepare_cached(
                         "INSERT INTO leases (mac, ip, state, expires, client_kind, hostname, updated)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                          ON CONFLICT(mac) DO UPDATE SET ip = excluded.ip, state = excluded.state,
                            expires = excluded.expires, client_kind = excluded.client_kind,
                            hostname = excluded.hostname, updated = excluded.updated",
-                        params![
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
                             l.mac,
                             l.ip.to_string(),
                             l.state.as_str(),
@@ -265,8 +265,8 @@ impl LeaseStore {
                             l.client_kind.as_str(),
                             l.hostname,
                             l.updated as i64
-                        ],
-                    )
+                        ])
+                    })
                     .map_err(err)?;
                 }
                 Write::Quarantine(q) => {

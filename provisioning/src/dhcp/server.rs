@@ -97,12 +97,18 @@ pub struct DhcpServer {
     last_sweep: u64,
 }
 
+/// `aa:bb:cc:dd:ee:ff`, built without intermediate allocations (hot path).
 fn mac_string(chaddr: &[u8]) -> String {
-    chaddr
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(chaddr.len() * 3);
+    for (i, byte) in chaddr.iter().enumerate() {
+        if i > 0 {
+            text.push(':');
+        }
+        text.push(char::from(HEX[usize::from(byte >> 4)]));
+        text.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    text
 }
 
 impl DhcpServer {

@@ -196,7 +196,7 @@ fn serve(
             return Err(error.into());
         }
         socket.set_nonblocking(false).ok();
-        for reply in replies {
+        for reply in replies.drain(..) {
             if let Err(error) = socket.send_to(&reply.bytes, reply.destination) {
                 tracing::debug!(%error, to = %reply.destination, "DHCP send failed");
             }
