@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod boot;
 pub mod config;
+pub mod dataplane;
 pub mod lldp;
 pub mod run;
 pub mod supervisor;

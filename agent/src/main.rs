@@ -162,6 +162,7 @@ fn status_table(s: &AgentStatus) -> String {
     let mut rows = vec![vec!["FIELD".to_string(), "VALUE".into()]];
     let mut row = |k: &str, v: String| rows.push(vec![k.to_string(), v]);
     row("version", s.version.clone());
+    row("kernel mode", format!("{:?}", s.kernel_mode));
     row("pid", s.pid.to_string());
     row("uptime", format!("{} s", s.uptime_secs));
     row("config", s.config.clone());

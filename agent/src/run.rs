@@ -39,6 +39,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     })?;
 
     let ports = links::dump_once().await?;
+    let kernel_mode = {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        let driver = tokio::spawn(connection);
+        let mode = crate::dataplane::mode::detect(&handle).await;
+        driver.abort();
+        mode
+    };
     let names: Vec<String> = ports.iter().map(|p| p.name.clone()).collect();
     loaded.check_ports_exist(&names)?;
     let chassis_mac = match &config.switch.chassis_mac {
@@ -138,6 +145,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
 
     let view = AgentView {
+        kernel_mode,
         lease_db: config.boot.as_ref().map(|_| lease_db.clone()),
         dhcp_counters,
         started: Instant::now(),
@@ -154,7 +162,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     });
 
     tracing::info!(
-        switch = %name, loopback = %config.switch.loopback, asn = config.switch.asn,
+        switch = %name, loopback = %config.switch.loopback, asn = config.switch.asn, ?kernel_mode,
         socket = %config.admin.socket.display(), "metalmesh-agent running"
     );
     wait_for_signal().await?;

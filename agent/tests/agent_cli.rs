@@ -101,6 +101,32 @@ fn sigterm_stops_cleanly() {
             .status
             .success()
     }));
+    // The kernel mode matches what this kernel can do.
+    let status = run(
+        AGENT,
+        &["--socket", socket.to_str().unwrap(), "status", "-o", "json"],
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let has_vrf = run(
+        "ip",
+        &[
+            "-n", "mm-tcli", "link", "add", "mm-vrf-t", "type", "vrf", "table", "10",
+        ],
+    )
+    .status
+    .success();
+    let expected = if has_vrf {
+        "vrf_device"
+    } else {
+        "routing_tables"
+    };
+    assert_eq!(status["kernel_mode"], expected);
+    assert!(
+        run("ip", &["-n", "mm-tcli", "link", "show", "mm-vrf-probe"])
+            .stdout
+            .is_empty(),
+        "probe left behind"
+    );
     let pid: i32 = std::fs::read_to_string(&pidfile)
         .unwrap()
         .trim()

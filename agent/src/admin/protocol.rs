@@ -33,6 +33,8 @@ pub enum Response {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub version: String,
+    /// VRF devices, or routing tables and rules where the kernel has none.
+    pub kernel_mode: crate::dataplane::KernelMode,
     pub pid: u32,
     pub uptime_secs: u64,
     pub config: String,

@@ -22,6 +22,8 @@ const MAX_CONNECTIONS: usize = 64;
 /// What the admin API reads from.
 #[derive(Debug, Clone)]
 pub struct AgentView {
+    /// How tenant VRFs are rendered in this kernel.
+    pub kernel_mode: crate::dataplane::KernelMode,
     /// The DHCP lease store, when boot services run.
     pub lease_db: Option<PathBuf>,
     pub dhcp_counters: Arc<std::sync::Mutex<Option<metalmesh_provisioning::dhcp::DhcpCounters>>>,
@@ -42,6 +44,7 @@ impl AgentView {
                 let lldp = self.lldp.borrow().clone();
                 Response::Status(Box::new(AgentStatus {
                     version: env!("CARGO_PKG_VERSION").to_string(),
+                    kernel_mode: self.kernel_mode,
                     pid: std::process::id(),
                     uptime_secs: self.started.elapsed().as_secs(),
                     config: self.config_path.display().to_string(),
