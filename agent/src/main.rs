@@ -61,8 +61,32 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// Tenant VRFs, VXLAN and routes on this switch.
+    Dataplane {
+        #[command(subcommand)]
+        command: DataplaneCommand,
+    },
+    /// Tenant routes the agent maintains.
+    Routes {
+        /// Only this VRF's routes.
+        #[arg(long)]
+        vrf: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
     /// The switch's ports as the kernel reports them.
     Ports {
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DataplaneCommand {
+    /// Load tenant intents from a file (format: docs/network.md).
+    Apply { file: PathBuf },
+    /// What the reconciler would change now (empty when in sync).
+    Diff {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
@@ -135,6 +159,91 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("unexpected answer to leases");
             };
             print(output, &leases, |l| leases_table(l))
+        }
+        Command::Dataplane {
+            command: DataplaneCommand::Apply { file },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let intents: metalmesh_agent::dataplane::Intents =
+                toml::from_str(&text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: {}",
+                        file.display(),
+                        metalmesh_config::describe(&text, &e)
+                    )
+                })?;
+            let Response::DataplaneApplied { rejected } =
+                client::request(&cli.socket, &Request::DataplaneApply { intents }).await?
+            else {
+                anyhow::bail!("unexpected answer to dataplane apply");
+            };
+            for r in &rejected {
+                eprintln!("metalmesh-agent: VRF `{}` rejected: {}", r.vrf, r.reason);
+            }
+            println!("intents applied ({} VRF(s) rejected)", rejected.len());
+            if rejected.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!("some VRFs were rejected")
+            }
+        }
+        Command::Dataplane {
+            command: DataplaneCommand::Diff { output },
+        } => {
+            let Response::DataplaneDiff { plan, rejected } =
+                client::request(&cli.socket, &Request::DataplaneDiff).await?
+            else {
+                anyhow::bail!("unexpected answer to dataplane diff");
+            };
+            let value = serde_json::json!({ "plan": plan, "rejected": rejected });
+            print(output, &value, |_| {
+                let mut out = String::new();
+                for o in &plan.remove {
+                    out.push_str(&format!(
+                        "- {}\n",
+                        serde_json::to_string(o).unwrap_or_default()
+                    ));
+                }
+                for o in &plan.add {
+                    out.push_str(&format!(
+                        "+ {}\n",
+                        serde_json::to_string(o).unwrap_or_default()
+                    ));
+                }
+                for r in &rejected {
+                    out.push_str(&format!("! VRF {} rejected: {}\n", r.vrf, r.reason));
+                }
+                if out.is_empty() {
+                    "in sync\n".to_string()
+                } else {
+                    out
+                }
+            })
+        }
+        Command::Routes { vrf, output } => {
+            let Response::Routes(routes) =
+                client::request(&cli.socket, &Request::Routes { vrf }).await?
+            else {
+                anyhow::bail!("unexpected answer to routes");
+            };
+            print(output, &routes, |routes| {
+                let mut rows = vec![vec![
+                    "VRF".to_string(),
+                    "TABLE".into(),
+                    "DESTINATION".into(),
+                    "NEXT HOP".into(),
+                ]];
+                for r in routes.iter() {
+                    rows.push(vec![
+                        r.vrf.clone().unwrap_or_default(),
+                        r.table.to_string(),
+                        r.destination.clone(),
+                        serde_json::to_string(&r.next_hop).unwrap_or_default(),
+                    ]);
+                }
+                render_table(rows)
+            })
         }
         Command::Ports { output } => {
             let Response::Ports(ports) = client::request(&cli.socket, &Request::Ports).await?

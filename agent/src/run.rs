@@ -144,7 +144,36 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         );
     }
 
+    // The dataplane: intents as last given (persisted), reconciled for this kernel.
+    let intents_file = crate::dataplane::reconcile::intents_file(&config.state_dir);
+    let intents = match std::fs::read_to_string(&intents_file) {
+        Ok(text) => toml::from_str::<crate::dataplane::Intents>(&text).with_context(|| {
+            format!("stored dataplane intents {} are unreadable (refusing to start rather than tear the dataplane down)", intents_file.display())
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => crate::dataplane::Intents::default(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", intents_file.display())),
+    };
+    let (intents_tx, intents_rx) = watch::channel(intents);
+    let reconciler = crate::dataplane::reconcile::Reconciler {
+        mode: kernel_mode,
+        vtep: config.switch.loopback,
+        provisioning_bridge: config
+            .boot
+            .as_ref()
+            .map(|b| b.interface.clone())
+            .unwrap_or_else(|| "mm-pxe".into()),
+        intents: intents_rx,
+        report: Arc::default(),
+    };
+    {
+        let reconciler = reconciler.clone();
+        supervisor.spawn("dataplane", move |cancel| reconciler.clone().run(cancel));
+    }
+
     let view = AgentView {
+        dataplane: reconciler,
+        intents: Arc::new(intents_tx),
+        intents_file,
         kernel_mode,
         lease_db: config.boot.as_ref().map(|_| lease_db.clone()),
         dhcp_counters,

@@ -171,10 +171,27 @@ fn is_our_process(pid: i32, marker: &Path) -> bool {
         .any(|arg| String::from_utf8_lossy(arg).contains(marker.as_ref()))
 }
 
-fn wait_gone(pid: i32, marker: &Path, timeout: Duration) -> bool {
+/// Whether `pid` exists and has not exited: a dying process loses its
+/// command line before it closes its sockets, so only the state tells.
+fn is_alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    if !matches!(state, None | Some('Z') | Some('X') | Some('x')) {
+        return true;
+    }
+    // A zombie leader can still have threads exiting, holding the process's
+    // files (its sockets) open: alive until it is the last one.
+    std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| tasks.count() > 1)
+}
+
+fn wait_gone(pid: i32, _marker: &Path, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if !is_our_process(pid, marker) {
+        if !is_alive(pid) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));

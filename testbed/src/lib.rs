@@ -192,9 +192,10 @@ impl Testbed {
         sys::run(frr::VTYSH, &["--vty_socket", &dir, "-c", command])
     }
 
-    /// Stops a node's (or qemu machine's) daemons with `signal`.
-    pub fn kill(&self, name: &str, signal: Signal) -> Result<usize, Error> {
-        let daemons = self.daemons_for_control(name)?;
+    /// Stops a node's (or qemu machine's) daemons with `signal`, or only
+    /// the one named `daemon`.
+    pub fn kill(&self, name: &str, daemon: Option<&str>, signal: Signal) -> Result<usize, Error> {
+        let daemons = self.daemons_for_control(name, daemon)?;
         let mut stopped = 0;
         for daemon in daemons.iter().rev() {
             if daemon.running_pid().is_some() {
@@ -207,8 +208,8 @@ impl Testbed {
 
     /// Starts a node's (or qemu machine's) daemons again with the same
     /// configuration and state.
-    pub fn start(&self, name: &str) -> Result<usize, Error> {
-        let daemons = self.daemons_for_control(name)?;
+    pub fn start(&self, name: &str, daemon: Option<&str>) -> Result<usize, Error> {
+        let daemons = self.daemons_for_control(name, daemon)?;
         let mut started = 0;
         for daemon in daemons {
             if daemon.running_pid().is_none() {
@@ -219,15 +220,33 @@ impl Testbed {
         Ok(started)
     }
 
-    fn daemons_for_control(&self, name: &str) -> Result<&[DaemonSpec], Error> {
+    fn daemons_for_control(
+        &self,
+        name: &str,
+        only: Option<&str>,
+    ) -> Result<Vec<&DaemonSpec>, Error> {
         let plan = &self.state.plan;
         if plan.node(name).is_none() && plan.machine(name).is_none() {
             return Err(self.unknown_node(name));
         }
-        let daemons = self.daemons_of(name);
-        if daemons.is_empty() {
+        let all = self.daemons_of(name);
+        if all.is_empty() {
             return Err(Error::Unsupported {
                 what: format!("`{name}` runs no daemons"),
+            });
+        }
+        let daemons: Vec<&DaemonSpec> = all
+            .iter()
+            .filter(|d| only.is_none_or(|o| d.name == o))
+            .collect();
+        if daemons.is_empty() {
+            let names: Vec<&str> = all.iter().map(|d| d.name.as_str()).collect();
+            return Err(Error::Unsupported {
+                what: format!(
+                    "`{name}` runs no daemon `{}`; it runs: {}",
+                    only.unwrap_or_default(),
+                    names.join(", ")
+                ),
             });
         }
         Ok(daemons)

@@ -77,12 +77,20 @@ enum Command {
     /// Stop a node's daemons (agent, FRR) or a qemu machine, keeping its state.
     Kill {
         node: String,
+        /// Only this daemon of the node (agent, zebra, bgpd, qemu).
+        #[arg(long)]
+        daemon: Option<String>,
         /// Signal to send: TERM, KILL, INT, HUP (with or without SIG).
         #[arg(long, default_value = "TERM", value_parser = parse_signal)]
         signal: Signal,
     },
     /// Start a node's daemons again after `kill`, with the same state.
-    Start { node: String },
+    Start {
+        node: String,
+        /// Only this daemon of the node.
+        #[arg(long)]
+        daemon: Option<String>,
+    },
 }
 
 fn parse_signal(text: &str) -> Result<Signal, String> {
@@ -193,14 +201,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 attach(&socket, &machine)?;
             }
         }
-        Command::Kill { node, signal } => {
+        Command::Kill {
+            node,
+            daemon,
+            signal,
+        } => {
             let testbed = Testbed::open(&run_dir)?;
-            let stopped = testbed.kill(&node, signal)?;
+            let stopped = testbed.kill(&node, daemon.as_deref(), signal)?;
             Stderr.step(&format!("{node}: sent {signal} to {stopped} daemons"));
         }
-        Command::Start { node } => {
+        Command::Start { node, daemon } => {
             let testbed = Testbed::open(&run_dir)?;
-            let started = testbed.start(&node)?;
+            let started = testbed.start(&node, daemon.as_deref())?;
             Stderr.step(&format!("{node}: started {started} daemons"));
         }
     }

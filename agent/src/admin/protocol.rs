@@ -18,6 +18,16 @@ pub enum Request {
     LldpNeighbors,
     Ports,
     Leases,
+    /// Replace the tenant intents (rack-local operation; the mesh does this later).
+    DataplaneApply {
+        intents: crate::dataplane::Intents,
+    },
+    /// What the reconciler would change now.
+    DataplaneDiff,
+    /// Routes the agent owns, optionally of one VRF.
+    Routes {
+        vrf: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,7 +37,26 @@ pub enum Response {
     LldpNeighbors(LldpSnapshot),
     Ports(Vec<Port>),
     Leases(Vec<metalmesh_provisioning::dhcp::Lease>),
-    Error { message: String },
+    DataplaneApplied {
+        rejected: Vec<crate::dataplane::intent::Rejection>,
+    },
+    DataplaneDiff {
+        plan: crate::dataplane::Plan,
+        rejected: Vec<crate::dataplane::intent::Rejection>,
+    },
+    Routes(Vec<RouteView>),
+    Error {
+        message: String,
+    },
+}
+
+/// A tenant route as `metalmesh-agent routes` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteView {
+    pub vrf: Option<String>,
+    pub table: u32,
+    pub destination: String,
+    pub next_hop: crate::dataplane::desired::NextHop,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +74,8 @@ pub struct AgentStatus {
     pub lldp_ports: Vec<String>,
     pub lldp_neighbors: usize,
     pub lldp_counters: crate::lldp::Counters,
+    /// The dataplane reconciler's last pass.
+    pub dataplane: crate::dataplane::reconcile::PassReport,
     /// DHCP counters, when boot services run.
     pub dhcp_counters: Option<metalmesh_provisioning::dhcp::DhcpCounters>,
     pub subsystems: BTreeMap<String, SubsystemHealth>,

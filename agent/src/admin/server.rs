@@ -22,6 +22,10 @@ const MAX_CONNECTIONS: usize = 64;
 /// What the admin API reads from.
 #[derive(Debug, Clone)]
 pub struct AgentView {
+    /// The dataplane: its reconciler (for diffs), intents and where they persist.
+    pub dataplane: crate::dataplane::reconcile::Reconciler,
+    pub intents: Arc<watch::Sender<crate::dataplane::Intents>>,
+    pub intents_file: PathBuf,
     /// How tenant VRFs are rendered in this kernel.
     pub kernel_mode: crate::dataplane::KernelMode,
     /// The DHCP lease store, when boot services run.
@@ -38,8 +42,17 @@ pub struct AgentView {
 }
 
 impl AgentView {
-    pub fn answer(&self, request: &Request) -> Response {
+    pub async fn answer(&self, request: &Request) -> Response {
         match request {
+            Request::DataplaneApply { intents } => self.apply_intents(intents).await,
+            Request::DataplaneDiff => match self
+                .with_handle(|handle, reconciler| async move { reconciler.plan(&handle).await })
+                .await
+            {
+                Ok((plan, rejected)) => Response::DataplaneDiff { plan, rejected },
+                Err(message) => Response::Error { message },
+            },
+            Request::Routes { vrf } => self.routes(vrf.as_deref()).await,
             Request::Status => {
                 let lldp = self.lldp.borrow().clone();
                 Response::Status(Box::new(AgentStatus {
@@ -54,6 +67,12 @@ impl AgentView {
                     lldp_ports: lldp.ports,
                     lldp_neighbors: lldp.neighbors.len(),
                     lldp_counters: lldp.counters,
+                    dataplane: self
+                        .dataplane
+                        .report
+                        .lock()
+                        .map(|r| r.clone())
+                        .unwrap_or_default(),
                     dhcp_counters: self.dhcp_counters.lock().ok().and_then(|c| c.clone()),
                     subsystems: self.health.snapshot(),
                 }))
@@ -76,6 +95,110 @@ impl AgentView {
     }
 }
 
+impl AgentView {
+    async fn with_handle<F, Fut, T>(&self, f: F) -> Result<T, String>
+    where
+        F: FnOnce(rtnetlink::Handle, crate::dataplane::reconcile::Reconciler) -> Fut,
+        Fut: std::future::Future<Output = Result<T, rtnetlink::Error>>,
+    {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| e.to_string())?;
+        let driver = tokio::spawn(connection);
+        let result = f(handle, self.dataplane.clone())
+            .await
+            .map_err(|e| e.to_string());
+        driver.abort();
+        result
+    }
+
+    async fn apply_intents(&self, intents: &crate::dataplane::Intents) -> Response {
+        let text = match toml::to_string(intents) {
+            Ok(text) => text,
+            Err(error) => {
+                return Response::Error {
+                    message: error.to_string(),
+                };
+            }
+        };
+        // Persist first (atomically): after a restart the agent reconciles
+        // to exactly what it was last told.
+        let tmp = self.intents_file.with_extension("toml.tmp");
+        if let Err(error) =
+            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.intents_file))
+        {
+            return Response::Error {
+                message: format!(
+                    "cannot store intents in {}: {error}",
+                    self.intents_file.display()
+                ),
+            };
+        }
+        let interfaces = self
+            .ports
+            .borrow()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        let (_, rejected) = crate::dataplane::validate(intents, &interfaces);
+        self.intents.send_replace(intents.clone());
+        Response::DataplaneApplied { rejected }
+    }
+
+    async fn routes(&self, vrf: Option<&str>) -> Response {
+        let intents = self.intents.borrow().clone();
+        let table_of = |name: &str| {
+            intents
+                .vrfs
+                .iter()
+                .find(|v| v.name == name)
+                .map(|v| v.table)
+        };
+        let wanted_table = match vrf {
+            Some(name) => match table_of(name) {
+                Some(table) => Some(table),
+                None => {
+                    return Response::Error {
+                        message: format!("no VRF named `{name}`"),
+                    };
+                }
+            },
+            None => None,
+        };
+        let state = match self
+            .with_handle(|handle, _| async move { crate::dataplane::kernel::read(&handle).await })
+            .await
+        {
+            Ok(state) => state,
+            Err(message) => return Response::Error { message },
+        };
+        let routes = state
+            .objects
+            .into_iter()
+            .filter_map(|o| match o {
+                crate::dataplane::Object::Route {
+                    table,
+                    dst,
+                    next_hop,
+                } => Some((table, dst, next_hop)),
+                _ => None,
+            })
+            .filter(|(table, _, _)| wanted_table.is_none_or(|t| t == *table))
+            .map(|(table, dst, next_hop)| super::protocol::RouteView {
+                vrf: intents
+                    .vrfs
+                    .iter()
+                    .find(|v| v.table == table)
+                    .map(|v| v.name.clone()),
+                table,
+                destination: dst.to_string(),
+                next_hop,
+            })
+            .collect();
+        Response::Routes(routes)
+    }
+}
+
 /// Binds the socket, replacing a stale one left by a crashed agent but
 /// refusing to steal one a live agent still answers on.
 pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
@@ -85,7 +208,17 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     }
     if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
+        // A predecessor that was just killed may still be closing its
+        // socket: give it a moment before calling the socket taken.
+        let mut live = true;
+        for _ in 0..20 {
+            if UnixStream::connect(path).await.is_err() {
+                live = false;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if live {
             anyhow::bail!(
                 "another agent is already serving the admin socket {}",
                 path.display()
@@ -161,7 +294,7 @@ async fn connection(
             }
         } else {
             match serde_json::from_slice::<Request>(&line) {
-                Ok(request) => view.answer(&request),
+                Ok(request) => view.answer(&request).await,
                 Err(error) => Response::Error {
                     message: format!("bad request: {error}"),
                 },

@@ -5,7 +5,9 @@
 
 pub mod desired;
 pub mod intent;
+pub mod kernel;
 pub mod mode;
+pub mod reconcile;
 
 pub use desired::{KernelMode, Object, Plan, diff, render};
 pub use intent::{Intents, VrfIntent, validate};

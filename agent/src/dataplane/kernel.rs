@@ -1,0 +1,566 @@
+//! Reading the agent's objects from the kernel and changing them, through
+//! rtnetlink. Only objects the agent owns are read (names `mm-…`, rules at
+//! [`RULE_PRIORITY`], routes with [`PROTOCOL`] (245), the gateway address on
+//! routed ports, permanent neighbours and FDB entries on its own devices),
+//! so nothing else can ever be changed or removed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVrf, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
+};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use rtnetlink::{
+    Handle, IpVersion, LinkBridge, LinkUnspec, LinkVrf, LinkVxlan, RouteMessageBuilder,
+};
+
+use super::desired::{GATEWAY, NextHop, Object, Plan, RULE_PRIORITY, VXLAN_PORT};
+use super::intent::Prefix;
+use crate::config::parse_mac;
+
+/// Route protocol number marking the agent's routes (`ip route … proto 245`).
+/// FRR claims 186–198 (196 is its "static"), so the agent stays clear of them.
+pub const PROTOCOL: u8 = 245;
+const OWN_PREFIX: &str = "mm-";
+
+/// What the kernel holds, with the messages needed to delete each object.
+#[derive(Debug, Default)]
+pub struct KernelState {
+    pub objects: BTreeSet<Object>,
+    links: BTreeMap<String, u32>,
+    addresses: BTreeMap<Object, AddressMessage>,
+    rules: BTreeMap<Object, RuleMessage>,
+    routes: BTreeMap<Object, RouteMessage>,
+    neighbours: BTreeMap<Object, NeighbourMessage>,
+}
+
+impl KernelState {
+    pub fn index_of(&self, name: &str) -> Option<u32> {
+        self.links.get(name).copied()
+    }
+}
+
+fn link_name(message: &LinkMessage) -> Option<String> {
+    message.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(name) => Some(name.clone()),
+        _ => None,
+    })
+}
+
+fn format_mac(bytes: &[u8]) -> String {
+    metalmesh_lldp::format_mac(bytes)
+}
+
+pub async fn read(handle: &Handle) -> Result<KernelState, rtnetlink::Error> {
+    let mut state = KernelState::default();
+    let mut messages = Vec::new();
+    let mut links = handle.link().get().execute();
+    while let Some(message) = links.try_next().await? {
+        if let Some(name) = link_name(&message) {
+            state.links.insert(name, message.header.index);
+        }
+        messages.push(message);
+    }
+    let name_of: BTreeMap<u32, String> = state.links.iter().map(|(n, i)| (*i, n.clone())).collect();
+    let controller_name = |message: &LinkMessage| {
+        message.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Controller(index) => name_of.get(index).cloned(),
+            _ => None,
+        })
+    };
+    for message in &messages {
+        let Some(name) = link_name(message) else {
+            continue;
+        };
+        if !name.starts_with(OWN_PREFIX) || name == "mm-vrf-probe" {
+            continue;
+        }
+        let infos: Vec<&LinkInfo> = message
+            .attributes
+            .iter()
+            .filter_map(|a| match a {
+                LinkAttribute::LinkInfo(infos) => Some(infos),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let kind = infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(kind) => Some(kind.clone()),
+            _ => None,
+        });
+        let data = infos.iter().find_map(|i| match i {
+            LinkInfo::Data(data) => Some(data.clone()),
+            _ => None,
+        });
+        let mac = message.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Address(bytes) => Some(format_mac(bytes)),
+            _ => None,
+        });
+        match (kind, data) {
+            (Some(InfoKind::Vrf), Some(InfoData::Vrf(vrf))) if name.starts_with("mm-vrf") => {
+                if let Some(table) = vrf.iter().find_map(|v| match v {
+                    InfoVrf::TableId(t) => Some(*t),
+                    _ => None,
+                }) {
+                    state.objects.insert(Object::Vrf { name, table });
+                }
+            }
+            (Some(InfoKind::Bridge), _) if name.starts_with("mm-br") => {
+                state.objects.insert(Object::Bridge {
+                    name,
+                    mac: mac.unwrap_or_default(),
+                    vrf: controller_name(message).filter(|c| c.starts_with("mm-vrf")),
+                });
+            }
+            (Some(InfoKind::Vxlan), Some(InfoData::Vxlan(vxlan))) if name.starts_with("mm-vx") => {
+                let vni = vxlan.iter().find_map(|v| match v {
+                    InfoVxlan::Id(id) => Some(*id),
+                    _ => None,
+                });
+                let local = vxlan.iter().find_map(|v| match v {
+                    InfoVxlan::Local(ip) => Some(*ip),
+                    _ => None,
+                });
+                if let (Some(vni), Some(local)) = (vni, local) {
+                    state.objects.insert(Object::Vxlan {
+                        name,
+                        vni,
+                        local,
+                        bridge: controller_name(message).unwrap_or_default(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // Routed ports are the ones carrying the gateway address.
+    let mut addresses = handle.address().get().execute();
+    while let Some(message) = addresses.try_next().await? {
+        let address = message.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
+                Some(*ip)
+            }
+            _ => None,
+        });
+        if address != Some(GATEWAY) || message.header.prefix_len != 32 {
+            continue;
+        }
+        let Some(dev) = name_of.get(&message.header.index).cloned() else {
+            continue;
+        };
+        if dev == "lo" {
+            continue;
+        }
+        let vrf = messages
+            .iter()
+            .find(|m| m.header.index == message.header.index)
+            .and_then(controller_name)
+            .filter(|c| c.starts_with("mm-vrf"));
+        state.objects.insert(Object::RoutedPort {
+            port: dev.clone(),
+            vrf,
+        });
+        let object = Object::Address {
+            dev,
+            address: GATEWAY,
+            len: 32,
+        };
+        state.objects.insert(object.clone());
+        state.addresses.insert(object, message);
+    }
+
+    let mut rules = handle.rule().get(IpVersion::V4).execute();
+    while let Some(message) = rules.try_next().await? {
+        let priority = message.attributes.iter().find_map(|a| match a {
+            RuleAttribute::Priority(p) => Some(*p),
+            _ => None,
+        });
+        if priority != Some(RULE_PRIORITY) {
+            continue;
+        }
+        let iif = message.attributes.iter().find_map(|a| match a {
+            RuleAttribute::Iifname(n) => Some(n.clone()),
+            _ => None,
+        });
+        let to = message.attributes.iter().find_map(|a| match a {
+            RuleAttribute::Destination(IpAddr::V4(ip)) => Some(Prefix {
+                address: *ip,
+                len: message.header.dst_len,
+            }),
+            _ => None,
+        });
+        let table = message
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RuleAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(u32::from(message.header.table));
+        let object = Object::Rule { iif, to, table };
+        state.objects.insert(object.clone());
+        state.rules.insert(object, message);
+    }
+
+    let mut routes = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().table_id(0).build())
+        .execute();
+    while let Some(message) = routes.try_next().await? {
+        if message.header.protocol != RouteProtocol::Other(PROTOCOL) {
+            continue;
+        }
+        let table = message
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(u32::from(message.header.table));
+        let dst = message
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            })
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let dev = message
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Oif(index) => name_of.get(index).cloned(),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let via = message.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+            _ => None,
+        });
+        let next_hop = if message.header.kind == RouteType::Unreachable {
+            NextHop::Unreachable
+        } else if let Some(via) = via {
+            NextHop::ViaOnlink { via, dev }
+        } else {
+            NextHop::Device { dev }
+        };
+        let object = Object::Route {
+            table,
+            dst: Prefix {
+                address: dst,
+                len: message.header.destination_prefix_length,
+            },
+            next_hop,
+        };
+        state.objects.insert(object.clone());
+        state.routes.insert(object, message);
+    }
+
+    for family in [AddressFamily::Inet, AddressFamily::Bridge] {
+        let mut neighbours = handle
+            .neighbours()
+            .get()
+            .set_address_family(family)
+            .execute();
+        while let Some(message) = neighbours.try_next().await? {
+            let Some(dev) = name_of.get(&message.header.ifindex).cloned() else {
+                continue;
+            };
+            if message.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            let mac = message.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(bytes) if bytes.len() == 6 => {
+                    Some(format_mac(bytes))
+                }
+                _ => None,
+            });
+            // Bridge (FDB) entries carry their VXLAN destination as raw bytes.
+            let ip = message.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                    <[u8; 4]>::try_from(bytes.as_slice())
+                        .ok()
+                        .map(Ipv4Addr::from)
+                }
+                _ => None,
+            });
+            let object = match (family, mac, ip) {
+                (AddressFamily::Inet, Some(mac), Some(ip)) if dev.starts_with("mm-br") => {
+                    Object::Neighbor { dev, ip, mac }
+                }
+                (AddressFamily::Bridge, Some(mac), Some(dst)) if dev.starts_with("mm-vx") => {
+                    Object::Fdb { dev, mac, dst }
+                }
+                _ => continue,
+            };
+            state.objects.insert(object.clone());
+            state.neighbours.insert(object, message);
+        }
+    }
+    Ok(state)
+}
+
+/// One object the kernel refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    pub object: Object,
+    pub error: String,
+}
+
+/// Carries out a plan; an object that fails is reported and the rest goes on.
+pub async fn apply(
+    handle: &Handle,
+    plan: &Plan,
+    state: &KernelState,
+    provisioning_bridge: &str,
+) -> Vec<Failure> {
+    let mut failures = Vec::new();
+    for object in &plan.remove {
+        if let Err(error) = remove(handle, object, state, provisioning_bridge).await {
+            failures.push(Failure {
+                object: object.clone(),
+                error,
+            });
+        }
+    }
+    // Links created now are looked up by name for later objects.
+    let mut links = state.links.clone();
+    for object in &plan.add {
+        match add(handle, object, &links).await {
+            Ok(Some((name, index))) => {
+                links.insert(name, index);
+            }
+            Ok(None) => {}
+            Err(error) => failures.push(Failure {
+                object: object.clone(),
+                error,
+            }),
+        }
+    }
+    failures
+}
+
+async fn index_by_name(handle: &Handle, name: &str) -> Result<u32, String> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => Ok(link.header.index),
+        Ok(None) => Err(format!("no interface {name}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn add(
+    handle: &Handle,
+    object: &Object,
+    links: &BTreeMap<String, u32>,
+) -> Result<Option<(String, u32)>, String> {
+    let index = |name: &str| {
+        links
+            .get(name)
+            .copied()
+            .ok_or_else(|| format!("no interface {name}"))
+    };
+    let e = |error: rtnetlink::Error| error.to_string();
+    match object {
+        Object::Vrf { name, table } => {
+            handle
+                .link()
+                .add(LinkVrf::new(name, *table).up().build())
+                .execute()
+                .await
+                .map_err(e)?;
+            Ok(Some((name.clone(), index_by_name(handle, name).await?)))
+        }
+        Object::Bridge { name, mac, vrf } => {
+            let mut builder = LinkBridge::new(name).up();
+            if let Some(mac) = parse_mac(mac) {
+                builder = builder.address(mac.to_vec());
+            }
+            if let Some(vrf) = vrf {
+                builder = builder.controller(index(vrf)?);
+            }
+            handle
+                .link()
+                .add(builder.build())
+                .execute()
+                .await
+                .map_err(e)?;
+            Ok(Some((name.clone(), index_by_name(handle, name).await?)))
+        }
+        Object::Vxlan {
+            name,
+            vni,
+            local,
+            bridge,
+        } => {
+            let message = LinkVxlan::new(name, *vni)
+                .local(*local)
+                .port(VXLAN_PORT)
+                .learning(false)
+                .controller(index(bridge)?)
+                .up()
+                .build();
+            handle.link().add(message).execute().await.map_err(e)?;
+            Ok(Some((name.clone(), index_by_name(handle, name).await?)))
+        }
+        Object::RoutedPort { port, vrf } => {
+            let mut builder = LinkUnspec::new_with_index(index(port)?);
+            builder = match vrf {
+                Some(vrf) => builder.controller(index(vrf)?),
+                None => builder.nocontroller(),
+            };
+            handle
+                .link()
+                .set(builder.up().build())
+                .execute()
+                .await
+                .map_err(e)?;
+            Ok(None)
+        }
+        Object::Address { dev, address, len } => {
+            handle
+                .address()
+                .add(index(dev)?, IpAddr::V4(*address), *len)
+                .execute()
+                .await
+                .map_err(e)?;
+            Ok(None)
+        }
+        Object::Rule { iif, to, table } => {
+            let mut request = handle
+                .rule()
+                .add()
+                .v4()
+                .priority(RULE_PRIORITY)
+                .table_id(*table)
+                .action(RuleAction::ToTable);
+            if let Some(iif) = iif {
+                request = request.input_interface(iif.clone());
+            }
+            if let Some(to) = to {
+                request = request.destination_prefix(to.address, to.len);
+            }
+            request.execute().await.map_err(e)?;
+            Ok(None)
+        }
+        Object::Route {
+            table,
+            dst,
+            next_hop,
+        } => {
+            let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst.address, dst.len)
+                .table_id(*table)
+                .protocol(RouteProtocol::Other(PROTOCOL));
+            builder = match next_hop {
+                NextHop::Device { dev } => builder.output_interface(index(dev)?),
+                NextHop::ViaOnlink { via, dev } => {
+                    builder.output_interface(index(dev)?).gateway(*via).onlink()
+                }
+                NextHop::Unreachable => builder.kind(RouteType::Unreachable),
+            };
+            handle
+                .route()
+                .add(builder.build())
+                .replace()
+                .execute()
+                .await
+                .map_err(e)?;
+            Ok(None)
+        }
+        Object::Neighbor { dev, ip, mac } => {
+            let mac = parse_mac(mac).ok_or("bad MAC")?;
+            handle
+                .neighbours()
+                .add(index(dev)?, IpAddr::V4(*ip))
+                .link_layer_address(&mac)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(e)?;
+            Ok(None)
+        }
+        Object::Fdb { dev, mac, dst } => {
+            let mac = parse_mac(mac).ok_or("bad MAC")?;
+            handle
+                .neighbours()
+                .add_bridge(index(dev)?, &mac)
+                .destination(IpAddr::V4(*dst))
+                .flags(NeighbourFlags::Own)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(e)?;
+            Ok(None)
+        }
+    }
+}
+
+async fn remove(
+    handle: &Handle,
+    object: &Object,
+    state: &KernelState,
+    provisioning_bridge: &str,
+) -> Result<(), String> {
+    let e = |error: rtnetlink::Error| error.to_string();
+    let gone_ok = |result: Result<(), rtnetlink::Error>| match result {
+        // Removing a link removes what hangs off it: already gone is success.
+        Err(error) if error.to_string().contains("No such") => Ok(()),
+        other => other.map_err(e),
+    };
+    match object {
+        Object::Vrf { name, .. } | Object::Bridge { name, .. } | Object::Vxlan { name, .. } => {
+            match state.index_of(name) {
+                Some(index) => gone_ok(handle.link().del(index).execute().await),
+                None => Ok(()),
+            }
+        }
+        Object::RoutedPort { port, .. } => {
+            // Back into the provisioning network.
+            let Some(index) = state.index_of(port) else {
+                return Ok(());
+            };
+            let builder = match state.index_of(provisioning_bridge) {
+                Some(bridge) => LinkUnspec::new_with_index(index).controller(bridge),
+                None => LinkUnspec::new_with_index(index).nocontroller(),
+            };
+            handle
+                .link()
+                .set(builder.build())
+                .execute()
+                .await
+                .map_err(e)
+        }
+        Object::Address { .. } => match state.addresses.get(object) {
+            Some(message) => gone_ok(handle.address().del(message.clone()).execute().await),
+            None => Ok(()),
+        },
+        Object::Rule { .. } => match state.rules.get(object) {
+            Some(message) => gone_ok(handle.rule().del(message.clone()).execute().await),
+            None => Ok(()),
+        },
+        Object::Route { .. } => match state.routes.get(object) {
+            Some(message) => gone_ok(handle.route().del(message.clone()).execute().await),
+            None => Ok(()),
+        },
+        Object::Neighbor { .. } | Object::Fdb { .. } => match state.neighbours.get(object) {
+            Some(message) => gone_ok(handle.neighbours().del(message.clone()).execute().await),
+            None => Ok(()),
+        },
+    }
+}

@@ -1,0 +1,167 @@
+//! The reconciler: keeps the kernel equal to the rendered intents. It runs
+//! when the intents change, when the kernel reports a change to links,
+//! addresses, routes, rules or neighbours (so manual drift is reverted within
+//! moments), and every few seconds regardless. Each pass reads what the
+//! agent owns, diffs, and applies only the difference; a pass with nothing
+//! to do changes nothing.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use netlink_sys::{AsyncSocket, SocketAddr};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::desired::{KernelMode, Object, Plan, diff, render};
+use super::intent::{Intents, Rejection, validate};
+use super::kernel::{self, Failure};
+
+/// Full pass at least this often.
+const PERIOD: Duration = Duration::from_secs(10);
+/// Notifications within this window are handled by one pass.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// rtnetlink multicast groups: links, neighbours, IPv4 addresses, routes, rules.
+const GROUPS: u32 = 0x1 | 0x4 | 0x10 | 0x40 | 0x80;
+
+/// What the last pass did, for `metalmesh-agent status` and `dataplane diff`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PassReport {
+    pub passes: u64,
+    pub objects: usize,
+    pub added: usize,
+    pub removed: usize,
+    pub duration_ms: u64,
+    pub rejected: Vec<Rejection>,
+    pub failures: Vec<Failure>,
+}
+
+/// Everything a reconciler needs.
+#[derive(Debug, Clone)]
+pub struct Reconciler {
+    pub mode: KernelMode,
+    pub vtep: Ipv4Addr,
+    pub provisioning_bridge: String,
+    pub intents: watch::Receiver<Intents>,
+    pub report: Arc<Mutex<PassReport>>,
+}
+
+/// Renders what the kernel should hold, with the rejected VRFs.
+pub fn desired(
+    intents: &Intents,
+    interfaces: &BTreeSet<String>,
+    mode: KernelMode,
+    vtep: Ipv4Addr,
+) -> (BTreeSet<Object>, Vec<Rejection>) {
+    let (accepted, rejected) = validate(intents, interfaces);
+    (render(&accepted, mode, vtep), rejected)
+}
+
+impl Reconciler {
+    /// What one pass would change now.
+    pub async fn plan(
+        &self,
+        handle: &rtnetlink::Handle,
+    ) -> Result<(Plan, Vec<Rejection>), rtnetlink::Error> {
+        let state = kernel::read(handle).await?;
+        let interfaces = interface_names(handle).await?;
+        let (want, rejected) = desired(&self.intents.borrow(), &interfaces, self.mode, self.vtep);
+        Ok((diff(&want, &state.objects), rejected))
+    }
+
+    async fn pass(&self, handle: &rtnetlink::Handle) -> Result<(), rtnetlink::Error> {
+        let started = Instant::now();
+        let state = kernel::read(handle).await?;
+        let interfaces = interface_names(handle).await?;
+        let (want, rejected) = desired(&self.intents.borrow(), &interfaces, self.mode, self.vtep);
+        let plan = diff(&want, &state.objects);
+        let failures = if plan.is_empty() {
+            Vec::new()
+        } else {
+            tracing::info!(
+                add = plan.add.len(),
+                remove = plan.remove.len(),
+                "dataplane: applying changes"
+            );
+            kernel::apply(handle, &plan, &state, &self.provisioning_bridge).await
+        };
+        for failure in &failures {
+            tracing::warn!(object = ?failure.object, error = %failure.error, "dataplane: kernel refused");
+        }
+        if let Ok(mut report) = self.report.lock() {
+            if report.rejected != rejected {
+                for r in &rejected {
+                    tracing::warn!(vrf = %r.vrf, reason = %r.reason, "dataplane: VRF rejected");
+                }
+            }
+            report.passes += 1;
+            report.objects = want.len();
+            report.added = plan.add.len();
+            report.removed = plan.remove.len();
+            report.duration_ms = started.elapsed().as_millis() as u64;
+            report.rejected = rejected;
+            report.failures = failures;
+        }
+        Ok(())
+    }
+
+    pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        let _driver = AbortOnDrop(tokio::spawn(connection));
+        let (mut events_connection, _, mut events) = rtnetlink::new_connection()?;
+        events_connection
+            .socket_mut()
+            .socket_mut()
+            .bind(&SocketAddr::new(0, GROUPS))?;
+        let _events_driver = AbortOnDrop(tokio::spawn(events_connection));
+        let mut timer = tokio::time::interval(PERIOD);
+        loop {
+            self.pass(&handle).await?;
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                _ = timer.tick() => {}
+                changed = self.intents.changed() => changed?,
+                event = events.next() => {
+                    if event.is_none() {
+                        anyhow::bail!("netlink notifications ended");
+                    }
+                    // Coalesce a burst (our own changes produce one too).
+                    let until = tokio::time::Instant::now() + DEBOUNCE;
+                    while let Ok(Some(_)) = tokio::time::timeout_at(until, events.next()).await {}
+                }
+            }
+        }
+    }
+}
+
+async fn interface_names(handle: &rtnetlink::Handle) -> Result<BTreeSet<String>, rtnetlink::Error> {
+    use futures::TryStreamExt;
+    let mut names = BTreeSet::new();
+    let mut links = handle.link().get().execute();
+    while let Some(link) = links.try_next().await? {
+        for attribute in link.attributes {
+            if let netlink_packet_route::link::LinkAttribute::IfName(name) = attribute {
+                names.insert(name);
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Where the agent keeps the intents it was last given, to reconcile the
+/// same dataplane after a restart without touching it.
+pub fn intents_file(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("dataplane-intents.toml")
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

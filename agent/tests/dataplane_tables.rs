@@ -1,0 +1,368 @@
+//! The dataplane reconciler on this kernel (no VRF devices: routing tables
+//! and rules), two leaves of the testbed joined by the FRR fabric, static
+//! intents: tenant machines reach each other over VXLAN, tenants are
+//! isolated, drift is reverted within a second, unmanaged objects are left
+//! alone, ports move between the provisioning bridge and a VRF, a restart
+//! changes nothing, and a bad VRF is rejected while the rest keeps working.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use metalmesh_testbed::testing::{Guard, cli, eventually, run};
+use metalmesh_testbed::{Overrides, Quiet, Testbed, Topology};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
+
+fn intents(leaf: u32, extra: &str) -> String {
+    let other = 3 - leaf;
+    format!(
+        r#"[[vrf]]
+name = "tenant-a"
+vni = 10001
+table = 1001
+prefixes = ["10.0.1.0/24"]
+[[vrf.port]]
+name = "m{leaf}-1"
+addresses = ["10.0.1.{leaf}1"]
+[[vrf.remote]]
+prefix = "10.0.1.{other}1/32"
+vtep = "10.255.0.{other}"
+
+[[vrf]]
+name = "tenant-b"
+vni = 10002
+table = 1002
+prefixes = ["10.0.2.0/24"]
+[[vrf.port]]
+name = "m{leaf}-2"
+addresses = ["10.0.2.{leaf}2"]
+[[vrf.remote]]
+prefix = "10.0.2.{other}2/32"
+vtep = "10.255.0.{other}"
+{extra}"#
+    )
+}
+
+fn apply(run_dir: &Path, scratch: &Path, leaf: u32, text: &str) -> Output {
+    let file = scratch.join(format!("leaf{leaf}.toml"));
+    std::fs::write(&file, text).unwrap();
+    cli(
+        run_dir,
+        &[
+            "exec",
+            &format!("leaf{leaf}"),
+            "--",
+            AGENT,
+            "dataplane",
+            "apply",
+            file.to_str().unwrap(),
+        ],
+    )
+}
+
+fn ping(from: &str, to: &str) -> bool {
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &format!("mm-{from}"),
+            "ping",
+            "-c1",
+            "-W1",
+            to,
+        ],
+    )
+    .status
+    .success()
+}
+
+fn leaf1(args: &[&str]) -> String {
+    let mut full = vec!["netns", "exec", "mm-leaf1"];
+    full.extend_from_slice(args);
+    String::from_utf8_lossy(&run("ip", &full).stdout).into_owned()
+}
+
+/// Everything the kernel of leaf1 holds that the dataplane could touch.
+fn dump() -> String {
+    [
+        leaf1(&["ip", "-o", "link", "show"]),
+        leaf1(&["ip", "-d", "-o", "link", "show", "type", "vxlan"])
+            .lines()
+            .map(|l| {
+                let vxlan = l.split(" vxlan ").nth(1).unwrap_or_default();
+                // Bridge-port timers tick on their own; the VXLAN settings are what counts.
+                vxlan
+                    .split(" bridge_slave")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        leaf1(&["ip", "addr", "show"]),
+        leaf1(&["ip", "rule", "show"]),
+        leaf1(&["ip", "route", "show", "table", "all"]),
+        leaf1(&["ip", "neigh", "show", "nud", "permanent"]),
+        leaf1(&["bridge", "fdb", "show"]),
+    ]
+    .join("\n")
+    // Counters and ages change on their own; they are not configuration.
+    .lines()
+    .filter(|l| !l.contains("used") && !l.contains("RX:") && !l.contains("TX:"))
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
+#[test]
+fn tenants_over_vxlan_in_routing_table_mode() {
+    let guard = Guard::new();
+    let topology = Topology::load(
+        None,
+        &Overrides {
+            racks: Some(2),
+            machines_per_rack: Some(2),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    let testbed = Testbed::up(&guard.run_dir, &topology, &mut Quiet).unwrap();
+    testbed
+        .wait_converged(Duration::from_secs(60), &mut Quiet)
+        .unwrap();
+    let status = cli(
+        &guard.run_dir,
+        &["exec", "leaf1", "--", AGENT, "status", "-o", "json"],
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["kernel_mode"], "routing_tables");
+
+    for leaf in [1, 2] {
+        let out = apply(&guard.run_dir, &guard.scratch, leaf, &intents(leaf, ""));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for (machine, ip) in [
+        ("m1-1", "10.0.1.11"),
+        ("m2-1", "10.0.1.21"),
+        ("m1-2", "10.0.2.12"),
+        ("m2-2", "10.0.2.22"),
+    ] {
+        let ns = format!("mm-{machine}");
+        assert!(
+            run(
+                "ip",
+                &["-n", &ns, "addr", "add", &format!("{ip}/32"), "dev", "eth0"]
+            )
+            .status
+            .success()
+        );
+        assert!(
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &ns,
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    "169.254.0.1",
+                    "dev",
+                    "eth0",
+                    "onlink"
+                ]
+            )
+            .status
+            .success()
+        );
+    }
+
+    // Same tenant across leaves over VXLAN; the gateway answers; tenants are isolated.
+    assert!(
+        eventually(Duration::from_secs(10), || ping("m1-1", "10.0.1.21")),
+        "tenant A across leaves"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || ping("m2-2", "10.0.2.12")),
+        "tenant B across leaves"
+    );
+    assert!(ping("m1-1", "169.254.0.1"));
+    for (from, to) in [
+        ("m1-1", "10.0.2.22"),
+        ("m1-1", "10.0.2.12"),
+        ("m2-2", "10.0.1.11"),
+        ("m1-2", "10.0.1.21"),
+    ] {
+        assert!(!ping(from, to), "{from} reached {to} across tenants");
+    }
+
+    // Unmanaged objects, even in a tenant's table, are left alone.
+    assert!(
+        run(
+            "ip",
+            &[
+                "-n",
+                "mm-leaf1",
+                "link",
+                "add",
+                "unmanaged0",
+                "type",
+                "bridge"
+            ]
+        )
+        .status
+        .success()
+    );
+    assert!(
+        run(
+            "ip",
+            &[
+                "-n",
+                "mm-leaf1",
+                "route",
+                "add",
+                "192.0.2.0/24",
+                "dev",
+                "lo",
+                "table",
+                "1001"
+            ]
+        )
+        .status
+        .success()
+    );
+
+    // Drift: a rule, a route, the VXLAN device deleted by hand, a route changed.
+    std::thread::sleep(Duration::from_millis(300));
+    leaf1(&[
+        "ip", "rule", "del", "iif", "m1-1", "lookup", "1001", "prio", "20000",
+    ]);
+    leaf1(&["ip", "route", "del", "10.0.1.21/32", "table", "1001"]);
+    leaf1(&["ip", "link", "del", "mm-vx10002"]);
+    leaf1(&[
+        "ip",
+        "route",
+        "replace",
+        "10.0.1.11/32",
+        "dev",
+        "m1-2",
+        "table",
+        "1001",
+        "proto",
+        "245",
+    ]);
+    assert!(
+        eventually(Duration::from_secs(1), || {
+            leaf1(&["ip", "rule", "show"]).contains("iif m1-1 lookup 1001")
+                && leaf1(&["ip", "route", "show", "table", "1001"])
+                    .contains("10.0.1.21 via 10.255.0.2 dev mm-br10001")
+                && leaf1(&["ip", "route", "show", "table", "1001"]).contains("10.0.1.11 dev m1-1")
+                && leaf1(&["ip", "-br", "link", "show"]).contains("mm-vx10002")
+        }),
+        "drift not reverted within 1 s:\n{}",
+        dump()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || ping("m1-2", "10.0.2.22")),
+        "tenant B after the VXLAN device came back"
+    );
+    assert!(leaf1(&["ip", "-br", "link", "show"]).contains("unmanaged0"));
+    assert!(leaf1(&["ip", "route", "show", "table", "1001"]).contains("192.0.2.0/24 dev lo"));
+
+    // Move m1-2 back to the provisioning bridge (drop tenant B here) and back into its VRF.
+    let only_a = intents(1, "")
+        .split("[[vrf]]\nname = \"tenant-b\"")
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        apply(&guard.run_dir, &guard.scratch, 1, &only_a)
+            .status
+            .success()
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            leaf1(&["ip", "-d", "link", "show", "m1-2"]).contains("master mm-pxe")
+                && !leaf1(&["ip", "addr", "show", "m1-2"]).contains("169.254.0.1")
+                && !leaf1(&["ip", "rule", "show"]).contains("lookup 1002")
+                && !leaf1(&["ip", "-br", "link", "show"]).contains("mm-br10002")
+        }),
+        "m1-2 did not return to mm-pxe:\n{}",
+        dump()
+    );
+    assert!(
+        ping("m1-1", "10.0.1.21"),
+        "tenant A must not flap when B goes"
+    );
+    assert!(
+        apply(&guard.run_dir, &guard.scratch, 1, &intents(1, ""))
+            .status
+            .success()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || ping("m1-2", "10.0.2.22")),
+        "m1-2 routed again"
+    );
+
+    // A restart of the agent changes nothing in the kernel. (Carrier of the
+    // provisioning bridge settles a moment after its last port left.)
+    std::thread::sleep(Duration::from_secs(2));
+    let before = dump();
+    let kill = cli(
+        &guard.run_dir,
+        &["kill", "leaf1", "--daemon", "agent", "--signal", "KILL"],
+    );
+    assert!(
+        kill.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kill.stderr)
+    );
+    assert!(
+        cli(&guard.run_dir, &["start", "leaf1", "--daemon", "agent"])
+            .status
+            .success()
+    );
+    assert!(eventually(Duration::from_secs(10), || {
+        let out = cli(
+            &guard.run_dir,
+            &["exec", "leaf1", "--", AGENT, "status", "-o", "json"],
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .is_ok_and(|s| s["dataplane"]["passes"].as_u64() >= Some(2))
+    }));
+    std::thread::sleep(Duration::from_millis(500));
+    let after = dump();
+    assert_eq!(before, after, "restarting the agent changed the kernel");
+    let diff = cli(
+        &guard.run_dir,
+        &["exec", "leaf1", "--", AGENT, "dataplane", "diff"],
+    );
+    assert_eq!(String::from_utf8_lossy(&diff.stdout).trim(), "in sync");
+
+    // Bad input: a VRF reusing a VNI is rejected, clearly; the others keep working.
+    let bad = intents(
+        1,
+        "\n[[vrf]]\nname = \"tenant-c\"\nvni = 10001\ntable = 1003\nprefixes = [\"10.0.3.0/24\"]\n",
+    );
+    let out = apply(&guard.run_dir, &guard.scratch, 1, &bad);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("VRF `tenant-c` rejected: VNI 10001 is already used by VRF `tenant-a`"),
+        "{stderr}"
+    );
+    let missing_port = intents(
+        1,
+        "\n[[vrf]]\nname = \"tenant-d\"\nvni = 10004\ntable = 1004\nprefixes = [\"10.0.4.0/24\"]\n[[vrf.port]]\nname = \"swp99\"\n",
+    );
+    let out = apply(&guard.run_dir, &guard.scratch, 1, &missing_port);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("port `swp99` does not exist"));
+    assert!(ping("m1-1", "10.0.1.21") && ping("m1-2", "10.0.2.22"));
+    drop(testbed);
+}
