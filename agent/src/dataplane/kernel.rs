@@ -63,13 +63,26 @@ fn format_mac(bytes: &[u8]) -> String {
 
 pub async fn read(handle: &Handle) -> Result<KernelState, rtnetlink::Error> {
     let mut state = KernelState::default();
-    let mut messages = Vec::new();
-    let mut links = handle.link().get().execute();
-    while let Some(message) = links.try_next().await? {
-        if let Some(name) = link_name(&message) {
+    // One dump at a time: the kernel allows one per netlink socket.
+    let messages: Vec<LinkMessage> = handle.link().get().execute().try_collect().await?;
+    let address_messages: Vec<AddressMessage> =
+        handle.address().get().execute().try_collect().await?;
+    let rule_messages: Vec<RuleMessage> = handle
+        .rule()
+        .get(IpVersion::V4)
+        .execute()
+        .try_collect()
+        .await?;
+    let route_messages: Vec<RouteMessage> = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().table_id(0).build())
+        .execute()
+        .try_collect()
+        .await?;
+    for message in &messages {
+        if let Some(name) = link_name(message) {
             state.links.insert(name, message.header.index);
         }
-        messages.push(message);
     }
     let name_of: BTreeMap<u32, String> = state.links.iter().map(|(n, i)| (*i, n.clone())).collect();
     let controller_name = |message: &LinkMessage| {
@@ -145,8 +158,7 @@ pub async fn read(handle: &Handle) -> Result<KernelState, rtnetlink::Error> {
     }
 
     // Routed ports are the ones carrying the gateway address.
-    let mut addresses = handle.address().get().execute();
-    while let Some(message) = addresses.try_next().await? {
+    for message in address_messages {
         let address = message.attributes.iter().find_map(|a| match a {
             AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
                 Some(*ip)
@@ -180,8 +192,7 @@ pub async fn read(handle: &Handle) -> Result<KernelState, rtnetlink::Error> {
         state.addresses.insert(object, message);
     }
 
-    let mut rules = handle.rule().get(IpVersion::V4).execute();
-    while let Some(message) = rules.try_next().await? {
+    for message in rule_messages {
         let priority = message.attributes.iter().find_map(|a| match a {
             RuleAttribute::Priority(p) => Some(*p),
             _ => None,
@@ -213,11 +224,7 @@ pub async fn read(handle: &Handle) -> Result<KernelState, rtnetlink::Error> {
         state.rules.insert(object, message);
     }
 
-    let mut routes = handle
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().table_id(0).build())
-        .execute();
-    while let Some(message) = routes.try_next().await? {
+    for message in route_messages {
         if message.header.protocol != RouteProtocol::Other(PROTOCOL) {
             continue;
         }
@@ -269,12 +276,14 @@ pub async fn read(handle: &Handle) -> Result<KernelState, rtnetlink::Error> {
     }
 
     for family in [AddressFamily::Inet, AddressFamily::Bridge] {
-        let mut neighbours = handle
+        let neighbours: Vec<NeighbourMessage> = handle
             .neighbours()
             .get()
             .set_address_family(family)
-            .execute();
-        while let Some(message) = neighbours.try_next().await? {
+            .execute()
+            .try_collect()
+            .await?;
+        for message in neighbours {
             let Some(dev) = name_of.get(&message.header.ifindex).cloned() else {
                 continue;
             };
@@ -336,14 +345,19 @@ pub async fn apply(
             });
         }
     }
-    // Links created now are looked up by name for later objects.
+    // Links created now get their indexes from one dump when a later object
+    // first needs one, instead of a lookup per created link.
     let mut links = state.links.clone();
+    let mut stale = false;
     for object in &plan.add {
-        match add(handle, object, &links).await {
-            Ok(Some((name, index))) => {
-                links.insert(name, index);
+        if stale && needs_refresh(object, &links) {
+            if let Ok(fresh) = link_indexes(handle).await {
+                links = fresh;
             }
-            Ok(None) => {}
+            stale = false;
+        }
+        match add(handle, object, &links).await {
+            Ok(created) => stale |= created,
             Err(error) => failures.push(Failure {
                 object: object.clone(),
                 error,
@@ -353,20 +367,42 @@ pub async fn apply(
     failures
 }
 
-async fn index_by_name(handle: &Handle, name: &str) -> Result<u32, String> {
-    let mut links = handle.link().get().match_name(name.to_string()).execute();
-    match links.try_next().await {
-        Ok(Some(link)) => Ok(link.header.index),
-        Ok(None) => Err(format!("no interface {name}")),
-        Err(e) => Err(e.to_string()),
-    }
+/// Whether `object` refers to an interface missing from `links`.
+fn needs_refresh(object: &Object, links: &BTreeMap<String, u32>) -> bool {
+    let names: Vec<&String> = match object {
+        Object::Vrf { .. } => vec![],
+        Object::Bridge { vrf, .. } => vrf.iter().collect(),
+        Object::Vxlan { bridge, .. } => vec![bridge],
+        Object::RoutedPort { port, vrf } => std::iter::once(port).chain(vrf.iter()).collect(),
+        Object::Address { dev, .. } | Object::Neighbor { dev, .. } | Object::Fdb { dev, .. } => {
+            vec![dev]
+        }
+        Object::Rule { .. } => vec![],
+        Object::Route { next_hop, .. } => match next_hop {
+            NextHop::Device { dev } | NextHop::ViaOnlink { dev, .. } => vec![dev],
+            NextHop::Unreachable => vec![],
+        },
+    };
+    names.iter().any(|n| !links.contains_key(*n))
 }
 
+async fn link_indexes(handle: &Handle) -> Result<BTreeMap<String, u32>, rtnetlink::Error> {
+    let mut map = BTreeMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(message) = links.try_next().await? {
+        if let Some(name) = link_name(&message) {
+            map.insert(name, message.header.index);
+        }
+    }
+    Ok(map)
+}
+
+/// Adds one object; `Ok(true)` when it created an interface.
 async fn add(
     handle: &Handle,
     object: &Object,
     links: &BTreeMap<String, u32>,
-) -> Result<Option<(String, u32)>, String> {
+) -> Result<bool, String> {
     let index = |name: &str| {
         links
             .get(name)
@@ -382,7 +418,7 @@ async fn add(
                 .execute()
                 .await
                 .map_err(e)?;
-            Ok(Some((name.clone(), index_by_name(handle, name).await?)))
+            Ok(true)
         }
         Object::Bridge { name, mac, vrf } => {
             let mut builder = LinkBridge::new(name).up();
@@ -398,7 +434,7 @@ async fn add(
                 .execute()
                 .await
                 .map_err(e)?;
-            Ok(Some((name.clone(), index_by_name(handle, name).await?)))
+            Ok(true)
         }
         Object::Vxlan {
             name,
@@ -414,7 +450,7 @@ async fn add(
                 .up()
                 .build();
             handle.link().add(message).execute().await.map_err(e)?;
-            Ok(Some((name.clone(), index_by_name(handle, name).await?)))
+            Ok(true)
         }
         Object::RoutedPort { port, vrf } => {
             let mut builder = LinkUnspec::new_with_index(index(port)?);
@@ -428,7 +464,7 @@ async fn add(
                 .execute()
                 .await
                 .map_err(e)?;
-            Ok(None)
+            Ok(false)
         }
         Object::Address { dev, address, len } => {
             handle
@@ -437,7 +473,7 @@ async fn add(
                 .execute()
                 .await
                 .map_err(e)?;
-            Ok(None)
+            Ok(false)
         }
         Object::Rule { iif, to, table } => {
             let mut request = handle
@@ -454,7 +490,7 @@ async fn add(
                 request = request.destination_prefix(to.address, to.len);
             }
             request.execute().await.map_err(e)?;
-            Ok(None)
+            Ok(false)
         }
         Object::Route {
             table,
@@ -479,7 +515,7 @@ async fn add(
                 .execute()
                 .await
                 .map_err(e)?;
-            Ok(None)
+            Ok(false)
         }
         Object::Neighbor { dev, ip, mac } => {
             let mac = parse_mac(mac).ok_or("bad MAC")?;
@@ -492,7 +528,7 @@ async fn add(
                 .execute()
                 .await
                 .map_err(e)?;
-            Ok(None)
+            Ok(false)
         }
         Object::Fdb { dev, mac, dst } => {
             let mac = parse_mac(mac).ok_or("bad MAC")?;
@@ -506,7 +542,7 @@ async fn add(
                 .execute()
                 .await
                 .map_err(e)?;
-            Ok(None)
+            Ok(false)
         }
     }
 }
