@@ -107,24 +107,18 @@ fn forty_eight_ports() {
         .unwrap();
     assert!(status.success());
     let lldpd_socket = guard.scratch.join("lldpd.sock");
-    let out = run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            PEER_NS,
-            "lldpd",
-            "-u",
-            lldpd_socket.to_str().unwrap(),
-            "-I",
-            "eth*",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // lldpd in the foreground (-d), detached: its daemon mode shares /run/lldpd.pid.
+    let lldpd_log = std::fs::File::create(guard.scratch.join("lldpd.log")).unwrap();
+    let status = Command::new("setsid")
+        .args(["-f", "ip", "netns", "exec", PEER_NS, "lldpd", "-d", "-u"])
+        .arg(&lldpd_socket)
+        .args(["-I", "eth*"])
+        .stdin(Stdio::null())
+        .stdout(lldpd_log.try_clone().unwrap())
+        .stderr(lldpd_log)
+        .status()
+        .unwrap();
+    assert!(status.success());
 
     // The agent hears lldpd on all 48 ports, each neighbour on its own port.
     assert!(

@@ -83,26 +83,31 @@ fn kill_machine_processes() {
 /// and transmitting. lldpd occasionally comes up mute or drops configuration
 /// given while it starts; such a start is retried, the peer is not ours to fix.
 fn start_lldpd(socket: &Path) {
-    for _attempt in 0..4 {
+    for _attempt in 0..6 {
         let _ = std::fs::remove_file(socket);
-        let out = run(
-            "ip",
-            &[
+        // In the foreground (-d), detached, logging to a file: lldpd's own
+        // daemonising shares /run/lldpd.pid between instances.
+        let log = std::fs::File::create(socket.with_extension("log")).unwrap();
+        let status = std::process::Command::new("setsid")
+            .args([
+                "-f",
+                "ip",
                 "netns",
                 "exec",
                 "mm-m1-1",
                 "lldpd",
+                "-d",
                 "-u",
                 socket.to_str().unwrap(),
                 "-I",
                 "eth0",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .status()
+            .unwrap();
+        assert!(status.success());
         let configured = || {
             let _ = lldpcli(socket, &["configure", "lldp", "tx-interval", "1"]);
             let _ = lldpcli(socket, &["configure", "system", "hostname", "server-m1-1"]);
@@ -116,8 +121,9 @@ fn start_lldpd(socket: &Path) {
         };
         if eventually(Duration::from_secs(10), configured) {
             let before = lldpd_transmitted(socket);
-            if eventually(Duration::from_secs(5), || {
-                lldpd_transmitted(socket) >= before + 2
+            if eventually(Duration::from_secs(10), || {
+                let _ = lldpcli(socket, &["update"]);
+                lldpd_transmitted(socket) > before
             }) {
                 return;
             }
