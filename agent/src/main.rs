@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use metalmesh_agent::admin::client;
 use metalmesh_agent::admin::{AgentStatus, Request, Response};
 use metalmesh_agent::config::{DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG, Loaded};
+use metalmesh_agent::dataplane::desired::NextHop;
 use metalmesh_agent::lldp::LldpSnapshot;
 use metalmesh_agent::run::{RunOptions, run};
 use metalmesh_agent::switch::Port;
@@ -239,7 +240,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                         r.vrf.clone().unwrap_or_default(),
                         r.table.to_string(),
                         r.destination.clone(),
-                        serde_json::to_string(&r.next_hop).unwrap_or_default(),
+                        match &r.next_hop {
+                            NextHop::Device { dev } => format!("dev {dev}"),
+                            NextHop::ViaOnlink { via, dev } => {
+                                format!("via {via} dev {dev} onlink")
+                            }
+                            NextHop::Unreachable => "unreachable".into(),
+                        },
                     ]);
                 }
                 render_table(rows)
