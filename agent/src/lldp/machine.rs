@@ -105,6 +105,8 @@ pub struct Counters {
     /// New neighbours refused because the port already had the maximum.
     pub neighbors_refused: u64,
     pub transmit_errors: u64,
+    /// Frames dropped because a port received more than LLDP ever sends.
+    pub frames_rate_limited: u64,
 }
 
 /// Inputs to the machine.
@@ -141,7 +143,15 @@ pub enum Output {
 struct PortTx {
     mac: [u8; 6],
     next_tx: Instant,
+    /// Receive token bucket: a flood on one port costs bounded work.
+    tokens: f64,
+    refilled: Instant,
 }
+
+/// Frames accepted per port per second (LLDP sends one per interval, a few
+/// during fast start) and the burst allowed.
+const RX_PER_SEC: f64 = 10.0;
+const RX_BURST: f64 = 20.0;
 
 /// Neighbours are keyed by port and MSAP (chassis ID + port ID, each with
 /// its subtype as the first byte).
@@ -208,8 +218,15 @@ impl LldpMachine {
                 // A port that comes up (or changes address) announces itself at once.
                 let changed = self.ports.get(&port).is_none_or(|p| p.mac != mac);
                 if changed {
-                    self.ports
-                        .insert(port.clone(), PortTx { mac, next_tx: now });
+                    self.ports.insert(
+                        port.clone(),
+                        PortTx {
+                            mac,
+                            next_tx: now,
+                            tokens: RX_BURST,
+                            refilled: now,
+                        },
+                    );
                     self.transmit_due(now, &mut out);
                 }
             }
@@ -297,9 +314,17 @@ impl LldpMachine {
     }
 
     fn receive(&mut self, now: Instant, port: &str, bytes: &[u8], out: &mut Vec<Output>) {
-        if !self.ports.contains_key(port) {
+        let Some(tx) = self.ports.get_mut(port) else {
+            return;
+        };
+        let elapsed = now.saturating_duration_since(tx.refilled).as_secs_f64();
+        tx.tokens = (tx.tokens + elapsed * RX_PER_SEC).min(RX_BURST);
+        tx.refilled = now;
+        if tx.tokens < 1.0 {
+            self.counters.frames_rate_limited += 1;
             return;
         }
+        tx.tokens -= 1.0;
         let frame = match Frame::decode(bytes) {
             Ok(frame) => frame,
             Err(DecodeError::Oversized(_)) => {
@@ -725,6 +750,40 @@ mod tests {
             .len(),
             1
         );
+    }
+
+    #[test]
+    fn floods_are_rate_limited_per_port() {
+        let mut m = machine();
+        let t0 = Instant::now();
+        m.handle(
+            t0,
+            Input::PortUp {
+                port: "swp1".into(),
+                mac: OUR_MAC,
+            },
+        );
+        let frame = peer_frame("eth0", 120, "a");
+        for _ in 0..100 {
+            m.handle(
+                t0,
+                Input::Frame {
+                    port: "swp1",
+                    bytes: &frame,
+                },
+            );
+        }
+        assert_eq!(m.counters().frames_in, 20);
+        assert_eq!(m.counters().frames_rate_limited, 80);
+        // A second later the port is heard again.
+        m.handle(
+            t0 + Duration::from_secs(1),
+            Input::Frame {
+                port: "swp1",
+                bytes: &frame,
+            },
+        );
+        assert_eq!(m.counters().frames_in, 21);
     }
 
     #[test]

@@ -20,6 +20,8 @@ use crate::switch::Port;
 /// Frames queued from the readers to the state machine; beyond this, readers
 /// wait and the kernel's socket buffers absorb (and eventually drop) bursts.
 const FRAME_QUEUE: usize = 1024;
+/// Counters are published at most this often (neighbour changes at once).
+const PUBLISH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 /// Receive buffer: larger than any jumbo frame, so oversized LLDP frames are
 /// seen whole and counted rather than silently cut.
 const RECEIVE_BUFFER: usize = 65536;
@@ -75,8 +77,15 @@ impl LldpTask {
         let (frames_tx, mut frames_rx) = mpsc::channel::<FromPort>(FRAME_QUEUE);
         // Start from whatever the inventory already knows.
         self.ports.mark_changed();
+        let mut published = Instant::now();
+        let mut pending = false;
         loop {
-            let wakeup = machine.next_wakeup();
+            let mut wakeup = machine.next_wakeup();
+            if pending {
+                // A skipped publish happens within a quarter second at the latest.
+                let due = published + PUBLISH_INTERVAL;
+                wakeup = Some(wakeup.map_or(due, |w| w.min(due)));
+            }
             let outputs = tokio::select! {
                 () = cancel.cancelled() => {
                     let outputs = machine.shutdown();
@@ -110,8 +119,19 @@ impl LldpTask {
                 },
                 () = sleep_until(wakeup) => machine.handle(Instant::now(), Input::Tick),
             };
+            // Neighbour changes are published at once; counters at most
+            // four times a second, so a frame flood costs no table copies.
+            let changed = outputs
+                .iter()
+                .any(|o| !matches!(o, Output::Transmit { .. }));
             execute(&mut machine, &io, outputs).await;
-            publish(&machine, &self.snapshot);
+            if changed || published.elapsed() >= PUBLISH_INTERVAL {
+                publish(&machine, &self.snapshot);
+                published = Instant::now();
+                pending = false;
+            } else {
+                pending = true;
+            }
         }
     }
 }
