@@ -140,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let state = kernel::read(&handle).await?;
+    let read = started.elapsed();
     let plan = desired::diff(&desired, &state.objects);
     let no_change = started.elapsed();
     if !plan.is_empty() {
@@ -150,10 +151,11 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "mode={mode:?} objects={} routes={routes_total} converge_ms={} nochange_ms={}",
+        "mode={mode:?} objects={} routes={routes_total} converge_ms={} nochange_ms={} (read {} ms)",
         desired.len(),
         converge.as_millis(),
-        no_change.as_millis()
+        no_change.as_millis(),
+        read.as_millis()
     );
     Ok(())
 }

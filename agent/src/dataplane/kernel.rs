@@ -397,6 +397,13 @@ async fn link_indexes(handle: &Handle) -> Result<BTreeMap<String, u32>, rtnetlin
     Ok(map)
 }
 
+/// Tenants are routed in IPv4: without IPv6 the agent's devices carry no
+/// link-local addresses, IPv6 routes or multicast FDB entries, which keeps
+/// every later read of the kernel small. A kernel without IPv6 needs nothing.
+fn without_ipv6(name: &str) {
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+}
+
 /// Adds one object; `Ok(true)` when it created an interface.
 async fn add(
     handle: &Handle,
@@ -418,6 +425,7 @@ async fn add(
                 .execute()
                 .await
                 .map_err(e)?;
+            without_ipv6(name);
             Ok(true)
         }
         Object::Bridge { name, mac, vrf } => {
@@ -434,6 +442,7 @@ async fn add(
                 .execute()
                 .await
                 .map_err(e)?;
+            without_ipv6(name);
             Ok(true)
         }
         Object::Vxlan {
@@ -450,6 +459,7 @@ async fn add(
                 .up()
                 .build();
             handle.link().add(message).execute().await.map_err(e)?;
+            without_ipv6(name);
             Ok(true)
         }
         Object::RoutedPort { port, vrf } => {
