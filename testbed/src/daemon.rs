@@ -141,12 +141,12 @@ impl DaemonSpec {
         if !matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGKILL) {
             return Ok(());
         }
-        if wait_gone(pid, &self.pidfile, STOP_TIMEOUT) {
+        if wait_gone(pid, STOP_TIMEOUT) {
             return Ok(());
         }
         tracing::warn!(daemon = %self.name, namespace = %self.namespace, pid, "did not stop; sending SIGKILL");
         let _ = kill(target, Signal::SIGKILL);
-        if wait_gone(pid, &self.pidfile, STOP_TIMEOUT) {
+        if wait_gone(pid, STOP_TIMEOUT) {
             Ok(())
         } else {
             Err(Error::DaemonFailed {
@@ -188,7 +188,7 @@ fn is_alive(pid: i32) -> bool {
     std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| tasks.count() > 1)
 }
 
-fn wait_gone(pid: i32, _marker: &Path, timeout: Duration) -> bool {
+fn wait_gone(pid: i32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if !is_alive(pid) {

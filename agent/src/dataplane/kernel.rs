@@ -48,6 +48,11 @@ impl KernelState {
     pub fn index_of(&self, name: &str) -> Option<u32> {
         self.links.get(name).copied()
     }
+
+    /// Every interface of the switch, from the same link dump.
+    pub fn interface_names(&self) -> BTreeSet<String> {
+        self.links.keys().cloned().collect()
+    }
 }
 
 fn link_name(message: &LinkMessage) -> Option<String> {

@@ -68,16 +68,24 @@ impl Reconciler {
         handle: &rtnetlink::Handle,
     ) -> Result<(Plan, Vec<Rejection>), rtnetlink::Error> {
         let state = kernel::read(handle).await?;
-        let interfaces = interface_names(handle).await?;
-        let (want, rejected) = desired(&self.intents.borrow(), &interfaces, self.mode, self.vtep);
+        let (want, rejected) = desired(
+            &self.intents.borrow(),
+            &state.interface_names(),
+            self.mode,
+            self.vtep,
+        );
         Ok((diff(&want, &state.objects), rejected))
     }
 
     async fn pass(&self, handle: &rtnetlink::Handle) -> Result<(), rtnetlink::Error> {
         let started = Instant::now();
         let state = kernel::read(handle).await?;
-        let interfaces = interface_names(handle).await?;
-        let (want, rejected) = desired(&self.intents.borrow(), &interfaces, self.mode, self.vtep);
+        let (want, rejected) = desired(
+            &self.intents.borrow(),
+            &state.interface_names(),
+            self.mode,
+            self.vtep,
+        );
         let plan = diff(&want, &state.objects);
         let failures = if plan.is_empty() {
             Vec::new()
@@ -136,20 +144,6 @@ impl Reconciler {
             }
         }
     }
-}
-
-async fn interface_names(handle: &rtnetlink::Handle) -> Result<BTreeSet<String>, rtnetlink::Error> {
-    use futures::TryStreamExt;
-    let mut names = BTreeSet::new();
-    let mut links = handle.link().get().execute();
-    while let Some(link) = links.try_next().await? {
-        for attribute in link.attributes {
-            if let netlink_packet_route::link::LinkAttribute::IfName(name) = attribute {
-                names.insert(name);
-            }
-        }
-    }
-    Ok(names)
 }
 
 /// Where the agent keeps the intents it was last given, to reconcile the

@@ -13,7 +13,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::mpsc;
 
 use super::leases::{LeaseStore, StoreError};
-use super::server::{DhcpCounters, DhcpEvent, DhcpServer, SERVER_PORT};
+use super::server::{DhcpCounters, DhcpEvent, DhcpServer};
 use super::settings::{DhcpSettings, SettingsError};
 
 /// Datagrams handled per batch (and per transaction).
@@ -212,6 +212,3 @@ fn serve(
 pub fn read_leases(path: &Path) -> Result<Vec<super::Lease>, StoreError> {
     LeaseStore::open(path)?.leases()
 }
-
-/// Port the service listens on by default.
-pub const DEFAULT_PORT: u16 = SERVER_PORT;
