@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, eventually, run};
+use metalmesh_testbed::testing::{Guard, eventually, run, spawn_detached_in};
 use serde_json::Value;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
@@ -119,22 +119,19 @@ impl Rack {
     }
 
     fn start_agent(&self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.guard.scratch.join("agent.log"))
-            .unwrap();
-        let status = Command::new("setsid")
-            .args(["-f", "ip", "netns", "exec", LEAF, AGENT, "run", "--config"])
-            .arg(&self.config)
-            .arg("--pidfile")
-            .arg(self.guard.scratch.join("agent.pid"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let pidfile = self.guard.scratch.join("agent.pid");
+        spawn_detached_in(
+            LEAF,
+            &[
+                AGENT.as_ref(),
+                "run".as_ref(),
+                "--config".as_ref(),
+                self.config.as_os_str(),
+                "--pidfile".as_ref(),
+                pidfile.as_os_str(),
+            ],
+            &self.guard.scratch.join("agent.log"),
+        );
         assert!(eventually(Duration::from_secs(10), || self
             .agent(&["status"])
             .status

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, eventually, run};
+use metalmesh_testbed::testing::{Guard, eventually, run, spawn_detached_in};
 use serde_json::Value;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
@@ -91,34 +91,32 @@ fn forty_eight_ports() {
     )
     .unwrap();
     let pidfile = guard.scratch.join("agent.pid");
-    // Detached, with its output in a file: a pipe would keep `output()` waiting.
-    let log = std::fs::File::create(guard.scratch.join("agent.log")).unwrap();
-    let status = Command::new("setsid")
-        .args([
-            "-f", "ip", "netns", "exec", SWITCH_NS, AGENT, "run", "--config",
-        ])
-        .arg(&config)
-        .arg("--pidfile")
-        .arg(&pidfile)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    spawn_detached_in(
+        SWITCH_NS,
+        &[
+            AGENT.as_ref(),
+            "run".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--pidfile".as_ref(),
+            pidfile.as_os_str(),
+        ],
+        &guard.scratch.join("agent.log"),
+    );
     let lldpd_socket = guard.scratch.join("lldpd.sock");
     // lldpd in the foreground (-d), detached: its daemon mode shares /run/lldpd.pid.
-    let lldpd_log = std::fs::File::create(guard.scratch.join("lldpd.log")).unwrap();
-    let status = Command::new("setsid")
-        .args(["-f", "ip", "netns", "exec", PEER_NS, "lldpd", "-d", "-u"])
-        .arg(&lldpd_socket)
-        .args(["-I", "eth*"])
-        .stdin(Stdio::null())
-        .stdout(lldpd_log.try_clone().unwrap())
-        .stderr(lldpd_log)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    spawn_detached_in(
+        PEER_NS,
+        &[
+            "lldpd".as_ref(),
+            "-d".as_ref(),
+            "-u".as_ref(),
+            lldpd_socket.as_os_str(),
+            "-I".as_ref(),
+            "eth*".as_ref(),
+        ],
+        &guard.scratch.join("lldpd.log"),
+    );
 
     // The agent hears lldpd on all 48 ports, each neighbour on its own port.
     assert!(

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, cli, eventually, run};
+use metalmesh_testbed::testing::{Guard, cli, eventually, run, spawn_detached_in};
 use metalmesh_testbed::{Overrides, Quiet, Testbed, Topology};
 use serde_json::Value;
 
@@ -87,27 +87,18 @@ fn start_lldpd(socket: &Path) {
         let _ = std::fs::remove_file(socket);
         // In the foreground (-d), detached, logging to a file: lldpd's own
         // daemonising shares /run/lldpd.pid between instances.
-        let log = std::fs::File::create(socket.with_extension("log")).unwrap();
-        let status = std::process::Command::new("setsid")
-            .args([
-                "-f",
-                "ip",
-                "netns",
-                "exec",
-                "mm-m1-1",
-                "lldpd",
-                "-d",
-                "-u",
-                socket.to_str().unwrap(),
-                "-I",
-                "eth0",
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        spawn_detached_in(
+            "mm-m1-1",
+            &[
+                "lldpd".as_ref(),
+                "-d".as_ref(),
+                "-u".as_ref(),
+                socket.as_os_str(),
+                "-I".as_ref(),
+                "eth0".as_ref(),
+            ],
+            &socket.with_extension("log"),
+        );
         let configured = || {
             let _ = lldpcli(socket, &["configure", "lldp", "tx-interval", "1"]);
             let _ = lldpcli(socket, &["configure", "system", "hostname", "server-m1-1"]);

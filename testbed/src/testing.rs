@@ -67,6 +67,26 @@ pub fn cli(run_dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Starts `argv` inside `namespace`, detached into its own session (it
+/// outlives the test process), its output appended to `log`. A pipe would
+/// keep a waiting `output()` open for as long as the daemon runs.
+pub fn spawn_detached_in(namespace: &str, argv: &[&std::ffi::OsStr], log: &Path) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let status = Command::new("setsid")
+        .args(["-f", "ip", "netns", "exec", namespace])
+        .args(argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot start {argv:?} in {namespace}");
+}
+
 /// Runs a command and returns its output, panicking if it cannot start.
 pub fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program).args(args).output().unwrap()
