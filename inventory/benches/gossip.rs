@@ -1,0 +1,185 @@
+//! `scripts/bench gossip`: a deterministic simulation of a large mesh
+//! (default 1,000 nodes, 1% packet loss, 0.2–5 ms latency, node churn) that
+//! prints how fast one update reaches every node and what the mesh costs
+//! each node in bytes per second.
+//!
+//! Arguments: `[nodes] [seed]`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use metalmesh_inventory::RecordKind;
+use metalmesh_inventory::sim::{SimConfig, Simulation};
+use std::time::{Duration, Instant};
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn bytes_per_node_second(sim: &Simulation, before: &[u64], window: Duration) -> (f64, f64) {
+    let rates: Vec<f64> = (0..sim.len())
+        .filter(|i| sim.is_up(*i))
+        .map(|i| (sim.sent(i).0 - before[i]) as f64 / window.as_secs_f64())
+        .collect();
+    let mean = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
+    let max = rates.iter().copied().fold(0.0, f64::max);
+    (mean, max)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let nodes: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let seed: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(42);
+    let wall = Instant::now();
+    let config = SimConfig::new(nodes, seed);
+    println!(
+        "gossip simulation: {nodes} nodes, seed {seed}, loss {:.0}%, latency {:?}..{:?}, fanout {}, {} push rounds, anti-entropy every {:?}",
+        config.loss * 100.0,
+        config.min_latency,
+        config.max_latency,
+        config.tuning.fanout,
+        config.tuning.transmissions,
+        config.tuning.anti_entropy_interval
+    );
+    let mut sim = Simulation::new(config);
+
+    // Join: every node learns (almost) every other.
+    let joined = sim.run_until(Duration::from_secs(120), |sim| {
+        (0..sim.len()).all(|i| {
+            sim.node(i)
+                .is_some_and(|n| n.members().len() + 1 >= nodes * 99 / 100)
+        })
+    });
+    println!(
+        "membership: {} after {:.1} s simulated (min members seen {})",
+        if joined { "converged" } else { "NOT converged" },
+        sim.now().as_secs_f64(),
+        (0..sim.len())
+            .filter_map(|i| sim.node(i).map(|n| n.members().len()))
+            .min()
+            .unwrap_or(0)
+    );
+    sim.run_for(Duration::from_secs(10));
+
+    // Steady state: membership and anti-entropy only.
+    let window = Duration::from_secs(30);
+    let before: Vec<u64> = (0..sim.len()).map(|i| sim.sent(i).0).collect();
+    sim.run_for(window);
+    let (idle_mean, idle_max) = bytes_per_node_second(&sim, &before, window);
+
+    // Convergence of single updates, with churn: before each update one
+    // random node crashes and the one crashed before comes back.
+    let trials = 30;
+    let mut full = Vec::new();
+    let mut per_node = Vec::new();
+    let mut missed = 0usize;
+    let mut down: Option<usize> = None;
+    for trial in 0..trials {
+        if let Some(index) = down.take() {
+            sim.start(index);
+        }
+        let victim = (trial * 7919 + 13) % nodes;
+        if victim != 0 {
+            sim.kill(victim);
+            down = Some(victim);
+        }
+        sim.run_for(Duration::from_secs(2));
+        let writer = (trial * 104_729 + 1) % nodes;
+        let writer = if sim.is_up(writer) {
+            writer
+        } else {
+            (writer + 1) % nodes
+        };
+        let start = sim.now();
+        let record = sim.publish(
+            writer,
+            RecordKind::Port,
+            &format!("node{writer}/swp{trial}"),
+            "{\"up\":true,\"mtu\":9000}",
+        );
+        let up: Vec<usize> = (0..nodes).filter(|i| sim.is_up(*i)).collect();
+        let done = sim.run_until(Duration::from_secs(10), |sim| {
+            up.iter().all(|i| sim.holds(*i, &record))
+        });
+        if !done {
+            missed += 1;
+        }
+        let seen = sim.first_seen(&record.id);
+        let mut latest = Duration::ZERO;
+        for index in &up {
+            if let Some(at) = seen.get(index) {
+                let latency = at.saturating_sub(start);
+                latest = latest.max(latency);
+                per_node.push(latency.as_secs_f64());
+            }
+        }
+        full.push(latest.as_secs_f64());
+    }
+    full.sort_by(f64::total_cmp);
+    per_node.sort_by(f64::total_cmp);
+
+    // Background churn of records: 20 updates per second across the mesh.
+    let before: Vec<u64> = (0..sim.len()).map(|i| sim.sent(i).0).collect();
+    let window = Duration::from_secs(20);
+    let updates_per_second = 20;
+    for step in 0..(window.as_millis() as usize / (1000 / updates_per_second)) {
+        let writer = (step * 31 + 5) % nodes;
+        if sim.is_up(writer) {
+            sim.publish(
+                writer,
+                RecordKind::Lease,
+                &format!("node{writer}/lease{step}"),
+                "{\"ip\":\"10.100.1.23\"}",
+            );
+        }
+        sim.run_for(Duration::from_millis(1000 / updates_per_second as u64));
+    }
+    let (busy_mean, busy_max) = bytes_per_node_second(&sim, &before, window);
+
+    println!(
+        "one update, all {} nodes: p50 {:.3} s, p99 {:.3} s, max {:.3} s over {trials} updates ({missed} not everywhere within 10 s)",
+        nodes,
+        percentile(&full, 50.0),
+        percentile(&full, 99.0),
+        full.last().copied().unwrap_or(f64::NAN)
+    );
+    println!(
+        "one update, per node: p50 {:.3} s, p99 {:.3} s",
+        percentile(&per_node, 50.0),
+        percentile(&per_node, 99.0)
+    );
+    println!(
+        "traffic at steady state (membership + anti-entropy): {:.1} kB/s per node (max {:.1})",
+        idle_mean / 1000.0,
+        idle_max / 1000.0
+    );
+    println!(
+        "traffic with {updates_per_second} record updates/s mesh-wide: {:.1} kB/s per node (max {:.1})",
+        busy_mean / 1000.0,
+        busy_max / 1000.0
+    );
+    println!(
+        "targets: p99 <= 2 s -> {}; <= 50 kB/s per node at steady state -> {}",
+        if percentile(&full, 99.0) <= 2.0 && missed == 0 {
+            "met"
+        } else {
+            "NOT met"
+        },
+        if idle_max <= 50_000.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    println!(
+        "simulated {:.0} s in {:.1} s of wall time",
+        sim.now().as_secs_f64(),
+        wall.elapsed().as_secs_f64()
+    );
+}

