@@ -2,7 +2,7 @@
 //! typed structs with defaults. Every error names the file, line and key.
 //! The settings are documented in `docs/config.md`.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use metalmesh_config::{ConfigError, Source};
@@ -29,6 +29,72 @@ pub struct AgentConfig {
     pub admin: AdminConfig,
     /// Boot services on the provisioning bridge; absent: none run.
     pub boot: Option<BootConfig>,
+    /// The inventory mesh; absent: the agent keeps its records locally only.
+    pub mesh: Option<MeshConfig>,
+}
+
+/// The inventory mesh (QUIC with mutual TLS; see docs/config.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshConfig {
+    /// Local address of the mesh endpoint.
+    #[serde(default = "default_mesh_listen")]
+    pub listen: SocketAddr,
+    /// Address other nodes reach this one at; default: the loopback on the
+    /// listen port.
+    pub advertise: Option<SocketAddr>,
+    /// Nodes to join through (any subset of the mesh).
+    #[serde(default)]
+    pub seeds: Vec<Spanned<String>>,
+    /// The mesh CA certificate; default: `<state_dir>/mesh/ca.pem`.
+    pub ca: Option<PathBuf>,
+    /// This node's certificate; default: `<state_dir>/mesh/node.pem`.
+    pub cert: Option<PathBuf>,
+    /// This node's private key; default: `<state_dir>/mesh/node.key`.
+    pub key: Option<PathBuf>,
+    /// Seconds between digest comparisons with a random member.
+    #[serde(default = "default_anti_entropy_secs")]
+    pub anti_entropy_secs: Spanned<u32>,
+}
+
+impl MeshConfig {
+    /// The CA, certificate and key files, defaults resolved.
+    pub fn credential_paths(&self, state_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let dir = state_dir.join("mesh");
+        (
+            self.ca.clone().unwrap_or_else(|| dir.join("ca.pem")),
+            self.cert.clone().unwrap_or_else(|| dir.join("node.pem")),
+            self.key.clone().unwrap_or_else(|| dir.join("node.key")),
+        )
+    }
+
+    /// Seeds as socket addresses (validated when the configuration loads);
+    /// a seed without a port uses 7946.
+    pub fn seed_addrs(&self) -> Vec<SocketAddr> {
+        self.seeds
+            .iter()
+            .filter_map(|seed| parse_seed(seed.get_ref()))
+            .collect()
+    }
+}
+
+/// The mesh's well-known port.
+pub const MESH_PORT: u16 = 7946;
+
+fn default_mesh_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], MESH_PORT))
+}
+
+fn default_anti_entropy_secs() -> Spanned<u32> {
+    Spanned::new(0..0, 2)
+}
+
+fn parse_seed(text: &str) -> Option<SocketAddr> {
+    text.parse::<SocketAddr>().ok().or_else(|| {
+        text.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, MESH_PORT))
+    })
 }
 
 /// DHCP, TFTP and HTTP boot for the rack (see docs/config.md).
@@ -366,6 +432,27 @@ impl Loaded {
             && (name.is_empty() || name.len() > 255)
         {
             return Err(source.error("switch.name", "must be 1 to 255 characters"));
+        }
+        if let Some(mesh) = &config.mesh {
+            for seed in &mesh.seeds {
+                if parse_seed(seed.get_ref()).is_none() {
+                    return Err(source.error_at(
+                        seed.span(),
+                        "mesh.seeds",
+                        format!("`{}` is not an address (IP or IP:port)", seed.get_ref()),
+                    ));
+                }
+            }
+            ranged(&mesh.anti_entropy_secs, "mesh.anti_entropy_secs", 1..=600)?;
+            // The switch name is the node's certificate name.
+            if let Some(name) = &config.switch.name
+                && !metalmesh_inventory::pki::valid_node_name(name)
+            {
+                return Err(source.error(
+                    "switch.name",
+                    format!("`{name}` cannot be a mesh name (letters, digits, '-' and '.')"),
+                ));
+            }
         }
         Ok(Loaded {
             config,

@@ -80,6 +80,28 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// The inventory mesh: members and replicated records.
+    Mesh {
+        #[command(subcommand)]
+        command: MeshCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MeshCommand {
+    /// Mesh members as this node sees them.
+    Members {
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Records in this node's replica.
+    Records {
+        /// Only records of this kind (switch, port, machine, lease, project, network, …).
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,6 +269,62 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                             }
                             NextHop::Unreachable => "unreachable".into(),
                         },
+                    ]);
+                }
+                render_table(rows)
+            })
+        }
+        Command::Mesh {
+            command: MeshCommand::Members { output },
+        } => {
+            let Response::MeshMembers { node, members } =
+                client::request(&cli.socket, &Request::MeshMembers).await?
+            else {
+                anyhow::bail!("unexpected answer to mesh members");
+            };
+            let answer = serde_json::json!({ "node": node, "members": members });
+            print(output, &answer, |_| {
+                let mut rows = vec![vec!["NAME".to_string(), "ADDRESS".into(), "STATE".into()]];
+                for member in &members {
+                    rows.push(vec![
+                        member.name.clone(),
+                        member.addr.to_string(),
+                        member.state.clone(),
+                    ]);
+                }
+                format!(
+                    "{} members besides {node}\n{}",
+                    members.len(),
+                    render_table(rows)
+                )
+            })
+        }
+        Command::Mesh {
+            command: MeshCommand::Records { kind, output },
+        } => {
+            let Response::MeshRecords(records) =
+                client::request(&cli.socket, &Request::MeshRecords { kind }).await?
+            else {
+                anyhow::bail!("unexpected answer to mesh records");
+            };
+            print(output, &records, |records| {
+                let mut rows = vec![vec![
+                    "KIND".to_string(),
+                    "KEY".into(),
+                    "ORIGIN".into(),
+                    "VERSION".into(),
+                    "BYTES".into(),
+                ]];
+                for record in records.iter() {
+                    rows.push(vec![
+                        record.id.kind.to_string(),
+                        record.id.key.clone(),
+                        record.origin.clone(),
+                        record.version.to_string(),
+                        record
+                            .value
+                            .as_ref()
+                            .map_or_else(|| "deleted".to_string(), |v| v.len().to_string()),
                     ]);
                 }
                 render_table(rows)

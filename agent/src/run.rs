@@ -18,6 +18,7 @@ use crate::lldp::task::LldpTask;
 use crate::lldp::{LldpSnapshot, LocalSystem, Settings};
 use crate::supervisor::Supervisor;
 use crate::switch::{self, Port, SwitchRecord, links};
+use metalmesh_inventory::mesh::service::MeshView;
 
 /// How long subsystems get to stop after a signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -56,6 +57,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
     let name = config.switch.name.clone().unwrap_or_else(switch::host_name);
     let rack = config.switch.rack.clone().unwrap_or_else(|| name.clone());
+
+    // The inventory store and mesh credentials: problems stop the start here,
+    // with the file named, rather than later in a restart loop.
+    let store = crate::mesh::open_store(&config.state_dir, &name)?;
+    let mesh_credentials = config
+        .mesh
+        .as_ref()
+        .map(|mesh| crate::mesh::load_credentials(mesh, &config.state_dir))
+        .transpose()?;
 
     let listener = Arc::new(server::bind(&config.admin.socket).await?);
     let _pidfile = options
@@ -170,7 +180,39 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         supervisor.spawn("dataplane", move |cancel| reconciler.clone().run(cancel));
     }
 
+    let mesh_view = config.mesh.as_ref().map(|_| MeshView::default());
+    if let (Some(mesh), Some(credentials), Some(view)) =
+        (&config.mesh, mesh_credentials, &mesh_view)
+    {
+        crate::mesh::spawn_mesh(
+            &mut supervisor,
+            mesh,
+            credentials,
+            &name,
+            config.switch.loopback,
+            store.clone(),
+            view.clone(),
+        );
+    }
+    crate::mesh::spawn_publisher(
+        &mut supervisor,
+        store.clone(),
+        switch_rx.clone(),
+        lldp_rx.clone(),
+        config.boot.as_ref().map(|_| lease_db.clone()),
+        config.mesh.as_ref().map(|mesh| {
+            mesh.advertise
+                .unwrap_or_else(|| {
+                    std::net::SocketAddr::new(config.switch.loopback.into(), mesh.listen.port())
+                })
+                .to_string()
+        }),
+    );
+    crate::mesh::spawn_follower(&mut supervisor, store.clone());
+
     let view = AgentView {
+        store,
+        mesh: mesh_view,
         dataplane: reconciler,
         intents: Arc::new(intents_tx),
         intents_file,

@@ -14,35 +14,66 @@ const AGENT_BIN: &str = "metalmesh-agent";
 /// LLDP transmit interval on testbed leaves: quick discovery in tests and demos.
 const LLDP_TX_INTERVAL_SECS: u32 = 5;
 
+/// Environment variable naming the `metalmesh` CLI the testbed uses for the
+/// mesh CA.
+pub const CLI_BIN_ENV: &str = "METALMESH_CLI_BIN";
+
 /// Finds the agent binary: `$METALMESH_AGENT_BIN`, else next to the running
 /// executable (or its parent, for test binaries in `target/*/deps`), else `PATH`.
 pub fn binary() -> Result<PathBuf, Error> {
-    if let Some(path) = std::env::var_os(AGENT_BIN_ENV) {
+    find_binary(
+        AGENT_BIN,
+        AGENT_BIN_ENV,
+        "metalmesh-agent: cargo build --bin metalmesh-agent",
+    )
+}
+
+/// Finds the `metalmesh` CLI the same way (`$METALMESH_CLI_BIN` first).
+pub fn cli_binary() -> Result<PathBuf, Error> {
+    find_binary(
+        "metalmesh",
+        CLI_BIN_ENV,
+        "metalmesh: cargo build --bin metalmesh",
+    )
+}
+
+fn find_binary(name: &str, env: &str, package: &'static str) -> Result<PathBuf, Error> {
+    if let Some(path) = std::env::var_os(env) {
         let path = PathBuf::from(path);
         return if path.is_file() {
             Ok(path)
         } else {
             Err(Error::MissingProgram {
-                program: format!("{} (from {AGENT_BIN_ENV})", path.display()),
-                package: "metalmesh-agent: cargo build --bin metalmesh-agent",
+                program: format!("{} (from {env})", path.display()),
+                package,
             })
         };
     }
     if let Ok(exe) = std::env::current_exe() {
         for dir in exe.ancestors().skip(1).take(2) {
-            let candidate = dir.join(AGENT_BIN);
+            let candidate = dir.join(name);
             if candidate.is_file() {
                 return Ok(candidate);
             }
         }
     }
-    if crate::sys::have_program(AGENT_BIN) {
-        return Ok(PathBuf::from(AGENT_BIN));
+    if crate::sys::have_program(name) {
+        return Ok(PathBuf::from(name));
     }
     Err(Error::MissingProgram {
-        program: AGENT_BIN.into(),
-        package: "metalmesh-agent: cargo build --bin metalmesh-agent",
+        program: name.into(),
+        package,
     })
+}
+
+/// The testbed's mesh CA directory.
+pub fn mesh_ca_dir(run: &RunDir) -> PathBuf {
+    run.root.join("mesh-ca")
+}
+
+/// Where a leaf's mesh certificate and key live.
+pub fn mesh_dir(run: &RunDir, leaf: &str) -> PathBuf {
+    dir(run, leaf).join("mesh")
 }
 
 /// Environment variable naming the directory with the kernel and initramfs
@@ -119,6 +150,26 @@ pub fn config(plan: &Plan, leaf: &Node, run: &RunDir) -> String {
         let _ = writeln!(conf, "tftp_root = \"/usr/lib/ipxe\"");
         let _ = writeln!(conf, "http_root = {:?}", path(&boot_dir()));
     }
+    let leaves: Vec<String> = plan
+        .nodes
+        .iter()
+        .filter(|n| n.role == crate::plan::Role::Leaf)
+        .map(|n| format!("\"{}\"", n.loopback))
+        .collect();
+    let mesh = mesh_dir(run, &leaf.name);
+    let _ = writeln!(conf, "\n[mesh]");
+    let _ = writeln!(conf, "seeds = [{}]", leaves.join(", "));
+    let _ = writeln!(conf, "ca = {:?}", path(&mesh_ca_dir(run).join("ca.pem")));
+    let _ = writeln!(
+        conf,
+        "cert = {:?}",
+        path(&mesh.join(format!("{}.pem", leaf.name)))
+    );
+    let _ = writeln!(
+        conf,
+        "key = {:?}",
+        path(&mesh.join(format!("{}.key", leaf.name)))
+    );
     let _ = writeln!(conf, "\n[admin]");
     let _ = writeln!(conf, "socket = {:?}", path(&socket(run, &leaf.name)));
     conf

@@ -256,6 +256,9 @@ fn build(testbed: &Testbed, progress: &mut dyn Progress) -> Result<(), Error> {
         write_frr_config(run, node)?;
     }
     let leaves: Vec<_> = plan.nodes.iter().filter(|n| n.role == Role::Leaf).collect();
+    if !leaves.is_empty() {
+        issue_mesh_certificates(run, &leaves)?;
+    }
     for leaf in &leaves {
         let dir = crate::agent::dir(run, &leaf.name);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -432,4 +435,28 @@ pub(crate) fn wait_converged(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// The mesh CA of this testbed and one certificate per leaf, made with the
+/// `metalmesh` CLI as an operator would.
+fn issue_mesh_certificates(run: &RunDir, leaves: &[&crate::plan::Node]) -> Result<(), Error> {
+    let cli = crate::agent::cli_binary()?;
+    let ca_dir = crate::agent::mesh_ca_dir(run);
+    let ca = ca_dir.display().to_string();
+    crate::sys::run(
+        &cli.display().to_string(),
+        &["ca", "init", "--dir", &ca, "--name", "testbed"],
+    )?;
+    for leaf in leaves {
+        let out = crate::agent::mesh_dir(run, &leaf.name)
+            .display()
+            .to_string();
+        crate::sys::run(
+            &cli.display().to_string(),
+            &[
+                "ca", "issue", "--node", &leaf.name, "--ca-dir", &ca, "--out", &out,
+            ],
+        )?;
+    }
+    Ok(())
 }

@@ -28,6 +28,12 @@ pub enum Request {
     Routes {
         vrf: Option<String>,
     },
+    /// Members of the inventory mesh as this node sees them.
+    MeshMembers,
+    /// Records of the local replica, optionally of one kind.
+    MeshRecords {
+        kind: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +51,11 @@ pub enum Response {
         rejected: Vec<crate::dataplane::intent::Rejection>,
     },
     Routes(Vec<RouteView>),
+    MeshMembers {
+        node: String,
+        members: Vec<metalmesh_inventory::mesh::service::MemberInfo>,
+    },
+    MeshRecords(Vec<metalmesh_inventory::Record>),
     Error {
         message: String,
     },

@@ -22,6 +22,10 @@ const MAX_CONNECTIONS: usize = 64;
 /// What the admin API reads from.
 #[derive(Debug, Clone)]
 pub struct AgentView {
+    /// The node-local inventory replica.
+    pub store: metalmesh_inventory::Store,
+    /// The mesh, when configured.
+    pub mesh: Option<metalmesh_inventory::mesh::service::MeshView>,
     /// The dataplane: its reconciler (for diffs), intents and where they persist.
     pub dataplane: crate::dataplane::reconcile::Reconciler,
     pub intents: Arc<watch::Sender<crate::dataplane::Intents>>,
@@ -76,6 +80,42 @@ impl AgentView {
                     dhcp_counters: self.dhcp_counters.lock().ok().and_then(|c| c.clone()),
                     subsystems: self.health.snapshot(),
                 }))
+            }
+            Request::MeshMembers => match &self.mesh {
+                None => Response::Error {
+                    message: "the mesh is not configured on this switch ([mesh])".into(),
+                },
+                Some(mesh) => Response::MeshMembers {
+                    node: self.store.origin().to_string(),
+                    members: mesh.members(),
+                },
+            },
+            Request::MeshRecords { kind } => {
+                let kind = match kind
+                    .as_deref()
+                    .map(|k| (k, metalmesh_inventory::RecordKind::parse(k)))
+                {
+                    None => None,
+                    Some((_, Some(kind))) => Some(kind),
+                    Some((text, None)) => {
+                        let known: Vec<&str> = metalmesh_inventory::RecordKind::ALL
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect();
+                        return Response::Error {
+                            message: format!(
+                                "unknown record kind `{text}` (one of: {})",
+                                known.join(", ")
+                            ),
+                        };
+                    }
+                };
+                match self.store.list(kind) {
+                    Ok(records) => Response::MeshRecords(records),
+                    Err(error) => Response::Error {
+                        message: error.to_string(),
+                    },
+                }
             }
             Request::LldpNeighbors => Response::LldpNeighbors(self.lldp.borrow().clone()),
             Request::Ports => Response::Ports(self.ports.borrow().clone().unwrap_or_default()),

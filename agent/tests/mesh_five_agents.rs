@@ -1,0 +1,319 @@
+//! The inventory mesh between five leaf agents of the testbed (QUIC with
+//! mutual TLS over the FRR fabric): every agent's records reach all others;
+//! an agent killed with SIGKILL catches up after restart; two groups cut
+//! apart by nftables converge to identical replicas once healed; a node with
+//! a certificate from another CA is refused and logged.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use metalmesh_testbed::testing::{Guard, cli, eventually, run, spawn_detached_in};
+use metalmesh_testbed::{Overrides, Quiet, Testbed, Topology};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
+const LEAVES: [u32; 5] = [1, 2, 3, 4, 5];
+
+/// `(kind, key, origin, version, value)` of every record in a leaf's replica.
+fn replica(run_dir: &Path, leaf: u32) -> Option<BTreeSet<String>> {
+    let out = cli(
+        run_dir,
+        &[
+            "exec",
+            &format!("leaf{leaf}"),
+            "--",
+            AGENT,
+            "mesh",
+            "records",
+            "-o",
+            "json",
+        ],
+    );
+    if !out.status.success() {
+        return None;
+    }
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+    Some(records.iter().map(|r| r.to_string()).collect())
+}
+
+fn members(run_dir: &Path, leaf: u32) -> Vec<String> {
+    let out = cli(
+        run_dir,
+        &[
+            "exec",
+            &format!("leaf{leaf}"),
+            "--",
+            AGENT,
+            "mesh",
+            "members",
+            "-o",
+            "json",
+        ],
+    );
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return Vec::new();
+    };
+    value["members"]
+        .as_array()
+        .map(|members| {
+            members
+                .iter()
+                .filter(|m| m["state"] == "alive")
+                .map(|m| m["name"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn has_port(replica: &BTreeSet<String>, key: &str) -> bool {
+    replica
+        .iter()
+        .any(|r| r.contains(&format!("\"key\":\"{key}\"")) && !r.contains("\"value\":null"))
+}
+
+fn all_identical(run_dir: &Path) -> Option<BTreeSet<String>> {
+    let first = replica(run_dir, 1)?;
+    LEAVES[1..]
+        .iter()
+        .all(|leaf| replica(run_dir, *leaf).as_ref() == Some(&first))
+        .then_some(first)
+}
+
+fn add_port(leaf: u32, name: &str) {
+    let ns = format!("mm-leaf{leaf}");
+    let peer = format!("{name}p");
+    let out = run(
+        "ip",
+        &[
+            "-n", &ns, "link", "add", name, "type", "veth", "peer", "name", &peer,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Drops mesh traffic between this leaf and the given loopbacks.
+fn cut(leaf: u32, others: &[u32]) {
+    let addresses = others
+        .iter()
+        .map(|o| format!("10.255.0.{o}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rules = format!(
+        "table inet mmcut {{ chain input {{ type filter hook input priority 0; ip saddr {{ {addresses} }} udp dport 7946 drop; }}; \
+         chain output {{ type filter hook output priority 0; ip daddr {{ {addresses} }} udp dport 7946 drop; }}; }}"
+    );
+    let out = run(
+        "ip",
+        &["netns", "exec", &format!("mm-leaf{leaf}"), "nft", &rules],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn heal(leaf: u32) {
+    let out = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &format!("mm-leaf{leaf}"),
+            "nft",
+            "delete table inet mmcut",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn five_agents_replicate_recover_and_refuse_strangers() {
+    let guard = Guard::new();
+    let run_dir = &guard.run_dir;
+    let topology = Topology::load(
+        None,
+        &Overrides {
+            racks: Some(5),
+            machines_per_rack: Some(0),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    let testbed = Testbed::up(run_dir, &topology, &mut Quiet).unwrap();
+    testbed
+        .wait_converged(Duration::from_secs(60), &mut Quiet)
+        .unwrap();
+
+    // Every agent sees the four others and holds every switch's records.
+    assert!(
+        eventually(Duration::from_secs(30), || LEAVES
+            .iter()
+            .all(|leaf| members(run_dir, *leaf).len() == 4)),
+        "members: {:?}",
+        LEAVES.map(|leaf| members(run_dir, leaf))
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || all_identical(run_dir)
+            .is_some_and(|records| {
+                LEAVES.iter().all(|leaf| {
+                    records
+                        .iter()
+                        .any(|r| r.contains(&format!("\"key\":\"leaf{leaf}\"")))
+                })
+            })),
+        "replicas differ"
+    );
+
+    // SIGKILL one agent; records change elsewhere meanwhile; after restart it
+    // holds everything and its own records are still there.
+    let out = cli(
+        run_dir,
+        &["kill", "leaf1", "--daemon", "agent", "--signal", "KILL"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    add_port(2, "mmtest2");
+    add_port(3, "mmtest3");
+    assert!(eventually(Duration::from_secs(10), || {
+        replica(run_dir, 4)
+            .is_some_and(|r| has_port(&r, "leaf2/mmtest2") && has_port(&r, "leaf3/mmtest3"))
+    }));
+    let out = cli(run_dir, &["start", "leaf1", "--daemon", "agent"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || all_identical(run_dir)
+            .is_some_and(
+                |r| has_port(&r, "leaf2/mmtest2") && has_port(&r, "leaf3/mmtest3")
+            )),
+        "leaf1 did not catch up after its restart"
+    );
+
+    // Partition {leaf1, leaf2} from {leaf3, leaf4, leaf5}, change both sides.
+    for leaf in [1, 2] {
+        cut(leaf, &[3, 4, 5]);
+    }
+    for leaf in [3, 4, 5] {
+        cut(leaf, &[1, 2]);
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || members(run_dir, 1).len() == 1
+            && members(run_dir, 4).len() == 2),
+        "the partition did not show in membership"
+    );
+    add_port(1, "mmleft");
+    add_port(4, "mmright");
+    assert!(eventually(Duration::from_secs(10), || {
+        replica(run_dir, 2).is_some_and(|r| has_port(&r, "leaf1/mmleft"))
+            && replica(run_dir, 5).is_some_and(|r| has_port(&r, "leaf4/mmright"))
+    }));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !has_port(&replica(run_dir, 1).unwrap(), "leaf4/mmright"),
+        "the cut leaked"
+    );
+    assert!(
+        !has_port(&replica(run_dir, 5).unwrap(), "leaf1/mmleft"),
+        "the cut leaked"
+    );
+    for leaf in LEAVES {
+        heal(leaf);
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || all_identical(run_dir)
+            .is_some_and(
+                |r| has_port(&r, "leaf1/mmleft") && has_port(&r, "leaf4/mmright")
+            )),
+        "replicas differ after the partition healed"
+    );
+    assert!(eventually(Duration::from_secs(30), || LEAVES
+        .iter()
+        .all(|leaf| members(run_dir, *leaf).len() == 4)));
+
+    // A node whose certificate comes from another CA is refused and logged,
+    // and nothing of it enters the replicas.
+    let rogue = guard.scratch.join("rogue");
+    let metalmesh = Path::new(AGENT).with_file_name("metalmesh");
+    for args in [
+        vec!["ca", "init", "--dir", rogue.to_str().unwrap()],
+        vec![
+            "ca",
+            "issue",
+            "--node",
+            "rogue",
+            "--ca-dir",
+            rogue.to_str().unwrap(),
+            "--out",
+            rogue.to_str().unwrap(),
+        ],
+    ] {
+        let out = run(metalmesh.to_str().unwrap(), &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let config = rogue.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {state:?}\n[switch]\nname = \"rogue\"\nloopback = \"10.254.0.2\"\nasn = 4200000099\n\
+             [lldp]\nenabled = false\n[admin]\nsocket = {socket:?}\n\
+             [mesh]\nseeds = [\"10.255.0.1\"]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n",
+            state = rogue.join("state"),
+            socket = rogue.join("agent.sock"),
+            ca = rogue.join("ca.pem"),
+            cert = rogue.join("rogue.pem"),
+            key = rogue.join("rogue.key"),
+        ),
+    )
+    .unwrap();
+    spawn_detached_in(
+        "mm-api",
+        &[
+            AGENT.as_ref(),
+            "run".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ],
+        &rogue.join("agent.log"),
+    );
+    let leaf1_log = run_dir.join("nodes/leaf1/agent/agent.log");
+    assert!(
+        eventually(Duration::from_secs(20), || std::fs::read_to_string(
+            &leaf1_log
+        )
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("mesh peer refused") && l.contains("10.254.0.2"))),
+        "leaf1 did not log the refusal"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    for leaf in LEAVES {
+        assert!(!members(run_dir, leaf).contains(&"rogue".to_string()));
+        assert!(
+            !replica(run_dir, leaf)
+                .unwrap()
+                .iter()
+                .any(|r| r.contains("rogue"))
+        );
+    }
+    let _ = run("pkill", &["-9", "-f", config.to_str().unwrap()]);
+}

@@ -1,0 +1,3 @@
+//! The `metalmesh` command line. One module per noun.
+
+pub mod ca;
