@@ -610,6 +610,37 @@ mod tests {
     }
 
     #[test]
+    fn mesh_seeds_and_names_are_checked() {
+        let base = "[switch]\nname = \"leaf1\"\nloopback = \"10.255.0.1\"\nasn = 1\n[lldp]\nenabled = false\n";
+        let loaded = load(&format!(
+            "{base}[mesh]\nseeds = [\"10.255.0.2\", \"10.255.0.3:7000\"]\n"
+        ))
+        .unwrap();
+        let mesh = loaded.config.mesh.unwrap();
+        assert_eq!(
+            mesh.seed_addrs(),
+            vec![
+                "10.255.0.2:7946".parse().unwrap(),
+                "10.255.0.3:7000".parse().unwrap()
+            ]
+        );
+        let (ca, _, key) = mesh.credential_paths(Path::new("/var/lib/metalmesh"));
+        assert_eq!(ca, Path::new("/var/lib/metalmesh/mesh/ca.pem"));
+        assert_eq!(key, Path::new("/var/lib/metalmesh/mesh/node.key"));
+        let error = load(&format!(
+            "{base}[mesh]\nseeds = [\"10.255.0.2\",\n  \"leaf3\"]\n"
+        ))
+        .unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("mesh.seeds") && text.contains("leaf3") && text.contains("line 9"),
+            "{text}"
+        );
+        let error = load("[switch]\nname = \"leaf 1\"\nloopback = \"10.255.0.1\"\nasn = 1\n[lldp]\nenabled = false\n[mesh]\n").unwrap_err();
+        assert!(error.to_string().contains("mesh name"), "{error}");
+    }
+
+    #[test]
     fn macs() {
         assert_eq!(parse_mac("02:00:00:00:00:0a"), Some([2, 0, 0, 0, 0, 10]));
         assert_eq!(parse_mac("02:00:00:00:00"), None);

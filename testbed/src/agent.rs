@@ -218,6 +218,14 @@ mod tests {
         );
         assert!(conf.contains("loopback = \"10.255.0.2\""), "{conf}");
         assert!(
+            conf.contains("seeds = [\"10.255.0.1\", \"10.255.0.2\"]"),
+            "{conf}"
+        );
+        assert!(
+            conf.contains("cert = \"/r/nodes/leaf2/agent/mesh/leaf2.pem\""),
+            "{conf}"
+        );
+        assert!(
             conf.contains("socket = \"/r/nodes/leaf2/agent/agent.sock\""),
             "{conf}"
         );

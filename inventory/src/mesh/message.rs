@@ -152,6 +152,35 @@ mod tests {
         assert_eq!(decode(&encode(&other)), Err(DecodeError::Version(9)));
     }
 
+    /// `METALMESH_FUZZ_SEEDS=<dir> cargo test -p metalmesh-inventory seeds`
+    /// writes one encoded message of each kind as fuzzing seeds.
+    #[test]
+    fn seeds() {
+        let record = Record {
+            id: RecordKey::new(RecordKind::Port, "leaf1/swp1"),
+            origin: "leaf1".into(),
+            version: 7,
+            value: Some("{}".into()),
+        };
+        let messages = [
+            Message::Swim(vec![1, 2, 3]),
+            Message::Records(vec![record.clone()]),
+            Message::SyncRoot(RootDigest { count: 3, hash: 9 }),
+            Message::SyncOrigins(vec![("leaf1".into(), OriginDigest { count: 1, hash: 2 })]),
+            Message::SyncVersions(vec![("leaf1".into(), vec![(record.id.clone(), 7)])]),
+            Message::SyncWant(vec![record.id.clone()]),
+            Message::SyncRecords(vec![record]),
+        ];
+        for message in messages {
+            let name = message.name();
+            let bytes = encode(&envelope(message));
+            assert!(decode(&bytes).is_ok());
+            if let Some(dir) = std::env::var_os("METALMESH_FUZZ_SEEDS") {
+                std::fs::write(std::path::Path::new(&dir).join(name), bytes).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn records_breaking_limits_are_refused() {
         let message = envelope(Message::SyncRecords(vec![Record {

@@ -474,6 +474,10 @@ impl<R: Replica> MeshNode<R> {
     }
 
     fn enqueue(&mut self, records: Vec<Record>) {
+        if self.tuning.transmissions == 0 {
+            // Push gossip off: anti-entropy alone spreads records.
+            return;
+        }
         for record in records {
             // A newer version of a pending record replaces it in place.
             if let Some(pending) = self.pending.iter_mut().find(|p| p.record.id == record.id) {
