@@ -142,3 +142,54 @@ fn sigterm_stops_cleanly() {
     assert!(!socket.exists(), "admin socket left behind");
     assert!(!pidfile.exists(), "pid file left behind");
 }
+
+/// A missing mesh key and a corrupt inventory store stop the start with the
+/// file named; the store is left as it was.
+#[test]
+fn missing_mesh_key_and_corrupt_store_are_named() {
+    let guard = Guard::new();
+    let missing = guard.scratch.join("mesh/node.key");
+    let path = config(
+        &guard,
+        &format!("[lldp]\nenabled = false\n[mesh]\nkey = {missing:?}\n"),
+    );
+    let out = run("ip", &["netns", "add", "mm-tcli"]);
+    assert!(out.status.success());
+    let start = || {
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                "mm-tcli",
+                AGENT,
+                "run",
+                "--config",
+                path.to_str().unwrap(),
+            ],
+        )
+    };
+    let out = start();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The CA file is read first; it is missing too and named.
+    assert!(
+        stderr.contains("mesh credentials") && stderr.contains("mesh/ca.pem"),
+        "{stderr}"
+    );
+
+    let store = guard.scratch.join("state/inventory.db");
+    std::fs::write(&store, b"this is not a database, but an operator's file").unwrap();
+    let out = start();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("inventory.db") && stderr.contains("corrupt"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&store).unwrap(),
+        b"this is not a database, but an operator's file"
+    );
+    assert!(!guard.scratch.join("agent.sock").exists());
+}
