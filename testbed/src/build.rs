@@ -387,7 +387,11 @@ pub(crate) fn down(run: &RunDir, progress: &mut dyn Progress) -> Result<DownRepo
 /// Removes only what the testbed writes, never anything else a user may
 /// have put in (or pointed) the run directory at.
 fn remove_run_files(run: &RunDir) -> Result<(), Error> {
-    for dir in [run.root.join("nodes"), run.root.join("machines")] {
+    for dir in [
+        run.root.join("nodes"),
+        run.root.join("machines"),
+        crate::agent::mesh_ca_dir(run),
+    ] {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
