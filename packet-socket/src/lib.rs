@@ -42,33 +42,7 @@ impl PacketSocket {
     /// Opens a socket that receives and sends frames of `ethertype` on `ifindex`.
     /// Needs CAP_NET_RAW. Must be called within a tokio runtime.
     pub fn bind(ifindex: u32, ethertype: u16) -> io::Result<PacketSocket> {
-        let protocol = ethertype.to_be();
-        // Until bind() names the interface, the socket sees this EtherType on
-        // every interface: receivers check `Received::ifindex`.
-        // SAFETY: plain syscall with constant arguments; the result is checked.
-        let raw = check(unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::c_int::from(protocol),
-            )
-        })?;
-        // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-        let mut address: libc::sockaddr_ll = unsafe { zeroed() };
-        address.sll_family = libc::AF_PACKET as u16;
-        address.sll_protocol = protocol;
-        address.sll_ifindex = i32::try_from(ifindex)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
-        // SAFETY: the pointer and length describe `address`, which outlives the call.
-        check(unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const address).cast::<libc::sockaddr>(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        })?;
+        let fd = open_bound(ifindex, ethertype, libc::SOCK_NONBLOCK)?;
         // SAFETY: `fd` is an OwnedFd: valid, open, and always the same
         // descriptor for as long as the AsyncFd owns it.
         let fd = unsafe {
@@ -169,6 +143,74 @@ impl PacketSocket {
                 Ok(result) => return result,
                 Err(_would_block) => continue,
             }
+        }
+    }
+}
+
+/// Opens an `AF_PACKET` raw socket bound to `ifindex` and `ethertype`.
+fn open_bound(ifindex: u32, ethertype: u16, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let protocol = ethertype.to_be();
+    // Until bind() names the interface, the socket sees this EtherType on
+    // every interface: receivers check `Received::ifindex`.
+    // SAFETY: plain syscall with constant arguments; the result is checked.
+    let raw = check(unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | flags,
+            libc::c_int::from(protocol),
+        )
+    })?;
+    // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut address: libc::sockaddr_ll = unsafe { zeroed() };
+    address.sll_family = libc::AF_PACKET as u16;
+    address.sll_protocol = protocol;
+    address.sll_ifindex = i32::try_from(ifindex)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
+    // SAFETY: the pointer and length describe `address`, which outlives the call.
+    check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const address).cast::<libc::sockaddr>(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    })?;
+    Ok(fd)
+}
+
+/// A blocking sender of raw frames on one interface, for programs without an
+/// async runtime (the in-machine installer announcing itself over LLDP).
+#[derive(Debug)]
+pub struct BlockingSender {
+    fd: OwnedFd,
+}
+
+impl BlockingSender {
+    /// Needs CAP_NET_RAW.
+    pub fn bind(ifindex: u32, ethertype: u16) -> io::Result<BlockingSender> {
+        Ok(BlockingSender {
+            fd: open_bound(ifindex, ethertype, 0)?,
+        })
+    }
+
+    /// Sends one complete Ethernet frame (header included).
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: `frame` is valid for reads of its length.
+        let n = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast::<libc::c_void>(),
+                frame.len(),
+                0,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else if n as usize != frame.len() {
+            Err(io::Error::new(io::ErrorKind::WriteZero, "short frame write"))
+        } else {
+            Ok(())
         }
     }
 }

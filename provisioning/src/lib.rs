@@ -4,6 +4,7 @@
 
 pub mod dhcp;
 pub mod http;
+pub mod installer;
 pub mod lifecycle;
 pub mod root;
 pub mod tftp;

@@ -1,0 +1,344 @@
+//! `metalmesh-installer`: runs inside each server from its PXE initramfs (or,
+//! with `--simulate`, in a network namespace against a disk-image file).
+//!
+//! It takes an address on the provisioning network (DHCP), reads the
+//! hardware, announces the machine's UUID over LLDP on every NIC, registers
+//! with its leaf, wipes the disks, reports `Waiting` and heartbeats until the
+//! leaf hands it an allocation; then it streams the image onto the first
+//! disk (checking its SHA-256), writes host name, network, SSH keys and user
+//! data into the new root, reports `Booting New Kernel` and kexecs the
+//! installed kernel. Any fatal error is reported as `Crashed` with its text,
+//! then the machine reboots. Blocking I/O only: no async runtime.
+
+pub mod announce;
+pub mod api;
+pub mod client;
+pub mod configure;
+pub mod dhcp;
+pub mod disk;
+pub mod hardware;
+
+use api::{Allocation, Directive, EventReport, Registration};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// The leaf's HTTP port (boot files and the installer API).
+pub const LEAF_HTTP_PORT: u16 = 8070;
+/// Attempts for calls that must get through (about five minutes).
+const ATTEMPTS: u32 = 60;
+
+/// How the installer was started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The leaf's base URL; default: `http://<DHCP server>:8070`.
+    pub leaf: Option<String>,
+    /// NIC to take the provisioning address on; default: the first with carrier.
+    pub interface: Option<String>,
+    pub heartbeat: Duration,
+    pub sources: hardware::Sources,
+    pub simulate: Option<Simulate>,
+    /// Scratch directory (mount point, copied kernel).
+    pub work_dir: PathBuf,
+}
+
+/// `--simulate`: a namespace machine with a disk-image file.
+#[derive(Debug, Clone)]
+pub struct Simulate {
+    pub uuid: String,
+    pub disk: PathBuf,
+}
+
+/// Why an installation attempt ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The machine should reboot (planned, reclaimed, or after a crash).
+    Reboot,
+}
+
+fn log(message: &str) {
+    eprintln!("metalmesh-installer: {message}");
+}
+
+/// Runs until the machine reboots (simulated: returns, and the caller
+/// starts over as a rebooted machine would).
+pub fn run_once(options: &Options) -> Outcome {
+    let interface = match dhcp::choose_interface(options.interface.as_deref()) {
+        Ok(interface) => interface,
+        Err(error) => {
+            log(&format!("no NIC to boot from: {error}"));
+            std::thread::sleep(Duration::from_secs(5));
+            return Outcome::Reboot;
+        }
+    };
+    let server = match dhcp::acquire(&interface, &options.work_dir) {
+        Ok(server) => server,
+        Err(error) => {
+            log(&format!("DHCP on {interface}: {error}"));
+            std::thread::sleep(Duration::from_secs(2));
+            return Outcome::Reboot;
+        }
+    };
+    let leaf = options
+        .leaf
+        .clone()
+        .unwrap_or_else(|| format!("http://{server}:{LEAF_HTTP_PORT}"));
+    let disks = options.simulate.as_ref().map(|s| vec![s.disk.clone()]);
+    let mut hardware = options.sources.read(disks.as_deref());
+    if let Some(simulate) = &options.simulate {
+        hardware.uuid = simulate.uuid.clone();
+    }
+    if hardware.uuid.is_empty() {
+        log("the firmware reports no system UUID; cannot register");
+        std::thread::sleep(Duration::from_secs(30));
+        return Outcome::Reboot;
+    }
+    let uuid = hardware.uuid.clone();
+    log(&format!("machine {uuid}, leaf {leaf}, {} disk(s), {} NIC(s)", hardware.disks.len(), hardware.nics.len()));
+    announce::start(
+        uuid.clone(),
+        uuid.clone(),
+        hardware
+            .nics
+            .iter()
+            .filter_map(|nic| {
+                Some(announce::AnnouncePort {
+                    name: nic.name.clone(),
+                    ifindex: dhcp::ifindex(&nic.name)?,
+                    mac: announce::parse_mac(&nic.mac)?,
+                })
+            })
+            .collect(),
+    );
+    let mac = hardware
+        .nics
+        .iter()
+        .find(|nic| nic.name == interface)
+        .map(|nic| nic.mac.clone())
+        .unwrap_or_default();
+    let session = Session {
+        leaf,
+        uuid,
+        mac,
+        interface,
+        options: options.clone(),
+        disks: hardware.disks.iter().map(hardware::disk_path).collect(),
+    };
+    session.lifecycle(Registration {
+        hardware,
+        installer: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
+
+struct Session {
+    leaf: String,
+    uuid: String,
+    mac: String,
+    interface: String,
+    options: Options,
+    disks: Vec<PathBuf>,
+}
+
+impl Session {
+    fn url(&self, path: &str) -> String {
+        format!("{}/v1/machines/{}{path}", self.leaf, self.uuid)
+    }
+
+    fn event(&self, event: &str, message: &str) {
+        let report = EventReport {
+            event: event.to_string(),
+            message: message.to_string(),
+        };
+        let result: Result<serde_json::Value, _> =
+            client::post_json_retrying(&self.url("/events"), &report, ATTEMPTS);
+        if let Err(error) = result {
+            log(&format!("reporting {event}: {error}"));
+        }
+    }
+
+    /// Reports `Crashed` with the reason and reboots.
+    fn crash(&self, reason: &str) -> Outcome {
+        log(&format!("fatal: {reason}"));
+        self.event("Crashed", reason);
+        Outcome::Reboot
+    }
+
+    fn lifecycle(&self, registration: Registration) -> Outcome {
+        self.event("Preparing", "installer started");
+        let register_url = format!("{}/v1/machines/register", self.leaf);
+        let mut directive: Directive =
+            match client::post_json_retrying(&register_url, &registration, ATTEMPTS) {
+                Ok(directive) => directive,
+                Err(error) => return self.crash(&format!("registration failed: {error}")),
+            };
+        loop {
+            match directive {
+                Directive::Wipe => {
+                    for disk in &self.disks {
+                        if let Err(error) = disk::wipe(disk) {
+                            return self.crash(&format!("wiping {}: {error}", disk.display()));
+                        }
+                    }
+                    log("disks wiped; waiting for an allocation");
+                    self.event("Waiting", "disks wiped");
+                }
+                Directive::Install { allocation } => return self.install(&allocation),
+                Directive::Reboot => {
+                    log("the leaf asks for a reboot");
+                    return Outcome::Reboot;
+                }
+                Directive::Wait | Directive::None => {}
+            }
+            std::thread::sleep(self.options.heartbeat);
+            directive = match client::post_json(&self.url("/heartbeat"), &serde_json::json!({})) {
+                Ok(directive) => directive,
+                Err(error) => {
+                    log(&format!("heartbeat: {error}"));
+                    Directive::Wait
+                }
+            };
+        }
+    }
+
+    fn install(&self, allocation: &Allocation) -> Outcome {
+        log(&format!("installing {} as {} ({})", allocation.image, allocation.hostname, allocation.ip));
+        self.event("Installing", &format!("wiping disks, then streaming {}", allocation.image));
+        let Some(target) = self.disks.first() else {
+            return self.crash("no disk to install to");
+        };
+        for disk in &self.disks {
+            if let Err(error) = disk::wipe(disk) {
+                return self.crash(&format!("wiping {}: {error}", disk.display()));
+            }
+        }
+        if let Err(error) = self.stream_image(allocation, target) {
+            return self.crash(&error);
+        }
+        let mount_dir = self.options.work_dir.join("root");
+        let boot_dir = self.options.work_dir.join("boot");
+        let (kernel, initrd, cmdline, identity) = match (|| {
+            let root = configure::MountedRoot::mount(target, &mount_dir)?;
+            root.configure(&self.uuid, &self.mac, allocation, LEAF_HTTP_PORT)?;
+            let identity = root.identity()?;
+            let (kernel, initrd, cmdline) = root.boot_files(&boot_dir)?;
+            root.unmount()?;
+            Ok::<_, configure::ConfigureError>((kernel, initrd, cmdline, identity))
+        })() {
+            Ok(found) => found,
+            Err(error) => return self.crash(&format!("configuring the installed system: {error}")),
+        };
+        self.event("Booting New Kernel", &format!("{} {}", identity.0, identity.1));
+        match &self.options.simulate {
+            Some(_) => self.simulated_boot(&identity.0, allocation),
+            None => {
+                let append = format!("{cmdline} metalmesh.uuid={}", self.uuid);
+                kexec(&kernel, &initrd, append.trim());
+                // kexec returned: it failed; a reboot is the fallback.
+                Outcome::Reboot
+            }
+        }
+    }
+
+    /// Streams the image, retrying interrupted transfers (the leaf may be
+    /// restarting); a wrong checksum is fatal at once.
+    fn stream_image(&self, allocation: &Allocation, target: &std::path::Path) -> Result<(), String> {
+        let mut last_error = String::new();
+        for attempt in 1..=5 {
+            let mut response = match client::request("GET", &allocation.image_url, None) {
+                Ok(response) if response.status == 200 => response,
+                Ok(response) => {
+                    return Err(format!("image {}: HTTP {}", allocation.image_url, response.status));
+                }
+                Err(error) => {
+                    last_error = error.to_string();
+                    log(&format!("image download attempt {attempt}: {error}"));
+                    std::thread::sleep(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            let size = response.content_length;
+            let result = disk::write_image(&mut response, size, target, &allocation.image_sha256, |written, total| {
+                let text = match total {
+                    Some(total) => format!("written {} of {} MiB", written >> 20, total >> 20),
+                    None => format!("written {} MiB", written >> 20),
+                };
+                self.event("Installing", &text);
+            });
+            match result {
+                Ok(_) => return Ok(()),
+                Err(error @ disk::DiskError::Checksum { .. }) => return Err(error.to_string()),
+                Err(error @ disk::DiskError::TooLarge { .. }) => return Err(error.to_string()),
+                Err(error) => {
+                    last_error = error.to_string();
+                    log(&format!("image download attempt {attempt}: {error}"));
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+            }
+        }
+        Err(format!("image {}: {last_error}", allocation.image_url))
+    }
+
+    /// `--simulate`: what the installed system does at boot, done here
+    /// instead of kexec: configure the NIC from the installed root's files
+    /// and phone home until told to reboot.
+    fn simulated_boot(&self, hostname: &str, allocation: &Allocation) -> Outcome {
+        log(&format!("simulated boot of {hostname}"));
+        let nic = self.interface.as_str();
+        let address = format!("{}/32", allocation.ip);
+        for args in [
+            vec!["addr", "flush", "dev", nic],
+            vec!["addr", "add", address.as_str(), "dev", nic],
+            vec!["route", "add", "default", "via", configure::GATEWAY, "dev", nic, "onlink"],
+        ] {
+            let _ = Command::new("ip").args(&args).output();
+        }
+        let url = format!(
+            "http://{}:{LEAF_HTTP_PORT}/v1/machines/{}/phone-home",
+            configure::GATEWAY,
+            self.uuid
+        );
+        loop {
+            match client::post_json::<_, Directive>(&url, &serde_json::json!({"hostname": hostname})) {
+                Ok(Directive::Reboot) => {
+                    log("phone home: the leaf asks for a reboot (reclaim)");
+                    let _ = Command::new("ip").args(["addr", "flush", "dev", nic]).output();
+                    let _ = Command::new("ip").args(["route", "flush", "dev", nic]).output();
+                    return Outcome::Reboot;
+                }
+                Ok(_) => {}
+                Err(error) => log(&format!("phone home: {error}")),
+            }
+            std::thread::sleep(self.options.heartbeat);
+        }
+    }
+}
+
+/// Loads and boots the installed kernel; returns only if that failed.
+fn kexec(kernel: &std::path::Path, initrd: &std::path::Path, append: &str) {
+    let load = Command::new("kexec")
+        .arg("-l")
+        .arg(kernel)
+        .arg(format!("--initrd={}", initrd.display()))
+        .arg(format!("--append={append}"))
+        .output();
+    match load {
+        Ok(output) if output.status.success() => {
+            let _ = Command::new("sync").output();
+            let executed = Command::new("kexec").arg("-e").output();
+            log(&format!("kexec -e returned: {executed:?}"));
+        }
+        Ok(output) => log(&format!(
+            "kexec -l failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )),
+        Err(error) => log(&format!("kexec: {error}")),
+    }
+}
+
+/// Reboots a real machine (never returns on success).
+pub fn reboot() {
+    let _ = Command::new("sync").output();
+    let _ = Command::new("reboot").arg("-f").output();
+    // Without a reboot command, the kernel's sysrq is the last resort.
+    let _ = std::fs::write("/proc/sysrq-trigger", "b");
+}
