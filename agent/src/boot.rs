@@ -24,6 +24,8 @@ pub fn spawn(
     leaf: &str,
     lease_db: &Path,
     dhcp_counters: Arc<Mutex<Option<DhcpCounters>>>,
+    machines: Option<metalmesh_provisioning::http::installer_api::InstallerSender>,
+    pxe: Option<mpsc::Sender<String>>,
 ) {
     for (file, what) in [
         (boot.tftp_root.join(&boot.bios_file), "BIOS iPXE (TFTP)"),
@@ -48,6 +50,7 @@ pub fn spawn(
     supervisor.spawn("dhcp", move |cancel| {
         let dhcp = dhcp.clone();
         let counters = Arc::clone(&dhcp_counters);
+        let pxe = pxe.clone();
         async move {
             let (events_tx, mut events) = mpsc::channel::<DhcpEvent>(EVENT_QUEUE);
             let service = DhcpService::start(dhcp, events_tx)?;
@@ -55,7 +58,14 @@ pub fn spawn(
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => break,
-                    Some(event) = events.recv() => log_event(&event),
+                    Some(event) = events.recv() => {
+                        log_event(&event);
+                        if let (DhcpEvent::PxeBooting { mac, .. }, Some(pxe)) = (&event, &pxe)
+                            && pxe.try_send(mac.clone()).is_err()
+                        {
+                            tracing::warn!(%mac, "PXE Booting not passed to the machine lifecycle (queue full)");
+                        }
+                    }
                     _ = tick.tick() => {
                         if let Ok(mut c) = counters.lock() {
                             *c = Some(service.counters());
@@ -89,8 +99,11 @@ pub fn spawn(
         async move { Ok(metalmesh_provisioning::tftp::serve(tftp, counters, cancel).await?) }
     });
 
+    // All addresses: installed machines phone home to 169.254.0.1 on their
+    // routed port, not to the provisioning address.
     let http = HttpBootConfig {
-        listen: SocketAddr::new(boot.server_ip.into(), boot.http_port),
+        listen: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), boot.http_port),
+        machines,
         root: boot.http_root.clone(),
         ipxe: IpxeSettings {
             base_url: boot.http_base(),

@@ -11,6 +11,7 @@ pub mod boot;
 pub mod config;
 pub mod dataplane;
 pub mod lldp;
+pub mod machines;
 pub mod mesh;
 pub mod run;
 pub mod supervisor;

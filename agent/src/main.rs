@@ -80,10 +80,64 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// Machines cabled to this leaf.
+    Machines {
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// One machine: describe, events, allocate, free.
+    Machine {
+        #[command(subcommand)]
+        command: MachineCommand,
+    },
     /// The inventory mesh: members and replicated records.
     Mesh {
         #[command(subcommand)]
         command: MeshCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MachineCommand {
+    /// Hardware, port, state, allocation and flags.
+    Describe {
+        uuid: String,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Lifecycle events, newest first.
+    Events {
+        uuid: String,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Allocate a Waiting machine: it installs the image and joins the
+    /// tenant VRF whose prefixes contain the IP.
+    Allocate {
+        uuid: String,
+        #[arg(long)]
+        image: String,
+        #[arg(long)]
+        ip: std::net::Ipv4Addr,
+        #[arg(long)]
+        hostname: String,
+        /// An SSH public key for root (repeatable).
+        #[arg(long = "ssh-key")]
+        ssh_keys: Vec<String>,
+        /// A file whose contents become the machine's user data.
+        #[arg(long)]
+        user_data: Option<PathBuf>,
+        /// The tenant VRF; default: the one whose prefixes contain the IP.
+        #[arg(long)]
+        vrf: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Free an allocated machine: it is reclaimed, wiped, and waits again.
+    Free {
+        uuid: String,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
     },
 }
 
@@ -274,6 +328,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 render_table(rows)
             })
         }
+        Command::Machines { output } => {
+            let Response::Machines(machines) =
+                client::request(&cli.socket, &Request::Machines).await?
+            else {
+                anyhow::bail!("unexpected answer to machines");
+            };
+            print(output, &machines, |machines| {
+                let mut rows = vec![vec![
+                    "UUID".to_string(),
+                    "PORT".into(),
+                    "STATE".into(),
+                    "LIVELINESS".into(),
+                    "HOSTNAME".into(),
+                    "IP".into(),
+                    "FLAGS".into(),
+                ]];
+                for m in machines.iter() {
+                    rows.push(machine_row(m));
+                }
+                render_table(rows)
+            })
+        }
+        Command::Machine { command } => machine_command(&cli.socket, command).await,
         Command::Mesh {
             command: MeshCommand::Members { output },
         } => {
@@ -338,6 +415,140 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             print(output, &ports, |p| ports_table(p))
         }
     }
+}
+
+fn machine_row(m: &metalmesh_agent::machines::record::MachineRecord) -> Vec<String> {
+    let mut flags = Vec::new();
+    if m.unknown_mac {
+        flags.push("unknown-mac");
+    }
+    if m.crash_loop {
+        flags.push("crash-loop");
+    }
+    if m.failed_machine_reclaim {
+        flags.push("failed-reclaim");
+    }
+    if m.reclaiming.is_some() {
+        flags.push("reclaiming");
+    }
+    let allocation = m.allocation.as_ref();
+    vec![
+        m.uuid.clone(),
+        m.port.clone().unwrap_or_default(),
+        m.state.clone(),
+        m.liveliness.clone(),
+        allocation
+            .map(|a| a.request.hostname.clone())
+            .unwrap_or_default(),
+        allocation
+            .map(|a| a.request.ip.to_string())
+            .unwrap_or_default(),
+        flags.join(","),
+    ]
+}
+
+async fn machine_command(socket: &std::path::Path, command: MachineCommand) -> anyhow::Result<()> {
+    let (request, output, events_only) = match command {
+        MachineCommand::Describe { uuid, output } => {
+            (Request::MachineDescribe { uuid }, output, false)
+        }
+        MachineCommand::Events { uuid, output } => {
+            (Request::MachineDescribe { uuid }, output, true)
+        }
+        MachineCommand::Allocate {
+            uuid,
+            image,
+            ip,
+            hostname,
+            ssh_keys,
+            user_data,
+            vrf,
+            output,
+        } => {
+            let user_data = match user_data {
+                Some(path) => std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+                None => String::new(),
+            };
+            let allocation = metalmesh_agent::machines::record::AllocateRequest {
+                image,
+                ip,
+                hostname,
+                ssh_keys,
+                user_data,
+                vrf,
+            };
+            (Request::MachineAllocate { uuid, allocation }, output, false)
+        }
+        MachineCommand::Free { uuid, output } => (Request::MachineFree { uuid }, output, false),
+    };
+    let Response::Machine(machine) = client::request(socket, &request).await? else {
+        anyhow::bail!("unexpected answer");
+    };
+    if events_only {
+        return print(output, &machine.events, |events| {
+            let mut rows = vec![vec!["TIME".to_string(), "EVENT".into(), "MESSAGE".into()]];
+            for event in events.iter() {
+                rows.push(vec![
+                    format_time_ms(event.time),
+                    metalmesh_agent::machines::record::event_name(event.kind),
+                    event.message.clone(),
+                ]);
+            }
+            render_table(rows)
+        });
+    }
+    print(output, &*machine, |m| {
+        let mut text = render_table(vec![
+            vec![
+                "UUID".to_string(),
+                "PORT".into(),
+                "STATE".into(),
+                "LIVELINESS".into(),
+                "HOSTNAME".into(),
+                "IP".into(),
+                "FLAGS".into(),
+            ],
+            machine_row(m),
+        ]);
+        if let Some(hw) = &m.hardware {
+            text.push_str(&format!(
+                "\nhardware: {} {} serial {:?}, {} CPUs, {} MiB\n",
+                hw.vendor,
+                hw.product,
+                hw.serial,
+                hw.cpus,
+                hw.memory_bytes >> 20
+            ));
+            for disk in &hw.disks {
+                text.push_str(&format!(
+                    "  disk {} {} bytes {} {}\n",
+                    disk.name, disk.size_bytes, disk.model, disk.serial
+                ));
+            }
+            for nic in &hw.nics {
+                text.push_str(&format!(
+                    "  nic {} {} {}\n",
+                    nic.name,
+                    nic.mac,
+                    if nic.up { "up" } else { "down" }
+                ));
+            }
+        }
+        if let Some(event) = m.events.first() {
+            text.push_str(&format!(
+                "last event: {} {} {}\n",
+                format_time_ms(event.time),
+                metalmesh_agent::machines::record::event_name(event.kind),
+                event.message
+            ));
+        }
+        text
+    })
+}
+
+fn format_time_ms(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
 fn print<T: serde::Serialize>(

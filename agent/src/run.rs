@@ -144,6 +144,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
     let dhcp_counters = Arc::new(std::sync::Mutex::new(None));
     let lease_db = config.state_dir.join("leases.db");
+    // Machines are managed where boot services run.
+    let (installer_tx, installer_rx) = tokio::sync::mpsc::channel(256);
+    let (pxe_tx, pxe_rx) = tokio::sync::mpsc::channel(1024);
+    let (machine_commands_tx, machine_commands_rx) = tokio::sync::mpsc::channel(64);
     if let Some(boot) = &config.boot {
         crate::boot::spawn(
             &mut supervisor,
@@ -151,6 +155,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             &name,
             &lease_db,
             Arc::clone(&dhcp_counters),
+            Some(installer_tx),
+            Some(pxe_tx),
         );
     }
 
@@ -163,7 +169,74 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => crate::dataplane::Intents::default(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", intents_file.display())),
     };
-    let (intents_tx, intents_rx) = watch::channel(intents);
+    let (intents_tx, operator_intents) = watch::channel(intents.clone());
+    // The dataplane renders the operator's intents plus allocated machines' ports.
+    let (machine_ports_tx, machine_ports) = watch::channel(Vec::new());
+    let (merged_tx, intents_rx) = watch::channel(intents);
+    {
+        let merged_tx = Arc::new(merged_tx);
+        supervisor.spawn("intents", move |cancel| {
+            let (merged_tx, mut operator, mut machines) = (
+                Arc::clone(&merged_tx),
+                operator_intents.clone(),
+                machine_ports.clone(),
+            );
+            async move {
+                loop {
+                    let merged = crate::machines::manager::merge(
+                        &operator.borrow_and_update(),
+                        &machines.borrow_and_update(),
+                    );
+                    merged_tx.send_if_modified(|current| {
+                        let changed = *current != merged;
+                        *current = merged;
+                        changed
+                    });
+                    tokio::select! {
+                        () = cancel.cancelled() => return Ok(()),
+                        changed = operator.changed() => changed?,
+                        changed = machines.changed() => changed?,
+                    }
+                }
+            }
+        });
+    }
+    let machine_commands = match &config.boot {
+        None => None,
+        Some(boot) => {
+            let settings = crate::machines::manager::Settings {
+                switch: name.clone(),
+                thresholds: metalmesh_provisioning::lifecycle::Thresholds::default(),
+                images: Some(crate::machines::manager::ImageSource {
+                    dir: boot.http_root.join("images"),
+                    base_url: format!("{}/boot/images", boot.http_base()),
+                }),
+                lease_db: Some(lease_db.clone()),
+            };
+            let manager = crate::machines::manager::Manager::load(
+                settings,
+                store.clone(),
+                lldp_rx.clone(),
+                intents_tx.subscribe(),
+                machine_ports_tx,
+            )?;
+            let state = Arc::new(tokio::sync::Mutex::new((
+                manager,
+                installer_rx,
+                pxe_rx,
+                machine_commands_rx,
+            )));
+            supervisor.spawn("machines", move |cancel| {
+                let state = Arc::clone(&state);
+                async move {
+                    let mut guard = state.lock().await;
+                    let (manager, installer, pxe, commands) = &mut *guard;
+                    crate::machines::manager::run(manager, installer, pxe, commands, cancel).await
+                }
+            });
+            Some(machine_commands_tx)
+        }
+    };
     let reconciler = crate::dataplane::reconcile::Reconciler {
         mode: kernel_mode,
         vtep: config.switch.loopback,
@@ -211,6 +284,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     crate::mesh::spawn_follower(&mut supervisor, store.clone());
 
     let view = AgentView {
+        machines: machine_commands,
         store,
         mesh: mesh_view,
         dataplane: reconciler,

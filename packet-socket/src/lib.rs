@@ -208,7 +208,10 @@ impl BlockingSender {
         if n < 0 {
             Err(io::Error::last_os_error())
         } else if n as usize != frame.len() {
-            Err(io::Error::new(io::ErrorKind::WriteZero, "short frame write"))
+            Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short frame write",
+            ))
         } else {
             Ok(())
         }

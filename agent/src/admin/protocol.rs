@@ -28,6 +28,21 @@ pub enum Request {
     Routes {
         vrf: Option<String>,
     },
+    /// Machines cabled to this leaf.
+    Machines,
+    /// One machine, with its events.
+    MachineDescribe {
+        uuid: String,
+    },
+    /// Allocate a waiting machine (rack-local; the API node later asks over the mesh).
+    MachineAllocate {
+        uuid: String,
+        allocation: crate::machines::record::AllocateRequest,
+    },
+    /// Free an allocated machine: it is reclaimed and returns to Waiting.
+    MachineFree {
+        uuid: String,
+    },
     /// Members of the inventory mesh as this node sees them.
     MeshMembers,
     /// Records of the local replica, optionally of one kind.
@@ -51,6 +66,8 @@ pub enum Response {
         rejected: Vec<crate::dataplane::intent::Rejection>,
     },
     Routes(Vec<RouteView>),
+    Machines(Vec<crate::machines::record::MachineRecord>),
+    Machine(Box<crate::machines::record::MachineRecord>),
     MeshMembers {
         node: String,
         members: Vec<metalmesh_inventory::mesh::service::MemberInfo>,

@@ -22,6 +22,8 @@ const MAX_CONNECTIONS: usize = 64;
 /// What the admin API reads from.
 #[derive(Debug, Clone)]
 pub struct AgentView {
+    /// The machine lifecycle, where boot services run.
+    pub machines: Option<tokio::sync::mpsc::Sender<crate::machines::manager::Command>>,
     /// The node-local inventory replica.
     pub store: metalmesh_inventory::Store,
     /// The mesh, when configured.
@@ -81,6 +83,41 @@ impl AgentView {
                     subsystems: self.health.snapshot(),
                 }))
             }
+            Request::Machines => {
+                self.machine_command(
+                    |reply| crate::machines::manager::Command::List { reply },
+                    |list| Ok(Response::Machines(list)),
+                )
+                .await
+            }
+            Request::MachineDescribe { uuid } => {
+                let uuid = uuid.to_lowercase();
+                self.machine_command(
+                    |reply| crate::machines::manager::Command::Describe { uuid, reply },
+                    |found| found.map(|m| Response::Machine(Box::new(m))),
+                )
+                .await
+            }
+            Request::MachineAllocate { uuid, allocation } => {
+                let (uuid, request) = (uuid.to_lowercase(), allocation.clone());
+                self.machine_command(
+                    |reply| crate::machines::manager::Command::Allocate {
+                        uuid,
+                        request,
+                        reply,
+                    },
+                    |found| found.map(|m| Response::Machine(Box::new(m))),
+                )
+                .await
+            }
+            Request::MachineFree { uuid } => {
+                let uuid = uuid.to_lowercase();
+                self.machine_command(
+                    |reply| crate::machines::manager::Command::Free { uuid, reply },
+                    |found| found.map(|m| Response::Machine(Box::new(m))),
+                )
+                .await
+            }
             Request::MeshMembers => match &self.mesh {
                 None => Response::Error {
                     message: "the mesh is not configured on this switch ([mesh])".into(),
@@ -136,6 +173,31 @@ impl AgentView {
 }
 
 impl AgentView {
+    /// Sends a command to the machine lifecycle and turns its answer into a response.
+    async fn machine_command<T>(
+        &self,
+        command: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> crate::machines::manager::Command,
+        answer: impl FnOnce(T) -> Result<Response, String>,
+    ) -> Response {
+        let Some(machines) = &self.machines else {
+            return Response::Error {
+                message: "this leaf manages no machines (no [boot] section)".into(),
+            };
+        };
+        let (reply, receive) = tokio::sync::oneshot::channel();
+        if machines.send(command(reply)).await.is_err() {
+            return Response::Error {
+                message: "the machine lifecycle is restarting".into(),
+            };
+        }
+        match receive.await {
+            Ok(value) => answer(value).unwrap_or_else(|message| Response::Error { message }),
+            Err(_) => Response::Error {
+                message: "the machine lifecycle is restarting".into(),
+            },
+        }
+    }
+
     async fn with_handle<F, Fut, T>(&self, f: F) -> Result<T, String>
     where
         F: FnOnce(rtnetlink::Handle, crate::dataplane::reconcile::Reconciler) -> Fut,

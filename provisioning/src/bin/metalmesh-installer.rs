@@ -58,7 +58,10 @@ fn main() {
             std::process::exit(2)
         };
         if !disk.is_file() {
-            eprintln!("metalmesh-installer: disk image {} does not exist", disk.display());
+            eprintln!(
+                "metalmesh-installer: disk image {} does not exist",
+                disk.display()
+            );
             std::process::exit(2)
         }
         options.simulate = Some(Simulate { uuid, disk });

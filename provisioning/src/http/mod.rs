@@ -3,6 +3,7 @@
 //! ETag/If-None-Match support. Every request is logged.
 
 mod files;
+pub mod installer_api;
 mod ipxe;
 
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
 pub use ipxe::IpxeSettings;
@@ -26,20 +27,34 @@ pub struct HttpBootConfig {
     /// Directory behind `/boot/…`.
     pub root: PathBuf,
     pub ipxe: IpxeSettings,
+    /// Where installer API calls go; `None`: the API answers 503.
+    pub machines: Option<installer_api::InstallerSender>,
 }
 
 #[derive(Debug)]
 struct AppState {
     root: PathBuf,
     ipxe: IpxeSettings,
+    machines: Option<installer_api::InstallerSender>,
 }
 
 pub fn router(config: &HttpBootConfig) -> Router {
     let state = Arc::new(AppState {
         root: config.root.clone(),
         ipxe: config.ipxe.clone(),
+        machines: config.machines.clone(),
     });
     Router::new()
+        .route("/v1/machines/register", post(installer_api::register))
+        .route(
+            "/v1/machines/{uuid}/heartbeat",
+            post(installer_api::heartbeat),
+        )
+        .route("/v1/machines/{uuid}/events", post(installer_api::event))
+        .route(
+            "/v1/machines/{uuid}/phone-home",
+            post(installer_api::phone_home),
+        )
         .route("/ipxe/{mac}", get(ipxe::script))
         .route("/boot/{*path}", get(files::serve))
         .layer(middleware::from_fn(access_log))

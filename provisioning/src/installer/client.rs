@@ -20,7 +20,11 @@ pub enum HttpError {
     #[error("{url}: {source}")]
     Io { url: String, source: std::io::Error },
     #[error("{url}: HTTP {status}: {body}")]
-    Status { url: String, status: u16, body: String },
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
     #[error("{url}: malformed response: {detail}")]
     Malformed { url: String, detail: String },
 }
@@ -146,7 +150,8 @@ pub fn request(method: &str, url: &str, body: Option<&[u8]>) -> Result<Response,
             let name = name.trim().to_ascii_lowercase();
             if name == "content-length" {
                 content_length = value.trim().parse().ok();
-            } else if name == "transfer-encoding" && !value.trim().eq_ignore_ascii_case("identity") {
+            } else if name == "transfer-encoding" && !value.trim().eq_ignore_ascii_case("identity")
+            {
                 return Err(malformed("chunked responses are not supported"));
             }
         }

@@ -34,13 +34,14 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> ConfigureError + '_ {
 
 fn run(program: &str, args: &[&str]) -> Result<(), ConfigureError> {
     let what = format!("{program} {}", args.join(" "));
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| ConfigureError::Command {
-            what: what.clone(),
-            detail: e.to_string(),
-        })?;
+    let output =
+        Command::new(program)
+            .args(args)
+            .output()
+            .map_err(|e| ConfigureError::Command {
+                what: what.clone(),
+                detail: e.to_string(),
+            })?;
     if output.status.success() {
         Ok(())
     } else {
@@ -103,7 +104,11 @@ impl MountedRoot {
         allocation: &Allocation,
         phone_home_port: u16,
     ) -> Result<(), ConfigureError> {
-        self.write("/etc/hostname", &format!("{}\n", allocation.hostname), 0o644)?;
+        self.write(
+            "/etc/hostname",
+            &format!("{}\n", allocation.hostname),
+            0o644,
+        )?;
         self.write(
             "/etc/metalmesh/network",
             &format!(

@@ -64,9 +64,13 @@ pub fn acquire(interface: &str, work_dir: &Path) -> Result<String, DhcpError> {
     std::fs::write(&script, SCRIPT)?;
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let _ = std::fs::remove_file(&server_file);
-    let _ = Command::new("ip").args(["link", "set", interface, "up"]).output();
+    let _ = Command::new("ip")
+        .args(["link", "set", interface, "up"])
+        .output();
     let output = Command::new("busybox")
-        .args(["udhcpc", "-i", interface, "-n", "-q", "-t", "10", "-T", "2", "-s"])
+        .args([
+            "udhcpc", "-i", interface, "-n", "-q", "-t", "10", "-T", "2", "-s",
+        ])
         .arg(&script)
         .env("METALMESH_SERVER_FILE", &server_file)
         .output()?;
@@ -76,7 +80,11 @@ pub fn acquire(interface: &str, work_dir: &Path) -> Result<String, DhcpError> {
         Ok(server.to_string())
     } else {
         Err(DhcpError::NoLease(
-            String::from_utf8_lossy(&output.stderr).trim().chars().take(300).collect(),
+            String::from_utf8_lossy(&output.stderr)
+                .trim()
+                .chars()
+                .take(300)
+                .collect(),
         ))
     }
 }

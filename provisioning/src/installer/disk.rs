@@ -22,7 +22,11 @@ pub enum DiskError {
     #[error("image checksum mismatch: expected {expected}, got {actual}; the disk was wiped again")]
     Checksum { expected: String, actual: String },
     #[error("image of {size} bytes does not fit on {path} ({capacity} bytes)")]
-    TooLarge { path: String, size: u64, capacity: u64 },
+    TooLarge {
+        path: String,
+        size: u64,
+        capacity: u64,
+    },
     #[error("image stream: {0}")]
     Stream(String),
 }
@@ -43,7 +47,10 @@ pub fn capacity(path: &Path) -> Result<u64, DiskError> {
 /// Zeroes the first and last MiB of a disk and flushes it.
 pub fn wipe(path: &Path) -> Result<(), DiskError> {
     let size = capacity(path)?;
-    let mut file = OpenOptions::new().write(true).open(path).map_err(io(path))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
     let zeros = vec![0u8; WIPE_BYTES.min(size) as usize];
     file.seek(SeekFrom::Start(0)).map_err(io(path))?;
     file.write_all(&zeros).map_err(io(path))?;
@@ -75,7 +82,10 @@ pub fn write_image(
             capacity,
         });
     }
-    let mut file = OpenOptions::new().write(true).open(path).map_err(io(path))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1024 * 1024];
     let mut written: u64 = 0;
@@ -155,21 +165,45 @@ mod tests {
         let file = disk(8 * 1024 * 1024);
         let image: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let sum = hex(&Sha256::digest(&image));
-        let written =
-            write_image(&mut image.as_slice(), Some(image.len() as u64), file.path(), &sum, |_, _| {})
-                .unwrap();
+        let written = write_image(
+            &mut image.as_slice(),
+            Some(image.len() as u64),
+            file.path(),
+            &sum,
+            |_, _| {},
+        )
+        .unwrap();
         assert_eq!(written, image.len() as u64);
-        assert_eq!(&std::fs::read(file.path()).unwrap()[..image.len()], &image[..]);
+        assert_eq!(
+            &std::fs::read(file.path()).unwrap()[..image.len()],
+            &image[..]
+        );
 
-        let error = write_image(&mut image.as_slice(), None, file.path(), &"0".repeat(64), |_, _| {})
-            .unwrap_err();
+        let error = write_image(
+            &mut image.as_slice(),
+            None,
+            file.path(),
+            &"0".repeat(64),
+            |_, _| {},
+        )
+        .unwrap_err();
         assert!(matches!(error, DiskError::Checksum { .. }), "{error}");
         // Nothing bootable is left behind.
-        assert!(std::fs::read(file.path()).unwrap()[..1024 * 1024].iter().all(|b| *b == 0));
+        assert!(
+            std::fs::read(file.path()).unwrap()[..1024 * 1024]
+                .iter()
+                .all(|b| *b == 0)
+        );
 
         let small = disk(1024);
         assert!(matches!(
-            write_image(&mut image.as_slice(), Some(image.len() as u64), small.path(), &sum, |_, _| {}),
+            write_image(
+                &mut image.as_slice(),
+                Some(image.len() as u64),
+                small.path(),
+                &sum,
+                |_, _| {}
+            ),
             Err(DiskError::TooLarge { .. })
         ));
     }

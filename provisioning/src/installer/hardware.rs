@@ -12,7 +12,9 @@ pub struct Sources {
 
 impl Default for Sources {
     fn default() -> Sources {
-        Sources { root: PathBuf::from("/") }
+        Sources {
+            root: PathBuf::from("/"),
+        }
     }
 }
 
@@ -159,10 +161,19 @@ mod tests {
             std::fs::create_dir_all(file.parent().unwrap()).unwrap();
             std::fs::write(file, text).unwrap();
         };
-        put("/sys/class/dmi/id/product_uuid", "6D6D0000-0000-4000-8000-000001000001\n");
+        put(
+            "/sys/class/dmi/id/product_uuid",
+            "6D6D0000-0000-4000-8000-000001000001\n",
+        );
         put("/sys/class/dmi/id/sys_vendor", "QEMU\n");
-        put("/proc/cpuinfo", "processor\t: 0\nmodel name: x\n\nprocessor\t: 1\n");
-        put("/proc/meminfo", "MemTotal:        2048000 kB\nMemFree: 1 kB\n");
+        put(
+            "/proc/cpuinfo",
+            "processor\t: 0\nmodel name: x\n\nprocessor\t: 1\n",
+        );
+        put(
+            "/proc/meminfo",
+            "MemTotal:        2048000 kB\nMemFree: 1 kB\n",
+        );
         put("/sys/block/vda/size", "4194304\n");
         put("/sys/block/vda/serial", "disk-1\n");
         put("/sys/block/loop0/size", "100\n");
@@ -170,7 +181,10 @@ mod tests {
         put("/sys/class/net/eth0/address", "52:54:00:6D:01:01\n");
         put("/sys/class/net/eth0/carrier", "1\n");
         put("/sys/class/net/lo/type", "772\n");
-        let hardware = Sources { root: root.path().to_path_buf() }.read(None);
+        let hardware = Sources {
+            root: root.path().to_path_buf(),
+        }
+        .read(None);
         assert_eq!(hardware.uuid, "6d6d0000-0000-4000-8000-000001000001");
         assert_eq!(hardware.vendor, "QEMU");
         assert_eq!(hardware.cpus, 2);

@@ -94,7 +94,11 @@ pub fn run_once(options: &Options) -> Outcome {
         return Outcome::Reboot;
     }
     let uuid = hardware.uuid.clone();
-    log(&format!("machine {uuid}, leaf {leaf}, {} disk(s), {} NIC(s)", hardware.disks.len(), hardware.nics.len()));
+    log(&format!(
+        "machine {uuid}, leaf {leaf}, {} disk(s), {} NIC(s)",
+        hardware.disks.len(),
+        hardware.nics.len()
+    ));
     announce::start(
         uuid.clone(),
         uuid.clone(),
@@ -201,8 +205,14 @@ impl Session {
     }
 
     fn install(&self, allocation: &Allocation) -> Outcome {
-        log(&format!("installing {} as {} ({})", allocation.image, allocation.hostname, allocation.ip));
-        self.event("Installing", &format!("wiping disks, then streaming {}", allocation.image));
+        log(&format!(
+            "installing {} as {} ({})",
+            allocation.image, allocation.hostname, allocation.ip
+        ));
+        self.event(
+            "Installing",
+            &format!("wiping disks, then streaming {}", allocation.image),
+        );
         let Some(target) = self.disks.first() else {
             return self.crash("no disk to install to");
         };
@@ -227,7 +237,10 @@ impl Session {
             Ok(found) => found,
             Err(error) => return self.crash(&format!("configuring the installed system: {error}")),
         };
-        self.event("Booting New Kernel", &format!("{} {}", identity.0, identity.1));
+        self.event(
+            "Booting New Kernel",
+            &format!("{} {}", identity.0, identity.1),
+        );
         match &self.options.simulate {
             Some(_) => self.simulated_boot(&identity.0, allocation),
             None => {
@@ -241,13 +254,20 @@ impl Session {
 
     /// Streams the image, retrying interrupted transfers (the leaf may be
     /// restarting); a wrong checksum is fatal at once.
-    fn stream_image(&self, allocation: &Allocation, target: &std::path::Path) -> Result<(), String> {
+    fn stream_image(
+        &self,
+        allocation: &Allocation,
+        target: &std::path::Path,
+    ) -> Result<(), String> {
         let mut last_error = String::new();
         for attempt in 1..=5 {
             let mut response = match client::request("GET", &allocation.image_url, None) {
                 Ok(response) if response.status == 200 => response,
                 Ok(response) => {
-                    return Err(format!("image {}: HTTP {}", allocation.image_url, response.status));
+                    return Err(format!(
+                        "image {}: HTTP {}",
+                        allocation.image_url, response.status
+                    ));
                 }
                 Err(error) => {
                     last_error = error.to_string();
@@ -257,13 +277,19 @@ impl Session {
                 }
             };
             let size = response.content_length;
-            let result = disk::write_image(&mut response, size, target, &allocation.image_sha256, |written, total| {
-                let text = match total {
-                    Some(total) => format!("written {} of {} MiB", written >> 20, total >> 20),
-                    None => format!("written {} MiB", written >> 20),
-                };
-                self.event("Installing", &text);
-            });
+            let result = disk::write_image(
+                &mut response,
+                size,
+                target,
+                &allocation.image_sha256,
+                |written, total| {
+                    let text = match total {
+                        Some(total) => format!("written {} of {} MiB", written >> 20, total >> 20),
+                        None => format!("written {} MiB", written >> 20),
+                    };
+                    self.event("Installing", &text);
+                },
+            );
             match result {
                 Ok(_) => return Ok(()),
                 Err(error @ disk::DiskError::Checksum { .. }) => return Err(error.to_string()),
@@ -288,7 +314,16 @@ impl Session {
         for args in [
             vec!["addr", "flush", "dev", nic],
             vec!["addr", "add", address.as_str(), "dev", nic],
-            vec!["route", "add", "default", "via", configure::GATEWAY, "dev", nic, "onlink"],
+            vec![
+                "route",
+                "add",
+                "default",
+                "via",
+                configure::GATEWAY,
+                "dev",
+                nic,
+                "onlink",
+            ],
         ] {
             let _ = Command::new("ip").args(&args).output();
         }
@@ -298,11 +333,18 @@ impl Session {
             self.uuid
         );
         loop {
-            match client::post_json::<_, Directive>(&url, &serde_json::json!({"hostname": hostname})) {
+            match client::post_json::<_, Directive>(
+                &url,
+                &serde_json::json!({"hostname": hostname}),
+            ) {
                 Ok(Directive::Reboot) => {
                     log("phone home: the leaf asks for a reboot (reclaim)");
-                    let _ = Command::new("ip").args(["addr", "flush", "dev", nic]).output();
-                    let _ = Command::new("ip").args(["route", "flush", "dev", nic]).output();
+                    let _ = Command::new("ip")
+                        .args(["addr", "flush", "dev", nic])
+                        .output();
+                    let _ = Command::new("ip")
+                        .args(["route", "flush", "dev", nic])
+                        .output();
                     return Outcome::Reboot;
                 }
                 Ok(_) => {}

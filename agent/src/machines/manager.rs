@@ -1,0 +1,723 @@
+//! The machines of this rack: one task owns every machine's lifecycle,
+//! handles installer calls, DHCP's PXE events and the operator's commands
+//! one at a time (so an allocation is checked and committed atomically), and
+//! stores each change in the inventory store before answering.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metalmesh_inventory::{RecordKind, Store};
+use metalmesh_provisioning::http::installer_api::{ApiError, InstallerCall, InstallerRequest};
+use metalmesh_provisioning::installer::api::{Allocation, Directive, Registration};
+use metalmesh_provisioning::lifecycle::{EventKind, Thresholds};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::record::{AllocateRequest, Executed, MachineRecord, event_name, parse_event};
+use crate::dataplane::Intents;
+use crate::dataplane::intent::PortIntent;
+use crate::lldp::LldpSnapshot;
+
+/// A freed machine that never asks for its reboot leaves its VRF after this.
+const RECLAIM_GRACE_MS: u64 = 60_000;
+/// How long a PXE boot waits to be matched to the machine that registers.
+const PXE_MATCH_MS: u64 = 10 * 60_000;
+/// Delay between `Booting New Kernel` and moving the port into the tenant
+/// VRF: the answer to that report must reach the installer over the
+/// provisioning network first.
+const ROUTE_DELAY_MS: u64 = 1_000;
+
+/// Operator commands (admin API; later the API node over the mesh).
+#[derive(Debug)]
+pub enum Command {
+    List {
+        reply: oneshot::Sender<Vec<MachineRecord>>,
+    },
+    Describe {
+        uuid: String,
+        reply: oneshot::Sender<Result<MachineRecord, String>>,
+    },
+    Allocate {
+        uuid: String,
+        request: AllocateRequest,
+        reply: oneshot::Sender<Result<MachineRecord, String>>,
+    },
+    Free {
+        uuid: String,
+        reply: oneshot::Sender<Result<MachineRecord, String>>,
+    },
+}
+
+/// Where images live and how machines fetch them.
+#[derive(Debug, Clone)]
+pub struct ImageSource {
+    /// `<http_root>/images`: `<name>.img` and `<name>.img.sha256`.
+    pub dir: PathBuf,
+    /// `http://<server_ip>:<port>/boot/images`.
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub switch: String,
+    pub thresholds: Thresholds,
+    pub images: Option<ImageSource>,
+    pub lease_db: Option<PathBuf>,
+}
+
+/// A `(vrf, port)` the machines want routed.
+pub type MachinePorts = Vec<(String, PortIntent)>;
+
+pub struct Manager {
+    settings: Settings,
+    store: Store,
+    machines: BTreeMap<String, MachineRecord>,
+    /// PXE boots not yet matched to a machine, by MAC.
+    pending_pxe: HashMap<String, u64>,
+    /// Machines whose port joins (`true`) or leaves (`false`) their tenant
+    /// VRF at the given time.
+    pending_routes: Vec<(String, u64, bool)>,
+    lldp: watch::Receiver<LldpSnapshot>,
+    intents: watch::Receiver<Intents>,
+    ports_tx: watch::Sender<MachinePorts>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("machines", &self.machines.len())
+            .finish()
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn api(status: u16, message: impl Into<String>) -> ApiError {
+    ApiError::new(status, message)
+}
+
+impl Manager {
+    /// Loads this leaf's machines from the store.
+    pub fn load(
+        settings: Settings,
+        store: Store,
+        lldp: watch::Receiver<LldpSnapshot>,
+        intents: watch::Receiver<Intents>,
+        ports_tx: watch::Sender<MachinePorts>,
+    ) -> anyhow::Result<Manager> {
+        let mut machines = BTreeMap::new();
+        for record in store.list(Some(RecordKind::Machine))? {
+            if record.origin != store.origin() {
+                continue;
+            }
+            let Some(value) = record.value else { continue };
+            let machine: MachineRecord = serde_json::from_str(&value).map_err(|error| {
+                anyhow::anyhow!(
+                    "stored machine {} in {} is unreadable: {error}",
+                    record.id.key,
+                    store.path().display()
+                )
+            })?;
+            machines.insert(machine.uuid.clone(), machine);
+        }
+        let manager = Manager {
+            settings,
+            store,
+            machines,
+            pending_pxe: HashMap::new(),
+            pending_routes: Vec::new(),
+            lldp,
+            intents,
+            ports_tx,
+        };
+        manager.publish_ports();
+        Ok(manager)
+    }
+
+    fn save(&mut self, uuid: &str, now: u64) -> Result<MachineRecord, String> {
+        let Some(machine) = self.machines.get_mut(uuid) else {
+            return Err(format!("no machine {uuid}"));
+        };
+        machine.refresh(now, &self.settings.thresholds);
+        if machine.port.is_none() {
+            machine.port = port_of(&self.lldp.borrow(), uuid);
+        }
+        let machine = machine.clone();
+        self.store
+            .put_local_json(RecordKind::Machine, uuid, &machine)
+            .map_err(|error| format!("cannot store machine {uuid}: {error}"))?;
+        self.publish_ports();
+        Ok(machine)
+    }
+
+    fn publish_ports(&self) {
+        let mut ports: MachinePorts = Vec::new();
+        for machine in self.machines.values() {
+            for executed in [&machine.allocation, &machine.reclaiming]
+                .into_iter()
+                .flatten()
+            {
+                if executed.routed {
+                    ports.push((
+                        executed.vrf.clone(),
+                        PortIntent {
+                            name: executed.port.clone(),
+                            addresses: vec![executed.request.ip],
+                        },
+                    ));
+                }
+            }
+        }
+        ports.sort_by(|a, b| (&a.0, &a.1.name).cmp(&(&b.0, &b.1.name)));
+        self.ports_tx.send_if_modified(|current| {
+            if *current == ports {
+                false
+            } else {
+                *current = ports;
+                true
+            }
+        });
+    }
+
+    fn event(&mut self, uuid: &str, now: u64, kind: EventKind, message: &str) {
+        let thresholds = self.settings.thresholds;
+        let machine = self
+            .machines
+            .entry(uuid.to_string())
+            .or_insert_with(|| MachineRecord::new(uuid, &self.settings.switch));
+        // Retried calls and progress reports do not repeat events.
+        if let Some(last) = machine.lifecycle.events.front_mut()
+            && last.kind == kind
+            && (kind == EventKind::Installing || last.message == message)
+        {
+            last.message = message.chars().take(1024).collect();
+            machine.lifecycle.last_heartbeat = Some(now);
+            return;
+        }
+        machine.lifecycle.event(now, kind, message, &thresholds);
+    }
+
+    /// The MAC behind an installer's address, from the rack's leases.
+    fn mac_of_peer(&self, peer: IpAddr) -> Option<String> {
+        let path = self.settings.lease_db.as_ref()?;
+        let leases = metalmesh_provisioning::dhcp::service::read_leases(path).ok()?;
+        leases
+            .into_iter()
+            .find(|lease| IpAddr::V4(lease.ip) == peer)
+            .map(|lease| lease.mac)
+    }
+
+    /// A PXE boot of `mac`: an event of the machine with that NIC, or held
+    /// until a machine registers from it.
+    pub fn pxe_booting(&mut self, mac: &str, now: u64) {
+        let owner = self
+            .machines
+            .values()
+            .find(|m| {
+                m.hardware
+                    .as_ref()
+                    .is_some_and(|hw| hw.nics.iter().any(|nic| nic.mac == mac))
+            })
+            .map(|m| m.uuid.clone());
+        match owner {
+            Some(uuid) => {
+                self.event(
+                    &uuid,
+                    now,
+                    EventKind::PxeBooting,
+                    &format!("PXE boot of {mac}"),
+                );
+                if let Err(error) = self.save(&uuid, now) {
+                    tracing::error!(%error, "PXE Booting not stored");
+                }
+            }
+            None => {
+                self.pending_pxe
+                    .retain(|_, at| now.saturating_sub(*at) < PXE_MATCH_MS);
+                self.pending_pxe.insert(mac.to_string(), now);
+            }
+        }
+    }
+
+    /// A machine not known yet: its first event is the PXE boot DHCP saw
+    /// from the MAC its installer's address was leased to.
+    fn adopt_pxe(&mut self, uuid: &str, peer: IpAddr) {
+        if self.machines.contains_key(uuid) {
+            return;
+        }
+        if let Some(mac) = self.mac_of_peer(peer)
+            && let Some(at) = self.pending_pxe.remove(&mac)
+        {
+            self.event(
+                uuid,
+                at,
+                EventKind::PxeBooting,
+                &format!("PXE boot of {mac}"),
+            );
+        }
+    }
+
+    pub fn installer(
+        &mut self,
+        call: InstallerCall,
+        peer: IpAddr,
+        now: u64,
+    ) -> Result<Directive, ApiError> {
+        match call {
+            InstallerCall::Event { uuid, report } => {
+                let kind = parse_event(&report.event)
+                    .filter(|k| {
+                        matches!(
+                            k,
+                            EventKind::Preparing
+                                | EventKind::Waiting
+                                | EventKind::Installing
+                                | EventKind::BootingNewKernel
+                                | EventKind::Crashed
+                        )
+                    })
+                    .ok_or_else(|| {
+                        api(
+                            400,
+                            format!("`{}` is not an event an installer reports", report.event),
+                        )
+                    })?;
+                self.adopt_pxe(&uuid, peer);
+                self.event(&uuid, now, kind, &report.message);
+                if kind == EventKind::BootingNewKernel
+                    && self
+                        .machines
+                        .get(&uuid)
+                        .is_some_and(|m| m.allocation.is_some())
+                {
+                    // The installed system answers on the tenant network.
+                    self.pending_routes.retain(|(u, _, _)| *u != uuid);
+                    self.pending_routes
+                        .push((uuid.clone(), now + ROUTE_DELAY_MS, true));
+                }
+                if kind == EventKind::Crashed {
+                    tracing::warn!(%uuid, reason = %report.message, "machine crashed");
+                }
+                self.save(&uuid, now).map_err(|e| api(500, e))?;
+                Ok(Directive::None)
+            }
+            InstallerCall::Register(registration) => self.register(*registration, peer, now),
+            InstallerCall::Heartbeat { uuid } => {
+                let machine = self
+                    .machines
+                    .get_mut(&uuid)
+                    .ok_or_else(|| api(404, format!("machine {uuid} is not registered")))?;
+                machine.lifecycle.last_heartbeat = Some(now);
+                let directive = if machine.reclaiming.is_some() || machine.reboot_due {
+                    machine.reboot_due = false;
+                    Directive::Reboot
+                } else {
+                    match (&machine.allocation, machine.lifecycle.state()) {
+                        (Some(executed), Some(EventKind::Waiting)) => Directive::Install {
+                            allocation: executed.installer.clone(),
+                        },
+                        _ => Directive::Wait,
+                    }
+                };
+                // Heartbeats are not stored one by one: liveliness is
+                // rebuilt from the next event after a restart.
+                Ok(directive)
+            }
+            InstallerCall::PhoneHome { uuid } => {
+                let machine = self
+                    .machines
+                    .get_mut(&uuid)
+                    .ok_or_else(|| api(404, format!("machine {uuid} is not registered")))?;
+                machine.lifecycle.last_heartbeat = Some(now);
+                if machine.reclaiming.is_some() {
+                    // Once the answer is out, the port goes back to the
+                    // provisioning network the machine will boot from.
+                    self.pending_routes.retain(|(u, _, _)| *u != uuid);
+                    self.pending_routes
+                        .push((uuid.clone(), now + ROUTE_DELAY_MS, false));
+                    return Ok(Directive::Reboot);
+                }
+                if machine.allocation.is_none() {
+                    return Err(api(409, format!("machine {uuid} is not allocated")));
+                }
+                if machine.lifecycle.state() != Some(EventKind::PhonedHome) {
+                    self.event(&uuid, now, EventKind::PhonedHome, "installed system is up");
+                    self.save(&uuid, now).map_err(|e| api(500, e))?;
+                }
+                Ok(Directive::None)
+            }
+        }
+    }
+
+    fn register(
+        &mut self,
+        registration: Registration,
+        peer: IpAddr,
+        now: u64,
+    ) -> Result<Directive, ApiError> {
+        let hardware = registration.hardware;
+        let uuid = hardware.uuid.to_lowercase();
+        self.adopt_pxe(&uuid, peer);
+        let seen = self.macs_seen();
+        let unknown_mac = !hardware.nics.iter().any(|nic| seen.contains(&nic.mac));
+        if unknown_mac {
+            tracing::warn!(%uuid, %peer, "registration from MACs not seen on any port of this leaf; flagged");
+        }
+        let message = format!(
+            "{} CPUs, {} MiB, {} disk(s), {} NIC(s), installer {}",
+            hardware.cpus,
+            hardware.memory_bytes >> 20,
+            hardware.disks.len(),
+            hardware.nics.len(),
+            registration.installer
+        );
+        self.event(&uuid, now, EventKind::Registering, &message);
+        let machine = self
+            .machines
+            .get_mut(&uuid)
+            .ok_or_else(|| api(500, "machine vanished"))?;
+        machine.hardware = Some(hardware);
+        machine.unknown_mac = unknown_mac;
+        machine.reboot_due = false;
+        // The reclaimed machine has rebooted: its old network goes.
+        machine.reclaiming = None;
+        let directive = match &mut machine.allocation {
+            // Rebooted while allocated (power loss, crash): install again.
+            Some(executed) => {
+                executed.routed = false;
+                Directive::Install {
+                    allocation: executed.installer.clone(),
+                }
+            }
+            None => Directive::Wipe,
+        };
+        self.save(&uuid, now).map_err(|e| api(500, e))?;
+        Ok(directive)
+    }
+
+    /// MACs this leaf has seen on its ports: LLDP neighbours and DHCP clients.
+    fn macs_seen(&self) -> HashSet<String> {
+        let mut seen: HashSet<String> = self
+            .lldp
+            .borrow()
+            .neighbors
+            .iter()
+            .map(|n| n.source_mac.to_lowercase())
+            .collect();
+        if let Some(path) = &self.settings.lease_db
+            && let Ok(leases) = metalmesh_provisioning::dhcp::service::read_leases(path)
+        {
+            seen.extend(leases.into_iter().map(|l| l.mac.to_lowercase()));
+        }
+        seen
+    }
+
+    pub fn command(&mut self, command: Command, now: u64) {
+        match command {
+            Command::List { reply } => {
+                let list = self
+                    .machines
+                    .values_mut()
+                    .map(|m| {
+                        m.refresh(now, &self.settings.thresholds);
+                        m.clone()
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
+            Command::Describe { uuid, reply } => {
+                let thresholds = self.settings.thresholds;
+                let found = self
+                    .machines
+                    .get_mut(&uuid)
+                    .map(|m| {
+                        m.refresh(now, &thresholds);
+                        m.clone()
+                    })
+                    .ok_or_else(|| format!("no machine {uuid} on this leaf"));
+                let _ = reply.send(found);
+            }
+            Command::Allocate {
+                uuid,
+                request,
+                reply,
+            } => {
+                let _ = reply.send(self.allocate(&uuid, request, now));
+            }
+            Command::Free { uuid, reply } => {
+                let _ = reply.send(self.free(&uuid, now));
+            }
+        }
+    }
+
+    fn allocate(
+        &mut self,
+        uuid: &str,
+        request: AllocateRequest,
+        now: u64,
+    ) -> Result<MachineRecord, String> {
+        let machine = self
+            .machines
+            .get(uuid)
+            .ok_or_else(|| format!("no machine {uuid} on this leaf"))?;
+        if machine.allocation.is_some() {
+            return Err(format!("machine {uuid} is already allocated"));
+        }
+        if machine.lifecycle.state() != Some(EventKind::Waiting) {
+            return Err(format!(
+                "machine {uuid} is not Waiting (it is {}); only waiting machines can be allocated",
+                machine
+                    .lifecycle
+                    .state()
+                    .map(event_name)
+                    .unwrap_or_else(|| "unknown".into())
+            ));
+        }
+        if request.hostname.is_empty()
+            || request.hostname.len() > 63
+            || !request
+                .hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(format!("`{}` is not a host name", request.hostname));
+        }
+        let port = port_of(&self.lldp.borrow(), uuid).ok_or_else(|| {
+            format!("machine {uuid} has not been seen over LLDP on any port of this leaf")
+        })?;
+        let vrf = self.vrf_for(&request)?;
+        if self
+            .machines
+            .values()
+            .flat_map(|m| [&m.allocation, &m.reclaiming])
+            .flatten()
+            .any(|e| e.vrf == vrf && e.request.ip == request.ip)
+        {
+            return Err(format!("{} is already used in VRF {vrf}", request.ip));
+        }
+        let images = self
+            .settings
+            .images
+            .as_ref()
+            .ok_or("this leaf serves no images (no [boot] section)")?;
+        let sha = std::fs::read_to_string(images.dir.join(format!("{}.img.sha256", request.image)))
+            .map_err(|_| {
+                format!(
+                    "unknown image `{}` (no {}.img.sha256 in {})",
+                    request.image,
+                    request.image,
+                    images.dir.display()
+                )
+            })?;
+        let sha = sha
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_lowercase();
+        let installer = Allocation {
+            image: request.image.clone(),
+            image_url: format!("{}/{}.img", images.base_url, request.image),
+            image_sha256: sha,
+            hostname: request.hostname.clone(),
+            ip: request.ip.to_string(),
+            ssh_keys: request.ssh_keys.clone(),
+            user_data: request.user_data.clone(),
+        };
+        let machine = self.machines.get_mut(uuid).ok_or("machine vanished")?;
+        machine.lifecycle.allocate().map_err(|e| e.to_string())?;
+        machine.port = Some(port.clone());
+        machine.allocation = Some(Executed {
+            request,
+            vrf,
+            port,
+            installer,
+            routed: false,
+        });
+        let saved = self.save(uuid, now);
+        if saved.is_err() {
+            // Not stored means not allocated.
+            if let Some(machine) = self.machines.get_mut(uuid) {
+                machine.allocation = None;
+                machine.lifecycle.allocated = false;
+            }
+        }
+        saved
+    }
+
+    fn vrf_for(&self, request: &AllocateRequest) -> Result<String, String> {
+        let intents = self.intents.borrow();
+        let contains = |vrf: &crate::dataplane::intent::VrfIntent| {
+            vrf.prefixes.iter().any(|p| {
+                let mask = if p.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(p.len))
+                };
+                u32::from(request.ip) & mask == u32::from(p.address) & mask
+            })
+        };
+        match &request.vrf {
+            Some(name) => {
+                let vrf = intents
+                    .vrfs
+                    .iter()
+                    .find(|v| &v.name == name)
+                    .ok_or_else(|| format!("no VRF `{name}` on this leaf"))?;
+                if !contains(vrf) {
+                    return Err(format!("{} is not in VRF {name}'s prefixes", request.ip));
+                }
+                Ok(name.clone())
+            }
+            None => intents
+                .vrfs
+                .iter()
+                .find(|v| contains(v))
+                .map(|v| v.name.clone())
+                .ok_or_else(|| {
+                    format!(
+                        "no tenant VRF on this leaf has a prefix containing {}",
+                        request.ip
+                    )
+                }),
+        }
+    }
+
+    fn free(&mut self, uuid: &str, now: u64) -> Result<MachineRecord, String> {
+        let thresholds = self.settings.thresholds;
+        let machine = self
+            .machines
+            .get_mut(uuid)
+            .ok_or_else(|| format!("no machine {uuid} on this leaf"))?;
+        machine
+            .lifecycle
+            .free(now, &thresholds)
+            .map_err(|e| e.to_string())?;
+        machine.reclaiming = machine.allocation.take();
+        self.save(uuid, now)
+    }
+
+    /// Moves the ports whose time has come into (or out of) their tenant VRF.
+    pub fn route_due(&mut self, now: u64) {
+        let (due, later): (Vec<_>, Vec<_>) = self
+            .pending_routes
+            .drain(..)
+            .partition(|(_, at, _)| *at <= now);
+        self.pending_routes = later;
+        for (uuid, _, join) in due {
+            let Some(machine) = self.machines.get_mut(&uuid) else {
+                continue;
+            };
+            if join {
+                match machine.allocation.as_mut() {
+                    Some(executed) => executed.routed = true,
+                    None => continue,
+                }
+            } else if machine.reclaiming.take().is_none() {
+                continue;
+            }
+            if let Err(error) = self.save(&uuid, now) {
+                tracing::error!(%error, "port move not stored");
+            }
+        }
+    }
+
+    /// Periodic work: planned reboots, reclaim time-outs, liveliness.
+    pub fn tick(&mut self, now: u64) {
+        let thresholds = self.settings.thresholds;
+        let mut changed = Vec::new();
+        for machine in self.machines.values_mut() {
+            let before = (
+                machine.lifecycle.events.len(),
+                machine.lifecycle.failed_machine_reclaim,
+            );
+            for action in machine.lifecycle.tick(now, &thresholds) {
+                if action == metalmesh_provisioning::lifecycle::Action::Reboot {
+                    machine.reboot_due = true;
+                }
+            }
+            if let Some(reclaiming) = &machine.reclaiming
+                && reclaiming.routed
+                && machine
+                    .lifecycle
+                    .events
+                    .iter()
+                    .find(|e| e.kind == EventKind::MachineReclaim)
+                    .is_some_and(|e| now.saturating_sub(e.time) > RECLAIM_GRACE_MS)
+            {
+                tracing::warn!(uuid = %machine.uuid, "reclaimed machine did not reboot; removing its network");
+                machine.reclaiming = None;
+                changed.push(machine.uuid.clone());
+                continue;
+            }
+            let liveliness = format!("{:?}", machine.lifecycle.liveliness(now, &thresholds));
+            if before
+                != (
+                    machine.lifecycle.events.len(),
+                    machine.lifecycle.failed_machine_reclaim,
+                )
+                || liveliness != machine.liveliness
+            {
+                changed.push(machine.uuid.clone());
+            }
+        }
+        for uuid in changed {
+            if let Err(error) = self.save(&uuid, now) {
+                tracing::error!(%error, "machine not stored");
+            }
+        }
+    }
+}
+
+/// The port whose LLDP neighbour announces `uuid` as its chassis ID.
+pub fn port_of(lldp: &LldpSnapshot, uuid: &str) -> Option<String> {
+    lldp.neighbors
+        .iter()
+        .find(|n| n.chassis_id.eq_ignore_ascii_case(uuid))
+        .map(|n| n.local_port.clone())
+}
+
+/// Runs the manager: installer calls, PXE events, commands and a tick.
+pub async fn run(
+    manager: &mut Manager,
+    installer: &mut mpsc::Receiver<InstallerRequest>,
+    pxe: &mut mpsc::Receiver<String>,
+    commands: &mut mpsc::Receiver<Command>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut routes = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            Some(request) = installer.recv() => {
+                let answer = manager.installer(request.call, request.peer, now_ms());
+                let _ = request.reply.send(answer);
+            }
+            Some(mac) = pxe.recv() => manager.pxe_booting(&mac, now_ms()),
+            Some(command) = commands.recv() => manager.command(command, now_ms()),
+            _ = tick.tick() => manager.tick(now_ms()),
+            _ = routes.tick() => manager.route_due(now_ms()),
+        }
+    }
+}
+
+/// Operator intents plus the ports of allocated machines: what the
+/// dataplane renders.
+pub fn merge(operator: &Intents, machines: &MachinePorts) -> Intents {
+    let mut merged = operator.clone();
+    for (vrf, port) in machines {
+        if let Some(target) = merged.vrfs.iter_mut().find(|v| &v.name == vrf)
+            && !target.ports.iter().any(|p| p.name == port.name)
+        {
+            target.ports.push(port.clone());
+        }
+    }
+    merged
+}

