@@ -258,3 +258,304 @@ fn one_machine_registers_installs_phones_home_and_is_reclaimed() {
     );
     let _ = run("pkill", &["-9", "-f", "metalmesh-installer --simulate"]);
 }
+
+#[test]
+fn twenty_machines_reach_waiting_and_install_concurrently() {
+    let guard = Guard::new();
+    let _testbed = up(&guard, 20);
+    for index in 1..=20 {
+        start_installer(&guard, index);
+    }
+    let all_in = |wanted: &str| {
+        let list = machines(&guard);
+        list.len() == 20
+            && list
+                .iter()
+                .all(|m| m["state"] == wanted && !m["port"].is_null())
+    };
+    assert!(
+        eventually(Duration::from_secs(90), || all_in("Waiting")),
+        "{:?}",
+        machines(&guard)
+            .iter()
+            .map(|m| (m["uuid"].clone(), m["state"].clone()))
+            .collect::<Vec<_>>()
+    );
+    let guard_ref = &guard;
+    std::thread::scope(|scope| {
+        for index in 1..=20u32 {
+            scope.spawn(move || {
+                let out = allocate(
+                    guard_ref,
+                    &uuid(1, index),
+                    &format!("10.0.1.{}", 10 + index),
+                    &format!("node-{index}"),
+                );
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            });
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(180), || all_in("Phoned Home")),
+        "{:?}",
+        machines(&guard)
+            .iter()
+            .map(|m| (m["uuid"].clone(), m["state"].clone()))
+            .collect::<Vec<_>>()
+    );
+    let routes = String::from_utf8_lossy(&agent(&guard, &["routes", "--vrf", "tenant-a"]).stdout)
+        .into_owned();
+    for index in 1..=20 {
+        assert!(
+            routes.contains(&format!("10.0.1.{}", 10 + index)),
+            "{routes}"
+        );
+    }
+    let _ = run("pkill", &["-9", "-f", "metalmesh-installer --simulate"]);
+}
+
+#[test]
+fn agent_killed_during_installing_loses_nothing() {
+    let guard = Guard::new();
+    let _testbed = up(&guard, 1);
+    let id = uuid(1, 1);
+    start_installer(&guard, 1);
+    assert!(eventually(Duration::from_secs(30), || state(&guard, &id)
+        == "Waiting"
+        && machine(&guard, &id).is_some_and(|m| m["port"] == "m1-1")));
+    // Slow the image down on its way to the machine so installing lasts.
+    let out = run(
+        "ip",
+        &[
+            "netns", "exec", "mm-leaf1", "tc", "qdisc", "add", "dev", "m1-1", "root", "tbf",
+            "rate", "40mbit", "burst", "64kb", "latency", "500ms",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = allocate(&guard, &id, "10.0.1.11", "db-1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(eventually(Duration::from_secs(20), || state(&guard, &id)
+        == "Installing"));
+    let out = cli(
+        &guard.run_dir,
+        &["kill", "leaf1", "--daemon", "agent", "--signal", "KILL"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let out = cli(&guard.run_dir, &["start", "leaf1", "--daemon", "agent"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = run(
+        "ip",
+        &[
+            "netns", "exec", "mm-leaf1", "tc", "qdisc", "del", "dev", "m1-1", "root",
+        ],
+    );
+    assert!(
+        eventually(Duration::from_secs(90), || state(&guard, &id)
+            == "Phoned Home"),
+        "{:?}\n{}",
+        events(&guard, &id),
+        std::fs::read_to_string(guard.scratch.join("m1-1.log")).unwrap_or_default()
+    );
+    assert_eq!(
+        events(&guard, &id),
+        [
+            "Preparing",
+            "Registering",
+            "Waiting",
+            "Installing",
+            "Booting New Kernel",
+            "Phoned Home"
+        ]
+    );
+    let log = std::fs::read_to_string(guard.scratch.join("m1-1.log")).unwrap_or_default();
+    assert!(
+        log.contains("retrying") || log.contains("attempt"),
+        "the installer never had to retry:\n{log}"
+    );
+    let _ = run("pkill", &["-9", "-f", "metalmesh-installer --simulate"]);
+}
+
+fn post(guard: &Guard, path: &str, body: &str) -> (u16, String) {
+    let file = guard.scratch.join("body");
+    std::fs::write(&file, body).unwrap();
+    let data = format!("@{}", file.display());
+    let out = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            "mm-leaf1",
+            "curl",
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &data,
+            &format!("http://10.100.1.1:8070{path}"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn bad_images_and_bad_requests_are_refused() {
+    let guard = Guard::new();
+    let _testbed = up(&guard, 1);
+    let id = uuid(1, 1);
+    // An image whose published checksum is wrong.
+    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/boot/images");
+    std::fs::copy(
+        images.join("testbed-default.img"),
+        images.join("test-bad-checksum.img"),
+    )
+    .unwrap();
+    std::fs::write(
+        images.join("test-bad-checksum.img.sha256"),
+        format!("{}  test-bad-checksum.img\n", "0".repeat(64)),
+    )
+    .unwrap();
+    let disk = start_installer(&guard, 1);
+    assert!(eventually(Duration::from_secs(30), || state(&guard, &id)
+        == "Waiting"
+        && machine(&guard, &id).is_some_and(|m| m["port"] == "m1-1")));
+    let out = agent(
+        &guard,
+        &[
+            "machine",
+            "allocate",
+            &id,
+            "--image",
+            "test-bad-checksum",
+            "--ip",
+            "10.0.1.11",
+            "--hostname",
+            "bad-1",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(eventually(Duration::from_secs(30), || {
+        let out = agent(&guard, &["machine", "events", &id, "-o", "json"]);
+        String::from_utf8_lossy(&out.stdout).contains("checksum mismatch")
+    }));
+    let history = events(&guard, &id);
+    assert!(history.contains(&"Crashed".to_string()), "{history:?}");
+    assert!(
+        !history
+            .iter()
+            .any(|e| e == "Booting New Kernel" || e == "Phoned Home"),
+        "{history:?}"
+    );
+    assert!(
+        head_is_zero(&disk),
+        "a half-written image was left on the disk"
+    );
+    let out = agent(&guard, &["machine", "free", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(eventually(Duration::from_secs(40), || state(&guard, &id) == "Waiting"));
+    let _ = run("pkill", &["-9", "-f", "metalmesh-installer --simulate"]);
+
+    // Unknown image and non-waiting machines are refused with the reason.
+    let out = agent(
+        &guard,
+        &[
+            "machine",
+            "allocate",
+            &id,
+            "--image",
+            "no-such-image",
+            "--ip",
+            "10.0.1.11",
+            "--hostname",
+            "x",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown image"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = agent(&guard, &["machine", "free", &id]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not allocated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A registration from a MAC this leaf never saw is kept, and flagged.
+    let stranger = "6d6d0000-0000-4000-8000-0000000000ff";
+    let (code, _) = post(
+        &guard,
+        "/v1/machines/register",
+        &format!(
+            r#"{{"hardware":{{"uuid":"{stranger}","cpus":1,"memory_bytes":1,"disks":[],"nics":[{{"name":"eth0","mac":"02:00:00:00:00:99","up":true}}]}}}}"#
+        ),
+    );
+    assert_eq!(code, 200);
+    let m = machine(&guard, stranger).unwrap();
+    assert_eq!(m["unknown_mac"], true);
+    assert_eq!(m["state"], "Registering");
+    // Malformed requests get 4xx with a reason, and nothing is recorded.
+    let (code, body) = post(&guard, "/v1/machines/register", "{not json");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("malformed"), "{body}");
+    let (code, _) = post(
+        &guard,
+        "/v1/machines/not-a-uuid/events",
+        r#"{"event":"Crashed"}"#,
+    );
+    assert_eq!(code, 400);
+    let (code, body) = post(
+        &guard,
+        &format!("/v1/machines/{id}/events"),
+        r#"{"event":"Phoned Home"}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, _) = post(
+        &guard,
+        "/v1/machines/6d6d0000-0000-4000-8000-0000000000fe/heartbeat",
+        "{}",
+    );
+    assert_eq!(code, 404);
+    let (code, _) = post(&guard, "/v1/machines/register", &"x".repeat(300_000));
+    assert!(code == 413 || code == 400, "{code}");
+    assert_eq!(machines(&guard).len(), 2);
+    let _ = std::fs::remove_file(images.join("test-bad-checksum.img"));
+    let _ = std::fs::remove_file(images.join("test-bad-checksum.img.sha256"));
+}
