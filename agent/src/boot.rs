@@ -113,6 +113,11 @@ pub fn spawn(
             leaf: leaf.to_string(),
         },
     };
+    let interface = boot.interface.clone();
+    supervisor.spawn("router-advert", move |cancel| {
+        let interface = interface.clone();
+        async move { Ok(metalmesh_provisioning::router_advert::serve(interface, cancel).await?) }
+    });
     supervisor.spawn("http", move |cancel| {
         let http = http.clone();
         async move { Ok(metalmesh_provisioning::http::serve(http, cancel).await?) }

@@ -7,4 +7,5 @@ pub mod http;
 pub mod installer;
 pub mod lifecycle;
 pub mod root;
+pub mod router_advert;
 pub mod tftp;

@@ -683,6 +683,13 @@ pub fn port_of(lldp: &LldpSnapshot, uuid: &str) -> Option<String> {
         .map(|n| n.local_port.clone())
 }
 
+/// How long a heartbeat with nothing to do is held open: an allocation
+/// reaches a waiting machine at once instead of at its next heartbeat.
+const HEARTBEAT_HOLD_MS: u64 = 5_000;
+
+/// A heartbeat held open, answered when its machine has something to do.
+type Parked = (String, u64, oneshot::Sender<Result<Directive, ApiError>>);
+
 /// Runs the manager: installer calls, PXE events, commands and a tick.
 pub async fn run(
     manager: &mut Manager,
@@ -693,19 +700,64 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut routes = tokio::time::interval(Duration::from_millis(200));
+    let mut parked: Vec<Parked> = Vec::new();
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             Some(request) = installer.recv() => {
-                let answer = manager.installer(request.call, request.peer, now_ms());
-                let _ = request.reply.send(answer);
+                let now = now_ms();
+                let heartbeat = match &request.call {
+                    InstallerCall::Heartbeat { uuid } => Some(uuid.clone()),
+                    _ => None,
+                };
+                let answer = manager.installer(request.call, request.peer, now);
+                match (heartbeat, answer) {
+                    (Some(uuid), Ok(Directive::Wait)) => {
+                        parked.push((uuid, now + HEARTBEAT_HOLD_MS, request.reply));
+                    }
+                    (_, answer) => {
+                        let _ = request.reply.send(answer);
+                    }
+                }
             }
             Some(mac) = pxe.recv() => manager.pxe_booting(&mac, now_ms()),
-            Some(command) = commands.recv() => manager.command(command, now_ms()),
+            Some(command) = commands.recv() => {
+                manager.command(command, now_ms());
+                answer_parked(manager, &mut parked, false);
+            }
             _ = tick.tick() => manager.tick(now_ms()),
-            _ = routes.tick() => manager.route_due(now_ms()),
+            _ = routes.tick() => {
+                manager.route_due(now_ms());
+                answer_parked(manager, &mut parked, true);
+            }
         }
     }
+}
+
+/// Answers held heartbeats whose machine now has something to do, and (with
+/// `expire`) those held long enough.
+fn answer_parked(manager: &mut Manager, parked: &mut Vec<Parked>, expire: bool) {
+    let now = now_ms();
+    let mut still = Vec::new();
+    for (uuid, deadline, reply) in parked.drain(..) {
+        if reply.is_closed() {
+            continue;
+        }
+        let directive = manager.installer(
+            InstallerCall::Heartbeat { uuid: uuid.clone() },
+            IpAddr::from([0, 0, 0, 0]),
+            now,
+        );
+        match directive {
+            Ok(Directive::Wait) if !(expire && now >= deadline) => {
+                still.push((uuid, deadline, reply))
+            }
+            other => {
+                let _ = reply.send(other);
+            }
+        }
+    }
+    *parked = still;
 }
 
 /// Operator intents plus the ports of allocated machines: what the

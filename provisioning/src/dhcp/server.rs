@@ -568,6 +568,14 @@ impl DhcpServer {
                     .insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
             }
             ClientKind::Ipxe => {
+                // iPXE option 175.176 (no-pxedhcp): this offer is all there
+                // is; without it iPXE waits seconds for ProxyDHCP offers.
+                reply
+                    .opts_mut()
+                    .insert(DhcpOption::Unknown(dhcproto::v4::UnknownOption::new(
+                        OptionCode::Unknown(175),
+                        vec![176, 1, 1],
+                    )));
                 reply.set_siaddr(s.server_ip);
                 set_file(
                     &mut reply,
@@ -791,6 +799,11 @@ mod tests {
             fname(&offer),
             "http://10.100.1.1:8070/ipxe/02-00-00-00-00-09"
         );
+        // iPXE is told not to wait for ProxyDHCP offers.
+        assert!(matches!(
+            offer.opts().get(OptionCode::Unknown(175)),
+            Some(DhcpOption::Unknown(o)) if o.data() == [176, 1, 1]
+        ));
         let http = request_message(
             [2, 0, 0, 0, 0, 10],
             MessageType::Discover,

@@ -193,7 +193,9 @@ impl Session {
                 }
                 Directive::Wait | Directive::None => {}
             }
-            std::thread::sleep(self.options.heartbeat);
+            // The leaf holds a heartbeat open until it has something to say
+            // (or a few seconds passed); only a quick answer needs a pause.
+            let started = std::time::Instant::now();
             directive = match client::post_json(&self.url("/heartbeat"), &serde_json::json!({})) {
                 Ok(directive) => directive,
                 Err(error) => {
@@ -201,6 +203,9 @@ impl Session {
                     Directive::Wait
                 }
             };
+            if directive == Directive::Wait {
+                std::thread::sleep(self.options.heartbeat.saturating_sub(started.elapsed()));
+            }
         }
     }
 
