@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use metalmesh_testbed::testing::{Guard, cli, eventually, run};
+use metalmesh_testbed::testing::{Guard, cli, eventually, script};
 use metalmesh_testbed::{Overrides, Quiet, Testbed, Topology};
 use serde_json::Value;
 
@@ -14,13 +14,7 @@ const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
 
 #[test]
 fn qemu_machine_pxe_boots_the_initramfs() {
-    let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-boot");
-    let out = run(build.to_str().unwrap(), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    script("build-boot", &[]);
     let guard = Guard::new();
     let topology = Topology::load(
         None,

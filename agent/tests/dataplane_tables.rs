@@ -10,8 +10,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, cli, eventually, run};
-use metalmesh_testbed::{Overrides, Quiet, Testbed, Topology};
+use metalmesh_testbed::testing::{Guard, cli, eventually, run, up};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
 
@@ -119,19 +118,7 @@ fn dump() -> String {
 #[test]
 fn tenants_over_vxlan_in_routing_table_mode() {
     let guard = Guard::new();
-    let topology = Topology::load(
-        None,
-        &Overrides {
-            racks: Some(2),
-            machines_per_rack: Some(2),
-            ..Overrides::default()
-        },
-    )
-    .unwrap();
-    let testbed = Testbed::up(&guard.run_dir, &topology, &mut Quiet).unwrap();
-    testbed
-        .wait_converged(Duration::from_secs(60), &mut Quiet)
-        .unwrap();
+    let testbed = up(&guard.run_dir, 2, 2, 0);
     let status = cli(
         &guard.run_dir,
         &["exec", "leaf1", "--", AGENT, "status", "-o", "json"],

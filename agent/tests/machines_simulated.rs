@@ -7,13 +7,14 @@
 //! installs; bad requests refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, cli, eventually, run, spawn_detached_in};
-use metalmesh_testbed::{Overrides, Quiet, Testbed, Topology};
-
-const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
+use common::AGENT;
+use metalmesh_testbed::Testbed;
+use metalmesh_testbed::testing::{Guard, cli, eventually, run, script, spawn_detached_in};
 const DISK_BYTES: u64 = 64 * 1024 * 1024;
 
 fn installer() -> PathBuf {
@@ -31,46 +32,14 @@ fn uuid(rack: u32, index: u32) -> String {
 }
 
 fn up(guard: &Guard, machines: u32) -> Testbed {
-    let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-os-image");
-    let out = run(build.to_str().unwrap(), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let topology = Topology::load(
-        None,
-        &Overrides {
-            racks: Some(1),
-            machines_per_rack: Some(machines),
-            ..Overrides::default()
-        },
-    )
-    .unwrap();
-    let testbed = Testbed::up(&guard.run_dir, &topology, &mut Quiet).unwrap();
-    testbed
-        .wait_converged(Duration::from_secs(60), &mut Quiet)
-        .unwrap();
-    // The tenant network machines are allocated into.
-    let intents = guard.scratch.join("intents.toml");
-    std::fs::write(
-        &intents,
-        "[[vrf]]\nname = \"tenant-a\"\nvni = 10001\ntable = 1001\nprefixes = [\"10.0.1.0/24\"]\n",
-    )
-    .unwrap();
-    let out = agent(guard, &["dataplane", "apply", intents.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    script("build-os-image", &[]);
+    let testbed = metalmesh_testbed::testing::up(&guard.run_dir, 1, machines, 0);
+    common::tenant_a(&guard.run_dir, &guard.scratch);
     testbed
 }
 
 fn agent(guard: &Guard, args: &[&str]) -> std::process::Output {
-    let mut full = vec!["exec", "leaf1", "--", AGENT];
-    full.extend_from_slice(args);
-    cli(&guard.run_dir, &full)
+    common::agent(&guard.run_dir, args)
 }
 
 /// A disk file with a recognisable pattern everywhere.
@@ -119,15 +88,8 @@ fn state(guard: &Guard, uuid: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Events oldest first.
 fn events(guard: &Guard, uuid: &str) -> Vec<String> {
-    let out = agent(guard, &["machine", "events", uuid, "-o", "json"]);
-    let events: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    events
-        .iter()
-        .rev()
-        .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
-        .collect()
+    common::events(&guard.run_dir, uuid)
 }
 
 fn allocate(guard: &Guard, uuid: &str, ip: &str, hostname: &str) -> std::process::Output {

@@ -9,8 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, cli, eventually, run, spawn_detached_in};
-use metalmesh_testbed::{Overrides, Quiet, Testbed, Topology};
+use metalmesh_testbed::testing::{Guard, cli, eventually, run, spawn_detached_in, up};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
 const LEAVES: [u32; 5] = [1, 2, 3, 4, 5];
@@ -140,19 +139,7 @@ fn heal(leaf: u32) {
 fn five_agents_replicate_recover_and_refuse_strangers() {
     let guard = Guard::new();
     let run_dir = &guard.run_dir;
-    let topology = Topology::load(
-        None,
-        &Overrides {
-            racks: Some(5),
-            machines_per_rack: Some(0),
-            ..Overrides::default()
-        },
-    )
-    .unwrap();
-    let testbed = Testbed::up(run_dir, &topology, &mut Quiet).unwrap();
-    testbed
-        .wait_converged(Duration::from_secs(60), &mut Quiet)
-        .unwrap();
+    let _testbed = up(run_dir, 5, 0, 0);
 
     // Every agent sees the four others and holds every switch's records.
     assert!(

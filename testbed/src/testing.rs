@@ -57,6 +57,47 @@ pub fn testbed_binary() -> PathBuf {
         .expect("metalmesh-testbed binary not built")
 }
 
+/// Brings up a testbed of `racks` leaves with `machines` namespace and
+/// `vms` qemu machines per rack, and waits for the fabric to converge.
+pub fn up(run_dir: &Path, racks: u32, machines: u32, vms: u32) -> crate::Testbed {
+    let topology = crate::Topology::load(
+        None,
+        &crate::Overrides {
+            racks: Some(racks),
+            machines_per_rack: Some(machines),
+            vm_machines: Some(vms),
+            ..crate::Overrides::default()
+        },
+    )
+    .unwrap();
+    let testbed = crate::Testbed::up(run_dir, &topology, &mut Quiet).unwrap();
+    testbed
+        .wait_converged(Duration::from_secs(60), &mut Quiet)
+        .unwrap();
+    testbed
+}
+
+/// Runs one of the repository's `scripts/` (e.g. `build-boot`), which must succeed.
+pub fn script(name: &str, args: &[&str]) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(name);
+    let out = Command::new(&path).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `metalmesh-agent ARGS` on `leaf` of the testbed (through `exec`).
+pub fn agent_on(run_dir: &Path, agent: &str, leaf: &str, args: &[&str]) -> Output {
+    let mut full = vec!["exec", leaf, "--", agent];
+    full.extend_from_slice(args);
+    cli(run_dir, &full)
+}
+
 /// Runs the `metalmesh-testbed` binary with a run directory.
 pub fn cli(run_dir: &Path, args: &[&str]) -> Output {
     Command::new(testbed_binary())

@@ -18,7 +18,7 @@ pub const CLIENT_PORT: u16 = 68;
 /// Relays forwarding more often than this are looping.
 const MAX_HOPS: u8 = 16;
 /// One `PXE Booting` event per MAC per this many seconds (firmware retries).
-const PXE_EVENT_INTERVAL_SECS: u64 = 30;
+const PXE_EVENT_INTERVAL_SECS: u64 = 10;
 
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -51,6 +51,9 @@ pub fn start(uuid: String, hostname: String, ports: Vec<AnnouncePort>) {
                     }
                 })
                 .collect();
+            // The first few a second apart: the leaf may not be listening
+            // on a port whose link just came up.
+            let mut sent: u32 = 0;
             loop {
                 for (port, sender) in &senders {
                     if let Some(frame) = frame(&uuid, &hostname, port)
@@ -59,7 +62,12 @@ pub fn start(uuid: String, hostname: String, ports: Vec<AnnouncePort>) {
                         eprintln!("metalmesh-installer: LLDP on {}: {error}", port.name);
                     }
                 }
-                std::thread::sleep(INTERVAL);
+                sent = sent.saturating_add(1);
+                std::thread::sleep(if sent < 4 {
+                    Duration::from_secs(1)
+                } else {
+                    INTERVAL
+                });
             }
         });
     if let Err(error) = spawned {
