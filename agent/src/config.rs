@@ -31,6 +31,71 @@ pub struct AgentConfig {
     pub boot: Option<BootConfig>,
     /// The inventory mesh; absent: the agent keeps its records locally only.
     pub mesh: Option<MeshConfig>,
+    /// Machine lifecycle thresholds (machines are managed where `[boot]` runs).
+    #[serde(default)]
+    pub machines: MachinesConfig,
+}
+
+/// Thresholds of the machine lifecycle (see docs/lifecycle.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachinesConfig {
+    /// Events kept per machine.
+    #[serde(default = "default_history")]
+    pub history: Spanned<u32>,
+    /// No heartbeat or phone home for this long: the machine is Dead.
+    #[serde(default = "default_dead_after")]
+    pub dead_after_secs: Spanned<u32>,
+    /// A machine Waiting longer than this gets a planned reboot.
+    #[serde(default = "default_reboot_waiting")]
+    pub reboot_waiting_after_secs: Spanned<u32>,
+    /// Boots without reaching Waiting or Phoned Home that make a crash loop.
+    #[serde(default = "default_crash_loop")]
+    pub crash_loop_cycles: Spanned<u32>,
+    /// A reclaim not back at Waiting after this long has failed.
+    #[serde(default = "default_reclaim_timeout")]
+    pub reclaim_timeout_secs: Spanned<u32>,
+}
+
+impl Default for MachinesConfig {
+    fn default() -> Self {
+        MachinesConfig {
+            history: default_history(),
+            dead_after_secs: default_dead_after(),
+            reboot_waiting_after_secs: default_reboot_waiting(),
+            crash_loop_cycles: default_crash_loop(),
+            reclaim_timeout_secs: default_reclaim_timeout(),
+        }
+    }
+}
+
+impl MachinesConfig {
+    pub fn thresholds(&self) -> metalmesh_provisioning::lifecycle::Thresholds {
+        let ms = |secs: &Spanned<u32>| u64::from(*secs.get_ref()) * 1000;
+        metalmesh_provisioning::lifecycle::Thresholds {
+            history: *self.history.get_ref() as usize,
+            dead_after_ms: ms(&self.dead_after_secs),
+            reboot_waiting_after_ms: ms(&self.reboot_waiting_after_secs),
+            crash_loop_cycles: *self.crash_loop_cycles.get_ref() as usize,
+            reclaim_timeout_ms: ms(&self.reclaim_timeout_secs),
+        }
+    }
+}
+
+fn default_history() -> Spanned<u32> {
+    Spanned::new(0..0, 100)
+}
+fn default_dead_after() -> Spanned<u32> {
+    Spanned::new(0..0, 300)
+}
+fn default_reboot_waiting() -> Spanned<u32> {
+    Spanned::new(0..0, 86_400)
+}
+fn default_crash_loop() -> Spanned<u32> {
+    Spanned::new(0..0, 3)
+}
+fn default_reclaim_timeout() -> Spanned<u32> {
+    Spanned::new(0..0, 900)
 }
 
 /// The inventory mesh (QUIC with mutual TLS; see docs/config.md).
@@ -433,6 +498,28 @@ impl Loaded {
         {
             return Err(source.error("switch.name", "must be 1 to 255 characters"));
         }
+        let machines = &config.machines;
+        ranged(&machines.history, "machines.history", 10..=10_000)?;
+        ranged(
+            &machines.dead_after_secs,
+            "machines.dead_after_secs",
+            10..=86_400,
+        )?;
+        ranged(
+            &machines.reboot_waiting_after_secs,
+            "machines.reboot_waiting_after_secs",
+            60..=31_536_000,
+        )?;
+        ranged(
+            &machines.crash_loop_cycles,
+            "machines.crash_loop_cycles",
+            1..=100,
+        )?;
+        ranged(
+            &machines.reclaim_timeout_secs,
+            "machines.reclaim_timeout_secs",
+            60..=86_400,
+        )?;
         if let Some(mesh) = &config.mesh {
             for seed in &mesh.seeds {
                 if parse_seed(seed.get_ref()).is_none() {
@@ -636,6 +723,18 @@ mod tests {
             text.contains("mesh.seeds") && text.contains("leaf3") && text.contains("line 9"),
             "{text}"
         );
+        let error = load(&format!("{base}[machines]\ndead_after_secs = 1\n")).unwrap_err();
+        assert!(
+            error.to_string().contains("machines.dead_after_secs"),
+            "{error}"
+        );
+        let thresholds = load(&format!("{base}[machines]\ncrash_loop_cycles = 5\n"))
+            .unwrap()
+            .config
+            .machines
+            .thresholds();
+        assert_eq!(thresholds.crash_loop_cycles, 5);
+        assert_eq!(thresholds.dead_after_ms, 300_000);
         let error = load("[switch]\nname = \"leaf 1\"\nloopback = \"10.255.0.1\"\nasn = 1\n[lldp]\nenabled = false\n[mesh]\n").unwrap_err();
         assert!(error.to_string().contains("mesh name"), "{error}");
     }

@@ -206,7 +206,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         Some(boot) => {
             let settings = crate::machines::manager::Settings {
                 switch: name.clone(),
-                thresholds: metalmesh_provisioning::lifecycle::Thresholds::default(),
+                thresholds: config.machines.thresholds(),
                 images: Some(crate::machines::manager::ImageSource {
                     dir: boot.http_root.join("images"),
                     base_url: format!("{}/boot/images", boot.http_base()),

@@ -159,18 +159,27 @@ fn one_machine_registers_installs_phones_home_and_is_reclaimed() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = allocate(&guard, &id, "10.0.1.11", "web-1");
+    // Two allocations of the same machine at once: exactly one wins.
+    let (first, second) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| allocate(&guard, &id, "10.0.1.11", "web-1"));
+        let b = scope.spawn(|| allocate(&guard, &id, "10.0.1.11", "web-1"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        first.status.success() ^ second.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&first.stderr),
+        String::from_utf8_lossy(&second.stderr)
     );
-    let out = allocate(&guard, &id, "10.0.1.11", "web-1");
-    assert!(!out.status.success());
+    let refused = if first.status.success() {
+        &second
+    } else {
+        &first
+    };
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("already allocated"),
+        String::from_utf8_lossy(&refused.stderr).contains("already allocated"),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&refused.stderr)
     );
 
     assert!(

@@ -422,25 +422,16 @@ impl Manager {
     pub fn command(&mut self, command: Command, now: u64) {
         match command {
             Command::List { reply } => {
-                let list = self
-                    .machines
-                    .values_mut()
-                    .map(|m| {
-                        m.refresh(now, &self.settings.thresholds);
-                        m.clone()
-                    })
+                let uuids: Vec<String> = self.machines.keys().cloned().collect();
+                let list = uuids
+                    .iter()
+                    .filter_map(|uuid| self.view(uuid, now))
                     .collect();
                 let _ = reply.send(list);
             }
             Command::Describe { uuid, reply } => {
-                let thresholds = self.settings.thresholds;
                 let found = self
-                    .machines
-                    .get_mut(&uuid)
-                    .map(|m| {
-                        m.refresh(now, &thresholds);
-                        m.clone()
-                    })
+                    .view(&uuid, now)
                     .ok_or_else(|| format!("no machine {uuid} on this leaf"));
                 let _ = reply.send(found);
             }
@@ -455,6 +446,18 @@ impl Manager {
                 let _ = reply.send(self.free(&uuid, now));
             }
         }
+    }
+
+    /// A machine as shown to the operator: summary fields fresh, and the
+    /// port as LLDP sees it now when none is recorded yet.
+    fn view(&mut self, uuid: &str, now: u64) -> Option<MachineRecord> {
+        let port = port_of(&self.lldp.borrow(), uuid);
+        let machine = self.machines.get_mut(uuid)?;
+        machine.refresh(now, &self.settings.thresholds);
+        if machine.port.is_none() {
+            machine.port = port;
+        }
+        Some(machine.clone())
     }
 
     fn allocate(
