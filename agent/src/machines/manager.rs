@@ -776,3 +776,260 @@ pub fn merge(operator: &Intents, machines: &MachinePorts) -> Intents {
     }
     merged
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metalmesh_provisioning::installer::api::{EventReport, Hardware, Nic};
+
+    const UUID: &str = "6d6d0000-0000-4000-8000-000001000001";
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 100, 1, 100));
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        store: Store,
+        settings: Settings,
+        lldp: watch::Sender<LldpSnapshot>,
+        intents: watch::Sender<Intents>,
+        ports: watch::Receiver<MachinePorts>,
+        ports_tx: watch::Sender<MachinePorts>,
+    }
+
+    fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        std::fs::write(
+            images.join("os.img.sha256"),
+            format!("{}  os.img\n", "ab".repeat(32)),
+        )
+        .unwrap();
+        let store = Store::open(&dir.path().join("inventory.db"), "leaf1").unwrap();
+        let neighbor: crate::lldp::machine::Neighbor = serde_json::from_value(serde_json::json!({
+            "local_port": "m1-1", "source_mac": "52:54:00:6d:01:01", "chassis_id": UUID,
+            "chassis_id_subtype": "locally_assigned", "port_id": "eth0", "port_id_subtype": "interface_name",
+            "port_description": null, "system_name": null, "system_description": null, "capabilities": [],
+            "enabled_capabilities": [], "management_addresses": [], "port_vlan_id": null,
+            "max_frame_size": null, "ttl_secs": 21, "first_seen": 0, "last_seen": 0, "expires_at": 0
+        }))
+        .unwrap();
+        let (lldp, _) = watch::channel(LldpSnapshot {
+            neighbors: vec![neighbor],
+            ..LldpSnapshot::default()
+        });
+        let intents: Intents =
+            toml::from_str("[[vrf]]\nname = \"tenant-a\"\nvni = 10001\ntable = 1001\nprefixes = [\"10.0.1.0/24\"]\n")
+                .unwrap();
+        let (intents, _) = watch::channel(intents);
+        let (ports_tx, ports) = watch::channel(Vec::new());
+        Rig {
+            settings: Settings {
+                switch: "leaf1".into(),
+                thresholds: Thresholds::default(),
+                images: Some(ImageSource {
+                    dir: images,
+                    base_url: "http://10.100.1.1:8070/boot/images".into(),
+                }),
+                lease_db: None,
+            },
+            _dir: dir,
+            store,
+            lldp,
+            intents,
+            ports,
+            ports_tx,
+        }
+    }
+
+    fn manager(rig: &Rig) -> Manager {
+        Manager::load(
+            rig.settings.clone(),
+            rig.store.clone(),
+            rig.lldp.subscribe(),
+            rig.intents.subscribe(),
+            rig.ports_tx.clone(),
+        )
+        .unwrap()
+    }
+
+    fn registration() -> InstallerCall {
+        InstallerCall::Register(Box::new(Registration {
+            hardware: Hardware {
+                uuid: UUID.into(),
+                cpus: 2,
+                memory_bytes: 1 << 30,
+                nics: vec![Nic {
+                    name: "eth0".into(),
+                    mac: "52:54:00:6d:01:01".into(),
+                    up: true,
+                }],
+                ..Hardware::default()
+            },
+            installer: "test".into(),
+        }))
+    }
+
+    fn event(name: &str) -> InstallerCall {
+        InstallerCall::Event {
+            uuid: UUID.into(),
+            report: EventReport {
+                event: name.into(),
+                message: String::new(),
+            },
+        }
+    }
+
+    fn allocation() -> AllocateRequest {
+        AllocateRequest {
+            image: "os".into(),
+            ip: "10.0.1.11".parse().unwrap(),
+            hostname: "web-1".into(),
+            ssh_keys: vec![],
+            user_data: String::new(),
+            vrf: None,
+        }
+    }
+
+    fn kinds(m: &Manager) -> Vec<EventKind> {
+        m.machines[UUID]
+            .lifecycle
+            .events
+            .iter()
+            .rev()
+            .map(|e| e.kind)
+            .collect()
+    }
+
+    #[test]
+    fn lifecycle_allocation_routing_reclaim_and_restart() {
+        let rig = rig();
+        let mut m = manager(&rig);
+        let t = 1_800_000_000_000;
+        m.installer(event("Preparing"), PEER, t).unwrap();
+        assert_eq!(
+            m.installer(registration(), PEER, t + 1).unwrap(),
+            Directive::Wipe
+        );
+        // Not Waiting yet: refused.
+        assert!(
+            m.allocate(UUID, allocation(), t + 2)
+                .unwrap_err()
+                .contains("not Waiting")
+        );
+        m.installer(event("Waiting"), PEER, t + 3).unwrap();
+        assert_eq!(
+            m.installer(InstallerCall::Heartbeat { uuid: UUID.into() }, PEER, t + 4)
+                .unwrap(),
+            Directive::Wait
+        );
+        // Outside every tenant prefix, or an unknown image: refused.
+        let mut outside = allocation();
+        outside.ip = "10.9.9.9".parse().unwrap();
+        assert!(m.allocate(UUID, outside, t + 5).is_err());
+        let mut unknown = allocation();
+        unknown.image = "nope".into();
+        assert!(
+            m.allocate(UUID, unknown, t + 5)
+                .unwrap_err()
+                .contains("unknown image")
+        );
+        let machine = m.allocate(UUID, allocation(), t + 5).unwrap();
+        assert_eq!(machine.allocation.as_ref().unwrap().vrf, "tenant-a");
+        assert!(
+            m.allocate(UUID, allocation(), t + 6)
+                .unwrap_err()
+                .contains("already allocated")
+        );
+        let Directive::Install { allocation } = m
+            .installer(InstallerCall::Heartbeat { uuid: UUID.into() }, PEER, t + 7)
+            .unwrap()
+        else {
+            panic!("no install directive");
+        };
+        assert_eq!(
+            allocation.image_url,
+            "http://10.100.1.1:8070/boot/images/os.img"
+        );
+        assert_eq!(allocation.image_sha256, "ab".repeat(32));
+        m.installer(event("Installing"), PEER, t + 8).unwrap();
+        m.installer(event("Installing"), PEER, t + 9).unwrap();
+        m.installer(event("Booting New Kernel"), PEER, t + 10)
+            .unwrap();
+        // The port joins the VRF only after the delay.
+        m.route_due(t + 11);
+        assert!(rig.ports.borrow().is_empty());
+        m.route_due(t + 10 + ROUTE_DELAY_MS);
+        assert_eq!(rig.ports.borrow()[0].1.name, "m1-1");
+        assert_eq!(
+            m.installer(
+                InstallerCall::PhoneHome { uuid: UUID.into() },
+                PEER,
+                t + 2000
+            )
+            .unwrap(),
+            Directive::None
+        );
+
+        // A restart loads exactly what was stored.
+        drop(m);
+        let mut m = manager(&rig);
+        assert_eq!(
+            kinds(&m),
+            [
+                EventKind::Preparing,
+                EventKind::Registering,
+                EventKind::Waiting,
+                EventKind::Installing,
+                EventKind::BootingNewKernel,
+                EventKind::PhonedHome
+            ]
+        );
+        assert_eq!(rig.ports.borrow().len(), 1);
+
+        m.free(UUID, t + 3000).unwrap();
+        assert!(
+            m.free(UUID, t + 3001)
+                .unwrap_err()
+                .contains("not allocated")
+        );
+        assert_eq!(
+            m.installer(
+                InstallerCall::PhoneHome { uuid: UUID.into() },
+                PEER,
+                t + 3002
+            )
+            .unwrap(),
+            Directive::Reboot
+        );
+        m.route_due(t + 3002 + ROUTE_DELAY_MS);
+        assert!(
+            rig.ports.borrow().is_empty(),
+            "the port did not leave the VRF"
+        );
+        assert_eq!(
+            m.installer(registration(), PEER, t + 4000).unwrap(),
+            Directive::Wipe
+        );
+        m.installer(event("Waiting"), PEER, t + 4001).unwrap();
+        assert_eq!(m.machines[UUID].state, "Waiting");
+        // Reports an installer may not make are refused.
+        assert_eq!(
+            m.installer(event("Phoned Home"), PEER, t + 4002)
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            m.installer(
+                InstallerCall::Heartbeat {
+                    uuid: "6d6d0000-0000-4000-8000-0000000000ff".into()
+                },
+                PEER,
+                t
+            )
+            .unwrap_err()
+            .status,
+            404
+        );
+    }
+}
