@@ -10,6 +10,17 @@ use uhlc::{HLC, HLCBuilder, ID, NTP64, Timestamp};
 /// is distrusted.
 const MAX_DRIFT: Duration = Duration::from_secs(60);
 
+/// [`MAX_DRIFT`] in version units (NTP64: 2^32 per second).
+pub const MAX_DRIFT_VERSION: u64 = 60 << 32;
+
+/// The wall clock as a version.
+pub fn now_version() -> Version {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    NTP64::from(now).as_u64()
+}
+
 pub struct Clock {
     hlc: HLC,
     id: ID,

@@ -164,6 +164,13 @@ impl Store {
         };
         let applied = self.apply_locked(&mut state, vec![record])?;
         drop(state);
+        if applied.is_empty() {
+            // Only a stored version from the future beats a fresh one.
+            return Err(StoreError::Invalid {
+                id: format!("{kind}/{key}"),
+                reason: "a newer version is stored; this node's clock is behind".into(),
+            });
+        }
         self.publish(&applied);
         Ok(applied.into_iter().next())
     }
@@ -353,9 +360,35 @@ impl Replica for Store {
         Ok(found)
     }
 
+    /// Records from other nodes. Refused (dropped with a log line, the rest
+    /// still applied): records claiming to come from this node, records
+    /// that would move a key to another writer, and versions too far in the
+    /// future (they would pin the key against its writer).
     fn apply(&mut self, records: Vec<Record>) -> Result<Vec<Record>, StoreError> {
         let mut state = self.lock();
-        let applied = self.apply_locked(&mut state, records)?;
+        let horizon = crate::clock::now_version().saturating_add(crate::clock::MAX_DRIFT_VERSION);
+        let mut accepted = Vec::with_capacity(records.len());
+        for record in records {
+            let refused = if record.origin == self.inner.origin {
+                Some("claims to be this node's record")
+            } else if record.version > horizon {
+                Some("version too far in the future")
+            } else if self
+                .get_locked(&state, &record.id)?
+                .is_some_and(|stored| stored.origin != record.origin)
+            {
+                Some("the key belongs to another origin")
+            } else {
+                None
+            };
+            match refused {
+                Some(reason) => {
+                    tracing::warn!(record = %record.id, origin = %record.origin, reason, "received record refused");
+                }
+                None => accepted.push(record),
+            }
+        }
+        let applied = self.apply_locked(&mut state, accepted)?;
         drop(state);
         self.publish(&applied);
         Ok(applied)
@@ -474,14 +507,27 @@ mod tests {
                 .as_deref(),
             Some("c")
         );
-        let bad = Record {
+        // Refused, the rest of a batch still applied: a version far in the
+        // future, a record claiming this node, a key changing writer.
+        let future = Record {
+            version: crate::clock::now_version() + (3600 << 32),
+            ..record(8, "d")
+        };
+        let mine = Record {
+            id: RecordKey::new(RecordKind::Switch, "leaf1"),
+            origin: "leaf1".into(),
+            ..record(9, "e")
+        };
+        let stolen = Record {
+            origin: "leaf3".into(),
+            ..record(10, "f")
+        };
+        assert!(store.apply(vec![future, mine, stolen]).unwrap().is_empty());
+        let overflow = Record {
             version: u64::MAX,
             ..record(8, "d")
         };
-        assert!(matches!(
-            store.apply(vec![bad]),
-            Err(StoreError::Invalid { .. })
-        ));
+        assert!(overflow.validate().is_err());
         assert_eq!(store.versions_of("leaf2").unwrap().len(), 1);
     }
 

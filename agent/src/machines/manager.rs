@@ -24,6 +24,17 @@ use crate::lldp::LldpSnapshot;
 const RECLAIM_GRACE_MS: u64 = 60_000;
 /// How long a PXE boot waits to be matched to the machine that registers.
 const PXE_MATCH_MS: u64 = 10 * 60_000;
+/// Machines one leaf keeps; registrations beyond are refused.
+const MAX_MACHINES: usize = 4096;
+/// Unmatched PXE boots remembered.
+const MAX_PENDING_PXE: usize = 4096;
+/// Longest event message stored (bytes): keeps a machine record well
+/// inside the mesh's record size limit.
+const MAX_MESSAGE_BYTES: usize = 200;
+/// Disks or NICs a registration may report, and the length of its strings.
+const MAX_DEVICES: usize = 64;
+const MAX_HARDWARE_TEXT: usize = 128;
+
 /// Delay between `Booting New Kernel` and moving the port into the tenant
 /// VRF: the answer to that report must reach the installer over the
 /// provisioning network first.
@@ -241,6 +252,15 @@ impl Manager {
             None => {
                 self.pending_pxe
                     .retain(|_, at| now.saturating_sub(*at) < PXE_MATCH_MS);
+                if self.pending_pxe.len() >= MAX_PENDING_PXE
+                    && let Some(oldest) = self
+                        .pending_pxe
+                        .iter()
+                        .min_by_key(|(_, at)| **at)
+                        .map(|(mac, _)| mac.clone())
+                {
+                    self.pending_pxe.remove(&oldest);
+                }
                 self.pending_pxe.insert(mac.to_string(), now);
             }
         }
@@ -264,6 +284,26 @@ impl Manager {
         }
     }
 
+    /// Whether `peer` may speak for machine `uuid` on the provisioning
+    /// network: its DHCP lease must belong to one of the machine's NICs.
+    /// Without a lease store (tests) or for a machine not registered yet,
+    /// anyone may.
+    fn authorize(&self, uuid: &str, peer: IpAddr) -> Result<(), ApiError> {
+        let Some(hardware) = self.machines.get(uuid).and_then(|m| m.hardware.as_ref()) else {
+            return Ok(());
+        };
+        if self.settings.lease_db.is_none() {
+            return Ok(());
+        }
+        match self.mac_of_peer(peer) {
+            Some(mac) if hardware.nics.iter().any(|nic| nic.mac == mac) => Ok(()),
+            _ => Err(api(
+                403,
+                format!("{peer} is not an address of machine {uuid}"),
+            )),
+        }
+    }
+
     pub fn installer(
         &mut self,
         call: InstallerCall,
@@ -271,7 +311,7 @@ impl Manager {
         now: u64,
     ) -> Result<Directive, ApiError> {
         match call {
-            InstallerCall::Event { uuid, report } => {
+            InstallerCall::Event { uuid, mut report } => {
                 let kind = parse_event(&report.event)
                     .filter(|k| {
                         matches!(
@@ -289,6 +329,17 @@ impl Manager {
                             format!("`{}` is not an event an installer reports", report.event),
                         )
                     })?;
+                if !self.machines.contains_key(&uuid) {
+                    // Only a starting installer introduces a new machine.
+                    if kind != EventKind::Preparing {
+                        return Err(api(404, format!("machine {uuid} is not registered")));
+                    }
+                    if self.machines.len() >= MAX_MACHINES {
+                        return Err(api(507, "this leaf manages as many machines as it can"));
+                    }
+                }
+                self.authorize(&uuid, peer)?;
+                truncate_message(&mut report.message);
                 self.adopt_pxe(&uuid, peer);
                 self.event(&uuid, now, kind, &report.message);
                 if kind == EventKind::BootingNewKernel
@@ -310,6 +361,7 @@ impl Manager {
             }
             InstallerCall::Register(registration) => self.register(*registration, peer, now),
             InstallerCall::Heartbeat { uuid } => {
+                self.authorize(&uuid, peer)?;
                 let machine = self
                     .machines
                     .get_mut(&uuid)
@@ -335,6 +387,17 @@ impl Manager {
                     .machines
                     .get_mut(&uuid)
                     .ok_or_else(|| api(404, format!("machine {uuid} is not registered")))?;
+                // The installed system calls from its allocated address.
+                let own = [&machine.allocation, &machine.reclaiming]
+                    .into_iter()
+                    .flatten()
+                    .any(|e| IpAddr::V4(e.request.ip) == peer);
+                if !own {
+                    return Err(api(
+                        403,
+                        format!("{peer} is not the address of machine {uuid}"),
+                    ));
+                }
                 machine.lifecycle.last_heartbeat = Some(now);
                 if machine.reclaiming.is_some() {
                     // Once the answer is out, the port goes back to the
@@ -364,6 +427,39 @@ impl Manager {
     ) -> Result<Directive, ApiError> {
         let hardware = registration.hardware;
         let uuid = hardware.uuid.to_lowercase();
+        if hardware.disks.len() > MAX_DEVICES || hardware.nics.len() > MAX_DEVICES {
+            return Err(api(400, format!("more than {MAX_DEVICES} disks or NICs")));
+        }
+        let texts = [&hardware.vendor, &hardware.product, &hardware.serial]
+            .into_iter()
+            .chain(
+                hardware
+                    .disks
+                    .iter()
+                    .flat_map(|d| [&d.name, &d.model, &d.serial]),
+            )
+            .chain(hardware.nics.iter().flat_map(|n| [&n.name, &n.mac]));
+        if texts.into_iter().any(|t| t.len() > MAX_HARDWARE_TEXT) {
+            return Err(api(
+                400,
+                format!("a hardware field exceeds {MAX_HARDWARE_TEXT} bytes"),
+            ));
+        }
+        if !self.machines.contains_key(&uuid) && self.machines.len() >= MAX_MACHINES {
+            return Err(api(507, "this leaf manages as many machines as it can"));
+        }
+        // A known machine re-registers only from one of its own NICs, and
+        // any registration comes from a NIC it reports (when the caller has
+        // a lease at all; strangers without one are flagged below).
+        self.authorize(&uuid, peer)?;
+        if let Some(mac) = self.mac_of_peer(peer)
+            && !hardware.nics.iter().any(|nic| nic.mac == mac)
+        {
+            return Err(api(
+                403,
+                format!("{peer} ({mac}) is not one of the registered NICs"),
+            ));
+        }
         self.adopt_pxe(&uuid, peer);
         let seen = self.macs_seen();
         let unknown_mac = !hardware.nics.iter().any(|nic| seen.contains(&nic.mac));
@@ -678,6 +774,20 @@ impl Manager {
     }
 }
 
+/// Cuts an installer's message to [`MAX_MESSAGE_BYTES`] (at a character
+/// boundary) and replaces control characters.
+fn truncate_message(message: &mut String) {
+    let mut end = message.len().min(MAX_MESSAGE_BYTES);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    *message = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+}
+
 /// The port whose LLDP neighbour announces `uuid` as its chassis ID.
 pub fn port_of(lldp: &LldpSnapshot, uuid: &str) -> Option<String> {
     lldp.neighbors
@@ -716,6 +826,11 @@ pub async fn run(
                 let answer = manager.installer(request.call, request.peer, now);
                 match (heartbeat, answer) {
                     (Some(uuid), Ok(Directive::Wait)) => {
+                        // One held heartbeat per machine: an older one is answered now.
+                        if let Some(index) = parked.iter().position(|(u, _, _)| *u == uuid) {
+                            let (_, _, older) = parked.swap_remove(index);
+                            let _ = older.send(Ok(Directive::Wait));
+                        }
                         parked.push((uuid, now + HEARTBEAT_HOLD_MS, request.reply));
                     }
                     (_, answer) => {
@@ -784,6 +899,7 @@ mod tests {
 
     const UUID: &str = "6d6d0000-0000-4000-8000-000001000001";
     const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 100, 1, 100));
+    const MACHINE_IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 1, 11));
 
     struct Rig {
         _dir: tempfile::TempDir,
@@ -963,7 +1079,7 @@ mod tests {
         assert_eq!(
             m.installer(
                 InstallerCall::PhoneHome { uuid: UUID.into() },
-                PEER,
+                MACHINE_IP,
                 t + 2000
             )
             .unwrap(),
@@ -995,7 +1111,7 @@ mod tests {
         assert_eq!(
             m.installer(
                 InstallerCall::PhoneHome { uuid: UUID.into() },
-                PEER,
+                MACHINE_IP,
                 t + 3002
             )
             .unwrap(),
@@ -1012,6 +1128,26 @@ mod tests {
         );
         m.installer(event("Waiting"), PEER, t + 4001).unwrap();
         assert_eq!(m.machines[UUID].state, "Waiting");
+        // Only the machine's own address phones home; unknown machines
+        // cannot report events other than starting.
+        assert_eq!(
+            m.installer(
+                InstallerCall::PhoneHome { uuid: UUID.into() },
+                PEER,
+                t + 4002
+            )
+            .unwrap_err()
+            .status,
+            403
+        );
+        let stranger = InstallerCall::Event {
+            uuid: "6d6d0000-0000-4000-8000-0000000000fe".into(),
+            report: EventReport {
+                event: "Crashed".into(),
+                message: "x".repeat(10_000),
+            },
+        };
+        assert_eq!(m.installer(stranger, PEER, t).unwrap_err().status, 404);
         // Reports an installer may not make are refused.
         assert_eq!(
             m.installer(event("Phoned Home"), PEER, t + 4002)

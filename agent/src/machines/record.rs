@@ -9,6 +9,9 @@ use metalmesh_provisioning::lifecycle::{Event, Lifecycle, Thresholds};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
+/// Events in a machine record's summary.
+const SUMMARY_EVENTS: usize = 20;
+
 /// What `machine allocate` asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllocateRequest {
@@ -87,7 +90,14 @@ impl MachineRecord {
             .map(|kind| event_name(kind).to_string())
             .unwrap_or_default();
         self.liveliness = format!("{:?}", self.lifecycle.liveliness(now, thresholds));
-        self.events = self.lifecycle.events.iter().cloned().collect();
+        // The summary carries the newest events; the lifecycle keeps the history.
+        self.events = self
+            .lifecycle
+            .events
+            .iter()
+            .take(SUMMARY_EVENTS)
+            .cloned()
+            .collect();
         self.crash_loop = self.lifecycle.crash_loop;
         self.failed_machine_reclaim = self.lifecycle.failed_machine_reclaim;
     }

@@ -274,7 +274,7 @@ impl<R: Replica> MeshNode<R> {
             }
             Message::SyncOrigins(theirs) => self.sync_origins(&from, theirs, actions),
             Message::SyncVersions(theirs) => self.sync_versions(&from, theirs, actions),
-            Message::SyncWant(ids) => match self.replica.records(&ids) {
+            Message::SyncWant(ids) => match self.replica.records(&unique_capped(ids)) {
                 Ok(records) => {
                     for batch in batches(records) {
                         self.send(actions, &from, Message::SyncRecords(batch));
@@ -375,7 +375,12 @@ impl<R: Replica> MeshNode<R> {
     ) {
         let mut push = Vec::new();
         let mut want = Vec::new();
+        let mut origins_seen = HashSet::new();
         for (origin, their_versions) in theirs {
+            // Each origin is answered once per exchange, however often listed.
+            if !origins_seen.insert(origin.clone()) {
+                continue;
+            }
             let mine: HashMap<RecordKey, Version> = match self.replica.versions_of(&origin) {
                 Ok(versions) => versions.into_iter().collect(),
                 Err(error) => {
@@ -398,6 +403,8 @@ impl<R: Replica> MeshNode<R> {
             push.extend(mine.into_keys().filter(|id| !seen.contains(id)));
         }
         self.counters.sync_rounds += 1;
+        let push = unique_capped(push);
+        let want = unique_capped(want);
         if !push.is_empty() {
             match self.replica.records(&push) {
                 Ok(records) => {
@@ -572,6 +579,19 @@ impl<R: Replica> MeshNode<R> {
             }
         }
     }
+}
+
+/// Records one request may ask for or send: bounds the work and memory a
+/// single peer message can cause (anti-entropy fetches the rest next round).
+pub const MAX_IDS_PER_EXCHANGE: usize = 16_384;
+
+/// `ids` without repeats, at most [`MAX_IDS_PER_EXCHANGE`].
+fn unique_capped(ids: Vec<RecordKey>) -> Vec<RecordKey> {
+    let mut seen = HashSet::with_capacity(ids.len().min(MAX_IDS_PER_EXCHANGE));
+    ids.into_iter()
+        .filter(|id| seen.insert(id.clone()))
+        .take(MAX_IDS_PER_EXCHANGE)
+        .collect()
 }
 
 impl<R> MeshNode<R> {

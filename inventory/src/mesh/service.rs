@@ -133,6 +133,14 @@ impl MeshView {
         };
         let exchange = async {
             let connection = connections.get(addr).await.map_err(peer_error)?;
+            // The address came from gossip: only the named node's own
+            // certificate may answer a command meant for it.
+            let answering = peer_name(&connection).unwrap_or_default();
+            if answering != node {
+                return Err(peer_error(format!(
+                    "{addr} presents the certificate of {answering:?}, not {node:?}"
+                )));
+            }
             let (mut send, mut receive) = connection
                 .open_bi()
                 .await

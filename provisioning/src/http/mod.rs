@@ -57,6 +57,10 @@ pub fn router(config: &HttpBootConfig) -> Router {
         )
         .route("/ipxe/{mac}", get(ipxe::script))
         .route("/boot/{*path}", get(files::serve))
+        // Refuse large bodies before buffering them (boot files are GETs).
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::installer::api::MAX_BODY_BYTES,
+        ))
         .layer(middleware::from_fn(access_log))
         .with_state(state)
 }

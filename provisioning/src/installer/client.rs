@@ -128,7 +128,7 @@ pub fn request(method: &str, url: &str, body: Option<&[u8]>) -> Result<Response,
         detail: detail.to_string(),
     };
     let mut line = String::new();
-    reader.read_line(&mut line).map_err(io)?;
+    read_line(&mut reader, &mut line).map_err(io)?;
     let status = line
         .split_whitespace()
         .nth(1)
@@ -137,7 +137,7 @@ pub fn request(method: &str, url: &str, body: Option<&[u8]>) -> Result<Response,
     let mut content_length = None;
     for _ in 0..100 {
         line.clear();
-        reader.read_line(&mut line).map_err(io)?;
+        read_line(&mut reader, &mut line).map_err(io)?;
         let header = line.trim_end();
         if header.is_empty() {
             return Ok(Response {
@@ -157,6 +157,11 @@ pub fn request(method: &str, url: &str, body: Option<&[u8]>) -> Result<Response,
         }
     }
     Err(malformed("too many headers"))
+}
+
+/// Reads one header line of at most 8 KiB.
+fn read_line(reader: &mut BufReader<TcpStream>, line: &mut String) -> std::io::Result<usize> {
+    reader.by_ref().take(8192).read_line(line)
 }
 
 /// POSTs `body` as JSON and decodes the JSON answer.

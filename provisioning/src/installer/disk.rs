@@ -63,8 +63,8 @@ pub fn wipe(path: &Path) -> Result<(), DiskError> {
 }
 
 /// Copies `image` (of `size` bytes, if known) onto the disk at `path`,
-/// hashing as it goes; on a checksum mismatch the disk is wiped so nothing
-/// half-written can boot. `progress(written, total)` is called now and then.
+/// hashing as it goes; on any failure (checksum, stream, disk) the disk is
+/// wiped so nothing half-written can boot. `progress(written, total)` is called now and then.
 pub fn write_image(
     image: &mut impl Read,
     size: Option<u64>,
@@ -82,6 +82,24 @@ pub fn write_image(
             capacity,
         });
     }
+    let result = stream(image, size, path, capacity, expected_sha256, &mut progress);
+    if let Err(error) = &result
+        && !matches!(error, DiskError::Checksum { .. })
+    {
+        // Whatever was written must not boot.
+        let _ = wipe(path);
+    }
+    result
+}
+
+fn stream(
+    image: &mut impl Read,
+    size: Option<u64>,
+    path: &Path,
+    capacity: u64,
+    expected_sha256: &str,
+    progress: &mut impl FnMut(u64, Option<u64>),
+) -> Result<u64, DiskError> {
     let mut file = OpenOptions::new()
         .write(true)
         .open(path)
