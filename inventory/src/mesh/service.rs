@@ -27,6 +27,10 @@ const INBOUND_QUEUE: usize = 1024;
 /// Largest command or reply.
 const MAX_COMMAND_BYTES: usize = 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a peer may take to deliver one message stream.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a command may take, from reading it to answering it.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
@@ -476,10 +480,16 @@ async fn serve_connection(
             () = cancel.cancelled() => return,
             stream = connection.accept_uni() => {
                 let mut stream = match stream { Ok(s) => s, Err(_) => return };
-                let bytes = match stream.read_to_end(MAX_MESSAGE_BYTES).await {
-                    Ok(bytes) => bytes,
-                    Err(error) => {
+                // A peer trickling one stream must not stall its connection for long.
+                let bytes = match tokio::time::timeout(STREAM_TIMEOUT, stream.read_to_end(MAX_MESSAGE_BYTES)).await {
+                    Ok(Ok(bytes)) => bytes,
+                    Ok(Err(error)) => {
                         tracing::warn!(%remote, peer = %name, %error, "mesh message dropped");
+                        continue;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%remote, peer = %name, "mesh message dropped: not complete within {STREAM_TIMEOUT:?}");
+                        let _ = stream.stop(quinn::VarInt::from_u32(2));
                         continue;
                     }
                 };
@@ -530,11 +540,12 @@ async fn answer_command(
             .await
             .map_err(|_| "this node does not take commands".to_string())?;
         answer.await.map_err(|_| "command dropped".to_string())?
-    }
-    .await;
+    };
+    let reply = tokio::time::timeout(COMMAND_TIMEOUT, reply).await;
     let frame = match reply {
-        Ok(value) => ReplyFrame::Ok(value),
-        Err(message) => ReplyFrame::Err(message),
+        Ok(Ok(value)) => ReplyFrame::Ok(value),
+        Ok(Err(message)) => ReplyFrame::Err(message),
+        Err(_) => ReplyFrame::Err(format!("no answer within {COMMAND_TIMEOUT:?}")),
     };
     if let Ok(bytes) = serde_json::to_vec(&frame) {
         let _ = send.write_all(&bytes).await;
