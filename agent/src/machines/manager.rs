@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use metalmesh_inventory::mesh::service::blocking;
 use metalmesh_inventory::{RecordKind, Store};
 use metalmesh_provisioning::http::installer_api::{ApiError, InstallerCall, InstallerRequest};
 use metalmesh_provisioning::installer::api::{Allocation, Directive, Registration};
@@ -823,7 +824,7 @@ pub async fn run(
                     InstallerCall::Heartbeat { uuid } => Some(uuid.clone()),
                     _ => None,
                 };
-                let answer = manager.installer(request.call, request.peer, now);
+                let answer = blocking(|| manager.installer(request.call, request.peer, now));
                 match (heartbeat, answer) {
                     (Some(uuid), Ok(Directive::Wait)) => {
                         // One held heartbeat per machine: an older one is answered now.
@@ -838,14 +839,14 @@ pub async fn run(
                     }
                 }
             }
-            Some(mac) = pxe.recv() => manager.pxe_booting(&mac, now_ms()),
+            Some(mac) = pxe.recv() => blocking(|| manager.pxe_booting(&mac, now_ms())),
             Some(command) = commands.recv() => {
-                manager.command(command, now_ms());
+                blocking(|| manager.command(command, now_ms()));
                 answer_parked(manager, &mut parked, false);
             }
-            _ = tick.tick() => manager.tick(now_ms()),
+            _ = tick.tick() => blocking(|| manager.tick(now_ms())),
             _ = routes.tick() => {
-                manager.route_due(now_ms());
+                blocking(|| manager.route_due(now_ms()));
                 answer_parked(manager, &mut parked, true);
             }
         }
