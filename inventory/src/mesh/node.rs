@@ -250,6 +250,28 @@ impl<R: Replica> MeshNode<R> {
         let from = envelope.from;
         match envelope.message {
             Message::Swim(bytes) => {
+                // The SWIM sender must be the node the envelope (and so the
+                // certificate) names: nobody speaks for another member.
+                match <PostcardCodec as foca::Codec<Peer>>::decode_header(
+                    &mut PostcardCodec,
+                    &bytes[..],
+                ) {
+                    Ok(header) if header.src.name == from.name => {}
+                    Ok(header) => {
+                        actions.push(Action::Refused {
+                            reason: format!("SWIM packet claims to come from {}", header.src),
+                            from,
+                        });
+                        return;
+                    }
+                    Err(error) => {
+                        actions.push(Action::Refused {
+                            from,
+                            reason: format!("SWIM packet: {error}"),
+                        });
+                        return;
+                    }
+                }
                 if let Err(error) = self.foca.handle_data(&bytes, &mut self.runtime) {
                     actions.push(Action::Refused {
                         from: from.clone(),
@@ -598,5 +620,75 @@ impl<R> MeshNode<R> {
     /// Takes the node apart (identity, counters, replica), e.g. to restart it.
     pub fn into_parts(self) -> (Peer, Counters, R) {
         (self.identity, self.counters, self.replica)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::MemoryReplica;
+
+    fn peer(name: &str, last: u8) -> Peer {
+        Peer {
+            name: name.into(),
+            addr: SocketAddr::from(([10, 0, 0, last], 7946)),
+            bump: 1,
+        }
+    }
+
+    fn swim_from(sender: &Peer, to: &Peer) -> Vec<u8> {
+        let mut node = MeshNode::new(
+            sender.clone(),
+            vec![to.addr],
+            MemoryReplica::default(),
+            Tuning::default(),
+            1,
+        );
+        node.start()
+            .into_iter()
+            .find_map(|action| match action {
+                Action::Send {
+                    envelope:
+                        Envelope {
+                            message: Message::Swim(bytes),
+                            ..
+                        },
+                    ..
+                } => Some(bytes),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn swim_packets_must_come_from_the_envelope_sender() {
+        let (a, b, c) = (peer("a", 1), peer("b", 2), peer("c", 3));
+        let mut node = MeshNode::new(
+            b.clone(),
+            vec![],
+            MemoryReplica::default(),
+            Tuning::default(),
+            2,
+        );
+        let announce = swim_from(&a, &b);
+        let forged = Envelope {
+            version: WIRE_VERSION,
+            from: c.clone(),
+            message: Message::Swim(announce.clone()),
+        };
+        let actions = node.handle(Input::Received(forged));
+        assert!(
+            actions.iter().any(|a| matches!(a, Action::Refused { .. })),
+            "{actions:?}"
+        );
+        assert!(node.members().is_empty());
+        let genuine = Envelope {
+            version: WIRE_VERSION,
+            from: a.clone(),
+            message: Message::Swim(announce),
+        };
+        node.handle(Input::Received(genuine));
+        assert_eq!(node.members().len(), 1);
+        assert_eq!(node.members()[0].0.name, "a");
     }
 }
