@@ -615,8 +615,11 @@ const OPTIONS_OFFSET: usize = 240;
 
 /// Walks the options before the decoder does and rejects lengths it would
 /// assert on, and option overloading (52), which this server does not use.
+/// A checked option may appear once: the decoder concatenates repeated
+/// options (RFC 3396), and two well-formed halves make a length it asserts on.
 fn options_are_sane(datagram: &[u8]) -> bool {
     let mut offset = OPTIONS_OFFSET;
+    let mut seen_checked = [false; CHECKED_LENGTHS.len()];
     while let Some(&code) = datagram.get(offset) {
         match code {
             0 => offset += 1,
@@ -638,6 +641,12 @@ fn options_are_sane(datagram: &[u8]) -> bool {
                 });
                 if bad {
                     return false;
+                }
+                if let Some(index) = CHECKED_LENGTHS.iter().position(|&(c, _)| c == code) {
+                    if seen_checked[index] {
+                        return false;
+                    }
+                    seen_checked[index] = true;
                 }
                 offset += 2 + usize::from(len);
             }
@@ -690,6 +699,23 @@ pub fn request_message(mac: [u8; 6], kind: MessageType, options: Vec<DhcpOption>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fixed_length_options_are_checked_before_decoding() {
+        let with = |options: &[u8]| {
+            let mut datagram = vec![0u8; OPTIONS_OFFSET];
+            datagram.extend_from_slice(options);
+            datagram.push(255);
+            datagram
+        };
+        assert!(options_are_sane(&with(&[154, 4, 0, 0, 0, 1])));
+        assert!(!options_are_sane(&with(&[154, 2, 0, 1])));
+        // Two halves the decoder would concatenate into 8 bytes.
+        assert!(!options_are_sane(&with(&[
+            154, 4, 0, 0, 0, 1, 154, 4, 0, 0, 0, 2
+        ])));
+        assert!(!options_are_sane(&with(&[52, 1, 3])));
+    }
+
     use super::*;
     use crate::dhcp::settings::example;
     use dhcproto::v4::{Architecture, relay};
