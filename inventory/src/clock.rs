@@ -1,16 +1,14 @@
-//! Record versions from a hybrid logical clock: wall-clock time in NTP64 form
-//! that never goes backwards and never repeats on one node, even across
-//! restarts (the store seeds the clock with the newest version it holds).
+//! Record versions: wall-clock time in NTP64 form (seconds since the UNIX
+//! epoch in the upper 32 bits, the fraction in the lower 32) that never goes
+//! backwards and never repeats on one node, even across restarts: the store
+//! seeds the clock with the newest version this node ever wrote, so a wall
+//! clock that stepped back continues from there instead of reusing versions.
 
 use crate::record::Version;
-use std::time::Duration;
-use uhlc::{HLC, HLCBuilder, ID, NTP64, Timestamp};
+use std::sync::Mutex;
 
-/// How far a remote timestamp may run ahead of the local wall clock before it
-/// is distrusted.
-const MAX_DRIFT: Duration = Duration::from_secs(60);
-
-/// [`MAX_DRIFT`] in version units (NTP64: 2^32 per second).
+/// How far a received version may run ahead of the local wall clock before it
+/// is distrusted: 60 s in version units (2^32 per second).
 pub const MAX_DRIFT_VERSION: u64 = 60 << 32;
 
 /// The wall clock as a version.
@@ -18,53 +16,38 @@ pub fn now_version() -> Version {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    NTP64::from(now).as_u64()
+    (now.as_secs() << 32) | ((u64::from(now.subsec_nanos()) << 32) / 1_000_000_000)
 }
 
+/// One node's version source.
+#[derive(Debug, Default)]
 pub struct Clock {
-    hlc: HLC,
-    id: ID,
+    last: Mutex<Version>,
 }
 
 impl Clock {
-    /// A clock for the node called `origin`.
-    pub fn new(origin: &str) -> Clock {
-        let id = node_id(origin);
-        let hlc = HLCBuilder::new()
-            .with_id(id)
-            .with_max_delta(MAX_DRIFT)
-            .build();
-        Clock { hlc, id }
+    pub fn new() -> Clock {
+        Clock::default()
     }
 
-    /// Moves the clock past `version` (used at start with the newest version
-    /// this node ever wrote, so a clock that stepped back cannot reuse one).
+    /// Moves the clock past `version`, however far ahead of the wall clock it
+    /// is (used at start with the newest version this node wrote).
     pub fn observe(&self, version: Version) {
-        let timestamp = Timestamp::new(NTP64(version), self.id);
-        // A version too far in the future is ignored rather than trusted.
-        let _ = self.hlc.update_with_timestamp(&timestamp);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        *last = (*last).max(version);
     }
 
-    /// A fresh version, strictly greater than every earlier one.
+    /// A fresh version, strictly greater than every earlier and observed one.
     pub fn next(&self) -> Version {
-        self.hlc.new_timestamp().get_time().as_u64()
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_version();
+        *last = if now > *last {
+            now
+        } else {
+            last.saturating_add(1)
+        };
+        *last
     }
-}
-
-impl std::fmt::Debug for Clock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Clock").field("id", &self.id).finish()
-    }
-}
-
-fn node_id(origin: &str) -> ID {
-    let hash = crate::record::fingerprint(
-        &crate::record::RecordKey::new(crate::record::RecordKind::Switch, origin),
-        0,
-    );
-    // An all-zero ID is invalid; the hash is never zero in practice, but make
-    // sure.
-    ID::try_from(hash.max(1).to_le_bytes()).unwrap_or_else(|_| ID::rand())
 }
 
 #[cfg(test)]
@@ -73,12 +56,32 @@ mod tests {
 
     #[test]
     fn versions_increase_and_stay_past_observed_ones() {
-        let clock = Clock::new("leaf1");
+        let clock = Clock::new();
         let first = clock.next();
         let second = clock.next();
         assert!(second > first);
         let future = second + (1 << 32) * 5; // five seconds ahead
         clock.observe(future);
         assert!(clock.next() > future);
+    }
+
+    #[test]
+    fn a_seed_far_ahead_of_the_wall_clock_is_kept() {
+        // A switch that rebooted with its clock an hour behind must not
+        // reuse versions it already wrote.
+        let clock = Clock::new();
+        let written_before = now_version() + (3600 << 32);
+        clock.observe(written_before);
+        assert!(clock.next() > written_before);
+    }
+
+    #[test]
+    fn the_wall_clock_is_seconds_and_fraction() {
+        let version = now_version();
+        let seconds = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!((version >> 32).abs_diff(seconds) <= 1);
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! - [`record`]: the replicated unit `(kind, key, origin, version, value)`.
 //! - [`model`]: typed values carried by records.
-//! - [`clock`]: hybrid logical clock versions.
+//! - [`clock`]: record versions (monotonic wall-clock time per node).
 //! - [`store`]: the node-local SQLite replica with change subscriptions.
 //! - [`pki`]: the mesh certificate authority.
 //! - [`mesh`]: SWIM membership, dissemination and anti-entropy over QUIC.

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A hybrid-logical-clock timestamp as a 64-bit NTP-style value; see
+/// A timestamp as a 64-bit NTP-style value that never repeats per node; see
 /// [`crate::clock`]. Larger is newer.
 pub type Version = u64;
 
@@ -135,12 +135,6 @@ impl Record {
         }
         if self.origin.is_empty() || self.origin.len() > MAX_NAME_BYTES {
             return Err(format!("record origin of {} bytes", self.origin.len()));
-        }
-        if i64::try_from(self.version).is_err() {
-            return Err(format!(
-                "{}: version {} out of range",
-                self.id, self.version
-            ));
         }
         if let Some(value) = &self.value
             && value.len() > MAX_VALUE_BYTES

@@ -217,7 +217,7 @@ impl Simulation {
             id: RecordKey::new(kind, key),
             origin: node_name(index),
             // Simulated time in the high bits, a counter in the low ones:
-            // increasing per origin like a hybrid logical clock.
+            // increasing per origin like the node's clock.
             version: (self.now << 20) | (self.version & 0xf_ffff),
             value: Some(value.to_string()),
         };

@@ -93,7 +93,7 @@ impl Store {
             .map_err(sqlite)?;
         migrate(&connection, found).map_err(sqlite)?;
 
-        let clock = Clock::new(origin);
+        let clock = Clock::new();
         let mut digest = DigestIndex::default();
         {
             let mut statement = connection
@@ -147,14 +147,18 @@ impl Store {
     ) -> Result<Option<Record>, StoreError> {
         let id = RecordKey::new(kind, key);
         let mut state = self.lock();
-        if let Some(current) = self.get_locked(&state, &id)?
-            && current.origin == self.inner.origin
-            && current.value == value
-        {
-            return Ok(None);
-        }
-        if value.is_none() && self.get_locked(&state, &id)?.is_none() {
-            return Ok(None);
+        match self.get_locked(&state, &id)? {
+            // Every peer would refuse the write, and replicas would never
+            // agree again: one writer per key.
+            Some(current) if current.origin != self.inner.origin => {
+                return Err(StoreError::Invalid {
+                    id: id.to_string(),
+                    reason: format!("the key belongs to {}", current.origin),
+                });
+            }
+            Some(current) if current.value == value => return Ok(None),
+            None if value.is_none() => return Ok(None),
+            _ => {}
         }
         let record = Record {
             id,
@@ -276,6 +280,13 @@ impl Store {
                 Some(index) => Some(winners[index].1.clone()),
                 None => self.get_locked(state, &record.id)?,
             };
+            if let Some(old) = &previous
+                && old.origin != record.origin
+            {
+                tracing::warn!(record = %record.id, origin = %record.origin, owner = %old.origin,
+                    "received record refused: the key belongs to another origin");
+                continue;
+            }
             if previous.as_ref().is_some_and(|old| !record.supersedes(old)) {
                 continue;
             }
@@ -299,7 +310,9 @@ impl Store {
                         record.id.kind.as_str(),
                         record.id.key,
                         record.origin,
-                        // `validate` keeps versions within i64.
+                        // SQLite integers are signed: the version's bits are
+                        // stored as they are (versions past 2038 read back
+                        // negative in SQL, which never orders by them).
                         record.version as i64,
                         record.value
                     ])
@@ -361,23 +374,26 @@ impl Replica for Store {
     }
 
     /// Records from other nodes. Refused (dropped with a log line, the rest
-    /// still applied): records claiming to come from this node, records
-    /// that would move a key to another writer, and versions too far in the
-    /// future (they would pin the key against its writer).
+    /// still applied): versions too far in the future (they would pin the key
+    /// against its writer), records that would move a key to another writer,
+    /// and records claiming to be this node's for a key it holds. A record of
+    /// this node's that it does not hold is taken back (a node that lost its
+    /// database recovers its records from its peers) and its clock moves past
+    /// it, so the node's next write of that key supersedes it.
     fn apply(&mut self, records: Vec<Record>) -> Result<Vec<Record>, StoreError> {
         let mut state = self.lock();
         let horizon = crate::clock::now_version().saturating_add(crate::clock::MAX_DRIFT_VERSION);
         let mut accepted = Vec::with_capacity(records.len());
         for record in records {
-            let refused = if record.origin == self.inner.origin {
-                Some("claims to be this node's record")
-            } else if record.version > horizon {
+            let refused = if record.version > horizon {
                 Some("version too far in the future")
-            } else if self
-                .get_locked(&state, &record.id)?
-                .is_some_and(|stored| stored.origin != record.origin)
-            {
-                Some("the key belongs to another origin")
+            } else if record.origin == self.inner.origin {
+                if self.get_locked(&state, &record.id)?.is_some() {
+                    Some("claims to be this node's record")
+                } else {
+                    self.inner.clock.observe(record.version);
+                    None
+                }
             } else {
                 None
             };
@@ -413,9 +429,7 @@ fn id_row(
     };
     let kind =
         RecordKind::parse(&kind).ok_or_else(|| corrupt(format!("unknown record kind {kind:?}")))?;
-    let version =
-        u64::try_from(version).map_err(|_| corrupt(format!("negative version of {kind}/{key}")))?;
-    Ok((RecordKey { kind, key }, origin, version))
+    Ok((RecordKey { kind, key }, origin, version as u64))
 }
 
 /// Brings a file from schema `found` to [`SCHEMA_VERSION`], one step per
@@ -522,13 +536,68 @@ mod tests {
             origin: "leaf3".into(),
             ..record(10, "f")
         };
-        assert!(store.apply(vec![future, mine, stolen]).unwrap().is_empty());
+        store
+            .put_local(RecordKind::Switch, "leaf1", Some("{}".into()))
+            .unwrap();
         let overflow = Record {
             version: u64::MAX,
             ..record(8, "d")
         };
-        assert!(overflow.validate().is_err());
+        assert!(
+            store
+                .apply(vec![future, mine, stolen, overflow])
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(store.versions_of("leaf2").unwrap().len(), 1);
+        // This node cannot take a key another node writes either.
+        let error = store
+            .put_local(RecordKind::Port, "leaf2/swp1", Some("{}".into()))
+            .unwrap_err();
+        assert!(error.to_string().contains("belongs to leaf2"), "{error}");
+    }
+
+    #[test]
+    fn a_node_that_lost_its_database_takes_its_records_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = Store::open(&dir.path().join("old.db"), "leaf1").unwrap();
+        let port = before
+            .put_local(RecordKind::Port, "leaf1/swp1", Some("{}".into()))
+            .unwrap()
+            .unwrap();
+        // A peer replays it to the node's fresh, empty database.
+        let mut after = Store::open(&dir.path().join("new.db"), "leaf1").unwrap();
+        assert_eq!(after.apply(vec![port.clone()]).unwrap(), vec![port.clone()]);
+        assert_eq!(after.root_digest(), before.root_digest());
+        // Held now: a second copy is refused, and the next write wins.
+        assert!(after.apply(vec![port.clone()]).unwrap().is_empty());
+        let gone = after
+            .put_local(RecordKind::Port, "leaf1/swp1", None)
+            .unwrap()
+            .unwrap();
+        assert!(gone.supersedes(&port));
+    }
+
+    #[test]
+    fn versions_past_2038_are_stored_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = Store::open(&path, "leaf1").unwrap();
+        // 2040-01-01 in NTP64 form: above i64::MAX.
+        let version = 2_208_988_800u64 << 32;
+        assert!(i64::try_from(version).is_err());
+        let record = Record {
+            id: RecordKey::new(RecordKind::Port, "leaf2/swp1"),
+            origin: "leaf2".into(),
+            version,
+            value: Some("{}".into()),
+        };
+        store
+            .apply_locked(&mut store.lock(), vec![record.clone()])
+            .unwrap();
+        drop(store);
+        let store = Store::open(&path, "leaf1").unwrap();
+        assert_eq!(store.get(&record.id).unwrap(), Some(record));
     }
 
     #[test]
