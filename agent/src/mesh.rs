@@ -31,10 +31,21 @@ pub fn open_store(state_dir: &Path, name: &str) -> anyhow::Result<Store> {
     Ok(Store::open(&state_dir.join("inventory.db"), name)?)
 }
 
-/// Loads the mesh credentials; every error names the file.
-pub fn load_credentials(config: &MeshConfig, state_dir: &Path) -> anyhow::Result<NodeCredentials> {
+/// Loads the mesh credentials of node `name`; every error names the file.
+pub fn load_credentials(
+    config: &MeshConfig,
+    state_dir: &Path,
+    name: &str,
+) -> anyhow::Result<NodeCredentials> {
     let (ca, cert, key) = config.credential_paths(state_dir);
-    NodeCredentials::load(&ca, &cert, &key).context("mesh credentials")
+    let credentials = NodeCredentials::load(&ca, &cert, &key).context("mesh credentials")?;
+    credentials.check_node_name(name).with_context(|| {
+        format!(
+            "mesh certificate {} (set switch.name or issue a certificate for this name)",
+            cert.display()
+        )
+    })?;
+    Ok(credentials)
 }
 
 /// Starts the mesh service and the command handler.

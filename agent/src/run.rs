@@ -64,7 +64,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mesh_credentials = config
         .mesh
         .as_ref()
-        .map(|mesh| crate::mesh::load_credentials(mesh, &config.state_dir))
+        .map(|mesh| crate::mesh::load_credentials(mesh, &config.state_dir, &name))
         .transpose()?;
 
     let listener = Arc::new(server::bind(&config.admin.socket).await?);

@@ -40,7 +40,14 @@ pub enum PkiError {
     Generate(#[from] rcgen::Error),
     #[error("node name {0:?} is not a valid DNS name (letters, digits, '-' and '.')")]
     BadNodeName(String),
+    #[error("validity of {0} days: must be 1..={MAX_VALIDITY_DAYS}")]
+    BadValidity(i64),
+    #[error("the mesh certificate is issued to {found:?}, but this node is {expected:?}")]
+    WrongNode { expected: String, found: String },
 }
+
+/// The longest validity `issue_node_files` grants (100 years).
+pub const MAX_VALIDITY_DAYS: i64 = 36_525;
 
 /// PEM text of a certificate and its private key.
 #[derive(Debug, Clone)]
@@ -117,18 +124,9 @@ pub fn valid_node_name(name: &str) -> bool {
 pub fn init_ca_files(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), PkiError> {
     let cert_path = dir.join("ca.pem");
     let key_path = dir.join("ca.key");
-    for path in [&cert_path, &key_path] {
-        if path.exists() {
-            return Err(PkiError::Exists { path: path.clone() });
-        }
-    }
-    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    refuse_existing(&[&cert_path, &key_path])?;
     let ca = generate_ca(name)?;
-    write_new(&key_path, &ca.key, 0o600)?;
-    write_new(&cert_path, &ca.cert, 0o644)?;
+    write_pair(dir, &ca, &cert_path, &key_path)?;
     Ok((cert_path, key_path))
 }
 
@@ -140,17 +138,16 @@ pub fn issue_node_files(
     out_dir: &Path,
     days: i64,
 ) -> Result<(PathBuf, PathBuf), PkiError> {
+    if !(1..=MAX_VALIDITY_DAYS).contains(&days) {
+        return Err(PkiError::BadValidity(days));
+    }
     let ca = IssuedPem {
         cert: read_text(&ca_dir.join("ca.pem"))?,
         key: read_text(&ca_dir.join("ca.key"))?,
     };
     let cert_path = out_dir.join(format!("{node}.pem"));
     let key_path = out_dir.join(format!("{node}.key"));
-    for path in [&cert_path, &key_path] {
-        if path.exists() {
-            return Err(PkiError::Exists { path: path.clone() });
-        }
-    }
+    refuse_existing(&[&cert_path, &key_path])?;
     let now = OffsetDateTime::now_utc();
     let issued = issue_node(
         &ca,
@@ -158,13 +155,32 @@ pub fn issue_node_files(
         now - Duration::hours(1),
         now + Duration::days(days),
     )?;
-    std::fs::create_dir_all(out_dir).map_err(|source| PkiError::Io {
-        path: out_dir.to_path_buf(),
+    write_pair(out_dir, &issued, &cert_path, &key_path)?;
+    Ok((cert_path, key_path))
+}
+
+fn refuse_existing(paths: &[&PathBuf]) -> Result<(), PkiError> {
+    match paths.iter().find(|path| path.exists()) {
+        Some(path) => Err(PkiError::Exists {
+            path: path.to_path_buf(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Writes the key (owner-only) before the certificate, into `dir`.
+fn write_pair(
+    dir: &Path,
+    pem: &IssuedPem,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(), PkiError> {
+    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+        path: dir.to_path_buf(),
         source,
     })?;
-    write_new(&key_path, &issued.key, 0o600)?;
-    write_new(&cert_path, &issued.cert, 0o644)?;
-    Ok((cert_path, key_path))
+    write_new(key_path, &pem.key, 0o600)?;
+    write_new(cert_path, &pem.cert, 0o644)
 }
 
 /// What a node needs to take part in the mesh: the CA to trust, and its own
@@ -180,34 +196,43 @@ impl NodeCredentials {
     /// Loads the files; every error names the file.
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<NodeCredentials, PkiError> {
         Ok(NodeCredentials {
-            ca: certificates(ca)?,
-            chain: certificates(cert)?,
-            key: private_key(key)?,
+            ca: parse_certificates(&read_text(ca)?, ca)?,
+            chain: parse_certificates(&read_text(cert)?, cert)?,
+            key: parse_key(&read_text(key)?, key)?,
         })
     }
 
     pub fn from_pem(ca: &str, node: &IssuedPem) -> Result<NodeCredentials, PkiError> {
-        let path = PathBuf::from("<memory>");
-        let bad = |detail: String| PkiError::BadPem {
-            path: path.clone(),
-            detail,
-        };
-        let parse_certs = |text: &str| {
-            CertificateDer::pem_slice_iter(text.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| bad(e.to_string()))
-        };
+        let memory = Path::new("<memory>");
         Ok(NodeCredentials {
-            ca: parse_certs(ca)?,
-            chain: parse_certs(&node.cert)?,
-            key: PrivateKeyDer::from_pem_slice(node.key.as_bytes())
-                .map_err(|e| bad(e.to_string()))?,
+            ca: parse_certificates(ca, memory)?,
+            chain: parse_certificates(&node.cert, memory)?,
+            key: parse_key(&node.key, memory)?,
         })
+    }
+
+    /// Checks that the node certificate was issued to `name`: peers check
+    /// every message's sender against it, so a node under another name
+    /// would be refused by all of them.
+    pub fn check_node_name(&self, name: &str) -> Result<(), PkiError> {
+        let found = self
+            .chain
+            .first()
+            .and_then(crate::mesh::tls::certificate_name)
+            .unwrap_or_default();
+        if found == name {
+            Ok(())
+        } else {
+            Err(PkiError::WrongNode {
+                expected: name.to_string(),
+                found,
+            })
+        }
     }
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
-    let text = read_text(path)?;
+/// Every certificate in `text` (at least one); `path` names the source.
+fn parse_certificates(text: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     let certs = CertificateDer::pem_slice_iter(text.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| PkiError::BadPem {
@@ -223,8 +248,7 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     Ok(certs)
 }
 
-fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
-    let text = read_text(path)?;
+fn parse_key(text: &str, path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
     PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|error| match error {
         rustls_pki_types::pem::Error::NoItemsFound => PkiError::NoPem {
             path: path.to_path_buf(),
@@ -284,6 +308,15 @@ mod tests {
         let loaded = NodeCredentials::load(&ca_cert, &cert, &key).unwrap();
         assert_eq!(loaded.ca.len(), 1);
         assert_eq!(loaded.chain.len(), 1);
+        loaded.check_node_name("leaf1").unwrap();
+        let error = loaded.check_node_name("leaf2").unwrap_err();
+        assert!(error.to_string().contains("\"leaf1\""), "{error}");
+        for days in [0, MAX_VALIDITY_DAYS + 1, i64::MAX] {
+            assert!(matches!(
+                issue_node_files(dir.path(), "leaf3", dir.path(), days),
+                Err(PkiError::BadValidity(_))
+            ));
+        }
         assert!(matches!(
             issue_node_files(dir.path(), "bad name", dir.path(), 30),
             Err(PkiError::BadNodeName(_))

@@ -47,6 +47,8 @@ pub enum MeshError {
     Peer { peer: String, detail: String },
     #[error("the mesh service is not running")]
     Stopped,
+    #[error("mesh credentials: {0}")]
+    Credentials(#[from] crate::pki::PkiError),
 }
 
 /// Where this node listens and whom it asks to join.
@@ -99,7 +101,7 @@ pub struct MeshView {
 #[derive(Debug, Default)]
 struct ViewState {
     members: Vec<MemberInfo>,
-    endpoint: Option<(quinn::Endpoint, Arc<Connections>)>,
+    connections: Option<Arc<Connections>>,
 }
 
 impl MeshView {
@@ -128,7 +130,7 @@ impl MeshView {
                 .iter()
                 .find(|member| member.name == node)
                 .ok_or_else(|| MeshError::UnknownMember(node.to_string()))?;
-            let (_, connections) = state.endpoint.clone().ok_or(MeshError::Stopped)?;
+            let connections = state.connections.clone().ok_or(MeshError::Stopped)?;
             (member.addr, connections)
         };
         let peer_error = |detail: String| MeshError::Peer {
@@ -222,6 +224,9 @@ pub async fn run(
     commands: mpsc::Sender<Command>,
     cancel: CancellationToken,
 ) -> Result<(), MeshError> {
+    // Peers check every sender against its certificate: a node running
+    // under another name would be refused by all of them.
+    credentials.check_node_name(&settings.name)?;
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_idle_timeout(Some(
@@ -250,7 +255,7 @@ pub async fn run(
         endpoint: endpoint.clone(),
         slots: Mutex::new(HashMap::new()),
     });
-    view.lock().endpoint = Some((endpoint.clone(), Arc::clone(&connections)));
+    view.lock().connections = Some(Arc::clone(&connections));
 
     let bump = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -281,12 +286,11 @@ pub async fn run(
         tasks.clone(),
     ));
     let mut changes = store.subscribe();
-    let mut writers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut driver = Driver {
         timer_tx,
         tasks: tasks.clone(),
         connections,
-        writers: &mut writers,
+        writers: HashMap::new(),
         view: view.clone(),
     };
     let actions = node.start();
@@ -316,7 +320,7 @@ pub async fn run(
     // Give the goodbye a moment to leave before the endpoint closes.
     tokio::time::sleep(Duration::from_millis(100)).await;
     endpoint.close(quinn::VarInt::from_u32(0), b"shutting down");
-    view.lock().endpoint = None;
+    view.lock().connections = None;
     Ok(())
 }
 
@@ -329,15 +333,15 @@ pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
     }
 }
 
-struct Driver<'a> {
+struct Driver {
     timer_tx: mpsc::UnboundedSender<Timer>,
     tasks: CancellationToken,
     connections: Arc<Connections>,
-    writers: &'a mut HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    writers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     view: MeshView,
 }
 
-impl Driver<'_> {
+impl Driver {
     fn perform(&mut self, node: &mut MeshNode<Store>, actions: Vec<Action>) {
         let mut membership_changed = false;
         for action in actions {
@@ -369,9 +373,9 @@ impl Driver<'_> {
                 }
             }
         }
-        if membership_changed || self.view.lock().members.len() != node.members().len() {
-            let mut members: Vec<MemberInfo> = node
-                .members()
+        let members = node.members();
+        if membership_changed || self.view.lock().members.len() != members.len() {
+            let mut members: Vec<MemberInfo> = members
                 .into_iter()
                 .map(|(peer, state)| MemberInfo {
                     name: peer.name,

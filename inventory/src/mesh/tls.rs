@@ -53,7 +53,7 @@ pub fn server_config(credentials: &NodeCredentials) -> Result<rustls::ServerConf
     Ok(config)
 }
 
-/// The client side. `credentials: None` builds a client without a
+/// The client side. Without `present_certificate` the client shows no
 /// certificate (only useful to prove that servers refuse it).
 pub fn client_config(
     credentials: &NodeCredentials,
