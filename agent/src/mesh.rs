@@ -13,6 +13,7 @@ use metalmesh_inventory::mesh::Tuning;
 use metalmesh_inventory::mesh::service::{self, Command, MeshSettings, MeshView};
 use metalmesh_inventory::model;
 use metalmesh_inventory::pki::NodeCredentials;
+use metalmesh_inventory::store::blocking;
 use metalmesh_inventory::{RecordKind, Store};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -154,7 +155,7 @@ pub fn spawn_publisher(
                     changed = lldp.changed() => changed?,
                     _ = leases.tick() => {
                         if let Some(path) = &lease_db {
-                            publish_leases(&store, path)?;
+                            blocking(|| publish_leases(&store, path))?;
                         }
                         continue;
                     }
@@ -162,7 +163,7 @@ pub fn spawn_publisher(
                 let record = switch.borrow_and_update().clone();
                 let snapshot = lldp.borrow_and_update().clone();
                 if let Some(record) = record {
-                    publish_switch(&store, &record, &snapshot, mesh_address.clone())?;
+                    blocking(|| publish_switch(&store, &record, &snapshot, mesh_address.clone()))?;
                 }
             }
         }
@@ -215,18 +216,7 @@ fn publish_switch(
         )?;
         current.insert(key);
     }
-    // Ports that went away become tombstones.
-    let prefix = format!("{}/", record.name);
-    for old in store.list(Some(RecordKind::Port))? {
-        if old.origin == store.origin()
-            && old.value.is_some()
-            && old.id.key.starts_with(&prefix)
-            && !current.contains(&old.id.key)
-        {
-            store.put_local(RecordKind::Port, &old.id.key, None)?;
-        }
-    }
-    Ok(())
+    retire_missing(store, RecordKind::Port, &current)
 }
 
 fn publish_leases(store: &Store, path: &Path) -> anyhow::Result<()> {
@@ -257,9 +247,19 @@ fn publish_leases(store: &Store, path: &Path) -> anyhow::Result<()> {
         )?;
         current.insert(key);
     }
-    for old in store.list(Some(RecordKind::Lease))? {
-        if old.origin == store.origin() && old.value.is_some() && !current.contains(&old.id.key) {
-            store.put_local(RecordKind::Lease, &old.id.key, None)?;
+    retire_missing(store, RecordKind::Lease, &current)
+}
+
+/// This switch's records of `kind` that are no longer `current` (ports that
+/// went away, leases that ended) become tombstones.
+fn retire_missing(
+    store: &Store,
+    kind: RecordKind,
+    current: &BTreeSet<String>,
+) -> anyhow::Result<()> {
+    for key in store.own_live_keys(kind)? {
+        if !current.contains(&key) {
+            store.put_local(kind, &key, None)?;
         }
     }
     Ok(())

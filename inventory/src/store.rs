@@ -219,6 +219,25 @@ impl Store {
         Ok(records)
     }
 
+    /// Keys of this node's live (not deleted) records of `kind`.
+    pub fn own_live_keys(&self, kind: RecordKind) -> Result<Vec<String>, StoreError> {
+        let state = self.lock();
+        let sqlite = |source| self.sqlite(source);
+        let mut statement = state
+            .connection
+            .prepare_cached(
+                "SELECT key FROM records
+                 WHERE origin = ?1 AND kind = ?2 AND value IS NOT NULL ORDER BY key",
+            )
+            .map_err(sqlite)?;
+        let keys = statement
+            .query_map(params![self.inner.origin, kind.as_str()], |row| row.get(0))
+            .map_err(sqlite)?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(sqlite)?;
+        Ok(keys)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave SQLite half-written
         // (every write is one transaction), so a poisoned lock is still usable.
@@ -454,6 +473,15 @@ fn migrate(connection: &Connection, found: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Runs `work` that touches SQLite (and so may wait for the disk) without
+/// holding up the other tasks of a multi-threaded runtime.
+pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,6 +583,35 @@ mod tests {
             .put_local(RecordKind::Port, "leaf2/swp1", Some("{}".into()))
             .unwrap_err();
         assert!(error.to_string().contains("belongs to leaf2"), "{error}");
+    }
+
+    #[test]
+    fn own_live_keys_skip_tombstones_and_other_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db"), "leaf1").unwrap();
+        for port in ["leaf1/swp1", "leaf1/swp2"] {
+            store
+                .put_local(RecordKind::Port, port, Some("{}".into()))
+                .unwrap();
+        }
+        store
+            .put_local(RecordKind::Port, "leaf1/swp2", None)
+            .unwrap();
+        store
+            .put_local(RecordKind::Lease, "leaf1/aa", Some("{}".into()))
+            .unwrap();
+        store
+            .apply(vec![Record {
+                id: RecordKey::new(RecordKind::Port, "leaf2/swp1"),
+                origin: "leaf2".into(),
+                version: 1,
+                value: Some("{}".into()),
+            }])
+            .unwrap();
+        assert_eq!(
+            store.own_live_keys(RecordKind::Port).unwrap(),
+            vec!["leaf1/swp1".to_string()]
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use metalmesh_inventory::mesh::service::blocking;
+use metalmesh_inventory::store::blocking;
 use metalmesh_inventory::{RecordKind, Store};
 use metalmesh_provisioning::http::installer_api::{ApiError, InstallerCall, InstallerRequest};
 use metalmesh_provisioning::installer::api::{Allocation, Directive, Registration};

@@ -312,7 +312,7 @@ pub async fn run(
                 Err(broadcast::error::RecvError::Closed) => break,
             },
         };
-        let actions = blocking(|| node.handle(input));
+        let actions = crate::store::blocking(|| node.handle(input));
         driver.perform(&mut node, actions);
     }
     let actions = node.leave();
@@ -322,15 +322,6 @@ pub async fn run(
     endpoint.close(quinn::VarInt::from_u32(0), b"shutting down");
     view.lock().connections = None;
     Ok(())
-}
-
-/// Runs `work` that touches SQLite (and so may wait for the disk) without
-/// holding up the other tasks of a multi-threaded runtime.
-pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
-        _ => work(),
-    }
 }
 
 struct Driver {
