@@ -110,6 +110,27 @@ pub fn batches(records: Vec<Record>) -> Vec<Vec<Record>> {
     batches
 }
 
+/// Splits record ids into lists of at most [`RECORDS_PER_MESSAGE_BYTES`] of
+/// keys, so a request for many long keys stays under the message limit.
+pub fn id_batches(ids: Vec<RecordKey>) -> Vec<Vec<RecordKey>> {
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0;
+    for id in ids {
+        let id_size = id.key.len() + 16;
+        if !current.is_empty() && size + id_size > RECORDS_PER_MESSAGE_BYTES {
+            batches.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += id_size;
+        current.push(id);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +214,24 @@ mod tests {
             decode(&encode(&message)),
             Err(DecodeError::InvalidRecord(_))
         ));
+    }
+
+    #[test]
+    fn the_longest_want_list_fits_in_messages() {
+        let ids: Vec<RecordKey> = (0..crate::mesh::node::MAX_IDS_PER_EXCHANGE)
+            .map(|i| RecordKey::new(RecordKind::Port, format!("{i:0>256}")))
+            .collect();
+        let batches = id_batches(ids);
+        assert!(batches.len() > 1);
+        assert_eq!(
+            batches.iter().map(Vec::len).sum::<usize>(),
+            crate::mesh::node::MAX_IDS_PER_EXCHANGE
+        );
+        for batch in batches {
+            let bytes = encode(&envelope(Message::SyncWant(batch)));
+            assert!(bytes.len() <= MAX_MESSAGE_BYTES, "{}", bytes.len());
+            assert!(decode(&bytes).is_ok());
+        }
     }
 
     #[test]

@@ -8,14 +8,15 @@
 //! timers, [`crate::sim`] with a simulated network and clock.
 
 use crate::digest::RootDigest;
-use crate::mesh::message::{Envelope, Message, WIRE_VERSION, batches};
+use crate::mesh::message::{Envelope, Message, WIRE_VERSION, batches, id_batches};
 use crate::mesh::peer::Peer;
 use crate::record::{Record, RecordKey, Version};
 use crate::replica::Replica;
 use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec};
+use indexmap::IndexMap;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
@@ -120,7 +121,8 @@ pub struct MeshNode<R> {
     foca: Foca<Peer, PostcardCodec, SmallRng, NoCustomBroadcast>,
     runtime: AccumulatingRuntime<Peer>,
     replica: R,
-    pending: VecDeque<Pending>,
+    /// Records still to push, oldest first, by key.
+    pending: IndexMap<RecordKey, Pending>,
     rng: SmallRng,
     counters: Counters,
 }
@@ -168,7 +170,7 @@ impl<R: Replica> MeshNode<R> {
             foca,
             runtime: AccumulatingRuntime::new(),
             replica,
-            pending: VecDeque::new(),
+            pending: IndexMap::new(),
             rng: SmallRng::seed_from_u64(seed.wrapping_add(1)),
             counters: Counters::default(),
         }
@@ -440,7 +442,7 @@ impl<R: Replica> MeshNode<R> {
                 }),
             }
         }
-        if !want.is_empty() {
+        for want in id_batches(want) {
             self.send(actions, from, Message::SyncWant(want));
         }
     }
@@ -509,19 +511,22 @@ impl<R: Replica> MeshNode<R> {
         }
         for record in records {
             // A newer version of a pending record replaces it in place.
-            if let Some(pending) = self.pending.iter_mut().find(|p| p.record.id == record.id) {
+            if let Some(pending) = self.pending.get_mut(&record.id) {
                 pending.record = record;
                 pending.rounds_left = self.tuning.transmissions;
                 continue;
             }
             if self.pending.len() >= self.tuning.max_pending {
-                self.pending.pop_front();
+                self.pending.shift_remove_index(0);
                 self.counters.pending_dropped += 1;
             }
-            self.pending.push_back(Pending {
-                record,
-                rounds_left: self.tuning.transmissions,
-            });
+            self.pending.insert(
+                record.id.clone(),
+                Pending {
+                    record,
+                    rounds_left: self.tuning.transmissions,
+                },
+            );
         }
     }
 
@@ -533,7 +538,7 @@ impl<R: Replica> MeshNode<R> {
         if targets.is_empty() {
             return;
         }
-        let records: Vec<Record> = self.pending.iter().map(|p| p.record.clone()).collect();
+        let records: Vec<Record> = self.pending.values().map(|p| p.record.clone()).collect();
         let batches = batches(records);
         for target in &targets {
             for batch in &batches {
@@ -541,10 +546,10 @@ impl<R: Replica> MeshNode<R> {
                 self.send(actions, target, Message::Records(batch.clone()));
             }
         }
-        for pending in &mut self.pending {
+        self.pending.retain(|_, pending| {
             pending.rounds_left = pending.rounds_left.saturating_sub(1);
-        }
-        self.pending.retain(|pending| pending.rounds_left > 0);
+            pending.rounds_left > 0
+        });
     }
 
     fn random_members(&mut self, count: usize) -> Vec<Peer> {
