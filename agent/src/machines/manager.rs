@@ -8,15 +8,19 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use metalmesh_inventory::record::MAX_VALUE_BYTES;
 use metalmesh_inventory::store::blocking;
 use metalmesh_inventory::{RecordKind, Store};
+use metalmesh_provisioning::dhcp::leases::Lease;
 use metalmesh_provisioning::http::installer_api::{ApiError, InstallerCall, InstallerRequest};
-use metalmesh_provisioning::installer::api::{Allocation, Directive, Registration};
-use metalmesh_provisioning::lifecycle::{EventKind, Thresholds};
+use metalmesh_provisioning::installer::api::{Directive, Registration};
+use metalmesh_provisioning::lifecycle::{EventKind, Thresholds, event_message};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::record::{AllocateRequest, Executed, MachineRecord, event_name, parse_event};
+use super::record::{
+    AllocateRequest, Executed, MachineRecord, SUMMARY_EVENTS, event_name, parse_event,
+};
 use crate::dataplane::Intents;
 use crate::dataplane::intent::PortIntent;
 use crate::lldp::LldpSnapshot;
@@ -29,9 +33,11 @@ const PXE_MATCH_MS: u64 = 10 * 60_000;
 const MAX_MACHINES: usize = 4096;
 /// Unmatched PXE boots remembered.
 const MAX_PENDING_PXE: usize = 4096;
-/// Longest event message stored (bytes): keeps a machine record well
-/// inside the mesh's record size limit.
-const MAX_MESSAGE_BYTES: usize = 200;
+/// What an allocation may carry into the machine record (which must stay
+/// within the mesh's record limit with the hardware and history).
+const MAX_USER_DATA_BYTES: usize = 8 * 1024;
+const MAX_SSH_KEYS: usize = 16;
+const MAX_SSH_KEY_BYTES: usize = 1024;
 /// Disks or NICs a registration may report, and the length of its strings.
 const MAX_DEVICES: usize = 64;
 const MAX_HARDWARE_TEXT: usize = 128;
@@ -40,6 +46,14 @@ const MAX_HARDWARE_TEXT: usize = 128;
 /// VRF: the answer to that report must reach the installer over the
 /// provisioning network first.
 const ROUTE_DELAY_MS: u64 = 1_000;
+
+/// Who made an installer call: its address and the MAC that address is
+/// leased to (none without a lease).
+#[derive(Debug)]
+struct Caller {
+    addr: IpAddr,
+    mac: Option<String>,
+}
 
 /// Operator commands (admin API; later the API node over the mesh).
 #[derive(Debug)]
@@ -153,17 +167,35 @@ impl Manager {
         Ok(manager)
     }
 
-    fn save(&mut self, uuid: &str, now: u64) -> Result<MachineRecord, String> {
-        let Some(machine) = self.machines.get_mut(uuid) else {
-            return Err(format!("no machine {uuid}"));
-        };
+    /// The machine with its summary fields fresh, and the port as LLDP sees
+    /// it now when none is recorded yet.
+    fn fresh(&mut self, uuid: &str, now: u64) -> Option<&mut MachineRecord> {
+        let port = port_of(&self.lldp.borrow(), uuid);
+        let machine = self.machines.get_mut(uuid)?;
         machine.refresh(now, &self.settings.thresholds);
         if machine.port.is_none() {
-            machine.port = port_of(&self.lldp.borrow(), uuid);
+            machine.port = port;
+        }
+        Some(machine)
+    }
+
+    fn save(&mut self, uuid: &str, now: u64) -> Result<MachineRecord, String> {
+        let thresholds = self.settings.thresholds;
+        let machine = self
+            .fresh(uuid, now)
+            .ok_or_else(|| format!("no machine {uuid}"))?;
+        // The record must fit the mesh's record limit: the oldest history
+        // goes first (the summary's newest events always stay).
+        let mut json = serde_json::to_string(&*machine).map_err(|e| e.to_string())?;
+        while json.len() > MAX_VALUE_BYTES && machine.lifecycle.events.len() > SUMMARY_EVENTS {
+            let keep = (machine.lifecycle.events.len() / 2).max(SUMMARY_EVENTS);
+            machine.lifecycle.events.truncate(keep);
+            machine.refresh(now, &thresholds);
+            json = serde_json::to_string(&*machine).map_err(|e| e.to_string())?;
         }
         let machine = machine.clone();
         self.store
-            .put_local_json(RecordKind::Machine, uuid, &machine)
+            .put_local(RecordKind::Machine, uuid, Some(json))
             .map_err(|error| format!("cannot store machine {uuid}: {error}"))?;
         self.publish_ports();
         Ok(machine)
@@ -200,30 +232,39 @@ impl Manager {
 
     fn event(&mut self, uuid: &str, now: u64, kind: EventKind, message: &str) {
         let thresholds = self.settings.thresholds;
-        let machine = self
-            .machines
+        self.machines
             .entry(uuid.to_string())
-            .or_insert_with(|| MachineRecord::new(uuid, &self.settings.switch));
-        // Retried calls and progress reports do not repeat events.
-        if let Some(last) = machine.lifecycle.events.front_mut()
-            && last.kind == kind
-            && (kind == EventKind::Installing || last.message == message)
-        {
-            last.message = message.chars().take(1024).collect();
-            machine.lifecycle.last_heartbeat = Some(now);
-            return;
-        }
-        machine.lifecycle.event(now, kind, message, &thresholds);
+            .or_insert_with(|| MachineRecord::new(uuid, &self.settings.switch))
+            .lifecycle
+            .event(now, kind, message, &thresholds);
     }
 
-    /// The MAC behind an installer's address, from the rack's leases.
-    fn mac_of_peer(&self, peer: IpAddr) -> Option<String> {
-        let path = self.settings.lease_db.as_ref()?;
-        let leases = metalmesh_provisioning::dhcp::service::read_leases(path).ok()?;
-        leases
-            .into_iter()
-            .find(|lease| IpAddr::V4(lease.ip) == peer)
-            .map(|lease| lease.mac)
+    /// An installer's report: a retried call or a progress report does not
+    /// repeat the newest event, it refreshes it.
+    fn report(&mut self, uuid: &str, now: u64, kind: EventKind, message: &str) {
+        if let Some(last) = self
+            .machines
+            .get_mut(uuid)
+            .and_then(|m| m.lifecycle.events.front_mut())
+            && last.kind == kind
+            && (kind == EventKind::Installing || last.message == event_message(message))
+        {
+            last.message = event_message(message);
+            if let Some(machine) = self.machines.get_mut(uuid) {
+                machine.lifecycle.last_heartbeat = Some(now);
+            }
+            return;
+        }
+        self.event(uuid, now, kind, message);
+    }
+
+    /// The rack's DHCP leases (none without a lease store).
+    fn leases(&self) -> Vec<Lease> {
+        self.settings
+            .lease_db
+            .as_ref()
+            .and_then(|path| metalmesh_provisioning::dhcp::service::read_leases(path).ok())
+            .unwrap_or_default()
     }
 
     /// A PXE boot of `mac`: an event of the machine with that NIC, or held
@@ -269,12 +310,12 @@ impl Manager {
 
     /// A machine not known yet: its first event is the PXE boot DHCP saw
     /// from the MAC its installer's address was leased to.
-    fn adopt_pxe(&mut self, uuid: &str, peer: IpAddr) {
+    fn adopt_pxe(&mut self, uuid: &str, caller: &Caller) {
         if self.machines.contains_key(uuid) {
             return;
         }
-        if let Some(mac) = self.mac_of_peer(peer)
-            && let Some(at) = self.pending_pxe.remove(&mac)
+        if let Some(mac) = &caller.mac
+            && let Some(at) = self.pending_pxe.remove(mac)
         {
             self.event(
                 uuid,
@@ -289,20 +330,42 @@ impl Manager {
     /// network: its DHCP lease must belong to one of the machine's NICs.
     /// Without a lease store (tests) or for a machine not registered yet,
     /// anyone may.
-    fn authorize(&self, uuid: &str, peer: IpAddr) -> Result<(), ApiError> {
+    fn authorize(&self, uuid: &str, caller: &Caller) -> Result<(), ApiError> {
         let Some(hardware) = self.machines.get(uuid).and_then(|m| m.hardware.as_ref()) else {
             return Ok(());
         };
         if self.settings.lease_db.is_none() {
             return Ok(());
         }
-        match self.mac_of_peer(peer) {
-            Some(mac) if hardware.nics.iter().any(|nic| nic.mac == mac) => Ok(()),
+        match &caller.mac {
+            Some(mac) if hardware.nics.iter().any(|nic| nic.mac == *mac) => Ok(()),
             _ => Err(api(
                 403,
-                format!("{peer} is not an address of machine {uuid}"),
+                format!("{} is not an address of machine {uuid}", caller.addr),
             )),
         }
+    }
+
+    /// What a waiting installer is told at a heartbeat (the caller is
+    /// authorised already).
+    fn heartbeat_directive(&mut self, uuid: &str, now: u64) -> Result<Directive, ApiError> {
+        let machine = self
+            .machines
+            .get_mut(uuid)
+            .ok_or_else(|| api(404, format!("machine {uuid} is not registered")))?;
+        machine.lifecycle.last_heartbeat = Some(now);
+        if machine.reclaiming.is_some() || machine.reboot_due {
+            machine.reboot_due = false;
+            return Ok(Directive::Reboot);
+        }
+        // Heartbeats are not stored one by one: liveliness is rebuilt from
+        // the next event after a restart.
+        Ok(match (&machine.allocation, machine.lifecycle.state()) {
+            (Some(executed), Some(EventKind::Waiting)) => Directive::Install {
+                allocation: executed.installer(),
+            },
+            _ => Directive::Wait,
+        })
     }
 
     pub fn installer(
@@ -311,8 +374,20 @@ impl Manager {
         peer: IpAddr,
         now: u64,
     ) -> Result<Directive, ApiError> {
+        // The leases are read once per call: every check sees one snapshot.
+        let leases = match &call {
+            InstallerCall::PhoneHome { .. } => Vec::new(),
+            _ => self.leases(),
+        };
+        let caller = Caller {
+            addr: peer,
+            mac: leases
+                .iter()
+                .find(|lease| IpAddr::V4(lease.ip) == peer)
+                .map(|lease| lease.mac.clone()),
+        };
         match call {
-            InstallerCall::Event { uuid, mut report } => {
+            InstallerCall::Event { uuid, report } => {
                 let kind = parse_event(&report.event)
                     .filter(|k| {
                         matches!(
@@ -339,10 +414,9 @@ impl Manager {
                         return Err(api(507, "this leaf manages as many machines as it can"));
                     }
                 }
-                self.authorize(&uuid, peer)?;
-                truncate_message(&mut report.message);
-                self.adopt_pxe(&uuid, peer);
-                self.event(&uuid, now, kind, &report.message);
+                self.authorize(&uuid, &caller)?;
+                self.adopt_pxe(&uuid, &caller);
+                self.report(&uuid, now, kind, &report.message);
                 if kind == EventKind::BootingNewKernel
                     && self
                         .machines
@@ -360,28 +434,12 @@ impl Manager {
                 self.save(&uuid, now).map_err(|e| api(500, e))?;
                 Ok(Directive::None)
             }
-            InstallerCall::Register(registration) => self.register(*registration, peer, now),
+            InstallerCall::Register(registration) => {
+                self.register(*registration, &caller, &leases, now)
+            }
             InstallerCall::Heartbeat { uuid } => {
-                self.authorize(&uuid, peer)?;
-                let machine = self
-                    .machines
-                    .get_mut(&uuid)
-                    .ok_or_else(|| api(404, format!("machine {uuid} is not registered")))?;
-                machine.lifecycle.last_heartbeat = Some(now);
-                let directive = if machine.reclaiming.is_some() || machine.reboot_due {
-                    machine.reboot_due = false;
-                    Directive::Reboot
-                } else {
-                    match (&machine.allocation, machine.lifecycle.state()) {
-                        (Some(executed), Some(EventKind::Waiting)) => Directive::Install {
-                            allocation: executed.installer.clone(),
-                        },
-                        _ => Directive::Wait,
-                    }
-                };
-                // Heartbeats are not stored one by one: liveliness is
-                // rebuilt from the next event after a restart.
-                Ok(directive)
+                self.authorize(&uuid, &caller)?;
+                self.heartbeat_directive(&uuid, now)
             }
             InstallerCall::PhoneHome { uuid } => {
                 let machine = self
@@ -423,7 +481,8 @@ impl Manager {
     fn register(
         &mut self,
         registration: Registration,
-        peer: IpAddr,
+        caller: &Caller,
+        leases: &[Lease],
         now: u64,
     ) -> Result<Directive, ApiError> {
         let hardware = registration.hardware;
@@ -452,20 +511,20 @@ impl Manager {
         // A known machine re-registers only from one of its own NICs, and
         // any registration comes from a NIC it reports (when the caller has
         // a lease at all; strangers without one are flagged below).
-        self.authorize(&uuid, peer)?;
-        if let Some(mac) = self.mac_of_peer(peer)
-            && !hardware.nics.iter().any(|nic| nic.mac == mac)
+        self.authorize(&uuid, caller)?;
+        if let Some(mac) = &caller.mac
+            && !hardware.nics.iter().any(|nic| nic.mac == *mac)
         {
             return Err(api(
                 403,
-                format!("{peer} ({mac}) is not one of the registered NICs"),
+                format!("{} ({mac}) is not one of the registered NICs", caller.addr),
             ));
         }
-        self.adopt_pxe(&uuid, peer);
-        let seen = self.macs_seen();
+        self.adopt_pxe(&uuid, caller);
+        let seen = self.macs_seen(leases);
         let unknown_mac = !hardware.nics.iter().any(|nic| seen.contains(&nic.mac));
         if unknown_mac {
-            tracing::warn!(%uuid, %peer, "registration from MACs not seen on any port of this leaf; flagged");
+            tracing::warn!(%uuid, peer = %caller.addr, "registration from MACs not seen on any port of this leaf; flagged");
         }
         let message = format!(
             "{} CPUs, {} MiB, {} disk(s), {} NIC(s), installer {}",
@@ -475,7 +534,7 @@ impl Manager {
             hardware.nics.len(),
             registration.installer
         );
-        self.event(&uuid, now, EventKind::Registering, &message);
+        self.report(&uuid, now, EventKind::Registering, &message);
         let machine = self
             .machines
             .get_mut(&uuid)
@@ -490,7 +549,7 @@ impl Manager {
             Some(executed) => {
                 executed.routed = false;
                 Directive::Install {
-                    allocation: executed.installer.clone(),
+                    allocation: executed.installer(),
                 }
             }
             None => Directive::Wipe,
@@ -500,7 +559,7 @@ impl Manager {
     }
 
     /// MACs this leaf has seen on its ports: LLDP neighbours and DHCP clients.
-    fn macs_seen(&self) -> HashSet<String> {
+    fn macs_seen(&self, leases: &[Lease]) -> HashSet<String> {
         let mut seen: HashSet<String> = self
             .lldp
             .borrow()
@@ -508,11 +567,7 @@ impl Manager {
             .iter()
             .map(|n| n.source_mac.to_lowercase())
             .collect();
-        if let Some(path) = &self.settings.lease_db
-            && let Ok(leases) = metalmesh_provisioning::dhcp::service::read_leases(path)
-        {
-            seen.extend(leases.into_iter().map(|l| l.mac.to_lowercase()));
-        }
+        seen.extend(leases.iter().map(|l| l.mac.to_lowercase()));
         seen
     }
 
@@ -545,16 +600,9 @@ impl Manager {
         }
     }
 
-    /// A machine as shown to the operator: summary fields fresh, and the
-    /// port as LLDP sees it now when none is recorded yet.
+    /// A machine as shown to the operator.
     fn view(&mut self, uuid: &str, now: u64) -> Option<MachineRecord> {
-        let port = port_of(&self.lldp.borrow(), uuid);
-        let machine = self.machines.get_mut(uuid)?;
-        machine.refresh(now, &self.settings.thresholds);
-        if machine.port.is_none() {
-            machine.port = port;
-        }
-        Some(machine.clone())
+        self.fresh(uuid, now).cloned()
     }
 
     fn allocate(
@@ -589,6 +637,22 @@ impl Manager {
         {
             return Err(format!("`{}` is not a host name", request.hostname));
         }
+        if request.user_data.len() > MAX_USER_DATA_BYTES {
+            return Err(format!(
+                "user data of {} bytes exceeds {MAX_USER_DATA_BYTES}",
+                request.user_data.len()
+            ));
+        }
+        if request.ssh_keys.len() > MAX_SSH_KEYS
+            || request.ssh_keys.iter().any(|k| k.len() > MAX_SSH_KEY_BYTES)
+        {
+            return Err(format!(
+                "at most {MAX_SSH_KEYS} SSH keys of at most {MAX_SSH_KEY_BYTES} bytes each"
+            ));
+        }
+        if !valid_image_name(&request.image) {
+            return Err(format!("`{}` is not an image name", request.image));
+        }
         let port = port_of(&self.lldp.borrow(), uuid).ok_or_else(|| {
             format!("machine {uuid} has not been seen over LLDP on any port of this leaf")
         })?;
@@ -621,15 +685,7 @@ impl Manager {
             .next()
             .unwrap_or_default()
             .to_lowercase();
-        let installer = Allocation {
-            image: request.image.clone(),
-            image_url: format!("{}/{}.img", images.base_url, request.image),
-            image_sha256: sha,
-            hostname: request.hostname.clone(),
-            ip: request.ip.to_string(),
-            ssh_keys: request.ssh_keys.clone(),
-            user_data: request.user_data.clone(),
-        };
+        let image_url = format!("{}/{}.img", images.base_url, request.image);
         let machine = self.machines.get_mut(uuid).ok_or("machine vanished")?;
         machine.lifecycle.allocate().map_err(|e| e.to_string())?;
         machine.port = Some(port.clone());
@@ -637,7 +693,8 @@ impl Manager {
             request,
             vrf,
             port,
-            installer,
+            image_url,
+            image_sha256: sha,
             routed: false,
         });
         let saved = self.save(uuid, now);
@@ -654,14 +711,7 @@ impl Manager {
     fn vrf_for(&self, request: &AllocateRequest) -> Result<String, String> {
         let intents = self.intents.borrow();
         let contains = |vrf: &crate::dataplane::intent::VrfIntent| {
-            vrf.prefixes.iter().any(|p| {
-                let mask = if p.len == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - u32::from(p.len))
-                };
-                u32::from(request.ip) & mask == u32::from(p.address) & mask
-            })
+            vrf.prefixes.iter().any(|p| p.contains(request.ip))
         };
         match &request.vrf {
             Some(name) => {
@@ -775,18 +825,14 @@ impl Manager {
     }
 }
 
-/// Cuts an installer's message to [`MAX_MESSAGE_BYTES`] (at a character
-/// boundary) and replaces control characters.
-fn truncate_message(message: &mut String) {
-    let mut end = message.len().min(MAX_MESSAGE_BYTES);
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    message.truncate(end);
-    *message = message
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+/// Image names are file names in the images directory: no paths.
+fn valid_image_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// The port whose LLDP neighbour announces `uuid` as its chassis ID.
@@ -862,11 +908,8 @@ fn answer_parked(manager: &mut Manager, parked: &mut Vec<Parked>, expire: bool) 
         if reply.is_closed() {
             continue;
         }
-        let directive = manager.installer(
-            InstallerCall::Heartbeat { uuid: uuid.clone() },
-            IpAddr::from([0, 0, 0, 0]),
-            now,
-        );
+        // Authorised when it was parked.
+        let directive = manager.heartbeat_directive(&uuid, now);
         match directive {
             Ok(Directive::Wait) if !(expire && now >= deadline) => {
                 still.push((uuid, deadline, reply))
@@ -1168,5 +1211,120 @@ mod tests {
             .status,
             404
         );
+    }
+
+    /// A rig whose lease store leases PEER to the machine's NIC.
+    fn rig_with_lease() -> Rig {
+        let mut rig = rig();
+        let path = rig._dir.path().join("leases.db");
+        let mut leases = metalmesh_provisioning::dhcp::leases::LeaseStore::open(&path).unwrap();
+        leases
+            .commit(&[metalmesh_provisioning::dhcp::leases::Write::Lease(Lease {
+                mac: "52:54:00:6d:01:01".into(),
+                ip: "10.100.1.100".parse().unwrap(),
+                state: metalmesh_provisioning::dhcp::leases::LeaseState::Bound,
+                expires: u64::MAX >> 2,
+                client_kind: metalmesh_provisioning::dhcp::client::ClientKind::Plain,
+                hostname: None,
+                updated: 0,
+            })])
+            .unwrap();
+        rig.settings.lease_db = Some(path);
+        rig
+    }
+
+    #[test]
+    fn held_heartbeats_stay_held_until_an_allocation_arrives() {
+        let rig = rig_with_lease();
+        let mut m = manager(&rig);
+        let t = now_ms();
+        m.installer(event("Preparing"), PEER, t).unwrap();
+        m.installer(registration(), PEER, t).unwrap();
+        m.installer(event("Waiting"), PEER, t).unwrap();
+        // Another address may not speak for the machine.
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(10, 100, 1, 101));
+        assert_eq!(
+            m.installer(InstallerCall::Heartbeat { uuid: UUID.into() }, other, t)
+                .unwrap_err()
+                .status,
+            403
+        );
+        assert_eq!(
+            m.installer(InstallerCall::Heartbeat { uuid: UUID.into() }, PEER, t)
+                .unwrap(),
+            Directive::Wait
+        );
+        let (reply, mut answer) = oneshot::channel();
+        let mut parked = vec![(UUID.to_string(), t + HEARTBEAT_HOLD_MS, reply)];
+        answer_parked(&mut m, &mut parked, true);
+        assert_eq!(parked.len(), 1, "{:?}", answer.try_recv());
+        m.allocate(UUID, allocation(), t).unwrap();
+        answer_parked(&mut m, &mut parked, true);
+        assert!(parked.is_empty());
+        assert!(matches!(
+            answer.try_recv().unwrap(),
+            Ok(Directive::Install { .. })
+        ));
+    }
+
+    #[test]
+    fn a_machine_stuck_netbooting_is_a_crash_loop() {
+        let rig = rig_with_lease();
+        let mut m = manager(&rig);
+        let t = 1_800_000_000_000;
+        m.installer(event("Preparing"), PEER, t).unwrap();
+        m.installer(registration(), PEER, t + 1).unwrap();
+        for cycle in 0..3 {
+            m.pxe_booting("52:54:00:6d:01:01", t + 100_000 * (cycle + 1));
+        }
+        assert!(m.machines[UUID].crash_loop, "{:?}", kinds(&m));
+    }
+
+    #[test]
+    fn records_stay_within_the_mesh_limit_and_allocations_are_bounded() {
+        let mut rig = rig();
+        rig.settings.thresholds.history = 10_000;
+        let mut m = manager(&rig);
+        let t = 1_800_000_000_000;
+        m.installer(event("Preparing"), PEER, t).unwrap();
+        m.installer(registration(), PEER, t + 1).unwrap();
+        for i in 0..=600 {
+            let call = InstallerCall::Event {
+                uuid: UUID.into(),
+                report: EventReport {
+                    event: if i % 2 == 0 { "Waiting" } else { "Preparing" }.into(),
+                    message: format!("{i:x<300}"),
+                },
+            };
+            m.installer(call, PEER, t + 2 + i).unwrap();
+        }
+        let stored = rig
+            .store
+            .get(&metalmesh_inventory::RecordKey::new(
+                RecordKind::Machine,
+                UUID,
+            ))
+            .unwrap()
+            .unwrap();
+        assert!(stored.value.unwrap().len() <= MAX_VALUE_BYTES);
+        let events = &m.machines[UUID].lifecycle.events;
+        assert!(events.len() >= SUMMARY_EVENTS && events.len() < 600);
+        assert!(events[0].message.len() <= 200);
+
+        let mut big = allocation();
+        big.user_data = "x".repeat(MAX_USER_DATA_BYTES + 1);
+        assert!(
+            m.allocate(UUID, big, t + 700)
+                .unwrap_err()
+                .contains("user data")
+        );
+        let mut escape = allocation();
+        escape.image = "../etc/os".into();
+        assert!(
+            m.allocate(UUID, escape, t + 700)
+                .unwrap_err()
+                .contains("not an image name")
+        );
+        assert!(m.machines[UUID].allocation.is_none());
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
 /// Events in a machine record's summary.
-const SUMMARY_EVENTS: usize = 20;
+pub const SUMMARY_EVENTS: usize = 20;
 
 /// What `machine allocate` asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,10 +34,27 @@ pub struct Executed {
     pub request: AllocateRequest,
     pub vrf: String,
     pub port: String,
-    pub installer: Allocation,
+    /// Where the installer downloads the image, and its checksum.
+    pub image_url: String,
+    pub image_sha256: String,
     /// The port is in the tenant VRF (from `Booting New Kernel` until the
     /// reclaimed machine leaves).
     pub routed: bool,
+}
+
+impl Executed {
+    /// What the installer is told to install.
+    pub fn installer(&self) -> Allocation {
+        Allocation {
+            image: self.request.image.clone(),
+            image_url: self.image_url.clone(),
+            image_sha256: self.image_sha256.clone(),
+            hostname: self.request.hostname.clone(),
+            ip: self.request.ip.to_string(),
+            ssh_keys: self.request.ssh_keys.clone(),
+            user_data: self.request.user_data.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

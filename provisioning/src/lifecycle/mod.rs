@@ -95,6 +95,23 @@ pub enum LifecycleError {
     NotAllocated,
 }
 
+/// Longest event message kept (bytes): machine records with their history
+/// must stay small enough to replicate.
+pub const MAX_MESSAGE_BYTES: usize = 200;
+
+/// `message` as an event keeps it: at most [`MAX_MESSAGE_BYTES`] (cut at a
+/// character boundary), control characters replaced by spaces.
+pub fn event_message(message: &str) -> String {
+    let mut end = message.len().min(MAX_MESSAGE_BYTES);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message[..end]
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// The lifecycle of one machine.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lifecycle {
@@ -232,7 +249,7 @@ impl Lifecycle {
         self.events.push_front(Event {
             kind,
             time: now,
-            message: message.chars().take(1024).collect(),
+            message: event_message(message),
         });
         self.events.truncate(t.history.max(1));
     }
@@ -242,6 +259,14 @@ impl Lifecycle {
 mod tests {
     use super::*;
     use EventKind::*;
+
+    #[test]
+    fn event_messages_are_bounded_and_printable() {
+        assert_eq!(event_message("disk\tok\n"), "disk ok ");
+        let long = "é".repeat(150);
+        let kept = event_message(&long);
+        assert!(kept.len() <= MAX_MESSAGE_BYTES && long.starts_with(&kept));
+    }
 
     const T0: u64 = 1_800_000_000_000;
 
