@@ -107,9 +107,10 @@ fn qemu_machine_is_installed_phones_home_and_is_reclaimed() {
     assert!(
         eventually(Duration::from_secs(120), || describe(&guard)["state"]
             == "Waiting"),
-        "not back to Waiting: {:?}\n{}",
+        "not back to Waiting: {:?}\n{}\nagent log:\n{}",
         events(&guard),
-        console(&guard)
+        console(&guard),
+        agent_log_tail(&guard)
     );
     let disk = std::fs::read(guard.run_dir.join("machines/m1-1/disk.raw")).unwrap();
     assert!(
@@ -134,4 +135,12 @@ fn qemu_machine_is_installed_phones_home_and_is_reclaimed() {
             "Waiting"
         ]
     );
+}
+
+/// The last lines of leaf1's agent log, for failure messages.
+fn agent_log_tail(guard: &Guard) -> String {
+    let log = std::fs::read_to_string(guard.run_dir.join("nodes/leaf1/agent/agent.log"))
+        .unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
 }
