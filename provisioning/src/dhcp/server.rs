@@ -235,6 +235,13 @@ impl DhcpServer {
     }
 
     /// Whether `ip` may be given to `mac` now.
+    /// Withdraws the address offered to `mac`, if any.
+    fn drop_offer(&mut self, mac: &str) {
+        if let Some((ip, _)) = self.offers.remove(mac) {
+            self.offered.remove(&ip);
+        }
+    }
+
     fn free_for(&self, ip: Ipv4Addr, mac: &str, now: u64) -> bool {
         if !self.settings.in_pool(ip) || self.quarantine.contains_key(&ip) {
             return false;
@@ -320,9 +327,7 @@ impl DhcpServer {
             // SELECTING: the client picked an offer.
             (Some(id), _) if id != self.settings.server_ip => {
                 // It chose another server: our offer is free again.
-                if let Some((ip, _)) = self.offers.remove(mac) {
-                    self.offered.remove(&ip);
-                }
+                self.drop_offer(mac);
                 self.counters.ignored += 1;
                 return;
             }
@@ -344,19 +349,21 @@ impl DhcpServer {
             self.nak(m, "address is not on this network", out);
             return;
         }
-        let ours = self.offers.get(mac).is_some_and(|(o, _)| *o == ip)
-            || self.leases.get(mac).is_some_and(|l| l.ip == ip);
-        if !ours && !self.free_for(ip, mac, now) {
-            self.nak(m, "address belongs to another client", out);
-            return;
-        }
-        if !ours && !self.settings.in_pool(ip) {
+        let has_offer = self.offers.get(mac).is_some_and(|(o, _)| *o == ip);
+        let has_lease = self.leases.get(mac).is_some_and(|l| l.ip == ip);
+        if !has_offer && !has_lease && !self.settings.in_pool(ip) {
             self.nak(m, "address is outside the pool", out);
             return;
         }
-        if let Some((o, _)) = self.offers.remove(mac) {
-            self.offered.remove(&o);
+        // Even a client's own lease or offer yields to an address offered to
+        // another client since (its lease had ended) or declined as in use.
+        let contested = self.quarantine.contains_key(&ip)
+            || self.offered.get(&ip).is_some_and(|owner| owner != mac);
+        if contested || !(has_offer || has_lease || self.free_for(ip, mac, now)) {
+            self.nak(m, "address belongs to another client", out);
+            return;
         }
+        self.drop_offer(mac);
         let hostname = match m.opts().get(OptionCode::Hostname) {
             Some(DhcpOption::Hostname(h)) => Some(h.chars().take(64).collect()),
             _ => None,
@@ -406,8 +413,7 @@ impl DhcpServer {
         self.counters.declines += 1;
         let until = now + u64::from(self.settings.decline_quarantine_secs);
         self.quarantine.insert(ip, until);
-        self.offers.remove(mac);
-        self.offered.remove(&ip);
+        self.drop_offer(mac);
         if self.leases.remove(mac).is_some() {
             self.owner_of.remove(&ip);
         }
@@ -892,6 +898,54 @@ mod tests {
             Some(MessageType::Nak)
         );
         assert!(send(&mut server, T0, &steal).writes.is_empty());
+    }
+
+    #[test]
+    fn an_address_offered_to_another_client_is_not_acked_to_its_former_owner() {
+        let mut server = DhcpServer::new(example(), vec![], vec![]);
+        let a = [2, 0, 0, 0, 2, 1];
+        let b = [2, 0, 0, 0, 2, 2];
+        let x = dora(&mut server, a, T0).unwrap();
+        // A gives X back; B asks for X and is offered it.
+        let mut release = request_message(a, MessageType::Release, vec![]);
+        release.set_ciaddr(x);
+        send(&mut server, T0 + 1, &release);
+        let offer = send(
+            &mut server,
+            T0 + 2,
+            &request_message(
+                b,
+                MessageType::Discover,
+                vec![DhcpOption::RequestedIpAddress(x)],
+            ),
+        );
+        assert_eq!(decode(&offer.replies[0]).yiaddr(), x);
+        // A reboots and asks for X again (INIT-REBOOT): refused.
+        let init_reboot = request_message(
+            a,
+            MessageType::Request,
+            vec![DhcpOption::RequestedIpAddress(x)],
+        );
+        let out = send(&mut server, T0 + 3, &init_reboot);
+        assert_eq!(
+            decode(&out.replies[0]).opts().msg_type(),
+            Some(MessageType::Nak)
+        );
+        assert!(out.writes.is_empty());
+        // B takes it.
+        let selecting = request_message(
+            b,
+            MessageType::Request,
+            vec![
+                DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 100, 1, 1)),
+                DhcpOption::RequestedIpAddress(x),
+            ],
+        );
+        let out = send(&mut server, T0 + 4, &selecting);
+        assert_eq!(
+            decode(&out.replies[0]).opts().msg_type(),
+            Some(MessageType::Ack)
+        );
     }
 
     #[test]
