@@ -248,7 +248,11 @@ async fn transfer(
                 .send_to(&oack, peer)
                 .await
                 .map_err(|e| e.to_string())?;
-            if wait_ack(socket, peer, &mut buf, n.timeout).await? == Some(0) {
+            let deadline = tokio::time::Instant::now() + n.timeout;
+            if wait_ack(socket, peer, &mut buf, deadline, |block| block == 0)
+                .await?
+                .is_some()
+            {
                 acked = true;
                 break;
             }
@@ -280,14 +284,21 @@ async fn transfer(
                 .map_err(|e| e.to_string())?;
             counters.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
         }
-        match wait_ack(socket, peer, &mut buf, n.timeout).await? {
+        // The ACK names a block by its low 16 bits; map it back into the
+        // window. Stale and duplicate ACKs are ignored, not answered with
+        // the window again: resending on them would send every later block
+        // twice (the Sorcerer's Apprentice, RFC 1123 4.2.3.1), and a peer
+        // repeating old ACKs must not keep the transfer alive.
+        let base = acked;
+        let in_window = |wire: u16| {
+            let delta = u64::from(wire.wrapping_sub(base as u16));
+            delta >= 1 && delta <= window_end - base
+        };
+        let deadline = tokio::time::Instant::now() + n.timeout;
+        match wait_ack(socket, peer, &mut buf, deadline, in_window).await? {
             Some(wire) => {
-                // The ACK names a block by its low 16 bits; map it back into the window.
-                let delta = u64::from(wire.wrapping_sub(acked as u16));
-                if delta >= 1 && delta <= window_end - acked {
-                    acked += delta;
-                    retries = 0;
-                }
+                acked += u64::from(wire.wrapping_sub(acked as u16));
+                retries = 0;
             }
             None => {
                 retries += 1;
@@ -301,14 +312,15 @@ async fn transfer(
     Ok(())
 }
 
-/// Waits for an ACK from `peer`; `None` on timeout. Errors end the transfer.
+/// Waits until `deadline` for an ACK from `peer` that `wanted` accepts
+/// (others are ignored); `None` on timeout. Errors end the transfer.
 async fn wait_ack(
     socket: &UdpSocket,
     peer: SocketAddr,
     buf: &mut [u8],
-    timeout: Duration,
+    deadline: tokio::time::Instant,
+    wanted: impl Fn(u16) -> bool,
 ) -> Result<Option<u16>, String> {
-    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let received = tokio::time::timeout_at(deadline, socket.recv_from(buf)).await;
         let (n, from) = match received {
@@ -330,7 +342,7 @@ async fn wait_ack(
             continue;
         }
         match Packet::decode(&buf[..n]) {
-            Ok(Packet::Ack { block }) => return Ok(Some(block)),
+            Ok(Packet::Ack { block }) if wanted(block) => return Ok(Some(block)),
             Ok(Packet::Error { code, message }) => {
                 return Err(format!("client aborted: {code} {message}"));
             }
@@ -342,6 +354,72 @@ async fn wait_ack(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn receive(socket: &UdpSocket, within: Duration) -> Option<(Packet, SocketAddr)> {
+        let mut buf = [0u8; 2048];
+        let (n, from) = tokio::time::timeout(within, socket.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Some((Packet::decode(&buf[..n]).ok()?, from))
+    }
+
+    #[tokio::test]
+    async fn duplicate_acks_resend_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), vec![7u8; 3 * 512 + 10]).unwrap();
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+        let counters = Arc::new(TftpCounters::default());
+        let cancel = CancellationToken::new();
+        let _stop = cancel.clone().drop_guard();
+        tokio::spawn(serve(
+            TftpConfig {
+                root: dir.path().to_path_buf(),
+                listen,
+                interface: None,
+                max_transfers: 4,
+            },
+            Arc::clone(&counters),
+            cancel,
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let request = Packet::ReadRequest {
+            filename: "f".into(),
+            mode: "octet".into(),
+            options: vec![],
+        };
+        client.send_to(&request.encode(), listen).await.unwrap();
+        let second = Duration::from_secs(1);
+        let (first, tid) = receive(&client, second).await.unwrap();
+        assert!(matches!(first, Packet::Data { block: 1, .. }));
+        let ack = |block| Packet::Ack { block }.encode();
+        // A delayed duplicate of ACK 1 arrives with the first.
+        client.send_to(&ack(1), tid).await.unwrap();
+        client.send_to(&ack(1), tid).await.unwrap();
+        let (next, _) = receive(&client, second).await.unwrap();
+        assert!(matches!(next, Packet::Data { block: 2, .. }));
+        // Block 2 is not sent a second time for the duplicate ACK.
+        assert_eq!(
+            receive(&client, Duration::from_millis(400)).await,
+            None,
+            "a block was resent for a duplicate ACK"
+        );
+        for block in 2..=4u16 {
+            client.send_to(&ack(block), tid).await.unwrap();
+            if block < 4 {
+                let (data, _) = receive(&client, second).await.unwrap();
+                assert!(matches!(data, Packet::Data { block: b, .. } if b == block + 1));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(counters.completed.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn option_negotiation() {
