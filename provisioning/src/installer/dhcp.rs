@@ -1,8 +1,14 @@
 //! The provisioning address, from busybox's `udhcpc` (present in the
 //! initramfs and on every testbed host) with a script this module writes.
+//! udhcpc keeps running and renews the lease for as long as the installer
+//! runs: a machine may wait for an allocation far longer than one lease.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// udhcpc tries 10 times, 2 s apart; this bounds the wait for its lease.
+const LEASE_WAIT: Duration = Duration::from_secs(30);
 
 const SCRIPT: &str = r#"#!/bin/sh
 # Written by metalmesh-installer: configure the lease udhcpc obtained.
@@ -11,7 +17,7 @@ case "$1" in
     ip addr flush dev "$interface"
     ip link set "$interface" up
     ;;
-  bound|renew)
+  bound)
     ip addr flush dev "$interface"
     ip addr add "$ip/${mask:-24}" dev "$interface"
     if [ -n "$router" ]; then
@@ -19,6 +25,9 @@ case "$1" in
       ip route replace default via "$1" dev "$interface"
     fi
     echo "$serverid" > "$METALMESH_SERVER_FILE"
+    ;;
+  renew)
+    ip addr replace "$ip/${mask:-24}" dev "$interface"
     ;;
 esac
 exit 0
@@ -56,35 +65,66 @@ pub fn ifindex(name: &str) -> Option<u32> {
         .ok()
 }
 
-/// Runs one DHCP exchange on `interface`; returns the DHCP server's address.
-pub fn acquire(interface: &str, work_dir: &Path) -> Result<String, DhcpError> {
+/// A lease held by a running udhcpc; dropping it stops the client (the
+/// address stays configured, as it would across a kexec).
+#[derive(Debug)]
+pub struct DhcpClient {
+    child: Child,
+    /// The DHCP server's address (the leaf).
+    pub server: String,
+}
+
+impl Drop for DhcpClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Obtains a lease on `interface` and keeps renewing it.
+pub fn acquire(interface: &str, work_dir: &Path) -> Result<DhcpClient, DhcpError> {
     std::fs::create_dir_all(work_dir)?;
     let script = work_dir.join("udhcpc.script");
     let server_file = work_dir.join("dhcp-server");
+    let log_file = work_dir.join("udhcpc.log");
     std::fs::write(&script, SCRIPT)?;
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let _ = std::fs::remove_file(&server_file);
     let _ = Command::new("ip")
         .args(["link", "set", interface, "up"])
         .output();
-    let output = Command::new("busybox")
+    let log = std::fs::File::create(&log_file)?;
+    let child = Command::new("busybox")
         .args([
-            "udhcpc", "-i", interface, "-n", "-q", "-t", "10", "-T", "2", "-s",
+            "udhcpc", "-f", "-i", interface, "-n", "-t", "10", "-T", "2", "-s",
         ])
         .arg(&script)
         .env("METALMESH_SERVER_FILE", &server_file)
-        .output()?;
-    let server = std::fs::read_to_string(&server_file).unwrap_or_default();
-    let server = server.trim();
-    if output.status.success() && !server.is_empty() {
-        Ok(server.to_string())
-    } else {
-        Err(DhcpError::NoLease(
-            String::from_utf8_lossy(&output.stderr)
-                .trim()
-                .chars()
-                .take(300)
-                .collect(),
-        ))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let mut client = DhcpClient {
+        child,
+        server: String::new(),
+    };
+    let started = Instant::now();
+    loop {
+        let server = std::fs::read_to_string(&server_file).unwrap_or_default();
+        if !server.trim().is_empty() {
+            client.server = server.trim().to_string();
+            return Ok(client);
+        }
+        let exited = client.child.try_wait()?.is_some();
+        if exited || started.elapsed() > LEASE_WAIT {
+            let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+            let tail: String = log.trim().chars().rev().take(300).collect();
+            return Err(DhcpError::NoLease(if tail.is_empty() {
+                format!("udhcpc got no lease within {} s", LEASE_WAIT.as_secs())
+            } else {
+                tail.chars().rev().collect()
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -19,6 +19,7 @@ pub mod disk;
 pub mod hardware;
 
 use api::{Allocation, Directive, EventReport, Registration};
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -71,8 +72,8 @@ pub fn run_once(options: &Options) -> Outcome {
             return Outcome::Reboot;
         }
     };
-    let server = match dhcp::acquire(&interface, &options.work_dir) {
-        Ok(server) => server,
+    let dhcp = match dhcp::acquire(&interface, &options.work_dir) {
+        Ok(dhcp) => dhcp,
         Err(error) => {
             log(&format!("DHCP on {interface}: {error}"));
             std::thread::sleep(Duration::from_secs(2));
@@ -82,7 +83,7 @@ pub fn run_once(options: &Options) -> Outcome {
     let leaf = options
         .leaf
         .clone()
-        .unwrap_or_else(|| format!("http://{server}:{LEAF_HTTP_PORT}"));
+        .unwrap_or_else(|| format!("http://{}:{LEAF_HTTP_PORT}", dhcp.server));
     let disks = options.simulate.as_ref().map(|s| vec![s.disk.clone()]);
     let mut hardware = options.sources.read(disks.as_deref());
     if let Some(simulate) = &options.simulate {
@@ -121,6 +122,7 @@ pub fn run_once(options: &Options) -> Outcome {
         .map(|nic| nic.mac.clone())
         .unwrap_or_default();
     let session = Session {
+        dhcp: RefCell::new(Some(dhcp)),
         leaf,
         uuid,
         mac,
@@ -135,6 +137,8 @@ pub fn run_once(options: &Options) -> Outcome {
 }
 
 struct Session {
+    /// The running DHCP client; gone once the installed system "boots".
+    dhcp: RefCell<Option<dhcp::DhcpClient>>,
     leaf: String,
     uuid: String,
     mac: String,
@@ -314,6 +318,8 @@ impl Session {
     /// and phone home until told to reboot.
     fn simulated_boot(&self, hostname: &str, allocation: &Allocation) -> Outcome {
         log(&format!("simulated boot of {hostname}"));
+        // The installer's DHCP client ends here, as it does at kexec.
+        self.dhcp.borrow_mut().take();
         let nic = self.interface.as_str();
         let address = format!("{}/32", allocation.ip);
         for args in [
