@@ -111,8 +111,43 @@ pub async fn serve(
             () = cancel.cancelled() => return Ok(()),
             received = socket.recv_from(&mut buf) => received?,
         };
-        let packet = match Packet::decode(&buf[..n]) {
-            Ok(p) => p,
+        let request = match Packet::decode(&buf[..n]) {
+            Ok(Packet::ReadRequest {
+                filename,
+                mode,
+                options,
+            }) => ReadRequest {
+                filename,
+                mode,
+                options,
+            },
+            Ok(Packet::WriteRequest { filename, .. }) => {
+                counters.requests.fetch_add(1, Ordering::Relaxed);
+                counters.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%peer, %filename, "TFTP write request refused");
+                send_error(
+                    &socket,
+                    peer,
+                    code::ACCESS_VIOLATION,
+                    "Access violation: read-only server",
+                )
+                .await;
+                continue;
+            }
+            // An error is never answered (RFC 1350); stray data, ACKs and
+            // option ACKs belong to no transfer of this port.
+            Ok(Packet::Error { .. }) => continue,
+            Ok(_) => {
+                counters.malformed.fetch_add(1, Ordering::Relaxed);
+                send_error(
+                    &socket,
+                    peer,
+                    code::ILLEGAL_OPERATION,
+                    "Illegal TFTP operation",
+                )
+                .await;
+                continue;
+            }
             Err(error) => {
                 counters.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, %error, "malformed TFTP request");
@@ -135,14 +170,17 @@ pub async fn serve(
                 Ok(transfer_socket) => {
                     tokio::select! {
                         () = cancel.cancelled() => Ok(()),
-                        r = transfer(&transfer_socket, peer, packet, &root, &counters) => r,
+                        r = transfer(&transfer_socket, peer, request, &root, &counters) => r,
                     }
                 }
-                Err(error) => Err(error.to_string()),
+                Err(error) => Err(Failure::Failed(error.to_string())),
             };
             match result {
                 Ok(()) => {}
-                Err(error) => {
+                Err(Failure::Refused(reason)) => {
+                    tracing::info!(%peer, %reason, "TFTP request refused");
+                }
+                Err(Failure::Failed(error)) => {
                     counters.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(%peer, %error, "TFTP transfer failed");
                 }
@@ -175,41 +213,39 @@ async fn send_error(socket: &UdpSocket, peer: SocketAddr, code: u16, message: &s
     let _ = socket.send_to(&packet.encode(), peer).await;
 }
 
+/// A read request, the only packet that starts a transfer.
+struct ReadRequest {
+    filename: String,
+    mode: String,
+    options: Vec<(String, String)>,
+}
+
+/// Why a transfer did not complete.
+enum Failure {
+    /// The request was answered with an error (counted as refused).
+    Refused(String),
+    /// The transfer broke off (counted as failed).
+    Failed(String),
+}
+
+impl From<String> for Failure {
+    fn from(error: String) -> Failure {
+        Failure::Failed(error)
+    }
+}
+
 async fn transfer(
     socket: &UdpSocket,
     peer: SocketAddr,
-    request: Packet,
+    request: ReadRequest,
     root: &Path,
     counters: &TftpCounters,
-) -> Result<(), String> {
-    let (filename, mode, options) = match request {
-        Packet::ReadRequest {
-            filename,
-            mode,
-            options,
-        } => (filename, mode, options),
-        Packet::WriteRequest { filename, .. } => {
-            counters.refused.fetch_add(1, Ordering::Relaxed);
-            send_error(
-                socket,
-                peer,
-                code::ACCESS_VIOLATION,
-                "Access violation: read-only server",
-            )
-            .await;
-            return Err(format!("write request for {filename} refused"));
-        }
-        _ => {
-            send_error(
-                socket,
-                peer,
-                code::ILLEGAL_OPERATION,
-                "Illegal TFTP operation",
-            )
-            .await;
-            return Err("not a request".into());
-        }
-    };
+) -> Result<(), Failure> {
+    let ReadRequest {
+        filename,
+        mode,
+        options,
+    } = request;
     if mode != "octet" && mode != "netascii" {
         send_error(
             socket,
@@ -218,7 +254,8 @@ async fn transfer(
             "Only octet and netascii modes",
         )
         .await;
-        return Err(format!("mode {mode} refused"));
+        counters.refused.fetch_add(1, Ordering::Relaxed);
+        return Err(Failure::Refused(format!("mode {mode} refused")));
     }
     let path = match resolve(root, &filename) {
         Ok(path) => path,
@@ -229,7 +266,7 @@ async fn transfer(
                 other => format!("Access violation: {other}"),
             };
             send_error(socket, peer, error_code(&error), &message).await;
-            return Err(format!("{filename}: {error}"));
+            return Err(Failure::Refused(format!("{filename}: {error}")));
         }
     };
     let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -258,7 +295,9 @@ async fn transfer(
             }
         }
         if !acked {
-            return Err("client never acknowledged the options".into());
+            return Err(Failure::Failed(
+                "client never acknowledged the options".into(),
+            ));
         }
     }
     // Blocks are numbered from 1; the last one is shorter than blksize (maybe empty).
@@ -303,7 +342,9 @@ async fn transfer(
             None => {
                 retries += 1;
                 if retries > MAX_RETRIES {
-                    return Err(format!("{filename}: client stopped acknowledging"));
+                    return Err(Failure::Failed(format!(
+                        "{filename}: client stopped acknowledging"
+                    )));
                 }
             }
         }
@@ -364,10 +405,8 @@ mod tests {
         Some((Packet::decode(&buf[..n]).ok()?, from))
     }
 
-    #[tokio::test]
-    async fn duplicate_acks_resend_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("f"), vec![7u8; 3 * 512 + 10]).unwrap();
+    /// A server on loopback for `root`; stops when the guard drops.
+    async fn start(root: &Path) -> (SocketAddr, Arc<TftpCounters>, tokio_util::sync::DropGuard) {
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -376,10 +415,10 @@ mod tests {
         let listen: SocketAddr = ([127, 0, 0, 1], port).into();
         let counters = Arc::new(TftpCounters::default());
         let cancel = CancellationToken::new();
-        let _stop = cancel.clone().drop_guard();
+        let guard = cancel.clone().drop_guard();
         tokio::spawn(serve(
             TftpConfig {
-                root: dir.path().to_path_buf(),
+                root: root.to_path_buf(),
                 listen,
                 interface: None,
                 max_transfers: 4,
@@ -388,6 +427,58 @@ mod tests {
             cancel,
         ));
         tokio::time::sleep(Duration::from_millis(100)).await;
+        (listen, counters, guard)
+    }
+
+    #[tokio::test]
+    async fn only_read_requests_start_transfers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (listen, counters, _stop) = start(dir.path()).await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let second = Duration::from_secs(1);
+        // An error is not answered; a stray ACK is told it is illegal.
+        let error = Packet::Error {
+            code: 0,
+            message: "x".into(),
+        };
+        client.send_to(&error.encode(), listen).await.unwrap();
+        assert_eq!(receive(&client, Duration::from_millis(300)).await, None);
+        client
+            .send_to(&Packet::Ack { block: 1 }.encode(), listen)
+            .await
+            .unwrap();
+        let (answer, from) = receive(&client, second).await.unwrap();
+        assert!(matches!(
+            answer,
+            Packet::Error {
+                code: code::ILLEGAL_OPERATION,
+                ..
+            }
+        ));
+        assert_eq!(from, listen, "answered from a transfer port");
+        let write = Packet::WriteRequest {
+            filename: "f".into(),
+            mode: "octet".into(),
+        };
+        client.send_to(&write.encode(), listen).await.unwrap();
+        let (answer, _) = receive(&client, second).await.unwrap();
+        assert!(matches!(
+            answer,
+            Packet::Error {
+                code: code::ACCESS_VIOLATION,
+                ..
+            }
+        ));
+        assert_eq!(counters.requests.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.refused.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.failed.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn duplicate_acks_resend_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), vec![7u8; 3 * 512 + 10]).unwrap();
+        let (listen, counters, _stop) = start(dir.path()).await;
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let request = Packet::ReadRequest {
             filename: "f".into(),
