@@ -576,19 +576,7 @@ impl Loaded {
     }
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
+pub use metalmesh_lldp::parse_mac;
 
 #[cfg(test)]
 mod tests {
@@ -745,5 +733,6 @@ mod tests {
         assert_eq!(parse_mac("02:00:00:00:00"), None);
         assert_eq!(parse_mac("02:00:00:00:00:0a:0b"), None);
         assert_eq!(parse_mac("zz:00:00:00:00:0a"), None);
+        assert_eq!(parse_mac("+f:00:00:00:00:0a"), None);
     }
 }

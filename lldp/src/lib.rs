@@ -12,7 +12,7 @@ mod tlv;
 
 pub use tlv::{
     Capabilities, ChassisId, ChassisIdSubtype, Id, InterfaceNumbering, MacPhy, ManagementAddress,
-    PortId, PortIdSubtype, RawTlv, family, format_mac, kind, oui,
+    PortId, PortIdSubtype, RawTlv, family, format_mac, kind, oui, parse_mac,
 };
 
 use serde::{Deserialize, Serialize};

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -118,28 +118,7 @@ impl PacketSocket {
     pub async fn send(&self, frame: &[u8]) -> io::Result<()> {
         loop {
             let mut guard = self.fd.writable().await?;
-            let result = guard.try_io(|fd| {
-                // SAFETY: `frame` is valid for reads of its length.
-                let n = unsafe {
-                    libc::send(
-                        fd.get_ref().as_raw_fd(),
-                        frame.as_ptr().cast::<libc::c_void>(),
-                        frame.len(),
-                        0,
-                    )
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else if n as usize != frame.len() {
-                    Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "short frame write",
-                    ))
-                } else {
-                    Ok(())
-                }
-            });
-            match result {
+            match guard.try_io(|fd| send_frame(fd.get_ref().as_fd(), frame)) {
                 Ok(result) => return result,
                 Err(_would_block) => continue,
             }
@@ -147,17 +126,42 @@ impl PacketSocket {
     }
 }
 
-/// Opens an `AF_PACKET` raw socket bound to `ifindex` and `ethertype`.
+/// Writes one frame; a short write is an error.
+fn send_frame(fd: BorrowedFd<'_>, frame: &[u8]) -> io::Result<()> {
+    // SAFETY: `frame` is valid for reads of its length.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast::<libc::c_void>(),
+            frame.len(),
+            0,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else if n as usize != frame.len() {
+        Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short frame write",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Opens an `AF_PACKET` raw socket bound to `ifindex`, receiving frames of
+/// `ethertype` (none with 0).
 fn open_bound(ifindex: u32, ethertype: u16, flags: libc::c_int) -> io::Result<OwnedFd> {
     let protocol = ethertype.to_be();
-    // Until bind() names the interface, the socket sees this EtherType on
-    // every interface: receivers check `Received::ifindex`.
+    // Created with protocol 0 it receives nothing; bind() then names the
+    // interface and the EtherType together, so no frame of another
+    // interface is ever queued.
     // SAFETY: plain syscall with constant arguments; the result is checked.
     let raw = check(unsafe {
         libc::socket(
             libc::AF_PACKET,
             libc::SOCK_RAW | libc::SOCK_CLOEXEC | flags,
-            libc::c_int::from(protocol),
+            0,
         )
     })?;
     // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
@@ -187,33 +191,15 @@ pub struct BlockingSender {
 }
 
 impl BlockingSender {
-    /// Needs CAP_NET_RAW.
-    pub fn bind(ifindex: u32, ethertype: u16) -> io::Result<BlockingSender> {
+    /// Needs CAP_NET_RAW. The socket receives nothing.
+    pub fn bind(ifindex: u32) -> io::Result<BlockingSender> {
         Ok(BlockingSender {
-            fd: open_bound(ifindex, ethertype, 0)?,
+            fd: open_bound(ifindex, 0, 0)?,
         })
     }
 
     /// Sends one complete Ethernet frame (header included).
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
-        // SAFETY: `frame` is valid for reads of its length.
-        let n = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast::<libc::c_void>(),
-                frame.len(),
-                0,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else if n as usize != frame.len() {
-            Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "short frame write",
-            ))
-        } else {
-            Ok(())
-        }
+        send_frame(self.fd.as_fd(), frame)
     }
 }

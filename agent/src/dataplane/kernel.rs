@@ -27,6 +27,7 @@ use rtnetlink::{
 use super::desired::{GATEWAY, NextHop, Object, Plan, RULE_PRIORITY, VXLAN_PORT};
 use super::intent::Prefix;
 use crate::config::parse_mac;
+use metalmesh_lldp::format_mac;
 
 /// Route protocol number marking the agent's routes (`ip route … proto 245`).
 /// FRR claims 186–198 (196 is its "static"), so the agent stays clear of them.
@@ -60,10 +61,6 @@ fn link_name(message: &LinkMessage) -> Option<String> {
         LinkAttribute::IfName(name) => Some(name.clone()),
         _ => None,
     })
-}
-
-fn format_mac(bytes: &[u8]) -> String {
-    metalmesh_lldp::format_mac(bytes)
 }
 
 pub async fn read(handle: &Handle) -> Result<KernelState, rtnetlink::Error> {

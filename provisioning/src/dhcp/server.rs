@@ -97,20 +97,6 @@ pub struct DhcpServer {
     last_sweep: u64,
 }
 
-/// `aa:bb:cc:dd:ee:ff`, built without intermediate allocations (hot path).
-fn mac_string(chaddr: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(chaddr.len() * 3);
-    for (i, byte) in chaddr.iter().enumerate() {
-        if i > 0 {
-            text.push(':');
-        }
-        text.push(char::from(HEX[usize::from(byte >> 4)]));
-        text.push(char::from(HEX[usize::from(byte & 0xf)]));
-    }
-    text
-}
-
 impl DhcpServer {
     /// A server over the persisted leases and quarantine.
     pub fn new(settings: DhcpSettings, leases: Vec<Lease>, quarantine: Vec<Quarantine>) -> Self {
@@ -166,7 +152,7 @@ impl DhcpServer {
             self.counters.malformed += 1;
             return outcome;
         }
-        let mac = mac_string(&message.chaddr()[..6]);
+        let mac = metalmesh_lldp::format_mac(&message.chaddr()[..6]);
         if !self.allow(&mac, now_ms) {
             self.counters.rate_limited += 1;
             return outcome;
@@ -458,7 +444,7 @@ impl DhcpServer {
 
     fn nak(&mut self, m: &Message, why: &str, out: &mut Outcome) {
         self.counters.naks += 1;
-        tracing::debug!(mac = %mac_string(&m.chaddr()[..6]), why, "DHCPNAK");
+        tracing::debug!(mac = %metalmesh_lldp::format_mac(&m.chaddr()[..6]), why, "DHCPNAK");
         let mut reply = Message::new_with_id(
             m.xid(),
             Ipv4Addr::UNSPECIFIED,
@@ -545,7 +531,7 @@ impl DhcpServer {
         if let Some(domain) = &s.domain {
             opts.insert(DhcpOption::DomainName(domain.clone()));
         }
-        let mac = mac_string(&m.chaddr()[..6]);
+        let mac = metalmesh_lldp::format_mac(&m.chaddr()[..6]);
         match client {
             ClientKind::BiosPxe | ClientKind::UefiX64Pxe | ClientKind::UefiArm64Pxe => {
                 let file = match client {
@@ -1043,7 +1029,11 @@ mod tests {
     fn persisted_leases_are_honoured_after_restart() {
         let mut first = DhcpServer::new(example(), vec![], vec![]);
         let ip = dora(&mut first, MAC, T0).unwrap();
-        let lease = first.leases.get(&mac_string(&MAC)).unwrap().clone();
+        let lease = first
+            .leases
+            .get(&metalmesh_lldp::format_mac(&MAC))
+            .unwrap()
+            .clone();
         let mut second = DhcpServer::new(example(), vec![lease], vec![]);
         // Another client never gets that address while the lease runs.
         let other = dora(&mut second, [2, 0, 0, 0, 0, 1], T0 + 1000).unwrap();

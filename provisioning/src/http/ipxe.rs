@@ -26,15 +26,7 @@ pub struct IpxeSettings {
 
 /// Parses `52-54-00-6d-01-03` or `52:54:00:6d:01:03` into the colon form.
 pub fn parse_mac(text: &str) -> Option<String> {
-    let parts: Vec<&str> = text.split(['-', ':']).collect();
-    if parts.len() != 6
-        || parts
-            .iter()
-            .any(|p| p.len() != 2 || u8::from_str_radix(p, 16).is_err())
-    {
-        return None;
-    }
-    Some(parts.join(":").to_ascii_lowercase())
+    metalmesh_lldp::parse_mac(&text.replace('-', ":")).map(|mac| metalmesh_lldp::format_mac(&mac))
 }
 
 pub fn render(settings: &IpxeSettings, mac: &str) -> String {

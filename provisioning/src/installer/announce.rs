@@ -2,7 +2,9 @@
 //! chassis ID (and the NIC's name as port ID), so the leaf learns which of
 //! its ports the machine is cabled to.
 
-use metalmesh_lldp::{ChassisId, ETHERTYPE, Frame, Lldpdu, MULTICAST_MAC, PortId};
+#[cfg(test)]
+use metalmesh_lldp::parse_mac;
+use metalmesh_lldp::{ChassisId, Frame, Lldpdu, MULTICAST_MAC, PortId};
 use metalmesh_packet_socket::BlockingSender;
 use std::time::Duration;
 
@@ -43,7 +45,7 @@ pub fn start(uuid: String, hostname: String, ports: Vec<AnnouncePort>) {
         .spawn(move || {
             let senders: Vec<(AnnouncePort, BlockingSender)> = ports
                 .into_iter()
-                .filter_map(|port| match BlockingSender::bind(port.ifindex, ETHERTYPE) {
+                .filter_map(|port| match BlockingSender::bind(port.ifindex) {
                     Ok(sender) => Some((port, sender)),
                     Err(error) => {
                         eprintln!("metalmesh-installer: LLDP on {}: {error}", port.name);
@@ -73,16 +75,6 @@ pub fn start(uuid: String, hostname: String, ports: Vec<AnnouncePort>) {
     if let Err(error) = spawned {
         eprintln!("metalmesh-installer: cannot start LLDP: {error}");
     }
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
 }
 
 #[cfg(test)]

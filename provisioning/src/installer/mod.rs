@@ -110,7 +110,7 @@ pub fn run_once(options: &Options) -> Outcome {
                 Some(announce::AnnouncePort {
                     name: nic.name.clone(),
                     ifindex: dhcp::ifindex(&nic.name)?,
-                    mac: announce::parse_mac(&nic.mac)?,
+                    mac: metalmesh_lldp::parse_mac(&nic.mac)?,
                 })
             })
             .collect(),
