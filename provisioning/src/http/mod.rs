@@ -9,14 +9,17 @@ mod ipxe;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
+use tower_service::Service;
 
 pub use ipxe::IpxeSettings;
 
@@ -65,16 +68,43 @@ pub fn router(config: &HttpBootConfig) -> Router {
         .with_state(state)
 }
 
-/// Serves until cancelled.
+/// Serves until cancelled; open connections are dropped then.
+///
+/// Connections are served by hyper directly rather than `axum::serve`, to
+/// accept HTTP/1 half-closes: simple clients (busybox `nc` in the installed
+/// system's phone home) shut down their sending side after the request and
+/// then wait for the answer, which hyper otherwise takes for an aborted
+/// request, dropping the answer.
 pub async fn serve(config: HttpBootConfig, cancel: CancellationToken) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %config.listen, root = %config.root.display(), "HTTP boot server running");
-    axum::serve(
-        listener,
-        router(&config).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { cancel.cancelled().await })
-    .await
+    let mut make_service = router(&config).into_make_service_with_connect_info::<SocketAddr>();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors and the like: back off, keep serving.
+                    tracing::warn!(%error, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(service) = make_service.call(peer).await;
+        let service = TowerToHyperService::new(service);
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "HTTP connection ended");
+            }
+        });
+    }
 }
 
 async fn access_log(request: Request, next: Next) -> Response {
@@ -104,4 +134,63 @@ async fn access_log(request: Request, next: Next) -> Response {
         ms = started.elapsed().as_millis() as u64, "http"
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::installer::api::Directive;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A client that half-closes after its request (as busybox `nc` does)
+    /// still gets the answer of a call that takes a while.
+    #[tokio::test]
+    async fn half_closed_requests_are_answered() {
+        let (machines, mut calls) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Some(call) = calls.recv().await {
+                let call: installer_api::InstallerRequest = call;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = call.reply.send(Ok(Directive::Reboot));
+            }
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+        let config = HttpBootConfig {
+            listen,
+            root: std::env::temp_dir(),
+            ipxe: IpxeSettings {
+                base_url: format!("http://{listen}"),
+                kernel: "vmlinuz".into(),
+                initrd: "initramfs.img".into(),
+                cmdline: String::new(),
+                leaf: "leaf1".into(),
+            },
+            machines: Some(machines),
+        };
+        let cancel = CancellationToken::new();
+        let _stop = cancel.clone().drop_guard();
+        tokio::spawn(serve(config, cancel));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+        stream
+            .write_all(
+                b"POST /v1/machines/6d6d0000-0000-4000-8000-000001000001/phone-home HTTP/1.0\r\n\
+                  Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+            )
+            .await
+            .unwrap();
+        stream.shutdown().await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer:?}");
+        assert!(answer.contains("reboot"), "{answer:?}");
+    }
 }
