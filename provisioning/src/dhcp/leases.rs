@@ -105,10 +105,8 @@ impl LeaseStore {
             source,
         };
         let connection = Connection::open(path).map_err(err)?;
-        connection
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
-            .map_err(err)?;
-        // A corrupt file fails here, loudly, instead of being reset.
+        // A corrupt file fails here, loudly and before anything is written
+        // to it, instead of being reset.
         let check: String = connection
             .query_row("PRAGMA quick_check", [], |row| row.get(0))
             .map_err(err)?;
@@ -118,6 +116,9 @@ impl LeaseStore {
                 detail: check,
             });
         }
+        connection
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+            .map_err(err)?;
         let version: i64 = connection
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(err)?;
@@ -154,6 +155,32 @@ impl LeaseStore {
             connection,
             path: name,
         })
+    }
+
+    /// Opens the file beside its running server, to read: nothing is
+    /// checked, migrated or written. `None` before the server created it.
+    pub fn open_read_only(path: &Path) -> Result<Option<LeaseStore>, StoreError> {
+        let name = path.display().to_string();
+        let err = |source| StoreError::Sqlite {
+            path: name.clone(),
+            source,
+        };
+        let connection =
+            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(err)?;
+        let version: i64 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: name,
+                found: version,
+            });
+        }
+        Ok((version >= 1).then_some(LeaseStore {
+            connection,
+            path: name,
+        }))
     }
 
     fn error(&self, source: rusqlite::Error) -> StoreError {
@@ -349,6 +376,11 @@ mod tests {
         );
         assert!(store.lease_of("bb").unwrap().is_none());
         assert_eq!(store.quarantine().unwrap().len(), 1);
+        // Readers beside the server see the same leases.
+        let reader = LeaseStore::open_read_only(&path).unwrap().unwrap();
+        assert_eq!(reader.leases().unwrap(), leases);
+        assert!(LeaseStore::open_read_only(&dir.path().join("none.db")).is_err());
+        assert!(!dir.path().join("none.db").exists(), "a reader created the file");
     }
 
     #[test]
@@ -357,6 +389,7 @@ mod tests {
         let garbage = dir.path().join("garbage.db");
         std::fs::write(&garbage, vec![0x42u8; 8192]).unwrap();
         assert!(LeaseStore::open(&garbage).is_err());
+        assert_eq!(std::fs::read(&garbage).unwrap(), vec![0x42u8; 8192]);
         let newer = dir.path().join("newer.db");
         Connection::open(&newer)
             .unwrap()

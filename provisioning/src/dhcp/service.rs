@@ -208,7 +208,11 @@ fn serve(
     Ok(())
 }
 
-/// Reads the leases of a store file (for the admin API), without the server.
+/// Reads the leases of a store file beside its running server (admin API,
+/// mesh publisher, machine manager).
 pub fn read_leases(path: &Path) -> Result<Vec<super::Lease>, StoreError> {
-    LeaseStore::open(path)?.leases()
+    match LeaseStore::open_read_only(path)? {
+        Some(store) => store.leases(),
+        None => Ok(Vec::new()),
+    }
 }
