@@ -13,6 +13,7 @@ pub mod dataplane;
 pub mod lldp;
 pub mod machines;
 pub mod mesh;
+pub mod netlink;
 pub mod run;
 pub mod supervisor;
 pub mod switch;

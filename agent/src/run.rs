@@ -41,11 +41,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
     let ports = links::dump_once().await?;
     let kernel_mode = {
-        let (connection, handle, _) = rtnetlink::new_connection()?;
-        let driver = tokio::spawn(connection);
-        let mode = crate::dataplane::mode::detect(&handle).await;
-        driver.abort();
-        mode
+        let (handle, _driver) = crate::netlink::connect()?;
+        crate::dataplane::mode::detect(&handle).await
     };
     let names: Vec<String> = ports.iter().map(|p| p.name.clone()).collect();
     loaded.check_ports_exist(&names)?;
@@ -71,7 +68,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let _pidfile = options
         .pidfile
         .as_deref()
-        .map(PidFile::create)
+        .map(create_pid_file)
         .transpose()?;
     let _socket = RemoveOnDrop(config.admin.socket.clone());
 
@@ -347,27 +344,17 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The agent's pid file, removed on clean exit.
-struct PidFile(PathBuf);
-
-impl PidFile {
-    fn create(path: &Path) -> anyhow::Result<PidFile> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        std::fs::write(path, format!("{}\n", std::process::id()))
-            .with_context(|| format!("cannot write pid file {}", path.display()))?;
-        Ok(PidFile(path.to_path_buf()))
+/// Writes the agent's pid file; it is removed on clean exit.
+fn create_pid_file(path: &Path) -> anyhow::Result<RemoveOnDrop> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    std::fs::write(path, format!("{}\n", std::process::id()))
+        .with_context(|| format!("cannot write pid file {}", path.display()))?;
+    Ok(RemoveOnDrop(path.to_path_buf()))
 }
 
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
+/// A file removed when this is dropped (pid file, admin socket).
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {

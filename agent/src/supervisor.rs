@@ -2,6 +2,7 @@
 //! with exponential back-off (so one broken part never takes the switch's
 //! other services down), and all of them stop together on shutdown.
 
+use crate::netlink::AbortOnDrop;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -129,15 +130,6 @@ impl Supervisor {
             tracing::warn!(?timeout, "subsystems did not stop in time; aborting them");
             self.tasks.abort_all();
         }
-    }
-}
-
-/// Aborts the subsystem's task when its supervising task is aborted.
-struct AbortOnDrop(tokio::task::JoinHandle<anyhow::Result<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -203,13 +203,10 @@ impl AgentView {
         F: FnOnce(rtnetlink::Handle, crate::dataplane::reconcile::Reconciler) -> Fut,
         Fut: std::future::Future<Output = Result<T, rtnetlink::Error>>,
     {
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| e.to_string())?;
-        let driver = tokio::spawn(connection);
-        let result = f(handle, self.dataplane.clone())
+        let (handle, _driver) = crate::netlink::connect().map_err(|e| e.to_string())?;
+        f(handle, self.dataplane.clone())
             .await
-            .map_err(|e| e.to_string());
-        driver.abort();
-        result
+            .map_err(|e| e.to_string())
     }
 
     async fn apply_intents(&self, intents: &crate::dataplane::Intents) -> Response {

@@ -5,6 +5,7 @@
 //! agent owns, diffs, and applies only the difference; a pass with nothing
 //! to do changes nothing.
 
+use crate::netlink::AbortOnDrop;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::desired::{KernelMode, Object, Plan, diff, render};
 use super::intent::{Intents, Rejection, validate};
-use super::kernel::{self, Failure};
+use super::kernel::{self, Failure, KernelState};
 
 /// Full pass at least this often.
 const PERIOD: Duration = Duration::from_secs(10);
@@ -67,18 +68,17 @@ impl Reconciler {
         &self,
         handle: &rtnetlink::Handle,
     ) -> Result<(Plan, Vec<Rejection>), rtnetlink::Error> {
-        let state = kernel::read(handle).await?;
-        let (want, rejected) = desired(
-            &self.intents.borrow(),
-            &state.interface_names(),
-            self.mode,
-            self.vtep,
-        );
-        Ok((diff(&want, &state.objects), rejected))
+        let (_, _, plan, rejected) = self.compute(handle).await?;
+        Ok((plan, rejected))
     }
 
-    async fn pass(&self, handle: &rtnetlink::Handle) -> Result<(), rtnetlink::Error> {
-        let started = Instant::now();
+    /// Reads the kernel, renders the intents against its interfaces and
+    /// diffs: the kernel's state, the objects wanted, what to change, and
+    /// the VRFs rejected.
+    async fn compute(
+        &self,
+        handle: &rtnetlink::Handle,
+    ) -> Result<(KernelState, BTreeSet<Object>, Plan, Vec<Rejection>), rtnetlink::Error> {
         let state = kernel::read(handle).await?;
         let (want, rejected) = desired(
             &self.intents.borrow(),
@@ -87,6 +87,12 @@ impl Reconciler {
             self.vtep,
         );
         let plan = diff(&want, &state.objects);
+        Ok((state, want, plan, rejected))
+    }
+
+    async fn pass(&self, handle: &rtnetlink::Handle) -> Result<(), rtnetlink::Error> {
+        let started = Instant::now();
+        let (state, want, plan, rejected) = self.compute(handle).await?;
         let failures = if plan.is_empty() {
             Vec::new()
         } else {
@@ -118,8 +124,7 @@ impl Reconciler {
     }
 
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let (connection, handle, _) = rtnetlink::new_connection()?;
-        let _driver = AbortOnDrop(tokio::spawn(connection));
+        let (handle, _driver) = crate::netlink::connect()?;
         let (mut events_connection, _, mut events) = rtnetlink::new_connection()?;
         events_connection
             .socket_mut()
@@ -150,12 +155,4 @@ impl Reconciler {
 /// same dataplane after a restart without touching it.
 pub fn intents_file(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("dataplane-intents.toml")
-}
-
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

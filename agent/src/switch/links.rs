@@ -2,6 +2,7 @@
 //! full dump, then link notifications (`RTMGRP_LINK`) kept in a table, with a
 //! periodic re-dump in case the kernel dropped notifications under load.
 
+use crate::netlink::AbortOnDrop;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -107,11 +108,8 @@ pub async fn dump(handle: &rtnetlink::Handle) -> Result<Vec<Port>, LinkError> {
 
 /// One-shot dump with its own connection (for start-up checks and tools).
 pub async fn dump_once() -> Result<Vec<Port>, LinkError> {
-    let (connection, handle, _) = rtnetlink::new_connection().map_err(LinkError::Socket)?;
-    let driver = tokio::spawn(connection);
-    let result = dump(&handle).await;
-    driver.abort();
-    result
+    let (handle, _driver) = crate::netlink::connect().map_err(LinkError::Socket)?;
+    dump(&handle).await
 }
 
 /// Keeps `ports` equal to the kernel's links until cancelled.
@@ -182,12 +180,4 @@ fn publish(ports: &watch::Sender<Option<Vec<Port>>>, table: &BTreeMap<u32, Port>
             true
         }
     });
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

@@ -380,7 +380,10 @@ mod tests {
         let reader = LeaseStore::open_read_only(&path).unwrap().unwrap();
         assert_eq!(reader.leases().unwrap(), leases);
         assert!(LeaseStore::open_read_only(&dir.path().join("none.db")).is_err());
-        assert!(!dir.path().join("none.db").exists(), "a reader created the file");
+        assert!(
+            !dir.path().join("none.db").exists(),
+            "a reader created the file"
+        );
     }
 
     #[test]
