@@ -143,10 +143,11 @@ fn sigterm_stops_cleanly() {
     assert!(!pidfile.exists(), "pid file left behind");
 }
 
-/// A missing mesh key and a corrupt inventory store stop the start with the
-/// file named; the store is left as it was.
+/// Missing mesh credentials, a certificate issued to another node and a
+/// corrupt inventory store stop the start with the file named; the store is
+/// left as it was.
 #[test]
-fn missing_mesh_key_and_corrupt_store_are_named() {
+fn mesh_credentials_and_corrupt_store_problems_are_named() {
     let guard = Guard::new();
     let missing = guard.scratch.join("mesh/node.key");
     let path = config(
@@ -175,6 +176,34 @@ fn missing_mesh_key_and_corrupt_store_are_named() {
     // The CA file is read first; it is missing too and named.
     assert!(
         stderr.contains("mesh credentials") && stderr.contains("mesh/ca.pem"),
+        "{stderr}"
+    );
+
+    // With the CA and certificate in place, the missing key is named.
+    let mesh = guard.scratch.join("state/mesh");
+    metalmesh_inventory::pki::init_ca_files(&mesh, "test").unwrap();
+    let issue = |node: &str| {
+        let out = guard.scratch.join(format!("issued-{node}"));
+        let (cert, key) =
+            metalmesh_inventory::pki::issue_node_files(&mesh, node, &out, 30).unwrap();
+        std::fs::copy(cert, mesh.join("node.pem")).unwrap();
+        (out, key)
+    };
+    issue("tcli");
+    let out = start();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mesh/node.key"), "{stderr}");
+
+    // A certificate issued to another name is refused at start.
+    let (_, key) = issue("leaf7");
+    std::fs::create_dir_all(missing.parent().unwrap()).unwrap();
+    std::fs::copy(key, &missing).unwrap();
+    let out = start();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("issued to \"leaf7\"") && stderr.contains("node.pem"),
         "{stderr}"
     );
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, cli, eventually, run, up};
+use metalmesh_testbed::testing::{Guard, agent_on, cli, eventually, run, up};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
 
@@ -47,17 +47,11 @@ vtep = "10.255.0.{other}"
 fn apply(run_dir: &Path, scratch: &Path, leaf: u32, text: &str) -> Output {
     let file = scratch.join(format!("leaf{leaf}.toml"));
     std::fs::write(&file, text).unwrap();
-    cli(
+    agent_on(
         run_dir,
-        &[
-            "exec",
-            &format!("leaf{leaf}"),
-            "--",
-            AGENT,
-            "dataplane",
-            "apply",
-            file.to_str().unwrap(),
-        ],
+        AGENT,
+        &format!("leaf{leaf}"),
+        &["dataplane", "apply", file.to_str().unwrap()],
     )
 }
 
@@ -119,10 +113,7 @@ fn dump() -> String {
 fn tenants_over_vxlan_in_routing_table_mode() {
     let guard = Guard::new();
     let testbed = up(&guard.run_dir, 2, 2, 0);
-    let status = cli(
-        &guard.run_dir,
-        &["exec", "leaf1", "--", AGENT, "status", "-o", "json"],
-    );
+    let status = agent_on(&guard.run_dir, AGENT, "leaf1", &["status", "-o", "json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["kernel_mode"], "routing_tables");
 
@@ -316,20 +307,14 @@ fn tenants_over_vxlan_in_routing_table_mode() {
             .success()
     );
     assert!(eventually(Duration::from_secs(10), || {
-        let out = cli(
-            &guard.run_dir,
-            &["exec", "leaf1", "--", AGENT, "status", "-o", "json"],
-        );
+        let out = agent_on(&guard.run_dir, AGENT, "leaf1", &["status", "-o", "json"]);
         serde_json::from_slice::<serde_json::Value>(&out.stdout)
             .is_ok_and(|s| s["dataplane"]["passes"].as_u64() >= Some(2))
     }));
     std::thread::sleep(Duration::from_millis(500));
     let after = dump();
     assert_eq!(before, after, "restarting the agent changed the kernel");
-    let diff = cli(
-        &guard.run_dir,
-        &["exec", "leaf1", "--", AGENT, "dataplane", "diff"],
-    );
+    let diff = agent_on(&guard.run_dir, AGENT, "leaf1", &["dataplane", "diff"]);
     assert_eq!(String::from_utf8_lossy(&diff.stdout).trim(), "in sync");
 
     // Bad input: a VRF reusing a VNI is rejected, clearly; the others keep working.

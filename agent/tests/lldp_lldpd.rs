@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, cli, eventually, run, spawn_detached_in};
+use metalmesh_testbed::testing::{Guard, agent_on, eventually, run, spawn_detached_in};
 use metalmesh_testbed::{Overrides, Quiet, Testbed, Topology};
 use serde_json::Value;
 
@@ -15,10 +15,9 @@ const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
 
 /// `metalmesh-agent ARGS -o json` on a leaf, through `metalmesh-testbed exec`.
 fn agent_json(run_dir: &Path, leaf: &str, args: &[&str]) -> Value {
-    let mut full = vec!["exec", leaf, "--", AGENT];
-    full.extend_from_slice(args);
+    let mut full = args.to_vec();
     full.extend_from_slice(&["-o", "json"]);
-    let out = cli(run_dir, &full);
+    let out = agent_on(run_dir, AGENT, leaf, &full);
     assert!(
         out.status.success(),
         "{}",

@@ -149,9 +149,15 @@ fn one_machine_registers_installs_phones_home_and_is_reclaimed() {
     assert_eq!(m["unknown_mac"], false);
     assert!(head_is_zero(&disk), "the disk was not wiped before Waiting");
 
-    // Only a waiting machine is allocated, once.
+    // A machine this leaf does not know is refused, and so is an address
+    // outside every tenant VRF.
     let out = allocate(&guard, &uuid(1, 2), "10.0.1.12", "web-2");
     assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no machine"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = allocate(&guard, &id, "10.0.9.11", "web-1");
     assert!(!out.status.success());
     assert!(
@@ -211,6 +217,7 @@ fn one_machine_registers_installs_phones_home_and_is_reclaimed() {
     assert!(head_is_zero(&disk), "the reclaimed disk was not wiped");
     assert!(debugfs_cat(&disk, "/etc/hostname").trim().is_empty());
     let routes = agent(&guard, &["routes", "--vrf", "tenant-a"]);
+    assert!(routes.status.success());
     assert!(!String::from_utf8_lossy(&routes.stdout).contains("10.0.1.11"));
     assert_eq!(
         events(&guard, &id),
@@ -227,7 +234,6 @@ fn one_machine_registers_installs_phones_home_and_is_reclaimed() {
             "Waiting"
         ]
     );
-    let _ = run("pkill", &["-9", "-f", "metalmesh-installer --simulate"]);
 }
 
 #[test]
@@ -286,7 +292,6 @@ fn twenty_machines_reach_waiting_and_install_concurrently() {
             "{routes}"
         );
     }
-    let _ = run("pkill", &["-9", "-f", "metalmesh-installer --simulate"]);
 }
 
 #[test]
@@ -328,7 +333,14 @@ fn agent_killed_during_installing_loses_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // Back only once the installer has had to retry against the dead agent.
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let log = std::fs::read_to_string(guard.scratch.join("m1-1.log")).unwrap_or_default();
+            log.contains("retrying") || log.contains("attempt")
+        }),
+        "the installer never noticed the agent was gone"
+    );
     let out = cli(&guard.run_dir, &["start", "leaf1", "--daemon", "agent"]);
     assert!(
         out.status.success(),
@@ -364,7 +376,6 @@ fn agent_killed_during_installing_loses_nothing() {
         log.contains("retrying") || log.contains("attempt"),
         "the installer never had to retry:\n{log}"
     );
-    let _ = run("pkill", &["-9", "-f", "metalmesh-installer --simulate"]);
 }
 
 fn post(guard: &Guard, path: &str, body: &str) -> (u16, String) {
@@ -460,7 +471,8 @@ fn bad_images_and_bad_requests_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(eventually(Duration::from_secs(40), || state(&guard, &id) == "Waiting"));
-    let _ = run("pkill", &["-9", "-f", "metalmesh-installer --simulate"]);
+    // The machine's installer stops (power off): only its namespace's processes.
+    let _ = run("sh", &["-c", "ip netns pids mm-m1-1 | xargs -r kill -9"]);
 
     // Unknown image and non-waiting machines are refused with the reason.
     let out = agent(

@@ -9,25 +9,18 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, cli, eventually, run, spawn_detached_in, up};
+use metalmesh_testbed::testing::{Guard, agent_on, cli, eventually, run, spawn_detached_in, up};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
 const LEAVES: [u32; 5] = [1, 2, 3, 4, 5];
 
 /// `(kind, key, origin, version, value)` of every record in a leaf's replica.
 fn replica(run_dir: &Path, leaf: u32) -> Option<BTreeSet<String>> {
-    let out = cli(
+    let out = agent_on(
         run_dir,
-        &[
-            "exec",
-            &format!("leaf{leaf}"),
-            "--",
-            AGENT,
-            "mesh",
-            "records",
-            "-o",
-            "json",
-        ],
+        AGENT,
+        &format!("leaf{leaf}"),
+        &["mesh", "records", "-o", "json"],
     );
     if !out.status.success() {
         return None;
@@ -37,18 +30,11 @@ fn replica(run_dir: &Path, leaf: u32) -> Option<BTreeSet<String>> {
 }
 
 fn members(run_dir: &Path, leaf: u32) -> Vec<String> {
-    let out = cli(
+    let out = agent_on(
         run_dir,
-        &[
-            "exec",
-            &format!("leaf{leaf}"),
-            "--",
-            AGENT,
-            "mesh",
-            "members",
-            "-o",
-            "json",
-        ],
+        AGENT,
+        &format!("leaf{leaf}"),
+        &["mesh", "members", "-o", "json"],
     );
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
         return Vec::new();
@@ -302,5 +288,4 @@ fn five_agents_replicate_recover_and_refuse_strangers() {
                 .any(|r| r.contains("rogue"))
         );
     }
-    let _ = run("pkill", &["-9", "-f", config.to_str().unwrap()]);
 }
