@@ -123,6 +123,13 @@ pub struct MeshConfig {
 }
 
 impl MeshConfig {
+    /// The address other nodes reach this one at: `advertise`, else the
+    /// switch's loopback on the listening port.
+    pub fn advertise_addr(&self, loopback: std::net::Ipv4Addr) -> SocketAddr {
+        self.advertise
+            .unwrap_or_else(|| SocketAddr::new(loopback.into(), self.listen.port()))
+    }
+
     /// The CA, certificate and key files, defaults resolved.
     pub fn credential_paths(&self, state_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         let dir = state_dir.join("mesh");

@@ -16,6 +16,29 @@ use metalmesh_agent::switch::Port;
 use metalmesh_bin_support::{LogArgs, OutputFormat, render_table};
 use metalmesh_provisioning::dhcp::Lease;
 
+/// The columns of machine tables (`machines`, `machine allocate|free`).
+const MACHINE_COLUMNS: [&str; 7] = [
+    "UUID",
+    "PORT",
+    "STATE",
+    "LIVELINESS",
+    "HOSTNAME",
+    "IP",
+    "FLAGS",
+];
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A table's header row.
+fn header(columns: &[&str]) -> Vec<String> {
+    columns.iter().map(|c| c.to_string()).collect()
+}
 #[derive(Debug, Parser)]
 #[command(
     name = "metalmesh-agent",
@@ -305,12 +328,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("unexpected answer to routes");
             };
             print(output, &routes, |routes| {
-                let mut rows = vec![vec![
-                    "VRF".to_string(),
-                    "TABLE".into(),
-                    "DESTINATION".into(),
-                    "NEXT HOP".into(),
-                ]];
+                let mut rows = vec![header(&["VRF", "TABLE", "DESTINATION", "NEXT HOP"])];
                 for r in routes.iter() {
                     rows.push(vec![
                         r.vrf.clone().unwrap_or_default(),
@@ -335,15 +353,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("unexpected answer to machines");
             };
             print(output, &machines, |machines| {
-                let mut rows = vec![vec![
-                    "UUID".to_string(),
-                    "PORT".into(),
-                    "STATE".into(),
-                    "LIVELINESS".into(),
-                    "HOSTNAME".into(),
-                    "IP".into(),
-                    "FLAGS".into(),
-                ]];
+                let mut rows = vec![header(&MACHINE_COLUMNS)];
                 for m in machines.iter() {
                     rows.push(machine_row(m));
                 }
@@ -361,7 +371,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             };
             let answer = serde_json::json!({ "node": node, "members": members });
             print(output, &answer, |_| {
-                let mut rows = vec![vec!["NAME".to_string(), "ADDRESS".into(), "STATE".into()]];
+                let mut rows = vec![header(&["NAME", "ADDRESS", "STATE"])];
                 for member in &members {
                     rows.push(vec![
                         member.name.clone(),
@@ -385,13 +395,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("unexpected answer to mesh records");
             };
             print(output, &records, |records| {
-                let mut rows = vec![vec![
-                    "KIND".to_string(),
-                    "KEY".into(),
-                    "ORIGIN".into(),
-                    "VERSION".into(),
-                    "BYTES".into(),
-                ]];
+                let mut rows = vec![header(&["KIND", "KEY", "ORIGIN", "VERSION", "BYTES"])];
                 for record in records.iter() {
                     rows.push(vec![
                         record.id.kind.to_string(),
@@ -487,7 +491,7 @@ async fn machine_command(socket: &std::path::Path, command: MachineCommand) -> a
     };
     if events_only {
         return print(output, &machine.events, |events| {
-            let mut rows = vec![vec!["TIME".to_string(), "EVENT".into(), "MESSAGE".into()]];
+            let mut rows = vec![header(&["TIME", "EVENT", "MESSAGE"])];
             for event in events.iter() {
                 rows.push(vec![
                     format_time_ms(event.time),
@@ -499,18 +503,7 @@ async fn machine_command(socket: &std::path::Path, command: MachineCommand) -> a
         });
     }
     print(output, &*machine, |m| {
-        let mut text = render_table(vec![
-            vec![
-                "UUID".to_string(),
-                "PORT".into(),
-                "STATE".into(),
-                "LIVELINESS".into(),
-                "HOSTNAME".into(),
-                "IP".into(),
-                "FLAGS".into(),
-            ],
-            machine_row(m),
-        ]);
+        let mut text = render_table(vec![header(&MACHINE_COLUMNS), machine_row(m)]);
         if let Some(hw) = &m.hardware {
             text.push_str(&format!(
                 "\nhardware: {} {} serial {:?}, {} CPUs, {} MiB\n",
@@ -564,7 +557,7 @@ fn print<T: serde::Serialize>(
 }
 
 fn status_table(s: &AgentStatus) -> String {
-    let mut rows = vec![vec!["FIELD".to_string(), "VALUE".into()]];
+    let mut rows = vec![header(&["FIELD", "VALUE"])];
     let mut row = |k: &str, v: String| rows.push(vec![k.to_string(), v]);
     row("version", s.version.clone());
     row("kernel mode", format!("{:?}", s.kernel_mode));
@@ -614,18 +607,15 @@ fn status_table(s: &AgentStatus) -> String {
 }
 
 fn neighbors_table(snapshot: &LldpSnapshot) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut rows = vec![vec![
-        "PORT".to_string(),
-        "CHASSIS".into(),
-        "REMOTE PORT".into(),
-        "SYSTEM".into(),
-        "MGMT".into(),
-        "EXPIRES".into(),
-    ]];
+    let now = unix_now();
+    let mut rows = vec![header(&[
+        "PORT",
+        "CHASSIS",
+        "REMOTE PORT",
+        "SYSTEM",
+        "MGMT",
+        "EXPIRES",
+    ])];
     for n in &snapshot.neighbors {
         rows.push(vec![
             n.local_port.clone(),
@@ -640,23 +630,15 @@ fn neighbors_table(snapshot: &LldpSnapshot) -> String {
 }
 
 fn leases_table(leases: &[Lease]) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut rows = vec![vec![
-        "MAC".to_string(),
-        "IP".into(),
-        "STATE".into(),
-        "EXPIRES".into(),
-        "CLIENT".into(),
-        "HOSTNAME".into(),
-    ]];
+    let now = unix_now();
+    let mut rows = vec![header(&[
+        "MAC", "IP", "STATE", "EXPIRES", "CLIENT", "HOSTNAME",
+    ])];
     for l in leases {
         rows.push(vec![
             l.mac.clone(),
             l.ip.to_string(),
-            format!("{:?}", l.state).to_lowercase(),
+            l.state.as_str().to_string(),
             format!("{} s", l.expires.saturating_sub(now)),
             l.client_kind.as_str().to_string(),
             l.hostname.clone().unwrap_or_default(),
@@ -666,15 +648,9 @@ fn leases_table(leases: &[Lease]) -> String {
 }
 
 fn ports_table(ports: &[Port]) -> String {
-    let mut rows = vec![vec![
-        "PORT".to_string(),
-        "IFINDEX".into(),
-        "MAC".into(),
-        "MTU".into(),
-        "ADMIN".into(),
-        "OPER".into(),
-        "SPEED".into(),
-    ]];
+    let mut rows = vec![header(&[
+        "PORT", "IFINDEX", "MAC", "MTU", "ADMIN", "OPER", "SPEED",
+    ])];
     for p in ports {
         rows.push(vec![
             p.name.clone(),

@@ -62,9 +62,7 @@ pub fn spawn_mesh(
     let settings = MeshSettings {
         name: name.to_string(),
         listen: config.listen,
-        advertise: config
-            .advertise
-            .unwrap_or_else(|| std::net::SocketAddr::new(loopback.into(), config.listen.port())),
+        advertise: config.advertise_addr(loopback),
         seeds: config.seed_addrs(),
         tuning: Tuning {
             anti_entropy_interval: Duration::from_secs(u64::from(
@@ -240,7 +238,7 @@ fn publish_leases(store: &Store, path: &Path) -> anyhow::Result<()> {
                 switch: switch.clone(),
                 mac: lease.mac.clone(),
                 ip: lease.ip.to_string(),
-                state: format!("{:?}", lease.state).to_lowercase(),
+                state: lease.state.as_str().to_string(),
                 expires: lease.expires,
                 hostname: lease.hostname.clone(),
             },

@@ -141,6 +141,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
     let dhcp_counters = Arc::new(std::sync::Mutex::new(None));
     let lease_db = config.state_dir.join("leases.db");
+    // The lease store exists only where this leaf serves DHCP.
+    let served_lease_db = config.boot.as_ref().map(|_| lease_db.clone());
     // Machines are managed where boot services run.
     let (installer_tx, installer_rx) = tokio::sync::mpsc::channel(256);
     let (pxe_tx, pxe_rx) = tokio::sync::mpsc::channel(1024);
@@ -269,14 +271,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         store.clone(),
         switch_rx.clone(),
         lldp_rx.clone(),
-        config.boot.as_ref().map(|_| lease_db.clone()),
-        config.mesh.as_ref().map(|mesh| {
-            mesh.advertise
-                .unwrap_or_else(|| {
-                    std::net::SocketAddr::new(config.switch.loopback.into(), mesh.listen.port())
-                })
-                .to_string()
-        }),
+        served_lease_db.clone(),
+        config
+            .mesh
+            .as_ref()
+            .map(|mesh| mesh.advertise_addr(config.switch.loopback).to_string()),
     );
     crate::mesh::spawn_follower(&mut supervisor, store.clone());
 
@@ -288,7 +287,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         intents: Arc::new(intents_tx),
         intents_file,
         kernel_mode,
-        lease_db: config.boot.as_ref().map(|_| lease_db.clone()),
+        lease_db: served_lease_db,
         dhcp_counters,
         started: Instant::now(),
         config_path: options.config.clone(),

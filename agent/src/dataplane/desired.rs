@@ -120,24 +120,6 @@ pub enum Object {
     },
 }
 
-impl Object {
-    /// Objects with the same identity are one object in two versions (a
-    /// changed attribute means replace); identity is what the kernel keys on.
-    pub fn identity(&self) -> String {
-        match self {
-            Object::Vrf { name, .. } | Object::Bridge { name, .. } | Object::Vxlan { name, .. } => {
-                format!("link {name}")
-            }
-            Object::RoutedPort { port, .. } => format!("port {port}"),
-            Object::Address { dev, address, len } => format!("address {address}/{len} {dev}"),
-            Object::Rule { iif, to, table } => format!("rule {iif:?} {to:?} {table}"),
-            Object::Route { table, dst, .. } => format!("route {dst} table {table}"),
-            Object::Neighbor { dev, ip, .. } => format!("neigh {ip} {dev}"),
-            Object::Fdb { dev, mac, .. } => format!("fdb {mac} {dev}"),
-        }
-    }
-}
-
 /// Renders validated intents for this leaf.
 pub fn render(vrfs: &[VrfIntent], mode: KernelMode, vtep: Ipv4Addr) -> BTreeSet<Object> {
     let mut objects = BTreeSet::new();

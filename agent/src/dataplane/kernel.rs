@@ -97,7 +97,7 @@ pub async fn read(handle: &Handle) -> Result<KernelState, rtnetlink::Error> {
         let Some(name) = link_name(message) else {
             continue;
         };
-        if !name.starts_with(OWN_PREFIX) || name == "mm-vrf-probe" {
+        if !name.starts_with(OWN_PREFIX) || name == super::mode::PROBE {
             continue;
         }
         let infos: Vec<&LinkInfo> = message

@@ -4,7 +4,7 @@
 use super::desired::KernelMode;
 
 /// Name of the short-lived probe device.
-const PROBE: &str = "mm-vrf-probe";
+pub(crate) const PROBE: &str = "mm-vrf-probe";
 /// A table number no tenant uses (the probe never routes anything).
 const PROBE_TABLE: u32 = 0x7fff_fffe;
 

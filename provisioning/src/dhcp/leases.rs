@@ -26,7 +26,7 @@ pub enum LeaseState {
 }
 
 impl LeaseState {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             LeaseState::Bound => "bound",
             LeaseState::Released => "released",
