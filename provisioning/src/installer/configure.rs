@@ -52,6 +52,12 @@ fn run(program: &str, args: &[&str]) -> Result<(), ConfigureError> {
     }
 }
 
+/// Where the installed system phones home: the leaf through its gateway
+/// address on the tenant network.
+pub fn phone_home_url(uuid: &str, port: u16) -> String {
+    format!("http://{GATEWAY}:{port}/v1/machines/{uuid}/phone-home")
+}
+
 /// The installed root, mounted for as long as this lives.
 #[derive(Debug)]
 pub struct MountedRoot {
@@ -120,7 +126,8 @@ impl MountedRoot {
         self.write(
             "/etc/metalmesh/machine",
             &format!(
-                "UUID={uuid}\nPHONE_HOME=http://{GATEWAY}:{phone_home_port}/v1/machines/{uuid}/phone-home\n"
+                "UUID={uuid}\nPHONE_HOME={}\n",
+                phone_home_url(uuid, phone_home_port)
             ),
             0o644,
         )?;
@@ -134,20 +141,6 @@ impl MountedRoot {
         self.write("/root/.ssh/authorized_keys", &keys, 0o600)?;
         self.write("/etc/metalmesh/user-data", &allocation.user_data, 0o600)?;
         Ok(())
-    }
-
-    /// Reads back what [`MountedRoot::configure`] wrote: host name and address.
-    pub fn identity(&self) -> Result<(String, String), ConfigureError> {
-        let hostname = fs::read_to_string(self.path("/etc/hostname"))
-            .map_err(io(&self.path("/etc/hostname")))?;
-        let network = fs::read_to_string(self.path("/etc/metalmesh/network"))
-            .map_err(io(&self.path("/etc/metalmesh/network")))?;
-        let address = network
-            .lines()
-            .find_map(|l| l.strip_prefix("ADDRESS="))
-            .unwrap_or_default()
-            .to_string();
-        Ok((hostname.trim().to_string(), address))
     }
 
     /// Copies the installed kernel and initramfs to `into` (they must

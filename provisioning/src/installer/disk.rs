@@ -83,11 +83,10 @@ pub fn write_image(
         });
     }
     let result = stream(image, size, path, capacity, expected_sha256, &mut progress);
-    if let Err(error) = &result
-        && !matches!(error, DiskError::Checksum { .. })
-    {
-        // Whatever was written must not boot.
-        let _ = wipe(path);
+    if result.is_err() {
+        // Whatever was written must not boot; a failed wipe is the worse
+        // news and is reported instead.
+        wipe(path)?;
     }
     result
 }
@@ -133,8 +132,6 @@ fn stream(
     if let Some(size) = size
         && written != size
     {
-        drop(file);
-        wipe(path)?;
         return Err(DiskError::Stream(format!(
             "image ended after {written} of {size} bytes"
         )));
@@ -143,7 +140,6 @@ fn stream(
     drop(file);
     let actual = hex(&hasher.finalize());
     if !actual.eq_ignore_ascii_case(expected_sha256.trim()) {
-        wipe(path)?;
         return Err(DiskError::Checksum {
             expected: expected_sha256.trim().to_lowercase(),
             actual,
@@ -207,6 +203,22 @@ mod tests {
         .unwrap_err();
         assert!(matches!(error, DiskError::Checksum { .. }), "{error}");
         // Nothing bootable is left behind.
+        assert!(
+            std::fs::read(file.path()).unwrap()[..1024 * 1024]
+                .iter()
+                .all(|b| *b == 0)
+        );
+
+        // An image that ends early is an error and leaves nothing either.
+        let short = write_image(
+            &mut image.as_slice(),
+            Some(image.len() as u64 + 1),
+            file.path(),
+            &sum,
+            |_, _| {},
+        )
+        .unwrap_err();
+        assert!(short.to_string().contains("ended after"), "{short}");
         assert!(
             std::fs::read(file.path()).unwrap()[..1024 * 1024]
                 .iter()

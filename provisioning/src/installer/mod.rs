@@ -164,6 +164,19 @@ impl Session {
         }
     }
 
+    /// A progress report: one attempt, so a slow leaf never holds up the
+    /// image stream (the next report or event carries on).
+    fn progress(&self, message: &str) {
+        let report = EventReport {
+            event: "Installing".to_string(),
+            message: message.to_string(),
+        };
+        let result: Result<serde_json::Value, _> = client::post_json(&self.url("/events"), &report);
+        if let Err(error) = result {
+            log(&format!("progress report: {error}"));
+        }
+    }
+
     /// Reports `Crashed` with the reason and reboots.
     fn crash(&self, reason: &str) -> Outcome {
         log(&format!("fatal: {reason}"));
@@ -235,23 +248,22 @@ impl Session {
         }
         let mount_dir = self.options.work_dir.join("root");
         let boot_dir = self.options.work_dir.join("boot");
-        let (kernel, initrd, cmdline, identity) = match (|| {
+        let (kernel, initrd, cmdline) = match (|| {
             let root = configure::MountedRoot::mount(target, &mount_dir)?;
             root.configure(&self.uuid, &self.mac, allocation, LEAF_HTTP_PORT)?;
-            let identity = root.identity()?;
-            let (kernel, initrd, cmdline) = root.boot_files(&boot_dir)?;
+            let boot = root.boot_files(&boot_dir)?;
             root.unmount()?;
-            Ok::<_, configure::ConfigureError>((kernel, initrd, cmdline, identity))
+            Ok::<_, configure::ConfigureError>(boot)
         })() {
             Ok(found) => found,
             Err(error) => return self.crash(&format!("configuring the installed system: {error}")),
         };
         self.event(
             "Booting New Kernel",
-            &format!("{} {}", identity.0, identity.1),
+            &format!("{} {}/32", allocation.hostname, allocation.ip),
         );
         match &self.options.simulate {
-            Some(_) => self.simulated_boot(&identity.0, allocation),
+            Some(_) => self.simulated_boot(&allocation.hostname, allocation),
             None => {
                 let append = format!("{cmdline} metalmesh.uuid={}", self.uuid);
                 kexec(&kernel, &initrd, append.trim());
@@ -272,6 +284,13 @@ impl Session {
         for attempt in 1..=5 {
             let mut response = match client::request("GET", &allocation.image_url, None) {
                 Ok(response) if response.status == 200 => response,
+                // The leaf restarting or overloaded: try again.
+                Ok(response) if response.status >= 500 => {
+                    last_error = format!("HTTP {}", response.status);
+                    log(&format!("image download attempt {attempt}: {last_error}"));
+                    std::thread::sleep(Duration::from_secs(2));
+                    continue;
+                }
                 Ok(response) => {
                     return Err(format!(
                         "image {}: HTTP {}",
@@ -296,13 +315,14 @@ impl Session {
                         Some(total) => format!("written {} of {} MiB", written >> 20, total >> 20),
                         None => format!("written {} MiB", written >> 20),
                     };
-                    self.event("Installing", &text);
+                    self.progress(&text);
                 },
             );
             match result {
                 Ok(_) => return Ok(()),
-                Err(error @ disk::DiskError::Checksum { .. }) => return Err(error.to_string()),
-                Err(error @ disk::DiskError::TooLarge { .. }) => return Err(error.to_string()),
+                Err(
+                    error @ (disk::DiskError::Checksum { .. } | disk::DiskError::TooLarge { .. }),
+                ) => return Err(error.to_string()),
                 Err(error) => {
                     last_error = error.to_string();
                     log(&format!("image download attempt {attempt}: {error}"));
@@ -338,11 +358,7 @@ impl Session {
         ] {
             let _ = Command::new("ip").args(&args).output();
         }
-        let url = format!(
-            "http://{}:{LEAF_HTTP_PORT}/v1/machines/{}/phone-home",
-            configure::GATEWAY,
-            self.uuid
-        );
+        let url = configure::phone_home_url(&self.uuid, LEAF_HTTP_PORT);
         loop {
             match client::post_json::<_, Directive>(
                 &url,
