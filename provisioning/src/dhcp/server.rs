@@ -299,7 +299,7 @@ impl DhcpServer {
         self.offered.insert(ip, mac.to_string());
         self.counters.offers += 1;
         out.replies
-            .push(self.reply(m, MessageType::Offer, ip, kind, true));
+            .extend(self.reply(m, MessageType::Offer, ip, kind, true));
     }
 
     fn request(&mut self, now: u64, mac: &str, kind: ClientKind, m: &Message, out: &mut Outcome) {
@@ -382,7 +382,7 @@ impl DhcpServer {
         });
         self.counters.acks += 1;
         out.replies
-            .push(self.reply(m, MessageType::Ack, ip, kind, true));
+            .extend(self.reply(m, MessageType::Ack, ip, kind, true));
     }
 
     fn decline(&mut self, now: u64, mac: &str, m: &Message, out: &mut Outcome) {
@@ -439,16 +439,42 @@ impl DhcpServer {
         }
         self.counters.informs += 1;
         out.replies
-            .push(self.reply(m, MessageType::Ack, Ipv4Addr::UNSPECIFIED, kind, false));
+            .extend(self.reply(m, MessageType::Ack, Ipv4Addr::UNSPECIFIED, kind, false));
     }
 
     fn nak(&mut self, m: &Message, why: &str, out: &mut Outcome) {
         self.counters.naks += 1;
         tracing::debug!(mac = %metalmesh_lldp::format_mac(&m.chaddr()[..6]), why, "DHCPNAK");
+        let mut reply = self.reply_header(
+            m,
+            MessageType::Nak,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+        );
+        reply
+            .opts_mut()
+            .insert(DhcpOption::Message(why.to_string()));
+        // A NAK goes to everyone: the client may not be able to receive unicast.
+        let destination = if m.giaddr().is_unspecified() {
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+        } else {
+            SocketAddrV4::new(m.giaddr(), SERVER_PORT)
+        };
+        out.replies.extend(finish(m, reply, destination));
+    }
+
+    /// A reply's header and the options every reply carries.
+    fn reply_header(
+        &self,
+        m: &Message,
+        kind: MessageType,
+        ciaddr: Ipv4Addr,
+        yiaddr: Ipv4Addr,
+    ) -> Message {
         let mut reply = Message::new_with_id(
             m.xid(),
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
+            ciaddr,
+            yiaddr,
             Ipv4Addr::UNSPECIFIED,
             m.giaddr(),
             m.chaddr(),
@@ -456,19 +482,9 @@ impl DhcpServer {
         reply.set_opcode(Opcode::BootReply);
         reply.set_flags(m.flags());
         let opts = reply.opts_mut();
-        opts.insert(DhcpOption::MessageType(MessageType::Nak));
+        opts.insert(DhcpOption::MessageType(kind));
         opts.insert(DhcpOption::ServerIdentifier(self.settings.server_ip));
-        opts.insert(DhcpOption::Message(why.to_string()));
-        echo_relay_info(m, &mut reply);
-        // A NAK goes to everyone: the client may not be able to receive unicast.
-        let destination = if m.giaddr().is_unspecified() {
-            SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
-        } else {
-            SocketAddrV4::new(m.giaddr(), SERVER_PORT)
-        };
-        if let Ok(bytes) = reply.to_vec() {
-            out.replies.push(Reply { bytes, destination });
-        }
+        reply
     }
 
     fn pxe_event(&mut self, now: u64, mac: &str, kind: ClientKind, out: &mut Outcome) {
@@ -497,21 +513,10 @@ impl DhcpServer {
         yiaddr: Ipv4Addr,
         client: ClientKind,
         lease: bool,
-    ) -> Reply {
+    ) -> Option<Reply> {
         let s = &self.settings;
-        let mut reply = Message::new_with_id(
-            m.xid(),
-            m.ciaddr(),
-            yiaddr,
-            Ipv4Addr::UNSPECIFIED,
-            m.giaddr(),
-            m.chaddr(),
-        );
-        reply.set_opcode(Opcode::BootReply);
-        reply.set_flags(m.flags());
+        let mut reply = self.reply_header(m, kind_of, m.ciaddr(), yiaddr);
         let opts = reply.opts_mut();
-        opts.insert(DhcpOption::MessageType(kind_of));
-        opts.insert(DhcpOption::ServerIdentifier(s.server_ip));
         if lease {
             opts.insert(DhcpOption::AddressLeaseTime(s.lease_secs));
             opts.insert(DhcpOption::Renewal(s.lease_secs / 2));
@@ -576,7 +581,6 @@ impl DhcpServer {
             }
             ClientKind::Plain => {}
         }
-        echo_relay_info(m, &mut reply);
         let destination = if !m.giaddr().is_unspecified() {
             SocketAddrV4::new(m.giaddr(), SERVER_PORT)
         } else if !m.ciaddr().is_unspecified() {
@@ -586,8 +590,20 @@ impl DhcpServer {
             // broadcast on the provisioning bridge is what every client hears.
             SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
         };
-        let bytes = reply.to_vec().unwrap_or_default();
-        Reply { bytes, destination }
+        finish(m, reply, destination)
+    }
+}
+
+/// Echoes the relay's option 82 and encodes; a reply that cannot be encoded
+/// is not sent (never an empty datagram).
+fn finish(m: &Message, mut reply: Message, destination: SocketAddrV4) -> Option<Reply> {
+    echo_relay_info(m, &mut reply);
+    match reply.to_vec() {
+        Ok(bytes) => Some(Reply { bytes, destination }),
+        Err(error) => {
+            tracing::error!(%error, "DHCP reply not encodable; not sent");
+            None
+        }
     }
 }
 
