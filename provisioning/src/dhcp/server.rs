@@ -179,7 +179,7 @@ impl DhcpServer {
 
     /// Token bucket per MAC.
     fn allow(&mut self, mac: &str, now_ms: u64) -> bool {
-        let rate = f64::from(self.settings.requests_per_mac_per_sec.max(1));
+        let rate = f64::from(self.settings.requests_per_mac_per_sec);
         let burst = rate * 2.0;
         if self.buckets.len() > 100_000 {
             // Bounded memory under a flood of random MACs: forget idle buckets.
@@ -559,7 +559,7 @@ impl DhcpServer {
                 } else {
                     &s.boot.uefi_arm64
                 };
-                set_file(&mut reply, &format!("{}/boot/{file}", s.boot.http_base));
+                set_file(&mut reply, &s.http_boot_url(file));
                 reply
                     .opts_mut()
                     .insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));

@@ -56,9 +56,16 @@ pub enum SettingsError {
     LeaseTime(u32),
     #[error("boot file name or URL `{0}` is longer than the 127 bytes DHCP can carry")]
     BootName(String),
+    #[error("requests_per_mac_per_sec must be at least 1")]
+    RateLimit,
 }
 
 impl DhcpSettings {
+    /// What UEFI HTTP boot clients are told to fetch.
+    pub fn http_boot_url(&self, file: &str) -> String {
+        format!("{}/boot/{file}", self.boot.http_base)
+    }
+
     pub fn mask(&self) -> Ipv4Addr {
         Ipv4Addr::from(mask_bits(self.prefix_len))
     }
@@ -107,12 +114,17 @@ impl DhcpSettings {
         if !(60..=31_536_000).contains(&self.lease_secs) {
             return Err(SettingsError::LeaseTime(self.lease_secs));
         }
-        let longest_url = format!("{}/ipxe/00-00-00-00-00-00", self.boot.http_base);
+        if self.requests_per_mac_per_sec == 0 {
+            return Err(SettingsError::RateLimit);
+        }
+        let ipxe_script = format!("{}/ipxe/00-00-00-00-00-00", self.boot.http_base);
         for name in [
             &self.boot.bios,
             &self.boot.uefi_x64,
             &self.boot.uefi_arm64,
-            &longest_url,
+            &ipxe_script,
+            &self.http_boot_url(&self.boot.uefi_x64),
+            &self.http_boot_url(&self.boot.uefi_arm64),
         ] {
             if name.len() > 127 {
                 return Err(SettingsError::BootName(name.clone()));
@@ -181,6 +193,21 @@ mod tests {
         assert!(matches!(
             empty.validate(),
             Err(SettingsError::EmptyPool { .. })
+        ));
+        let unlimited = DhcpSettings {
+            requests_per_mac_per_sec: 0,
+            ..example()
+        };
+        assert!(matches!(
+            unlimited.validate(),
+            Err(SettingsError::RateLimit)
+        ));
+        // The UEFI HTTP boot URL must fit too, not only the file name.
+        let mut long_http = example();
+        long_http.boot.uefi_x64 = "x".repeat(100);
+        assert!(matches!(
+            long_http.validate(),
+            Err(SettingsError::BootName(url)) if url.starts_with("http://")
         ));
     }
 }
