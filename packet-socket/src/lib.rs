@@ -149,6 +149,17 @@ fn send_frame(fd: BorrowedFd<'_>, frame: &[u8]) -> io::Result<()> {
     }
 }
 
+/// The kernel's index of interface `name`.
+pub fn interface_index(name: &str) -> io::Result<u32> {
+    let name = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name contains NUL"))?;
+    // SAFETY: `name` is a valid NUL-terminated string for the call.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(io::Error::last_os_error()),
+        index => Ok(index),
+    }
+}
+
 /// Opens an `AF_PACKET` raw socket bound to `ifindex`, receiving frames of
 /// `ethertype` (none with 0).
 fn open_bound(ifindex: u32, ethertype: u16, flags: libc::c_int) -> io::Result<OwnedFd> {
@@ -201,5 +212,17 @@ impl BlockingSender {
     /// Sends one complete Ethernet frame (header included).
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         send_frame(self.fd.as_fd(), frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_indexes_come_from_the_kernel() {
+        assert_eq!(interface_index("lo").unwrap(), 1);
+        assert!(interface_index("mm-no-such-if").is_err());
+        assert!(interface_index("lo\0x").is_err());
     }
 }

@@ -39,10 +39,7 @@ fn open(interface: &str) -> io::Result<(Socket, u32)> {
     socket.set_multicast_loop_v6(false)?;
     // Wake up now and then to notice cancellation and the period.
     socket.set_read_timeout(Some(Duration::from_millis(500)))?;
-    let index = std::fs::read_to_string(format!("/sys/class/net/{interface}/ifindex"))?
-        .trim()
-        .parse()
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad ifindex"))?;
+    let index = metalmesh_packet_socket::interface_index(interface)?;
     Ok((socket, index))
 }
 

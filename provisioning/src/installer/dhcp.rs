@@ -56,15 +56,6 @@ pub fn choose_interface(named: Option<&str>) -> Result<String, DhcpError> {
         .ok_or(DhcpError::NoInterface)
 }
 
-/// ifindex of a NIC.
-pub fn ifindex(name: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// A lease held by a running udhcpc; dropping it stops the client (the
 /// address stays configured, as it would across a kexec).
 #[derive(Debug)]

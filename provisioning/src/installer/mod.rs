@@ -109,7 +109,7 @@ pub fn run_once(options: &Options) -> Outcome {
             .filter_map(|nic| {
                 Some(announce::AnnouncePort {
                     name: nic.name.clone(),
-                    ifindex: dhcp::ifindex(&nic.name)?,
+                    ifindex: metalmesh_packet_socket::interface_index(&nic.name).ok()?,
                     mac: metalmesh_lldp::parse_mac(&nic.mac)?,
                 })
             })
