@@ -144,6 +144,8 @@ impl DhcpServer {
                 return outcome;
             }
         };
+        // hlen is checked before chaddr(): dhcproto slices chaddr by hlen
+        // and panics on lengths above 16.
         if message.opcode() != Opcode::BootRequest
             || message.hlen() != 6
             || message.chaddr().len() < 6

@@ -33,6 +33,8 @@ pub enum ServiceError {
         port: u16,
         source: std::io::Error,
     },
+    #[error("the DHCP server thread panicked")]
+    Panicked,
 }
 
 /// Where and how the service runs.
@@ -129,7 +131,8 @@ impl DhcpService {
         self.stop.store(true, Ordering::SeqCst);
         match self.thread.take().map(|t| t.join()) {
             Some(Ok(result)) => result,
-            Some(Err(_)) | None => Ok(()),
+            Some(Err(_)) => Err(ServiceError::Panicked),
+            None => Ok(()),
         }
     }
 }

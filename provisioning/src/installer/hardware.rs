@@ -65,7 +65,7 @@ impl Sources {
             .find_map(|line| line.strip_prefix("MemTotal:"))
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|kib| kib.parse::<u64>().ok())
-            .map_or(0, |kib| kib * 1024)
+            .map_or(0, |kib| kib.saturating_mul(1024))
     }
 
     /// Disks the kernel lists, without loop, ram, optical and device-mapper
@@ -94,7 +94,7 @@ impl Sources {
             };
             disks.push(Disk {
                 name: name.clone(),
-                size_bytes: sectors * 512,
+                size_bytes: sectors.saturating_mul(512),
                 model: read_trimmed(&dir.join("device/model")),
                 serial,
             });

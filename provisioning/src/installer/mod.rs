@@ -115,12 +115,19 @@ pub fn run_once(options: &Options) -> Outcome {
             })
             .collect(),
     );
-    let mac = hardware
+    let Some(mac) = hardware
         .nics
         .iter()
         .find(|nic| nic.name == interface)
         .map(|nic| nic.mac.clone())
-        .unwrap_or_default();
+    else {
+        // The installed system would not know which NIC to configure.
+        log(&format!(
+            "{interface} is not an Ethernet NIC of this machine"
+        ));
+        std::thread::sleep(Duration::from_secs(30));
+        return Outcome::Reboot;
+    };
     let session = Session {
         dhcp: RefCell::new(Some(dhcp)),
         leaf,
