@@ -486,7 +486,8 @@ impl Manager {
         now: u64,
     ) -> Result<Directive, ApiError> {
         let hardware = registration.hardware;
-        let uuid = hardware.uuid.to_lowercase();
+        // The installer API hands over UUIDs checked and in lower case.
+        let uuid = hardware.uuid.clone();
         if hardware.disks.len() > MAX_DEVICES || hardware.nics.len() > MAX_DEVICES {
             return Err(api(400, format!("more than {MAX_DEVICES} disks or NICs")));
         }
@@ -686,24 +687,38 @@ impl Manager {
             .unwrap_or_default()
             .to_lowercase();
         let image_url = format!("{}/{}.img", images.base_url, request.image);
-        let machine = self.machines.get_mut(uuid).ok_or("machine vanished")?;
-        machine.lifecycle.allocate().map_err(|e| e.to_string())?;
-        machine.port = Some(port.clone());
-        machine.allocation = Some(Executed {
-            request,
-            vrf,
-            port,
-            image_url,
-            image_sha256: sha,
-            routed: false,
-        });
-        let saved = self.save(uuid, now);
+        self.commit(uuid, now, |machine| {
+            machine.lifecycle.allocate().map_err(|e| e.to_string())?;
+            machine.port = Some(port.clone());
+            machine.allocation = Some(Executed {
+                request,
+                vrf,
+                port,
+                image_url,
+                image_sha256: sha,
+                routed: false,
+            });
+            Ok(())
+        })
+    }
+
+    /// Applies an operator's change to a machine and stores it; when either
+    /// fails, the machine is left exactly as it was (not stored means not
+    /// done).
+    fn commit(
+        &mut self,
+        uuid: &str,
+        now: u64,
+        change: impl FnOnce(&mut MachineRecord) -> Result<(), String>,
+    ) -> Result<MachineRecord, String> {
+        let machine = self
+            .machines
+            .get_mut(uuid)
+            .ok_or_else(|| format!("no machine {uuid} on this leaf"))?;
+        let before = machine.clone();
+        let saved = change(machine).and_then(|()| self.save(uuid, now));
         if saved.is_err() {
-            // Not stored means not allocated.
-            if let Some(machine) = self.machines.get_mut(uuid) {
-                machine.allocation = None;
-                machine.lifecycle.allocated = false;
-            }
+            self.machines.insert(uuid.to_string(), before);
         }
         saved
     }
@@ -741,16 +756,14 @@ impl Manager {
 
     fn free(&mut self, uuid: &str, now: u64) -> Result<MachineRecord, String> {
         let thresholds = self.settings.thresholds;
-        let machine = self
-            .machines
-            .get_mut(uuid)
-            .ok_or_else(|| format!("no machine {uuid} on this leaf"))?;
-        machine
-            .lifecycle
-            .free(now, &thresholds)
-            .map_err(|e| e.to_string())?;
-        machine.reclaiming = machine.allocation.take();
-        self.save(uuid, now)
+        self.commit(uuid, now, |machine| {
+            machine
+                .lifecycle
+                .free(now, &thresholds)
+                .map_err(|e| e.to_string())?;
+            machine.reclaiming = machine.allocation.take();
+            Ok(())
+        })
     }
 
     /// Moves the ports whose time has come into (or out of) their tenant VRF.

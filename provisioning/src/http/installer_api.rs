@@ -63,6 +63,19 @@ fn valid_uuid(uuid: &str) -> bool {
         })
 }
 
+/// A machine UUID as the agent keys machines: checked and lower case.
+fn machine_uuid(raw: &str) -> Result<String, Box<Response>> {
+    let uuid = raw.to_lowercase();
+    if valid_uuid(&uuid) {
+        Ok(uuid)
+    } else {
+        Err(Box::new(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("`{raw}` is not a UUID"),
+        )))
+    }
+}
+
 async fn forward(state: &AppState, peer: SocketAddr, call: InstallerCall) -> Response {
     let Some(machines) = &state.machines else {
         return refuse(
@@ -95,13 +108,8 @@ async fn forward(state: &AppState, peer: SocketAddr, call: InstallerCall) -> Res
     }
 }
 
+/// The JSON body (its size is limited by the router before it is read).
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
-    if body.len() > crate::installer::api::MAX_BODY_BYTES {
-        return Err(Box::new(refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body too large",
-        )));
-    }
     serde_json::from_slice(body).map_err(|error| {
         Box::new(refuse(
             StatusCode::BAD_REQUEST,
@@ -115,14 +123,14 @@ pub(super) async fn register(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Bytes,
 ) -> Response {
-    let registration: Registration = match parse(&body) {
+    let mut registration: Registration = match parse(&body) {
         Ok(registration) => registration,
         Err(response) => return *response,
     };
-    let uuid = registration.hardware.uuid.to_lowercase();
-    if !valid_uuid(&uuid) {
-        return refuse(StatusCode::BAD_REQUEST, format!("`{uuid}` is not a UUID"));
-    }
+    registration.hardware.uuid = match machine_uuid(&registration.hardware.uuid) {
+        Ok(uuid) => uuid,
+        Err(response) => return *response,
+    };
     forward(
         &state,
         peer,
@@ -136,10 +144,10 @@ pub(super) async fn heartbeat(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(uuid): Path<String>,
 ) -> Response {
-    let uuid = uuid.to_lowercase();
-    if !valid_uuid(&uuid) {
-        return refuse(StatusCode::BAD_REQUEST, format!("`{uuid}` is not a UUID"));
-    }
+    let uuid = match machine_uuid(&uuid) {
+        Ok(uuid) => uuid,
+        Err(response) => return *response,
+    };
     forward(&state, peer, InstallerCall::Heartbeat { uuid }).await
 }
 
@@ -149,10 +157,10 @@ pub(super) async fn event(
     Path(uuid): Path<String>,
     body: Bytes,
 ) -> Response {
-    let uuid = uuid.to_lowercase();
-    if !valid_uuid(&uuid) {
-        return refuse(StatusCode::BAD_REQUEST, format!("`{uuid}` is not a UUID"));
-    }
+    let uuid = match machine_uuid(&uuid) {
+        Ok(uuid) => uuid,
+        Err(response) => return *response,
+    };
     let report: EventReport = match parse(&body) {
         Ok(report) => report,
         Err(response) => return *response,
@@ -165,10 +173,10 @@ pub(super) async fn phone_home(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(uuid): Path<String>,
 ) -> Response {
-    let uuid = uuid.to_lowercase();
-    if !valid_uuid(&uuid) {
-        return refuse(StatusCode::BAD_REQUEST, format!("`{uuid}` is not a UUID"));
-    }
+    let uuid = match machine_uuid(&uuid) {
+        Ok(uuid) => uuid,
+        Err(response) => return *response,
+    };
     forward(&state, peer, InstallerCall::PhoneHome { uuid }).await
 }
 
