@@ -20,6 +20,22 @@ pub trait Replica {
     fn apply(&mut self, records: Vec<Record>) -> Result<Vec<Record>, Self::Error>;
 }
 
+/// Why a record may not be stored over `stored` (what the replica holds of
+/// its key), whoever sent it; `None` when it may (if it supersedes). Every
+/// replica applies these rules, so the simulation and the fuzzer exercise
+/// what real nodes do.
+pub fn refusal(stored: Option<&Record>, record: &Record, now: Version) -> Option<&'static str> {
+    if record.version > now.saturating_add(crate::clock::MAX_DRIFT_VERSION) {
+        // It would pin the key against its writer.
+        Some("version too far in the future")
+    } else if stored.is_some_and(|stored| stored.origin != record.origin) {
+        // One writer per key.
+        Some("the key belongs to another origin")
+    } else {
+        None
+    }
+}
+
 /// An in-memory replica.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryReplica {
@@ -69,10 +85,13 @@ impl Replica for MemoryReplica {
     }
 
     fn apply(&mut self, records: Vec<Record>) -> Result<Vec<Record>, Self::Error> {
+        let now = crate::clock::now_version();
         let mut applied = Vec::new();
         for record in records {
             let old = self.records.get(&record.id);
-            if old.is_some_and(|old| !record.supersedes(old)) {
+            if refusal(old, &record, now).is_some()
+                || old.is_some_and(|old| !record.supersedes(old))
+            {
                 continue;
             }
             self.digest.replace(old, &record);
@@ -80,5 +99,31 @@ impl Replica for MemoryReplica {
             applied.push(record);
         }
         Ok(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::RecordKind;
+
+    #[test]
+    fn memory_replicas_apply_the_mesh_rules() {
+        let record = |origin: &str, version| Record {
+            id: RecordKey::new(RecordKind::Port, "leaf1/swp1"),
+            origin: origin.into(),
+            version,
+            value: Some("{}".into()),
+        };
+        let mut replica = MemoryReplica::default();
+        assert_eq!(replica.apply(vec![record("leaf1", 5)]).unwrap().len(), 1);
+        let future = crate::clock::now_version() + (3600 << 32);
+        assert!(
+            replica
+                .apply(vec![record("leaf2", 6), record("leaf1", future)])
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(replica.apply(vec![record("leaf1", 7)]).unwrap().len(), 1);
     }
 }

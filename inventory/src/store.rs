@@ -166,7 +166,7 @@ impl Store {
             version: self.inner.clock.next(),
             value,
         };
-        let applied = self.apply_locked(&mut state, vec![record])?;
+        let applied = self.apply_locked(&mut state, vec![record], Source::Local)?;
         drop(state);
         if applied.is_empty() {
             // Only a stored version from the future beats a fresh one.
@@ -286,7 +286,9 @@ impl Store {
         &self,
         state: &mut State,
         records: Vec<Record>,
+        source: Source,
     ) -> Result<Vec<Record>, StoreError> {
+        let now = crate::clock::now_version();
         let mut winners: Vec<(Option<Record>, Record)> = Vec::new();
         for record in records {
             record.validate().map_err(|reason| StoreError::Invalid {
@@ -299,11 +301,10 @@ impl Store {
                 Some(index) => Some(winners[index].1.clone()),
                 None => self.get_locked(state, &record.id)?,
             };
-            if let Some(old) = &previous
-                && old.origin != record.origin
+            if source == Source::Received
+                && let Some(reason) = crate::replica::refusal(previous.as_ref(), &record, now)
             {
-                tracing::warn!(record = %record.id, origin = %record.origin, owner = %old.origin,
-                    "received record refused: the key belongs to another origin");
+                tracing::warn!(record = %record.id, origin = %record.origin, reason, "received record refused");
                 continue;
             }
             if previous.as_ref().is_some_and(|old| !record.supersedes(old)) {
@@ -393,18 +394,18 @@ impl Replica for Store {
     }
 
     /// Records from other nodes. Refused (dropped with a log line, the rest
-    /// still applied): versions too far in the future (they would pin the key
-    /// against its writer), records that would move a key to another writer,
-    /// and records claiming to be this node's for a key it holds. A record of
-    /// this node's that it does not hold is taken back (a node that lost its
+    /// still applied): what [`crate::replica::refusal`] refuses, and records
+    /// claiming to be this node's for a key it holds. A record of this
+    /// node's that it does not hold is taken back (a node that lost its
     /// database recovers its records from its peers) and its clock moves past
     /// it, so the node's next write of that key supersedes it.
     fn apply(&mut self, records: Vec<Record>) -> Result<Vec<Record>, StoreError> {
         let mut state = self.lock();
-        let horizon = crate::clock::now_version().saturating_add(crate::clock::MAX_DRIFT_VERSION);
+        let now = crate::clock::now_version();
         let mut accepted = Vec::with_capacity(records.len());
         for record in records {
-            let refused = if record.version > horizon {
+            let refused = if record.version > now.saturating_add(crate::clock::MAX_DRIFT_VERSION) {
+                // Checked again when stored; not taken back either.
                 Some("version too far in the future")
             } else if record.origin == self.inner.origin {
                 if self.get_locked(&state, &record.id)?.is_some() {
@@ -423,7 +424,7 @@ impl Replica for Store {
                 None => accepted.push(record),
             }
         }
-        let applied = self.apply_locked(&mut state, accepted)?;
+        let applied = self.apply_locked(&mut state, accepted, Source::Received)?;
         drop(state);
         self.publish(&applied);
         Ok(applied)
@@ -449,6 +450,14 @@ fn id_row(
     let kind =
         RecordKind::parse(&kind).ok_or_else(|| corrupt(format!("unknown record kind {kind:?}")))?;
     Ok((RecordKey { kind, key }, origin, version as u64))
+}
+
+/// Where records being stored come from: this node's own writes (checked
+/// by `put_local`), or other nodes (checked by the mesh's rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Local,
+    Received,
 }
 
 /// Brings a file from schema `found` to [`SCHEMA_VERSION`], one step per
@@ -650,7 +659,7 @@ mod tests {
             value: Some("{}".into()),
         };
         store
-            .apply_locked(&mut store.lock(), vec![record.clone()])
+            .apply_locked(&mut store.lock(), vec![record.clone()], Source::Local)
             .unwrap();
         drop(store);
         let store = Store::open(&path, "leaf1").unwrap();
