@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, eventually, run, spawn_detached_in};
+use metalmesh_testbed::testing::{Guard, eventually, ok, run, spawn_detached_in};
 use serde_json::Value;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
@@ -22,16 +22,6 @@ struct Rack {
     config: PathBuf,
     socket: PathBuf,
     http_root: PathBuf,
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn in_ns(ns: &str, args: &[&str]) -> Output {
@@ -196,6 +186,28 @@ fn udhcpc_script(dir: &Path) -> PathBuf {
     path
 }
 
+/// One busybox udhcpc exchange in `namespace` (`tries` DISCOVERs a second
+/// apart), configuring the lease with `script`.
+fn udhcpc_once(namespace: &str, tries: &str, script: &Path) -> Output {
+    in_ns(
+        namespace,
+        &[
+            "busybox",
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-n",
+            "-q",
+            "-t",
+            tries,
+            "-T",
+            "1",
+            "-s",
+            script.to_str().unwrap(),
+        ],
+    )
+}
+
 fn sha256(bytes: &[u8]) -> String {
     let out = Command::new("sha256sum")
         .stdin(Stdio::piped())
@@ -248,23 +260,7 @@ fn dhcp_clients_tftp_http_restart_and_exhaustion() {
     rack.kill9();
     rack.start_agent();
     let script = udhcpc_script(&scratch);
-    let out = in_ns(
-        CLIENTS[1],
-        &[
-            "busybox",
-            "udhcpc",
-            "-i",
-            "eth0",
-            "-n",
-            "-q",
-            "-t",
-            "5",
-            "-T",
-            "1",
-            "-s",
-            script.to_str().unwrap(),
-        ],
-    );
+    let out = udhcpc_once(CLIENTS[1], "5", &script);
     ok(&out);
     let c2 = address_of(CLIENTS[1]).expect("udhcpc got no address");
     assert_ne!(c1, c2, "an address was handed out twice across a kill -9");
@@ -327,40 +323,8 @@ fn dhcp_clients_tftp_http_restart_and_exhaustion() {
 
     // Exhausted pool: both addresses bound again, the third client gets no offer.
     ok(&dhclient(&[]));
-    ok(&in_ns(
-        CLIENTS[1],
-        &[
-            "busybox",
-            "udhcpc",
-            "-i",
-            "eth0",
-            "-n",
-            "-q",
-            "-t",
-            "5",
-            "-T",
-            "1",
-            "-s",
-            script.to_str().unwrap(),
-        ],
-    ));
-    let third = in_ns(
-        CLIENTS[2],
-        &[
-            "busybox",
-            "udhcpc",
-            "-i",
-            "eth0",
-            "-n",
-            "-q",
-            "-t",
-            "3",
-            "-T",
-            "1",
-            "-s",
-            script.to_str().unwrap(),
-        ],
-    );
+    ok(&udhcpc_once(CLIENTS[1], "5", &script));
+    let third = udhcpc_once(CLIENTS[2], "3", &script);
     assert!(
         !third.status.success(),
         "the third client got an address from a pool of two"

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use metalmesh_testbed::testing::{Guard, cli, eventually, script};
+use metalmesh_testbed::testing::{Guard, cli, eventually, ok, script};
 use metalmesh_testbed::{Overrides, Quiet, Testbed, Topology};
 use serde_json::Value;
 
@@ -52,11 +52,7 @@ fn qemu_machine_pxe_boots_the_initramfs() {
         &guard.run_dir,
         &["exec", "leaf1", "--", AGENT, "leases", "-o", "json"],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let leases: Value = serde_json::from_slice(&out.stdout).unwrap();
     let lease = leases
         .as_array()

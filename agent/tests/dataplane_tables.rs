@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, agent_on, cli, eventually, run, up};
+use metalmesh_testbed::testing::{Guard, agent_on, cli, eventually, ok, run, up};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
 
@@ -119,11 +119,7 @@ fn tenants_over_vxlan_in_routing_table_mode() {
 
     for leaf in [1, 2] {
         let out = apply(&guard.run_dir, &guard.scratch, leaf, &intents(leaf, ""));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ok(&out);
     }
     for (machine, ip) in [
         ("m1-1", "10.0.1.11"),
@@ -296,11 +292,7 @@ fn tenants_over_vxlan_in_routing_table_mode() {
         &guard.run_dir,
         &["kill", "leaf1", "--daemon", "agent", "--signal", "KILL"],
     );
-    assert!(
-        kill.status.success(),
-        "{}",
-        String::from_utf8_lossy(&kill.stderr)
-    );
+    ok(&kill);
     assert!(
         cli(&guard.run_dir, &["start", "leaf1", "--daemon", "agent"])
             .status

@@ -10,6 +10,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use metalmesh_testbed::testing::ok;
+
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
 
 #[test]
@@ -21,11 +23,7 @@ fn vrf_device_mode_in_a_debian_kernel_vm() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let console = dir.path().join("console.log");
     let mut qemu = Command::new("qemu-system-x86_64")
         .args([

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, agent_on, eventually, run, spawn_detached_in};
+use metalmesh_testbed::testing::{Guard, agent_on, eventually, ok, run, spawn_detached_in};
 use metalmesh_testbed::{Overrides, Quiet, Testbed, Topology};
 use serde_json::Value;
 
@@ -18,11 +18,7 @@ fn agent_json(run_dir: &Path, leaf: &str, args: &[&str]) -> Value {
     let mut full = args.to_vec();
     full.extend_from_slice(&["-o", "json"]);
     let out = agent_on(run_dir, AGENT, leaf, &full);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -133,11 +129,7 @@ fn send_raw(frames_hex: &[String]) {
         "ip",
         &["netns", "exec", "mm-m1-1", "python3", "-c", &script],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::AGENT;
 use metalmesh_testbed::Testbed;
-use metalmesh_testbed::testing::{Guard, cli, eventually, run, script, spawn_detached_in};
+use metalmesh_testbed::testing::{Guard, cli, eventually, ok, run, script, spawn_detached_in};
 const DISK_BYTES: u64 = 64 * 1024 * 1024;
 
 fn installer() -> PathBuf {
@@ -204,11 +204,7 @@ fn one_machine_registers_installs_phones_home_and_is_reclaimed() {
     assert!(String::from_utf8_lossy(&routes.stdout).contains("10.0.1.11"));
 
     let out = agent(&guard, &["machine", "free", &id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert!(
         eventually(Duration::from_secs(40), || state(&guard, &id) == "Waiting"),
         "not back to Waiting: {:?}",
@@ -268,11 +264,7 @@ fn twenty_machines_reach_waiting_and_install_concurrently() {
                     &format!("10.0.1.{}", 10 + index),
                     &format!("node-{index}"),
                 );
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                ok(&out);
             });
         }
     });
@@ -311,28 +303,16 @@ fn agent_killed_during_installing_loses_nothing() {
             "rate", "40mbit", "burst", "64kb", "latency", "500ms",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let out = allocate(&guard, &id, "10.0.1.11", "db-1");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert!(eventually(Duration::from_secs(20), || state(&guard, &id)
         == "Installing"));
     let out = cli(
         &guard.run_dir,
         &["kill", "leaf1", "--daemon", "agent", "--signal", "KILL"],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     // Back only once the installer has had to retry against the dead agent.
     assert!(
         eventually(Duration::from_secs(30), || {
@@ -342,11 +322,7 @@ fn agent_killed_during_installing_loses_nothing() {
         "the installer never noticed the agent was gone"
     );
     let out = cli(&guard.run_dir, &["start", "leaf1", "--daemon", "agent"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let _ = run(
         "ip",
         &[
@@ -443,11 +419,7 @@ fn bad_images_and_bad_requests_are_refused() {
             "bad-1",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert!(eventually(Duration::from_secs(30), || {
         let out = agent(&guard, &["machine", "events", &id, "-o", "json"]);
         String::from_utf8_lossy(&out.stdout).contains("checksum mismatch")
@@ -465,11 +437,7 @@ fn bad_images_and_bad_requests_are_refused() {
         "a half-written image was left on the disk"
     );
     let out = agent(&guard, &["machine", "free", &id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert!(eventually(Duration::from_secs(40), || state(&guard, &id) == "Waiting"));
     // The machine's installer stops (power off): only its namespace's processes.
     let _ = run("sh", &["-c", "ip netns pids mm-m1-1 | xargs -r kill -9"]);

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, eventually, script, up};
+use metalmesh_testbed::testing::{Guard, eventually, ok, script, up};
 
 const UUID: &str = "6d6d0000-0000-4000-8000-000001000001";
 
@@ -79,11 +79,7 @@ fn qemu_machine_is_installed_phones_home_and_is_reclaimed() {
             "web-1",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert!(
         eventually(Duration::from_secs(90), || describe(&guard)["state"]
             == "Phoned Home"),
@@ -99,11 +95,7 @@ fn qemu_machine_is_installed_phones_home_and_is_reclaimed() {
     );
 
     let out = agent(&guard, &["machine", "free", UUID]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert!(
         eventually(Duration::from_secs(120), || describe(&guard)["state"]
             == "Waiting"),

@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, agent_on, cli, eventually, run, spawn_detached_in, up};
+use metalmesh_testbed::testing::{
+    Guard, agent_on, cli, eventually, ok, run, spawn_detached_in, up,
+};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
 const LEAVES: [u32; 5] = [1, 2, 3, 4, 5];
@@ -74,11 +76,7 @@ fn add_port(leaf: u32, name: &str) {
             "-n", &ns, "link", "add", name, "type", "veth", "peer", "name", &peer,
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
 }
 
 /// Drops mesh traffic between this leaf and the given loopbacks.
@@ -96,11 +94,7 @@ fn cut(leaf: u32, others: &[u32]) {
         "ip",
         &["netns", "exec", &format!("mm-leaf{leaf}"), "nft", &rules],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
 }
 
 fn heal(leaf: u32) {
@@ -114,11 +108,7 @@ fn heal(leaf: u32) {
             "delete table inet mmcut",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
 }
 
 #[test]
@@ -153,11 +143,7 @@ fn five_agents_replicate_recover_and_refuse_strangers() {
         run_dir,
         &["kill", "leaf1", "--daemon", "agent", "--signal", "KILL"],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     add_port(2, "mmtest2");
     add_port(3, "mmtest3");
     assert!(eventually(Duration::from_secs(10), || {
@@ -165,11 +151,7 @@ fn five_agents_replicate_recover_and_refuse_strangers() {
             .is_some_and(|r| has_port(&r, "leaf2/mmtest2") && has_port(&r, "leaf3/mmtest3"))
     }));
     let out = cli(run_dir, &["start", "leaf1", "--daemon", "agent"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert!(
         eventually(Duration::from_secs(20), || all_identical(run_dir)
             .is_some_and(
@@ -237,11 +219,7 @@ fn five_agents_replicate_recover_and_refuse_strangers() {
         ],
     ] {
         let out = run(metalmesh.to_str().unwrap(), &args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ok(&out);
     }
     let config = rogue.join("agent.toml");
     std::fs::write(

@@ -91,6 +91,18 @@ pub fn script(name: &str, args: &[&str]) {
     );
 }
 
+/// Asserts that a command succeeded (showing its output if not) and
+/// returns its standard output.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs `metalmesh-agent ARGS` on `leaf` of the testbed (through `exec`).
 pub fn agent_on(run_dir: &Path, agent: &str, leaf: &str, args: &[&str]) -> Output {
     let mut full = vec!["exec", leaf, "--", agent];
