@@ -5,12 +5,7 @@ AGENT=$PWD/target/release/metalmesh-agent
 WORK=$(mktemp -d /tmp/metalmesh-bench.XXXXXX)
 
 cleanup() {
-  for ns in $SRV $CLI; do
-    if ip netns list | grep -qw "$ns"; then
-      for pid in $(ip netns pids "$ns"); do kill -9 "$pid" 2>/dev/null || true; done
-      ip netns del "$ns" 2>/dev/null || true
-    fi
-  done
+  cleanup_ns_only
   rm -rf "$WORK"
 }
 trap cleanup EXIT
