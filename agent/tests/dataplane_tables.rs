@@ -212,8 +212,12 @@ fn tenants_over_vxlan_in_routing_table_mode() {
         .success()
     );
 
-    // Drift: a rule, a route, the VXLAN device deleted by hand, a route changed.
-    std::thread::sleep(Duration::from_millis(300));
+    // Drift, once the agent has taken in the unmanaged route: a rule, a
+    // route, the VXLAN device deleted by hand, a route changed.
+    assert!(eventually(Duration::from_secs(5), || {
+        let diff = agent_on(&guard.run_dir, AGENT, "leaf1", &["dataplane", "diff"]);
+        String::from_utf8_lossy(&diff.stdout).trim() == "in sync"
+    }));
     leaf1(&[
         "ip", "rule", "del", "iif", "m1-1", "lookup", "1001", "prio", "20000",
     ]);
@@ -285,8 +289,13 @@ fn tenants_over_vxlan_in_routing_table_mode() {
     );
 
     // A restart of the agent changes nothing in the kernel. (Carrier of the
-    // provisioning bridge settles a moment after its last port left.)
-    std::thread::sleep(Duration::from_secs(2));
+    // provisioning bridge settles a moment after its last port left: wait
+    // for two equal dumps.)
+    assert!(eventually(Duration::from_secs(10), || {
+        let first = dump();
+        std::thread::sleep(Duration::from_millis(300));
+        first == dump()
+    }));
     let before = dump();
     let kill = cli(
         &guard.run_dir,

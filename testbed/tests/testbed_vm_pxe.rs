@@ -2,8 +2,9 @@
 //! provisioning bridge: a capture on `mm-pxe` sees its DHCPDISCOVER.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::BufRead;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use metalmesh_testbed::testing::{Guard, assert_nothing_left, cli, stderr};
 use metalmesh_testbed::{MachineKind, Overrides, Quiet, Testbed, Topology};
@@ -32,7 +33,7 @@ fn vm_firmware_sends_dhcpdiscover_on_mm_pxe() {
         "ether src {} and udp src port 68 and udp dst port 67 and udp[8] = 1",
         machine.mac
     );
-    let capture = Command::new("ip")
+    let mut capture = Command::new("ip")
         .args([
             "netns", "exec", "mm-leaf1", "timeout", "90", "tcpdump", "-l", "-n", "-v",
         ])
@@ -42,18 +43,29 @@ fn vm_firmware_sends_dhcpdiscover_on_mm_pxe() {
         .spawn()
         .unwrap();
     // tcpdump prints "listening on" once its socket is open.
-    std::thread::sleep(Duration::from_secs(1));
+    let mut stderr_lines = std::io::BufReader::new(capture.stderr.take().unwrap()).lines();
+    let ready = stderr_lines
+        .by_ref()
+        .take(20)
+        .map_while(Result::ok)
+        .any(|line| line.contains("listening on"));
+    assert!(ready, "tcpdump never started listening");
+    let rest_of_stderr = std::thread::spawn(move || {
+        stderr_lines
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
     let powered_on = Instant::now();
     let on = cli(&guard.run_dir, &["start", "m1-1"]);
     assert!(on.status.success(), "{}", stderr(&on));
     let output = capture.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
+    let errors = rest_of_stderr.join().unwrap_or_default();
     assert!(
         output.status.success(),
-        "no DHCPDISCOVER from {} within 90 s: {}{}",
+        "no DHCPDISCOVER from {} within 90 s: {text}{errors}",
         machine.mac,
-        text,
-        String::from_utf8_lossy(&output.stderr)
     );
     assert!(
         text.contains("DHCP-Message (53), length 1: Discover"),
