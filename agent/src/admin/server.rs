@@ -218,12 +218,16 @@ impl AgentView {
                 };
             }
         };
-        // Persist first (atomically): after a restart the agent reconciles
-        // to exactly what it was last told.
+        // Persist first (atomically and durably): after a restart or power
+        // loss the agent reconciles to exactly what it was last told.
         let tmp = self.intents_file.with_extension("toml.tmp");
-        if let Err(error) =
-            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.intents_file))
-        {
+        let persisted = tokio::task::spawn_blocking({
+            let (tmp, file) = (tmp.clone(), self.intents_file.clone());
+            move || write_durably(&tmp, &file, text.as_bytes())
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        if let Err(error) = persisted {
             return Response::Error {
                 message: format!(
                     "cannot store intents in {}: {error}",
@@ -231,14 +235,15 @@ impl AgentView {
                 ),
             };
         }
-        let interfaces = self
-            .ports
-            .borrow()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| p.name)
-            .collect();
+        // Rejections as the reconciler will see them: against every
+        // interface the kernel has.
+        let interfaces = match self
+            .with_handle(|handle, _| async move { crate::dataplane::kernel::read(&handle).await })
+            .await
+        {
+            Ok(state) => state.interface_names(),
+            Err(message) => return Response::Error { message },
+        };
         let (_, rejected) = crate::dataplane::validate(intents, &interfaces);
         self.intents.send_replace(intents.clone());
         Response::DataplaneApplied { rejected }
@@ -412,4 +417,22 @@ async fn connection(
             return Ok(());
         }
     }
+}
+
+/// Writes `bytes` to `tmp`, syncs it, and renames it over `file`, then syncs
+/// the directory: `file` holds either the old or the new text, durably.
+fn write_durably(
+    tmp: &std::path::Path,
+    file: &std::path::Path,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::fs::File::create(tmp)?;
+    out.write_all(bytes)?;
+    out.sync_all()?;
+    std::fs::rename(tmp, file)?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
