@@ -292,6 +292,7 @@ pub async fn run(
         connections,
         writers: HashMap::new(),
         view: view.clone(),
+        view_refreshed: None,
     };
     let actions = node.start();
     driver.perform(&mut node, actions);
@@ -330,7 +331,13 @@ struct Driver {
     connections: Arc<Connections>,
     writers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     view: MeshView,
+    /// When the view's member list was last rebuilt.
+    view_refreshed: Option<std::time::Instant>,
 }
+
+/// How stale the member states in [`MeshView`] may get (SWIM reports joins
+/// and departures, not alive/suspect changes).
+const VIEW_REFRESH: Duration = Duration::from_secs(1);
 
 impl Driver {
     fn perform(&mut self, node: &mut MeshNode<Store>, actions: Vec<Action>) {
@@ -364,9 +371,13 @@ impl Driver {
                 }
             }
         }
-        let members = node.members();
-        if membership_changed || self.view.lock().members.len() != members.len() {
-            let mut members: Vec<MemberInfo> = members
+        let due = self
+            .view_refreshed
+            .is_none_or(|at| at.elapsed() >= VIEW_REFRESH);
+        if membership_changed || due {
+            self.view_refreshed = Some(std::time::Instant::now());
+            let mut members: Vec<MemberInfo> = node
+                .members()
                 .into_iter()
                 .map(|(peer, state)| MemberInfo {
                     name: peer.name,
