@@ -186,6 +186,14 @@ struct Connections {
 }
 
 impl Connections {
+    /// Drops the connection to `addr` (closed once no stream uses it).
+    fn forget(&self, addr: SocketAddr) {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&addr);
+    }
+
     async fn get(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
         let slot = {
             let mut slots = self
@@ -362,6 +370,10 @@ impl Driver {
                 Action::MemberDown(peer) => {
                     tracing::warn!(member = %peer, "mesh member down");
                     membership_changed = true;
+                    // Its writer task and connection go with it (a member
+                    // that comes back gets new ones), so churn leaves nothing.
+                    self.writers.remove(&peer.addr);
+                    self.connections.forget(peer.addr);
                 }
                 Action::Applied(records) => {
                     tracing::debug!(count = records.len(), "records received");
