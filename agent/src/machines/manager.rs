@@ -195,7 +195,11 @@ impl Manager {
         }
         let machine = machine.clone();
         self.store
-            .put_local(RecordKind::Machine, uuid, Some(json))
+            .put_local(
+                RecordKind::Machine,
+                &record_key(&self.settings.switch, uuid),
+                Some(json),
+            )
             .map_err(|error| format!("cannot store machine {uuid}: {error}"))?;
         self.publish_ports();
         Ok(machine)
@@ -848,6 +852,13 @@ fn valid_image_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// The inventory key of a machine as this leaf sees it: every leaf writes
+/// only its own keys (one writer per key), so a machine recabled to another
+/// rack, or a UUID another rack's host claims, never blocks this leaf.
+fn record_key(switch: &str, uuid: &str) -> String {
+    format!("{switch}/{uuid}")
+}
+
 /// The port whose LLDP neighbour announces `uuid` as its chassis ID.
 pub fn port_of(lldp: &LldpSnapshot, uuid: &str) -> Option<String> {
     lldp.neighbors
@@ -1281,6 +1292,34 @@ mod tests {
     }
 
     #[test]
+    fn another_rack_holding_the_uuid_does_not_block_this_leaf() {
+        use metalmesh_inventory::replica::Replica;
+        let rig = rig();
+        // Another leaf (or a host claiming the UUID there) wrote it first.
+        let mut store = rig.store.clone();
+        store
+            .apply(vec![metalmesh_inventory::Record {
+                id: metalmesh_inventory::RecordKey::new(
+                    RecordKind::Machine,
+                    record_key("leaf2", UUID),
+                ),
+                origin: "leaf2".into(),
+                version: 1,
+                value: Some("{}".into()),
+            }])
+            .unwrap();
+        let mut m = manager(&rig);
+        let t = 1_800_000_000_000;
+        m.installer(event("Preparing"), PEER, t).unwrap();
+        assert_eq!(
+            m.installer(registration(), PEER, t + 1).unwrap(),
+            Directive::Wipe
+        );
+        m.installer(event("Waiting"), PEER, t + 2).unwrap();
+        assert_eq!(m.machines[UUID].state, "Waiting");
+    }
+
+    #[test]
     fn a_machine_stuck_netbooting_is_a_crash_loop() {
         let rig = rig_with_lease();
         let mut m = manager(&rig);
@@ -1315,7 +1354,7 @@ mod tests {
             .store
             .get(&metalmesh_inventory::RecordKey::new(
                 RecordKind::Machine,
-                UUID,
+                record_key("leaf1", UUID),
             ))
             .unwrap()
             .unwrap();

@@ -1,5 +1,5 @@
 //! A machine as its rack's agent keeps it: stored (and gossiped) as the
-//! `machine` record keyed by UUID. The fields of the mesh's
+//! `machine` record keyed `<switch>/<uuid>`. The fields of the mesh's
 //! `metalmesh_inventory::model::Machine` come first, so other nodes read the
 //! summary; the lifecycle's full state follows so a restarted agent resumes
 //! exactly.
