@@ -27,7 +27,11 @@ case "$1" in
     echo "$serverid" > "$METALMESH_SERVER_FILE"
     ;;
   renew)
-    ip addr replace "$ip/${mask:-24}" dev "$interface"
+    # The same address renewed stays in place; a new one replaces the old.
+    if ! ip addr show dev "$interface" | grep -q "inet $ip/"; then
+      ip addr flush dev "$interface"
+      ip addr add "$ip/${mask:-24}" dev "$interface"
+    fi
     ;;
 esac
 exit 0
@@ -85,10 +89,10 @@ pub fn acquire(interface: &str, work_dir: &Path) -> Result<DhcpClient, DhcpError
         .args(["link", "set", interface, "up"])
         .output();
     let log = std::fs::File::create(&log_file)?;
+    // No -n: should the leaf stay away longer than the lease, udhcpc keeps
+    // asking until it is back (the first lease's wait is bounded below).
     let child = Command::new("busybox")
-        .args([
-            "udhcpc", "-f", "-i", interface, "-n", "-t", "10", "-T", "2", "-s",
-        ])
+        .args(["udhcpc", "-f", "-i", interface, "-t", "10", "-T", "2", "-s"])
         .arg(&script)
         .env("METALMESH_SERVER_FILE", &server_file)
         .stdin(Stdio::null())
