@@ -1,8 +1,9 @@
 //! Record versions: wall-clock time in NTP64 form (seconds since the UNIX
 //! epoch in the upper 32 bits, the fraction in the lower 32) that never goes
-//! backwards and never repeats on one node, even across restarts: the store
-//! seeds the clock with the newest version this node ever wrote, so a wall
-//! clock that stepped back continues from there instead of reusing versions.
+//! backwards on one node, even across restarts: the store seeds the clock
+//! with the newest version this node wrote, as far as peers would accept it
+//! (60 s ahead of the wall clock); a key written while the clock ran further
+//! ahead is superseded by the store giving its next write a higher version.
 
 use crate::record::Version;
 use std::sync::Mutex;
@@ -30,11 +31,13 @@ impl Clock {
         Clock::default()
     }
 
-    /// Moves the clock past `version`, however far ahead of the wall clock it
-    /// is (used at start with the newest version this node wrote).
+    /// Moves the clock past `version`, but never further than peers accept
+    /// (a clock once far ahead must not push every later write out of
+    /// their reach).
     pub fn observe(&self, version: Version) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        *last = (*last).max(version);
+        let reachable = now_version().saturating_add(MAX_DRIFT_VERSION);
+        *last = (*last).max(version.min(reachable));
     }
 
     /// A fresh version, strictly greater than every earlier and observed one.
@@ -66,13 +69,15 @@ mod tests {
     }
 
     #[test]
-    fn a_seed_far_ahead_of_the_wall_clock_is_kept() {
-        // A switch that rebooted with its clock an hour behind must not
-        // reuse versions it already wrote.
+    fn a_seed_far_ahead_is_followed_only_as_far_as_peers_accept() {
         let clock = Clock::new();
-        let written_before = now_version() + (3600 << 32);
-        clock.observe(written_before);
-        assert!(clock.next() > written_before);
+        let seed = now_version() + (30 << 32); // 30 s ahead: followed
+        clock.observe(seed);
+        assert!(clock.next() > seed);
+        let far = now_version() + (3600 << 32); // an hour ahead: capped
+        clock.observe(far);
+        let next = clock.next();
+        assert!(next < far && next <= now_version() + MAX_DRIFT_VERSION + 1000);
     }
 
     #[test]

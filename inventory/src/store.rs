@@ -147,7 +147,8 @@ impl Store {
     ) -> Result<Option<Record>, StoreError> {
         let id = RecordKey::new(kind, key);
         let mut state = self.lock();
-        match self.get_locked(&state, &id)? {
+        let current = self.get_locked(&state, &id)?;
+        match &current {
             // Every peer would refuse the write, and replicas would never
             // agree again: one writer per key.
             Some(current) if current.origin != self.inner.origin => {
@@ -160,19 +161,26 @@ impl Store {
             None if value.is_none() => return Ok(None),
             _ => {}
         }
+        // Past the stored version too: it may have been written while this
+        // node's clock ran ahead further than the clock now follows.
+        let version = self
+            .inner
+            .clock
+            .next()
+            .max(current.map_or(0, |c| c.version.saturating_add(1)));
         let record = Record {
             id,
             origin: self.inner.origin.clone(),
-            version: self.inner.clock.next(),
+            version,
             value,
         };
         let applied = self.apply_locked(&mut state, vec![record], Source::Local)?;
         drop(state);
         if applied.is_empty() {
-            // Only a stored version from the future beats a fresh one.
+            // Cannot happen: the version is past the stored one.
             return Err(StoreError::Invalid {
                 id: format!("{kind}/{key}"),
-                reason: "a newer version is stored; this node's clock is behind".into(),
+                reason: "the stored version could not be superseded".into(),
             });
         }
         self.publish(&applied);
@@ -642,6 +650,36 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(gone.supersedes(&port));
+    }
+
+    #[test]
+    fn a_key_written_while_the_clock_ran_far_ahead_is_still_superseded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = Store::open(&path, "leaf1").unwrap();
+        let ahead = Record {
+            id: RecordKey::new(RecordKind::Port, "leaf1/swp1"),
+            origin: "leaf1".into(),
+            version: crate::clock::now_version() + (3600 << 32),
+            value: Some("{\"old\":1}".into()),
+        };
+        store
+            .apply_locked(&mut store.lock(), vec![ahead.clone()], Source::Local)
+            .unwrap();
+        drop(store);
+        // Restarted with a correct clock: other keys get versions peers
+        // accept, and the skewed key is still superseded.
+        let store = Store::open(&path, "leaf1").unwrap();
+        let other = store
+            .put_local(RecordKind::Port, "leaf1/swp2", Some("{}".into()))
+            .unwrap()
+            .unwrap();
+        assert!(other.version <= crate::clock::now_version() + crate::clock::MAX_DRIFT_VERSION);
+        let newer = store
+            .put_local(RecordKind::Port, "leaf1/swp1", Some("{\"new\":1}".into()))
+            .unwrap()
+            .unwrap();
+        assert!(newer.supersedes(&ahead));
     }
 
     #[test]
