@@ -27,6 +27,8 @@ use crate::lldp::LldpSnapshot;
 
 /// A freed machine that never asks for its reboot leaves its VRF after this.
 const RECLAIM_GRACE_MS: u64 = 60_000;
+/// PXE boots of one machine this close together are one boot.
+const PXE_SAME_BOOT_MS: u64 = 30_000;
 /// How long a PXE boot waits to be matched to the machine that registers.
 const PXE_MATCH_MS: u64 = 10 * 60_000;
 /// Machines one leaf keeps; registrations beyond are refused.
@@ -284,6 +286,12 @@ impl Manager {
             })
             .map(|m| m.uuid.clone());
         match owner {
+            // One boot can ask twice (the firmware, then the iPXE it loaded,
+            // more than DHCP's 10 s apart): one event, one cycle.
+            Some(uuid)
+                if self.machines[&uuid].lifecycle.last().is_some_and(|e| {
+                    e.kind == EventKind::PxeBooting && now.saturating_sub(e.time) < PXE_SAME_BOOT_MS
+                }) => {}
             Some(uuid) => {
                 self.event(
                     &uuid,
@@ -504,10 +512,16 @@ impl Manager {
                     .flat_map(|d| [&d.name, &d.model, &d.serial]),
             )
             .chain(hardware.nics.iter().flat_map(|n| [&n.name, &n.mac]));
-        if texts.into_iter().any(|t| t.len() > MAX_HARDWARE_TEXT) {
+        // Control characters would also grow sixfold in the stored JSON.
+        if texts
+            .into_iter()
+            .any(|t| t.len() > MAX_HARDWARE_TEXT || t.chars().any(char::is_control))
+        {
             return Err(api(
                 400,
-                format!("a hardware field exceeds {MAX_HARDWARE_TEXT} bytes"),
+                format!(
+                    "a hardware field exceeds {MAX_HARDWARE_TEXT} bytes or holds control characters"
+                ),
             ));
         }
         if !self.machines.contains_key(&uuid) && self.machines.len() >= MAX_MACHINES {
@@ -1326,9 +1340,12 @@ mod tests {
         let t = 1_800_000_000_000;
         m.installer(event("Preparing"), PEER, t).unwrap();
         m.installer(registration(), PEER, t + 1).unwrap();
-        for cycle in 0..3 {
-            m.pxe_booting("52:54:00:6d:01:01", t + 100_000 * (cycle + 1));
-        }
+        // The firmware's DHCP and its iPXE's, 15 s apart: one boot.
+        m.pxe_booting("52:54:00:6d:01:01", t + 100_000);
+        m.pxe_booting("52:54:00:6d:01:01", t + 115_000);
+        m.pxe_booting("52:54:00:6d:01:01", t + 200_000);
+        assert!(!m.machines[UUID].crash_loop, "{:?}", kinds(&m));
+        m.pxe_booting("52:54:00:6d:01:01", t + 300_000);
         assert!(m.machines[UUID].crash_loop, "{:?}", kinds(&m));
     }
 
