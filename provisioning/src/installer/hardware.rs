@@ -18,9 +18,16 @@ impl Default for Sources {
     }
 }
 
+/// A sysfs value, trimmed, with control characters (the leaf refuses them)
+/// replaced by spaces.
 fn read_trimmed(path: &Path) -> String {
     std::fs::read_to_string(path)
-        .map(|text| text.trim().to_string())
+        .map(|text| {
+            text.trim()
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect()
+        })
         .unwrap_or_default()
 }
 
