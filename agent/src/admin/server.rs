@@ -218,6 +218,15 @@ impl AgentView {
                 };
             }
         };
+        // Rejections as the reconciler will see them: against every
+        // interface the kernel has.
+        let interfaces = match self
+            .with_handle(|handle, _| async move { crate::dataplane::kernel::read(&handle).await })
+            .await
+        {
+            Ok(state) => state.interface_names(),
+            Err(message) => return Response::Error { message },
+        };
         // Persist first (atomically and durably): after a restart or power
         // loss the agent reconciles to exactly what it was last told.
         let tmp = self.intents_file.with_extension("toml.tmp");
@@ -235,15 +244,6 @@ impl AgentView {
                 ),
             };
         }
-        // Rejections as the reconciler will see them: against every
-        // interface the kernel has.
-        let interfaces = match self
-            .with_handle(|handle, _| async move { crate::dataplane::kernel::read(&handle).await })
-            .await
-        {
-            Ok(state) => state.interface_names(),
-            Err(message) => return Response::Error { message },
-        };
         let (_, rejected) = crate::dataplane::validate(intents, &interfaces);
         self.intents.send_replace(intents.clone());
         Response::DataplaneApplied { rejected }
