@@ -304,6 +304,10 @@ async fn transfer(
     let blocks = size / n.blksize as u64 + 1;
     let mut acked: u64 = 0;
     let mut retries = 0;
+    // RFC 7440: a client that missed a block of a window ACKs the last one
+    // it got in order (maybe the window's base): resend at once, once per
+    // window (more would be the Sorcerer's Apprentice again).
+    let mut gap_reported = false;
     let mut data = vec![0u8; n.blksize];
     while acked < blocks {
         let window_end = (acked + u64::from(n.windowsize)).min(blocks);
@@ -329,15 +333,18 @@ async fn transfer(
         // twice (the Sorcerer's Apprentice, RFC 1123 4.2.3.1), and a peer
         // repeating old ACKs must not keep the transfer alive.
         let base = acked;
+        let gap_report_allowed = n.windowsize > 1 && !gap_reported;
         let in_window = |wire: u16| {
             let delta = u64::from(wire.wrapping_sub(base as u16));
-            delta >= 1 && delta <= window_end - base
+            (delta >= 1 && delta <= window_end - base) || (delta == 0 && gap_report_allowed)
         };
         let deadline = tokio::time::Instant::now() + n.timeout;
         match wait_ack(socket, peer, &mut buf, deadline, in_window).await? {
+            Some(wire) if wire == base as u16 => gap_reported = true,
             Some(wire) => {
                 acked += u64::from(wire.wrapping_sub(acked as u16));
                 retries = 0;
+                gap_reported = false;
             }
             None => {
                 retries += 1;
@@ -472,6 +479,40 @@ mod tests {
         assert_eq!(counters.requests.load(Ordering::Relaxed), 1);
         assert_eq!(counters.refused.load(Ordering::Relaxed), 1);
         assert_eq!(counters.failed.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_windowed_client_reporting_a_gap_gets_the_window_again_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), vec![7u8; 10 * 512]).unwrap();
+        let (listen, _counters, _stop) = start(dir.path()).await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let request = Packet::ReadRequest {
+            filename: "f".into(),
+            mode: "octet".into(),
+            options: vec![("windowsize".into(), "4".into())],
+        };
+        client.send_to(&request.encode(), listen).await.unwrap();
+        let second = Duration::from_secs(1);
+        let (oack, tid) = receive(&client, second).await.unwrap();
+        assert!(matches!(oack, Packet::OptionAck { .. }));
+        let ack = |block| Packet::Ack { block }.encode();
+        client.send_to(&ack(0), tid).await.unwrap();
+        for block in 1..=4u16 {
+            let (data, _) = receive(&client, second).await.unwrap();
+            assert!(matches!(data, Packet::Data { block: b, .. } if b == block));
+        }
+        // Block 1 "lost": the client ACKs 0 again and gets the window at
+        // once (well before the 2 s timeout)...
+        client.send_to(&ack(0), tid).await.unwrap();
+        let (data, _) = receive(&client, Duration::from_millis(500)).await.unwrap();
+        assert!(matches!(data, Packet::Data { block: 1, .. }));
+        for _ in 2..=4 {
+            receive(&client, second).await.unwrap();
+        }
+        // ...but only once per window.
+        client.send_to(&ack(0), tid).await.unwrap();
+        assert_eq!(receive(&client, Duration::from_millis(400)).await, None);
     }
 
     #[tokio::test]
