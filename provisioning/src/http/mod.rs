@@ -97,7 +97,11 @@ pub async fn serve(config: HttpBootConfig, cancel: CancellationToken) -> std::io
         let Ok(service) = make_service.call(peer).await;
         let service = TowerToHyperService::new(service);
         connections.spawn(async move {
+            // A client must send its request head within 30 s: idle or
+            // trickling connections are closed rather than kept forever.
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
                 .half_close(true)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(error) = connection.await {
