@@ -218,15 +218,12 @@ fn publish_switch(
 }
 
 fn publish_leases(store: &Store, path: &Path) -> anyhow::Result<()> {
-    let leases = match metalmesh_provisioning::dhcp::service::read_leases(path) {
-        Ok(leases) => leases,
-        // The DHCP server creates the file; until then there is nothing.
-        Err(error) if !path.exists() => {
-            tracing::debug!(%error, "no lease store yet");
-            return Ok(());
-        }
-        Err(error) => return Err(error.into()),
-    };
+    if !path.exists() {
+        // The DHCP server has not started yet: nothing to publish, and the
+        // leases published before a restart stay until it has.
+        return Ok(());
+    }
+    let leases = metalmesh_provisioning::dhcp::service::read_leases(path)?;
     let switch = store.origin().to_string();
     let mut current = BTreeSet::new();
     for lease in leases {

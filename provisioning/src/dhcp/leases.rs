@@ -158,7 +158,8 @@ impl LeaseStore {
     }
 
     /// Opens the file beside its running server, to read: nothing is
-    /// checked, migrated or written. `None` before the server created it.
+    /// checked, migrated or written. `None` while the server has not set up its
+    /// tables yet; an error if the file does not exist.
     pub fn open_read_only(path: &Path) -> Result<Option<LeaseStore>, StoreError> {
         let name = path.display().to_string();
         let err = |source| StoreError::Sqlite {

@@ -222,7 +222,6 @@ impl DhcpServer {
         self.quarantine.retain(|_, until| *until > now);
     }
 
-    /// Whether `ip` may be given to `mac` now.
     /// Withdraws the address offered to `mac`, if any.
     fn drop_offer(&mut self, mac: &str) {
         if let Some((ip, _)) = self.offers.remove(mac) {
@@ -230,6 +229,7 @@ impl DhcpServer {
         }
     }
 
+    /// Whether `ip` may be given to `mac` now.
     fn free_for(&self, ip: Ipv4Addr, mac: &str, now: u64) -> bool {
         if !self.settings.in_pool(ip) || self.quarantine.contains_key(&ip) {
             return false;

@@ -214,6 +214,10 @@ fn serve(
 /// Reads the leases of a store file beside its running server (admin API,
 /// mesh publisher, machine manager).
 pub fn read_leases(path: &Path) -> Result<Vec<super::Lease>, StoreError> {
+    if !path.exists() {
+        // The DHCP server has not created its store yet: no leases.
+        return Ok(Vec::new());
+    }
     match LeaseStore::open_read_only(path)? {
         Some(store) => store.leases(),
         None => Ok(Vec::new()),

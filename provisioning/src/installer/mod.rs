@@ -341,8 +341,8 @@ impl Session {
     }
 
     /// `--simulate`: what the installed system does at boot, done here
-    /// instead of kexec: configure the NIC from the installed root's files
-    /// and phone home until told to reboot.
+    /// instead of kexec: configure the NIC as the allocation says (what the
+    /// installed root was given) and phone home until told to reboot.
     fn simulated_boot(&self, hostname: &str, allocation: &Allocation) -> Outcome {
         log(&format!("simulated boot of {hostname}"));
         // The installer's DHCP client ends here, as it does at kexec.
