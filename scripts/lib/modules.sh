@@ -7,7 +7,12 @@ copy_modules() {
   mkdir -p "$root/modules"
   : > "$root/modules/order"
   local module line path name
+  local deps
   for module in "$@"; do
+    if ! deps=$(modprobe -S "$release" --show-depends "$module" 2>&1); then
+      echo "copy_modules: no module $module for kernel $release: $deps" >&2
+      return 1
+    fi
     while read -r line; do
       [[ $line == insmod\ * ]] || continue
       path=${line#insmod }
@@ -16,6 +21,6 @@ copy_modules() {
       grep -qx "$name" "$root/modules/order" && continue
       cp "$path" "$root/modules/$name"
       echo "$name" >> "$root/modules/order"
-    done < <(modprobe -S "$release" --show-depends "$module" 2>/dev/null)
+    done <<<"$deps"
   done
 }

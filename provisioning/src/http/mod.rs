@@ -179,8 +179,15 @@ mod tests {
         let cancel = CancellationToken::new();
         let _stop = cancel.clone().drop_guard();
         tokio::spawn(serve(config, cancel));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+        let mut stream = None;
+        for _ in 0..50 {
+            if let Ok(connected) = tokio::net::TcpStream::connect(listen).await {
+                stream = Some(connected);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut stream = stream.expect("the server never listened");
         stream
             .write_all(
                 b"POST /v1/machines/6d6d0000-0000-4000-8000-000001000001/phone-home HTTP/1.0\r\n\
