@@ -248,17 +248,14 @@ impl Manager {
     /// An installer's report: a retried call or a progress report does not
     /// repeat the newest event, it refreshes it.
     fn report(&mut self, uuid: &str, now: u64, kind: EventKind, message: &str) {
-        if let Some(last) = self
-            .machines
-            .get_mut(uuid)
-            .and_then(|m| m.lifecycle.events.front_mut())
+        let kept = event_message(message);
+        if let Some(machine) = self.machines.get_mut(uuid)
+            && let Some(last) = machine.lifecycle.events.front_mut()
             && last.kind == kind
-            && (kind == EventKind::Installing || last.message == event_message(message))
+            && (kind == EventKind::Installing || last.message == kept)
         {
-            last.message = event_message(message);
-            if let Some(machine) = self.machines.get_mut(uuid) {
-                machine.lifecycle.last_heartbeat = Some(now);
-            }
+            last.message = kept;
+            machine.lifecycle.last_heartbeat = Some(now);
             return;
         }
         self.event(uuid, now, kind, message);
