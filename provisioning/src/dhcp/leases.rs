@@ -97,6 +97,23 @@ pub struct LeaseStore {
     path: String,
 }
 
+/// The file's schema version; a newer one than this build knows is refused.
+fn schema_version(connection: &Connection, name: &str) -> Result<i64, StoreError> {
+    let version: i64 = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|source| StoreError::Sqlite {
+            path: name.to_string(),
+            source,
+        })?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: name.to_string(),
+            found: version,
+        });
+    }
+    Ok(version)
+}
+
 impl LeaseStore {
     pub fn open(path: &Path) -> Result<LeaseStore, StoreError> {
         let name = path.display().to_string();
@@ -119,15 +136,7 @@ impl LeaseStore {
         connection
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
             .map_err(err)?;
-        let version: i64 = connection
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(err)?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema {
-                path: name,
-                found: version,
-            });
-        }
+        let version = schema_version(&connection, &name)?;
         if version < 1 {
             connection
                 .execute_batch(
@@ -169,15 +178,7 @@ impl LeaseStore {
         let connection =
             Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .map_err(err)?;
-        let version: i64 = connection
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(err)?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema {
-                path: name,
-                found: version,
-            });
-        }
+        let version = schema_version(&connection, &name)?;
         Ok((version >= 1).then_some(LeaseStore {
             connection,
             path: name,
