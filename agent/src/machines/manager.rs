@@ -1064,6 +1064,16 @@ mod tests {
         }))
     }
 
+    /// A starting installer at `t` and its registration a moment later,
+    /// answered with a disk wipe.
+    fn registered(m: &mut Manager, t: u64) {
+        m.installer(event("Preparing"), PEER, t).unwrap();
+        assert_eq!(
+            m.installer(registration(), PEER, t + 1).unwrap(),
+            Directive::Wipe
+        );
+    }
+
     fn event(name: &str) -> InstallerCall {
         InstallerCall::Event {
             uuid: UUID.into(),
@@ -1100,11 +1110,7 @@ mod tests {
         let rig = rig();
         let mut m = manager(&rig);
         let t = 1_800_000_000_000;
-        m.installer(event("Preparing"), PEER, t).unwrap();
-        assert_eq!(
-            m.installer(registration(), PEER, t + 1).unwrap(),
-            Directive::Wipe
-        );
+        registered(&mut m, t);
         // Not Waiting yet: refused.
         assert!(
             m.allocate(UUID, allocation(), t + 2)
@@ -1273,8 +1279,7 @@ mod tests {
         let rig = rig_with_lease();
         let mut m = manager(&rig);
         let t = now_ms();
-        m.installer(event("Preparing"), PEER, t).unwrap();
-        m.installer(registration(), PEER, t).unwrap();
+        registered(&mut m, t);
         m.installer(event("Waiting"), PEER, t).unwrap();
         // Another address may not speak for the machine.
         let other = IpAddr::V4(std::net::Ipv4Addr::new(10, 100, 1, 101));
@@ -1321,11 +1326,7 @@ mod tests {
             .unwrap();
         let mut m = manager(&rig);
         let t = 1_800_000_000_000;
-        m.installer(event("Preparing"), PEER, t).unwrap();
-        assert_eq!(
-            m.installer(registration(), PEER, t + 1).unwrap(),
-            Directive::Wipe
-        );
+        registered(&mut m, t);
         m.installer(event("Waiting"), PEER, t + 2).unwrap();
         assert_eq!(m.machines[UUID].state, "Waiting");
     }
@@ -1335,8 +1336,7 @@ mod tests {
         let rig = rig_with_lease();
         let mut m = manager(&rig);
         let t = 1_800_000_000_000;
-        m.installer(event("Preparing"), PEER, t).unwrap();
-        m.installer(registration(), PEER, t + 1).unwrap();
+        registered(&mut m, t);
         // The firmware's DHCP and its iPXE's, 15 s apart: one boot.
         m.pxe_booting("52:54:00:6d:01:01", t + 100_000);
         m.pxe_booting("52:54:00:6d:01:01", t + 115_000);
@@ -1352,8 +1352,7 @@ mod tests {
         rig.settings.thresholds.history = 10_000;
         let mut m = manager(&rig);
         let t = 1_800_000_000_000;
-        m.installer(event("Preparing"), PEER, t).unwrap();
-        m.installer(registration(), PEER, t + 1).unwrap();
+        registered(&mut m, t);
         for i in 0..=600 {
             let call = InstallerCall::Event {
                 uuid: UUID.into(),
