@@ -405,32 +405,19 @@ impl Replica for Store {
     /// still applied): what [`crate::replica::refusal`] refuses, and records
     /// claiming to be this node's for a key it holds. A record of this
     /// node's that it does not hold is taken back (a node that lost its
-    /// database recovers its records from its peers) and its clock moves past
-    /// it, so the node's next write of that key supersedes it.
+    /// database recovers its records from its peers); `put_local` versions
+    /// the node's next write of that key past it.
     fn apply(&mut self, records: Vec<Record>) -> Result<Vec<Record>, StoreError> {
         let mut state = self.lock();
-        let now = crate::clock::now_version();
         let mut accepted = Vec::with_capacity(records.len());
         for record in records {
-            let refused = if record.version > now.saturating_add(crate::clock::MAX_DRIFT_VERSION) {
-                // Checked again when stored; not taken back either.
-                Some("version too far in the future")
-            } else if record.origin == self.inner.origin {
-                if self.get_locked(&state, &record.id)?.is_some() {
-                    Some("claims to be this node's record")
-                } else {
-                    self.inner.clock.observe(record.version);
-                    None
-                }
-            } else {
-                None
-            };
-            match refused {
-                Some(reason) => {
-                    tracing::warn!(record = %record.id, origin = %record.origin, reason, "received record refused");
-                }
-                None => accepted.push(record),
+            if record.origin == self.inner.origin && self.get_locked(&state, &record.id)?.is_some()
+            {
+                tracing::warn!(record = %record.id, origin = %record.origin,
+                    reason = "claims to be this node's record", "received record refused");
+                continue;
             }
+            accepted.push(record);
         }
         let applied = self.apply_locked(&mut state, accepted, Source::Received)?;
         drop(state);
