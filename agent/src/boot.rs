@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metalmesh_provisioning::dhcp::service::{DhcpService, ServiceConfig};
+use metalmesh_provisioning::dhcp::service::{DhcpService, LeaseIndex, ServiceConfig};
 use metalmesh_provisioning::dhcp::{DhcpCounters, DhcpEvent};
 use metalmesh_provisioning::http::{HttpBootConfig, IpxeSettings};
 use metalmesh_provisioning::tftp::{TftpConfig, TftpCounters};
@@ -18,12 +18,21 @@ use crate::supervisor::Supervisor;
 /// DHCP events waiting for the lifecycle; beyond this they are dropped (and logged).
 const EVENT_QUEUE: usize = 4096;
 
+/// What the DHCP service shares with the rest of the agent.
+#[derive(Debug, Clone, Default)]
+pub struct DhcpShared {
+    /// Its counters, refreshed twice a second (for `status`).
+    pub counters: Arc<Mutex<Option<DhcpCounters>>>,
+    /// Who holds which address (for the machines' installer calls).
+    pub leases: LeaseIndex,
+}
+
 pub fn spawn(
     supervisor: &mut Supervisor,
     boot: &BootConfig,
     leaf: &str,
     lease_db: &Path,
-    dhcp_counters: Arc<Mutex<Option<DhcpCounters>>>,
+    shared: DhcpShared,
     machines: Option<metalmesh_provisioning::http::installer_api::InstallerSender>,
     pxe: Option<mpsc::Sender<String>>,
 ) {
@@ -46,7 +55,9 @@ pub fn spawn(
         interface: boot.interface.clone(),
         port: boot.dhcp_port,
         lease_db: lease_db.to_path_buf(),
+        index: shared.leases.clone(),
     };
+    let dhcp_counters = shared.counters;
     supervisor.spawn("dhcp", move |cancel| {
         let dhcp = dhcp.clone();
         let counters = Arc::clone(&dhcp_counters);

@@ -55,6 +55,13 @@ pub struct MachinesConfig {
     /// A reclaim not back at Waiting after this long has failed.
     #[serde(default = "default_reclaim_timeout")]
     pub reclaim_timeout_secs: Spanned<u32>,
+    /// An installation or reclaim reporting no progress for this long is
+    /// flagged and the machine rebooted into the installer to retry.
+    #[serde(default = "default_install_timeout")]
+    pub install_timeout_secs: Spanned<u32>,
+    /// Watchdog retries before the machine is left flagged for an operator.
+    #[serde(default = "default_install_retries")]
+    pub install_retries: Spanned<u32>,
 }
 
 impl Default for MachinesConfig {
@@ -65,19 +72,23 @@ impl Default for MachinesConfig {
             reboot_waiting_after_secs: default_reboot_waiting(),
             crash_loop_cycles: default_crash_loop(),
             reclaim_timeout_secs: default_reclaim_timeout(),
+            install_timeout_secs: default_install_timeout(),
+            install_retries: default_install_retries(),
         }
     }
 }
 
 impl MachinesConfig {
-    pub fn thresholds(&self) -> metalmesh_provisioning::lifecycle::Thresholds {
+    pub fn thresholds(&self) -> crate::machines::lifecycle::Thresholds {
         let ms = |secs: &Spanned<u32>| u64::from(*secs.get_ref()) * 1000;
-        metalmesh_provisioning::lifecycle::Thresholds {
+        crate::machines::lifecycle::Thresholds {
             history: *self.history.get_ref() as usize,
             dead_after_ms: ms(&self.dead_after_secs),
             reboot_waiting_after_ms: ms(&self.reboot_waiting_after_secs),
             crash_loop_cycles: *self.crash_loop_cycles.get_ref() as usize,
             reclaim_timeout_ms: ms(&self.reclaim_timeout_secs),
+            install_timeout_ms: ms(&self.install_timeout_secs),
+            install_retries: *self.install_retries.get_ref(),
         }
     }
 }
@@ -96,6 +107,12 @@ fn default_crash_loop() -> Spanned<u32> {
 }
 fn default_reclaim_timeout() -> Spanned<u32> {
     Spanned::new(0..0, 900)
+}
+fn default_install_timeout() -> Spanned<u32> {
+    Spanned::new(0..0, 1_800)
+}
+fn default_install_retries() -> Spanned<u32> {
+    Spanned::new(0..0, 2)
 }
 
 /// The inventory mesh (QUIC with mutual TLS; see docs/config.md).
@@ -526,6 +543,16 @@ impl Loaded {
             &machines.reclaim_timeout_secs,
             "machines.reclaim_timeout_secs",
             60..=86_400,
+        )?;
+        ranged(
+            &machines.install_timeout_secs,
+            "machines.install_timeout_secs",
+            60..=86_400,
+        )?;
+        ranged(
+            &machines.install_retries,
+            "machines.install_retries",
+            0..=10,
         )?;
         if let Some(mesh) = &config.mesh {
             for seed in &mesh.seeds {

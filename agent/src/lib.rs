@@ -1,10 +1,11 @@
 //! `metalmesh-agent`: the daemon that runs on every leaf switch.
 //!
 //! It composes the switch's services: link discovery ([`lldp`]), the switch's
-//! own inventory ([`switch`]), the local admin API ([`admin`]), all run as
-//! supervised tasks ([`supervisor`]) by [`run`]. Boot services, the machine
-//! lifecycle, the dataplane, BGP and the inventory mesh join them as their
-//! crates land. See `docs/agent.md`.
+//! own inventory ([`switch`]), boot services ([`boot`]), the machines of the
+//! rack ([`machines`]), the dataplane ([`dataplane`]), the inventory mesh
+//! ([`mesh`]) and the local admin API ([`admin`]), all run as supervised
+//! tasks ([`supervisor`]) by [`run`]. See `docs/agent.md` and
+//! `docs/design/agent.md`.
 
 pub mod admin;
 pub mod boot;

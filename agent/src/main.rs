@@ -421,7 +421,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn machine_row(m: &metalmesh_agent::machines::record::MachineRecord) -> Vec<String> {
+fn machine_row(record: &metalmesh_agent::machines::record::MachineRecord) -> Vec<String> {
+    let m = &record.machine;
     let mut flags = Vec::new();
     if m.unknown_mac {
         flags.push("unknown-mac");
@@ -431,6 +432,9 @@ fn machine_row(m: &metalmesh_agent::machines::record::MachineRecord) -> Vec<Stri
     }
     if m.failed_machine_reclaim {
         flags.push("failed-reclaim");
+    }
+    if m.install_stalled {
+        flags.push("install-stalled");
     }
     if m.reclaiming.is_some() {
         flags.push("reclaiming");
@@ -474,7 +478,7 @@ async fn machine_command(socket: &std::path::Path, command: MachineCommand) -> a
                     .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
                 None => String::new(),
             };
-            let allocation = metalmesh_agent::machines::record::AllocateRequest {
+            let allocation = metalmesh_inventory::model::AllocateRequest {
                 image,
                 ip,
                 hostname,
@@ -490,12 +494,12 @@ async fn machine_command(socket: &std::path::Path, command: MachineCommand) -> a
         anyhow::bail!("unexpected answer");
     };
     if events_only {
-        return print(output, &machine.events, |events| {
+        return print(output, &machine.machine.events, |events| {
             let mut rows = vec![header(&["TIME", "EVENT", "MESSAGE"])];
             for event in events.iter() {
                 rows.push(vec![
                     format_time_ms(event.time),
-                    metalmesh_agent::machines::record::event_name(event.kind),
+                    event.kind.name().to_string(),
                     event.message.clone(),
                 ]);
             }
@@ -504,7 +508,7 @@ async fn machine_command(socket: &std::path::Path, command: MachineCommand) -> a
     }
     print(output, &*machine, |m| {
         let mut text = render_table(vec![header(&MACHINE_COLUMNS), machine_row(m)]);
-        if let Some(hw) = &m.hardware {
+        if let Some(hw) = &m.machine.hardware {
             text.push_str(&format!(
                 "\nhardware: {} {} serial {:?}, {} CPUs, {} MiB\n",
                 hw.vendor,
@@ -528,11 +532,11 @@ async fn machine_command(socket: &std::path::Path, command: MachineCommand) -> a
                 ));
             }
         }
-        if let Some(event) = m.events.first() {
+        if let Some(event) = m.machine.events.first() {
             text.push_str(&format!(
                 "last event: {} {} {}\n",
                 format_time_ms(event.time),
-                metalmesh_agent::machines::record::event_name(event.kind),
+                event.kind.name(),
                 event.message
             ));
         }

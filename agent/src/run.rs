@@ -139,7 +139,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         supervisor.spawn("lldp", move |cancel| task.instance().run(cancel));
     }
 
-    let dhcp_counters = Arc::new(std::sync::Mutex::new(None));
+    let dhcp = crate::boot::DhcpShared::default();
     let lease_db = config.state_dir.join("leases.db");
     // The lease store exists only where this leaf serves DHCP.
     let served_lease_db = config.boot.as_ref().map(|_| lease_db.clone());
@@ -153,7 +153,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             boot,
             &name,
             &lease_db,
-            Arc::clone(&dhcp_counters),
+            dhcp.clone(),
             Some(installer_tx),
             Some(pxe_tx),
         );
@@ -182,7 +182,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             );
             async move {
                 loop {
-                    let merged = crate::machines::manager::merge(
+                    let merged = crate::machines::task::merge(
                         &operator.borrow_and_update(),
                         &machines.borrow_and_update(),
                     );
@@ -203,34 +203,35 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let machine_commands = match &config.boot {
         None => None,
         Some(boot) => {
-            let settings = crate::machines::manager::Settings {
+            let settings = crate::machines::task::Settings {
                 switch: name.clone(),
                 thresholds: config.machines.thresholds(),
-                images: Some(crate::machines::manager::ImageSource {
+                images: Some(crate::machines::task::ImageSource {
                     dir: boot.http_root.join("images"),
                     base_url: format!("{}/boot/images", boot.http_base()),
                 }),
-                lease_db: Some(lease_db.clone()),
+                leases: Some(dhcp.leases.clone()),
             };
-            let manager = crate::machines::manager::Manager::load(
+            let task = crate::machines::task::MachinesTask::load(
                 settings,
                 store.clone(),
-                lldp_rx.clone(),
-                intents_tx.subscribe(),
                 machine_ports_tx,
             )?;
-            let state = Arc::new(tokio::sync::Mutex::new((
-                manager,
-                installer_rx,
-                pxe_rx,
-                machine_commands_rx,
-            )));
+            let inputs = crate::machines::task::Inputs {
+                installer: installer_rx,
+                pxe: pxe_rx,
+                commands: machine_commands_rx,
+                lldp: lldp_rx.clone(),
+                intents: intents_tx.subscribe(),
+            };
+            // One owner across supervisor restarts: the core and its queues.
+            let state = Arc::new(tokio::sync::Mutex::new((task, inputs)));
             supervisor.spawn("machines", move |cancel| {
                 let state = Arc::clone(&state);
                 async move {
                     let mut guard = state.lock().await;
-                    let (manager, installer, pxe, commands) = &mut *guard;
-                    crate::machines::manager::run(manager, installer, pxe, commands, cancel).await
+                    let (task, inputs) = &mut *guard;
+                    task.run(inputs, cancel).await
                 }
             });
             Some(machine_commands_tx)
@@ -288,7 +289,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         intents_file,
         kernel_mode,
         lease_db: served_lease_db,
-        dhcp_counters,
+        dhcp_counters: dhcp.counters,
         started: Instant::now(),
         config_path: options.config.clone(),
         state_dir: config.state_dir.clone(),

@@ -5,16 +5,16 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, eventually, run};
+use metalmesh_testbed::testing::{Guard, Scratch, eventually, run};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
 
-fn config(guard: &Guard, body: &str) -> std::path::PathBuf {
-    let path = guard.scratch.join("agent.toml");
+fn config(scratch: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let path = scratch.join("agent.toml");
     let text = format!(
         "state_dir = {:?}\n[switch]\nname = \"tcli\"\nloopback = \"10.255.0.9\"\nasn = 4200000009\nchassis_mac = \"02:00:00:00:00:09\"\n{body}[admin]\nsocket = {:?}\n",
-        guard.scratch.join("state"),
-        guard.scratch.join("agent.sock"),
+        scratch.join("state"),
+        scratch.join("agent.sock"),
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -22,9 +22,10 @@ fn config(guard: &Guard, body: &str) -> std::path::PathBuf {
 
 #[test]
 fn typo_in_config_is_rejected_with_file_line_and_key() {
-    let guard = Guard::new();
+    // No root: a configuration error is found before anything starts.
+    let scratch = Scratch::new();
     let path = config(
-        &guard,
+        &scratch.path,
         "[lldp]\nports = [\"swp*\"]\ntx_intervall_secs = 5\n",
     );
     let out = run(AGENT, &["run", "--config", path.to_str().unwrap()]);
@@ -44,7 +45,7 @@ fn typo_in_config_is_rejected_with_file_line_and_key() {
 #[test]
 fn unknown_port_is_rejected() {
     let guard = Guard::new();
-    let path = config(&guard, "[lldp]\nports = [\"swp*\", \"swp99\"]\n");
+    let path = config(&guard.scratch, "[lldp]\nports = [\"swp*\", \"swp99\"]\n");
     let out = run("ip", &["netns", "add", "mm-tcli"]);
     assert!(out.status.success());
     let out = run(
@@ -82,7 +83,7 @@ fn unreachable_agent_is_a_clear_error() {
 #[test]
 fn sigterm_stops_cleanly() {
     let guard = Guard::new();
-    let path = config(&guard, "[lldp]\nports = [\"swp*\"]\n");
+    let path = config(&guard.scratch, "[lldp]\nports = [\"swp*\"]\n");
     let out = run("ip", &["netns", "add", "mm-tcli"]);
     assert!(out.status.success());
     let pidfile = guard.scratch.join("agent.pid");
@@ -151,7 +152,7 @@ fn mesh_credentials_and_corrupt_store_problems_are_named() {
     let guard = Guard::new();
     let missing = guard.scratch.join("mesh/node.key");
     let path = config(
-        &guard,
+        &guard.scratch,
         &format!("[lldp]\nenabled = false\n[mesh]\nkey = {missing:?}\n"),
     );
     let out = run("ip", &["netns", "add", "mm-tcli"]);

@@ -19,6 +19,6 @@ fuzz_target!(|data: &[u8]| {
         };
         let mut node = MeshNode::new(me, Vec::new(), MemoryReplica::default(), Tuning::default(), 1);
         let _ = node.start();
-        let _ = node.handle(Input::Received(envelope));
+        let _ = node.handle(0, Input::Received(envelope));
     }
 });

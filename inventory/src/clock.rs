@@ -12,12 +12,18 @@ use std::sync::Mutex;
 /// is distrusted: 60 s in version units (2^32 per second).
 pub const MAX_DRIFT_VERSION: u64 = 60 << 32;
 
-/// The wall clock as a version.
+/// The wall clock as a version (drivers read it; the cores are handed it).
 pub fn now_version() -> Version {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    (now.as_secs() << 32) | ((u64::from(now.subsec_nanos()) << 32) / 1_000_000_000)
+    version_at(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// A time since the Unix epoch as a version.
+pub fn version_at(since_epoch: std::time::Duration) -> Version {
+    (since_epoch.as_secs() << 32) | ((u64::from(since_epoch.subsec_nanos()) << 32) / 1_000_000_000)
 }
 
 /// One node's version source.
@@ -33,17 +39,17 @@ impl Clock {
 
     /// Moves the clock past `version`, but never further than peers accept
     /// (a clock once far ahead must not push every later write out of
-    /// their reach).
-    pub fn observe(&self, version: Version) {
+    /// their reach). `now` is the wall clock as a version.
+    pub fn observe(&self, version: Version, now: Version) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let reachable = now_version().saturating_add(MAX_DRIFT_VERSION);
+        let reachable = now.saturating_add(MAX_DRIFT_VERSION);
         *last = (*last).max(version.min(reachable));
     }
 
-    /// A fresh version, strictly greater than every earlier and observed one.
-    pub fn next(&self) -> Version {
+    /// A fresh version, strictly greater than every earlier and observed
+    /// one; `now` is the wall clock as a version.
+    pub fn next(&self, now: Version) -> Version {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let now = now_version();
         *last = if now > *last {
             now
         } else {
@@ -60,24 +66,29 @@ mod tests {
     #[test]
     fn versions_increase_and_stay_past_observed_ones() {
         let clock = Clock::new();
-        let first = clock.next();
-        let second = clock.next();
+        let now = 1_000 << 32;
+        let first = clock.next(now);
+        let second = clock.next(now);
         assert!(second > first);
         let future = second + (1 << 32) * 5; // five seconds ahead
-        clock.observe(future);
-        assert!(clock.next() > future);
+        clock.observe(future, now);
+        assert!(clock.next(now) > future);
+        // Time is an input: the same inputs give the same versions.
+        let again = Clock::new();
+        assert_eq!(again.next(now), first);
     }
 
     #[test]
     fn a_seed_far_ahead_is_followed_only_as_far_as_peers_accept() {
         let clock = Clock::new();
-        let seed = now_version() + (30 << 32); // 30 s ahead: followed
-        clock.observe(seed);
-        assert!(clock.next() > seed);
-        let far = now_version() + (3600 << 32); // an hour ahead: capped
-        clock.observe(far);
-        let next = clock.next();
-        assert!(next < far && next <= now_version() + MAX_DRIFT_VERSION + 1000);
+        let now = 1_000 << 32;
+        let seed = now + (30 << 32); // 30 s ahead: followed
+        clock.observe(seed, now);
+        assert!(clock.next(now) > seed);
+        let far = now + (3600 << 32); // an hour ahead: capped
+        clock.observe(far, now);
+        let next = clock.next(now);
+        assert!(next < far && next <= now + MAX_DRIFT_VERSION + 1000);
     }
 
     #[test]

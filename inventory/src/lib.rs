@@ -10,16 +10,24 @@
 //! - [`pki`]: the mesh certificate authority.
 //! - [`mesh`]: SWIM membership, dissemination and anti-entropy over QUIC.
 //! - [`sim`]: a deterministic in-process network to run many mesh nodes.
+//!
+//! Everything but the model, records and digests needs the default `node`
+//! feature; the in-machine installer builds without it.
 
 pub mod clock;
 pub mod digest;
+#[cfg(feature = "node")]
 pub mod mesh;
 pub mod model;
+#[cfg(feature = "node")]
 pub mod pki;
 pub mod record;
 pub mod replica;
+#[cfg(feature = "node")]
 pub mod sim;
+#[cfg(feature = "node")]
 pub mod store;
 
 pub use record::{Record, RecordKey, RecordKind, Version};
+#[cfg(feature = "node")]
 pub use store::{Store, StoreError};

@@ -4,6 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 
+mod machine;
+pub use machine::{
+    AllocateRequest, Disk, Event, EventKind, ExecutedAllocation, Hardware, Liveliness, Machine, Nic,
+};
+
 /// A leaf switch (written by its agent; key = switch name).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Switch {
@@ -38,23 +43,6 @@ pub struct Neighbor {
     pub port_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_name: Option<String>,
-}
-
-/// A machine as its rack's agent sees it (key = machine UUID).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Machine {
-    pub uuid: String,
-    pub switch: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<String>,
-    pub state: String,
-    pub liveliness: String,
-    #[serde(default)]
-    pub hardware: serde_json::Value,
-    #[serde(default)]
-    pub events: Vec<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allocation: Option<serde_json::Value>,
 }
 
 /// A DHCP lease of a rack (key = `<switch>/<mac>`).

@@ -16,8 +16,9 @@ pub trait Replica {
     /// The records with these ids that this replica has.
     fn records(&self, ids: &[RecordKey]) -> Result<Vec<Record>, Self::Error>;
     /// Stores the records that supersede what this replica holds and returns
-    /// those (the rest were old news).
-    fn apply(&mut self, records: Vec<Record>) -> Result<Vec<Record>, Self::Error>;
+    /// those (the rest were old news). `now` is the wall clock as a version,
+    /// for the future-version rule.
+    fn apply(&mut self, records: Vec<Record>, now: Version) -> Result<Vec<Record>, Self::Error>;
 }
 
 /// Why a record may not be stored over `stored` (what the replica holds of
@@ -84,8 +85,7 @@ impl Replica for MemoryReplica {
             .collect())
     }
 
-    fn apply(&mut self, records: Vec<Record>) -> Result<Vec<Record>, Self::Error> {
-        let now = crate::clock::now_version();
+    fn apply(&mut self, records: Vec<Record>, now: Version) -> Result<Vec<Record>, Self::Error> {
         let mut applied = Vec::new();
         for record in records {
             let old = self.records.get(&record.id);
@@ -115,15 +115,26 @@ mod tests {
             version,
             value: Some("{}".into()),
         };
+        let now = 1_000 << 32;
         let mut replica = MemoryReplica::default();
-        assert_eq!(replica.apply(vec![record("leaf1", 5)]).unwrap().len(), 1);
-        let future = crate::clock::now_version() + (3600 << 32);
+        assert_eq!(
+            replica.apply(vec![record("leaf1", 5)], now).unwrap().len(),
+            1
+        );
+        let future = now + (3600 << 32);
         assert!(
             replica
-                .apply(vec![record("leaf2", 6), record("leaf1", future)])
+                .apply(vec![record("leaf2", 6), record("leaf1", future)], now)
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(replica.apply(vec![record("leaf1", 7)]).unwrap().len(), 1);
+        // The same version is accepted once the (passed-in) clock reaches it.
+        assert_eq!(
+            replica
+                .apply(vec![record("leaf1", future)], future)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

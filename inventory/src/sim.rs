@@ -1,7 +1,9 @@
 //! A deterministic simulation of a mesh: many [`MeshNode`]s with in-memory
 //! replicas, a simulated clock, and a simulated network with latency, packet
-//! loss, partitions and node churn. Everything random comes from one seed, so
-//! a run (and any failure it shows) replays exactly.
+//! loss, partitions and node churn. Everything random comes from one seed and
+//! every node is handed the simulated time (no core reads a clock), so a run
+//! (and any failure it shows) replays bit for bit: [`SimConfig::trace`]
+//! records every delivery to compare runs.
 //!
 //! Traffic is counted with the real wire encoding of every message plus
 //! [`PACKET_OVERHEAD_BYTES`] for QUIC, UDP and IP headers.
@@ -32,6 +34,20 @@ pub struct SimConfig {
     /// How many of the first nodes every node is told as seeds.
     pub seeds: usize,
     pub tuning: Tuning,
+    /// Record a [`TraceLine`] per delivered message and timer.
+    pub trace: bool,
+}
+
+/// One step of a traced run: at simulated time `at_us`, node `to` handled a
+/// message from node `from` (whose encoding hashes to `digest`) or, with
+/// `from == None`, a timer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceLine {
+    pub at_us: u64,
+    pub to: usize,
+    pub from: Option<usize>,
+    pub digest: u64,
+    pub actions: usize,
 }
 
 impl SimConfig {
@@ -43,6 +59,7 @@ impl SimConfig {
             min_latency: Duration::from_micros(200),
             max_latency: Duration::from_millis(5),
             seeds: 3,
+            trace: false,
             tuning: Tuning {
                 expected_members: u32::try_from(nodes).unwrap_or(u32::MAX),
                 ..Tuning::default()
@@ -110,7 +127,9 @@ pub struct Simulation {
     cut: HashSet<(usize, usize)>,
     /// First time each node stored each watched record.
     watched: HashMap<RecordKey, HashMap<usize, u64>>,
+    /// The newest version written by any node (versions stay unique).
     version: u64,
+    trace: Vec<TraceLine>,
 }
 
 impl std::fmt::Debug for Simulation {
@@ -145,6 +164,7 @@ impl Simulation {
             cut: HashSet::new(),
             watched: HashMap::new(),
             version: 0,
+            trace: Vec::new(),
             config,
         };
         for index in 0..simulation.config.nodes {
@@ -168,6 +188,16 @@ impl Simulation {
 
     pub fn now(&self) -> Duration {
         Duration::from_micros(self.now)
+    }
+
+    /// The simulated wall clock as a record version (the epoch is the start).
+    fn now_version(&self) -> crate::record::Version {
+        crate::clock::version_at(self.now())
+    }
+
+    /// What the run did so far (empty unless [`SimConfig::trace`]).
+    pub fn trace(&self) -> &[TraceLine] {
+        &self.trace
     }
 
     pub fn len(&self) -> usize {
@@ -212,13 +242,14 @@ impl Simulation {
 
     /// Node `index` writes one of its own records; returns its id.
     pub fn publish(&mut self, index: usize, kind: RecordKind, key: &str, value: &str) -> Record {
-        self.version += 1;
+        // Versions from the simulated wall clock, strictly increasing like
+        // a node's clock.
+        let now = self.now_version();
+        self.version = now.max(self.version + 1);
         let record = Record {
             id: RecordKey::new(kind, key),
             origin: node_name(index),
-            // Simulated time in the high bits, a counter in the low ones:
-            // increasing per origin like the node's clock.
-            version: (self.now << 20) | (self.version & 0xf_ffff),
+            version: self.version,
             value: Some(value.to_string()),
         };
         self.watched
@@ -226,9 +257,9 @@ impl Simulation {
             .or_default()
             .insert(index, self.now);
         if let Some(node) = self.nodes[index].node.as_mut() {
-            let applied = node.replica_mut().apply(vec![record.clone()]);
+            let applied = node.replica_mut().apply(vec![record.clone()], now);
             let applied = applied.unwrap_or_else(|never| match never {});
-            let actions = node.handle(Input::Published(applied));
+            let actions = node.handle(now, Input::Published(applied));
             self.perform(index, actions);
         }
         record
@@ -340,23 +371,49 @@ impl Simulation {
                 break;
             };
             self.now = next.at;
-            match next.event {
+            let now = self.now_version();
+            let (to, from, digest, actions) = match next.event {
                 Event::Deliver { to, envelope } => {
-                    if let Some(node) = self.nodes[to].node.as_mut() {
-                        let actions = node.handle(Input::Received(envelope));
-                        self.perform(to, actions);
-                    }
+                    let Some(node) = self.nodes[to].node.as_mut() else {
+                        continue;
+                    };
+                    let from = self.by_addr.get(&envelope.from.addr).copied();
+                    let digest = if self.config.trace {
+                        use std::hash::{Hash, Hasher};
+                        // Fixed keys: the same bytes hash the same in every run.
+                        let mut hasher = std::hash::DefaultHasher::new();
+                        encode(&envelope).hash(&mut hasher);
+                        hasher.finish()
+                    } else {
+                        0
+                    };
+                    (
+                        to,
+                        from,
+                        digest,
+                        node.handle(now, Input::Received(envelope)),
+                    )
                 }
                 Event::Timer { node, life, timer } => {
                     if self.nodes[node].life != life {
                         continue;
                     }
-                    if let Some(mesh) = self.nodes[node].node.as_mut() {
-                        let actions = mesh.handle(Input::Timer(timer));
-                        self.perform(node, actions);
-                    }
+                    let Some(mesh) = self.nodes[node].node.as_mut() else {
+                        continue;
+                    };
+                    (node, None, 0, mesh.handle(now, Input::Timer(timer)))
                 }
+            };
+            if self.config.trace {
+                self.trace.push(TraceLine {
+                    at_us: self.now,
+                    to,
+                    from,
+                    digest,
+                    actions: actions.len(),
+                });
             }
+            self.perform(to, actions);
         }
         self.now = self.now.max(until);
     }
@@ -465,14 +522,34 @@ mod tests {
     }
 
     #[test]
-    fn runs_replay_exactly_from_their_seed() {
-        let run = || {
-            let mut sim = Simulation::new(SimConfig::new(20, 3));
+    fn runs_replay_bit_for_bit_from_their_seed() {
+        let run = |seed| {
+            let mut config = SimConfig::new(20, seed);
+            config.trace = true;
+            let mut sim = Simulation::new(config);
             sim.run_for(Duration::from_secs(5));
             sim.publish(3, RecordKind::Switch, "node3", "x");
+            sim.kill(7);
             sim.run_for(Duration::from_secs(2));
-            (0..20).map(|i| sim.sent(i)).collect::<Vec<_>>()
+            sim.start(7);
+            sim.publish(5, RecordKind::Switch, "node5", "y");
+            sim.run_for(Duration::from_secs(20));
+            let sent: Vec<_> = (0..20).map(|i| sim.sent(i)).collect();
+            (sim.trace().to_vec(), sent)
         };
-        assert_eq!(run(), run());
+        let (first, sent) = run(3);
+        assert!(first.len() > 1_000, "the trace holds the run");
+        let (second, sent_again) = run(3);
+        assert_eq!(sent, sent_again);
+        // Every delivery and timer, at the same time, with the same bytes.
+        assert_eq!(first.len(), second.len());
+        if let Some(at) = first.iter().zip(&second).position(|(a, b)| a != b) {
+            panic!(
+                "runs diverge at step {at}: {:?} vs {:?}",
+                first[at], second[at]
+            );
+        }
+        // A different seed is a different run (the trace can tell them apart).
+        assert_ne!(run(4).0, first);
     }
 }

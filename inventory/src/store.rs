@@ -94,6 +94,7 @@ impl Store {
         migrate(&connection, found).map_err(sqlite)?;
 
         let clock = Clock::new();
+        let now = crate::clock::now_version();
         let mut digest = DigestIndex::default();
         {
             let mut statement = connection
@@ -103,7 +104,7 @@ impl Store {
             while let Some(row) = rows.next().map_err(sqlite)? {
                 let (id, origin_of_row, version) = id_row(path, row)?;
                 if origin_of_row == origin {
-                    clock.observe(version);
+                    clock.observe(version, now);
                 }
                 digest.add(&origin_of_row, &id, version);
             }
@@ -163,10 +164,11 @@ impl Store {
         }
         // Past the stored version too: it may have been written while this
         // node's clock ran ahead further than the clock now follows.
+        let now = crate::clock::now_version();
         let version = self
             .inner
             .clock
-            .next()
+            .next(now)
             .max(current.map_or(0, |c| c.version.saturating_add(1)));
         let record = Record {
             id,
@@ -174,7 +176,7 @@ impl Store {
             version,
             value,
         };
-        let applied = self.apply_locked(&mut state, vec![record], Source::Local)?;
+        let applied = self.apply_locked(&mut state, vec![record], Source::Local, now)?;
         drop(state);
         if applied.is_empty() {
             // Cannot happen: the version is past the stored one.
@@ -295,8 +297,8 @@ impl Store {
         state: &mut State,
         records: Vec<Record>,
         source: Source,
+        now: Version,
     ) -> Result<Vec<Record>, StoreError> {
-        let now = crate::clock::now_version();
         let mut winners: Vec<(Option<Record>, Record)> = Vec::new();
         for record in records {
             record.validate().map_err(|reason| StoreError::Invalid {
@@ -407,7 +409,7 @@ impl Replica for Store {
     /// node's that it does not hold is taken back (a node that lost its
     /// database recovers its records from its peers); `put_local` versions
     /// the node's next write of that key past it.
-    fn apply(&mut self, records: Vec<Record>) -> Result<Vec<Record>, StoreError> {
+    fn apply(&mut self, records: Vec<Record>, now: Version) -> Result<Vec<Record>, StoreError> {
         let mut state = self.lock();
         let mut accepted = Vec::with_capacity(records.len());
         for record in records {
@@ -419,7 +421,7 @@ impl Replica for Store {
             }
             accepted.push(record);
         }
-        let applied = self.apply_locked(&mut state, accepted, Source::Received)?;
+        let applied = self.apply_locked(&mut state, accepted, Source::Received, now)?;
         drop(state);
         self.publish(&applied);
         Ok(applied)
@@ -538,11 +540,32 @@ mod tests {
             version,
             value: Some(value.into()),
         };
-        assert_eq!(store.apply(vec![record(5, "b")]).unwrap().len(), 1);
-        assert!(store.apply(vec![record(4, "a")]).unwrap().is_empty());
-        assert!(store.apply(vec![record(5, "b")]).unwrap().is_empty());
+        assert_eq!(
+            store
+                .apply(vec![record(5, "b")], crate::clock::now_version())
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            store
+                .apply(vec![record(4, "a")], crate::clock::now_version())
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .apply(vec![record(5, "b")], crate::clock::now_version())
+                .unwrap()
+                .is_empty()
+        );
         // Within one batch the newest wins.
-        let applied = store.apply(vec![record(7, "c"), record(6, "x")]).unwrap();
+        let applied = store
+            .apply(
+                vec![record(7, "c"), record(6, "x")],
+                crate::clock::now_version(),
+            )
+            .unwrap();
         assert_eq!(applied.len(), 1);
         assert_eq!(
             store
@@ -577,7 +600,10 @@ mod tests {
         };
         assert!(
             store
-                .apply(vec![future, mine, stolen, overflow])
+                .apply(
+                    vec![future, mine, stolen, overflow],
+                    crate::clock::now_version()
+                )
                 .unwrap()
                 .is_empty()
         );
@@ -605,12 +631,15 @@ mod tests {
             .put_local(RecordKind::Lease, "leaf1/aa", Some("{}".into()))
             .unwrap();
         store
-            .apply(vec![Record {
-                id: RecordKey::new(RecordKind::Port, "leaf2/swp1"),
-                origin: "leaf2".into(),
-                version: 1,
-                value: Some("{}".into()),
-            }])
+            .apply(
+                vec![Record {
+                    id: RecordKey::new(RecordKind::Port, "leaf2/swp1"),
+                    origin: "leaf2".into(),
+                    version: 1,
+                    value: Some("{}".into()),
+                }],
+                crate::clock::now_version(),
+            )
             .unwrap();
         assert_eq!(
             store.own_live_keys(RecordKind::Port).unwrap(),
@@ -628,10 +657,20 @@ mod tests {
             .unwrap();
         // A peer replays it to the node's fresh, empty database.
         let mut after = Store::open(&dir.path().join("new.db"), "leaf1").unwrap();
-        assert_eq!(after.apply(vec![port.clone()]).unwrap(), vec![port.clone()]);
+        assert_eq!(
+            after
+                .apply(vec![port.clone()], crate::clock::now_version())
+                .unwrap(),
+            vec![port.clone()]
+        );
         assert_eq!(after.root_digest(), before.root_digest());
         // Held now: a second copy is refused, and the next write wins.
-        assert!(after.apply(vec![port.clone()]).unwrap().is_empty());
+        assert!(
+            after
+                .apply(vec![port.clone()], crate::clock::now_version())
+                .unwrap()
+                .is_empty()
+        );
         let gone = after
             .put_local(RecordKind::Port, "leaf1/swp1", None)
             .unwrap()
@@ -651,7 +690,12 @@ mod tests {
             value: Some("{\"old\":1}".into()),
         };
         store
-            .apply_locked(&mut store.lock(), vec![ahead.clone()], Source::Local)
+            .apply_locked(
+                &mut store.lock(),
+                vec![ahead.clone()],
+                Source::Local,
+                crate::clock::now_version(),
+            )
             .unwrap();
         drop(store);
         // Restarted with a correct clock: other keys get versions peers
@@ -684,7 +728,12 @@ mod tests {
             value: Some("{}".into()),
         };
         store
-            .apply_locked(&mut store.lock(), vec![record.clone()], Source::Local)
+            .apply_locked(
+                &mut store.lock(),
+                vec![record.clone()],
+                Source::Local,
+                crate::clock::now_version(),
+            )
             .unwrap();
         drop(store);
         let store = Store::open(&path, "leaf1").unwrap();

@@ -1,11 +1,10 @@
 //! Boot services run by the leaf agent for its rack: DHCPv4 ([`dhcp`]),
-//! TFTP ([`tftp`]) and HTTP boot ([`http`]), and the machine lifecycle state
-//! machine ([`lifecycle`]). The in-machine installer joins them here.
+//! TFTP ([`tftp`]) and HTTP boot with the installer API ([`http`]). The
+//! in-machine installer is its own crate (`metalmesh-installer`), whose wire
+//! types the installer API serves; the machine lifecycle is the agent's.
 
 pub mod dhcp;
 pub mod http;
-pub mod installer;
-pub mod lifecycle;
 pub mod root;
 pub mod router_advert;
 pub mod tftp;

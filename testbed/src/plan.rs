@@ -13,7 +13,7 @@ use crate::topology::{LeafBgp, Topology};
 pub const NAMESPACE_PREFIX: &str = "mm-";
 /// Name of each leaf's provisioning bridge.
 pub const PROVISIONING_BRIDGE: &str = "mm-pxe";
-/// ASN shared by all spines (private 4-byte range, ARCHITECTURE.md §3).
+/// ASN shared by all spines (private 4-byte range, docs/network.md).
 pub const SPINE_ASN: u32 = 4_210_000_000;
 /// ASN shared by all exit routers.
 pub const EXIT_ASN: u32 = 4_220_000_000;

@@ -38,6 +38,31 @@ impl Guard {
     }
 }
 
+/// A scratch directory for tests that need neither root nor the testbed
+/// (configuration errors, CLI messages): they run in `scripts/test --quick`
+/// as any user.
+#[derive(Debug)]
+pub struct Scratch {
+    pub path: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        let tmp = tempfile::tempdir().unwrap();
+        Scratch {
+            path: tmp.path().to_path_buf(),
+            _tmp: tmp,
+        }
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch::new()
+    }
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Err(error) = Testbed::down(&self.run_dir, &mut Quiet) {

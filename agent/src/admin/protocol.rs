@@ -37,7 +37,7 @@ pub enum Request {
     /// Allocate a waiting machine (rack-local; the API node later asks over the mesh).
     MachineAllocate {
         uuid: String,
-        allocation: crate::machines::record::AllocateRequest,
+        allocation: metalmesh_inventory::model::AllocateRequest,
     },
     /// Free an allocated machine: it is reclaimed and returns to Waiting.
     MachineFree {

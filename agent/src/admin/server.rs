@@ -1,5 +1,7 @@
 //! Serves the admin API on a unix socket from the agent's published state.
 
+use crate::machines::core::Reply;
+use crate::machines::task::{CommandRequest, OperatorCommand};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +25,7 @@ const MAX_CONNECTIONS: usize = 64;
 #[derive(Debug, Clone)]
 pub struct AgentView {
     /// The machine lifecycle, where boot services run.
-    pub machines: Option<tokio::sync::mpsc::Sender<crate::machines::manager::Command>>,
+    pub machines: Option<tokio::sync::mpsc::Sender<crate::machines::task::CommandRequest>>,
     /// The node-local inventory replica.
     pub store: metalmesh_inventory::Store,
     /// The mesh, when configured.
@@ -83,40 +85,20 @@ impl AgentView {
                     subsystems: self.health.snapshot(),
                 }))
             }
-            Request::Machines => {
-                self.machine_command(
-                    |reply| crate::machines::manager::Command::List { reply },
-                    |list| Ok(Response::Machines(list)),
-                )
-                .await
-            }
+            Request::Machines => self.machine_command(OperatorCommand::List).await,
             Request::MachineDescribe { uuid } => {
                 let uuid = uuid.to_lowercase();
-                self.machine_command(
-                    |reply| crate::machines::manager::Command::Describe { uuid, reply },
-                    |found| found.map(|m| Response::Machine(Box::new(m))),
-                )
-                .await
+                self.machine_command(OperatorCommand::Describe { uuid })
+                    .await
             }
             Request::MachineAllocate { uuid, allocation } => {
                 let (uuid, request) = (uuid.to_lowercase(), allocation.clone());
-                self.machine_command(
-                    |reply| crate::machines::manager::Command::Allocate {
-                        uuid,
-                        request,
-                        reply,
-                    },
-                    |found| found.map(|m| Response::Machine(Box::new(m))),
-                )
-                .await
+                self.machine_command(OperatorCommand::Allocate { uuid, request })
+                    .await
             }
             Request::MachineFree { uuid } => {
                 let uuid = uuid.to_lowercase();
-                self.machine_command(
-                    |reply| crate::machines::manager::Command::Free { uuid, reply },
-                    |found| found.map(|m| Response::Machine(Box::new(m))),
-                )
-                .await
+                self.machine_command(OperatorCommand::Free { uuid }).await
             }
             Request::MeshMembers => match &self.mesh {
                 None => Response::Error {
@@ -174,24 +156,25 @@ impl AgentView {
 
 impl AgentView {
     /// Sends a command to the machine lifecycle and turns its answer into a response.
-    async fn machine_command<T>(
-        &self,
-        command: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> crate::machines::manager::Command,
-        answer: impl FnOnce(T) -> Result<Response, String>,
-    ) -> Response {
+    async fn machine_command(&self, command: OperatorCommand) -> Response {
         let Some(machines) = &self.machines else {
             return Response::Error {
                 message: "this leaf manages no machines (no [boot] section)".into(),
             };
         };
         let (reply, receive) = tokio::sync::oneshot::channel();
-        if machines.send(command(reply)).await.is_err() {
+        let request = CommandRequest { command, reply };
+        if machines.send(request).await.is_err() {
             return Response::Error {
                 message: "the machine lifecycle is restarting".into(),
             };
         }
         match receive.await {
-            Ok(value) => answer(value).unwrap_or_else(|message| Response::Error { message }),
+            Ok(Ok(Reply::Machines(list))) => Response::Machines(list),
+            Ok(Ok(Reply::Machine(machine))) => Response::Machine(machine),
+            Ok(Err(error)) => Response::Error {
+                message: error.to_string(),
+            },
             Err(_) => Response::Error {
                 message: "the machine lifecycle is restarting".into(),
             },

@@ -172,23 +172,45 @@ pub struct LldpMachine {
     ports: BTreeMap<String, PortTx>,
     neighbors: BTreeMap<Key, Neighbor>,
     counters: Counters,
+    wall: WallAnchor,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// One reading of both clocks, taken by the driver: the machine derives the
+/// wall-clock times it shows (first/last seen) from the `Instant`s it is
+/// handed, so it reads no clock itself and replays exactly.
+#[derive(Debug, Clone, Copy)]
+pub struct WallAnchor {
+    pub instant: Instant,
+    pub unix_secs: u64,
+}
+
+impl WallAnchor {
+    /// Both clocks now (drivers only).
+    pub fn now() -> WallAnchor {
+        WallAnchor {
+            instant: Instant::now(),
+            unix_secs: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+
+    /// `at` in seconds since the Unix epoch.
+    fn unix_at(&self, at: Instant) -> u64 {
+        self.unix_secs + at.saturating_duration_since(self.instant).as_secs()
+    }
 }
 
 impl LldpMachine {
-    pub fn new(local: LocalSystem, settings: Settings) -> Self {
+    pub fn new(local: LocalSystem, settings: Settings, wall: WallAnchor) -> Self {
         LldpMachine {
             local,
             settings,
             ports: BTreeMap::new(),
             neighbors: BTreeMap::new(),
             counters: Counters::default(),
+            wall,
         }
     }
 
@@ -353,7 +375,7 @@ impl LldpMachine {
             return;
         }
         let expires = now + Duration::from_secs(u64::from(pdu.ttl));
-        let unix = unix_now();
+        let unix = self.wall.unix_at(now);
         if let Some(existing) = self.neighbors.get_mut(&key) {
             let changed = existing.lldpdu.as_ref() != Some(&pdu);
             existing.expires = Some(expires);
@@ -498,6 +520,10 @@ mod tests {
                 hold_multiplier: 4,
                 max_neighbors_per_port: 2,
             },
+            WallAnchor {
+                instant: Instant::now(),
+                unix_secs: 1_800_000_000,
+            },
         )
     }
 
@@ -595,6 +621,8 @@ mod tests {
         assert_eq!(n.system_name.as_deref(), Some("server1"));
         assert_eq!(n.port_id, "eth0");
         assert_eq!(n.chassis_id, "02:00:00:00:00:02");
+        // Wall-clock times come from the instants handed in.
+        assert_eq!((n.first_seen, n.expires_at), (1_800_000_000, 1_800_000_010));
         // Same content: a refresh, no event.
         let t1 = t0 + Duration::from_secs(8);
         assert!(
@@ -607,6 +635,8 @@ mod tests {
             )
             .is_empty()
         );
+        let refreshed = m.neighbors().next().map(|n| (n.first_seen, n.last_seen));
+        assert_eq!(refreshed, Some((1_800_000_000, 1_800_000_008)));
         // The refresh moved the expiry: still there at t0 + 12.
         assert!(
             m.handle(t0 + Duration::from_secs(12), Input::Tick)

@@ -72,7 +72,11 @@ pub struct LldpTask {
 
 impl LldpTask {
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let mut machine = LldpMachine::new(self.local.clone(), self.settings.clone());
+        let mut machine = LldpMachine::new(
+            self.local.clone(),
+            self.settings.clone(),
+            super::machine::WallAnchor::now(),
+        );
         let mut io: BTreeMap<String, PortIo> = BTreeMap::new();
         let (frames_tx, mut frames_rx) = mpsc::channel::<FromPort>(FRAME_QUEUE);
         // Start from whatever the inventory already knows.

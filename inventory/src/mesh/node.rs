@@ -235,10 +235,13 @@ impl<R: Replica> MeshNode<R> {
         actions
     }
 
-    pub fn handle(&mut self, input: Input) -> Vec<Action> {
+    /// Handles one input at `now` (the wall clock as a version, which the
+    /// future-version rule compares received records against): the node
+    /// reads no clock of its own, so a simulation replays exactly.
+    pub fn handle(&mut self, now: Version, input: Input) -> Vec<Action> {
         let mut actions = Vec::new();
         match input {
-            Input::Received(envelope) => self.receive(envelope, &mut actions),
+            Input::Received(envelope) => self.receive(now, envelope, &mut actions),
             Input::Timer(timer) => self.timer(timer, &mut actions),
             Input::Published(records) => {
                 self.enqueue(records);
@@ -248,7 +251,7 @@ impl<R: Replica> MeshNode<R> {
         actions
     }
 
-    fn receive(&mut self, envelope: Envelope, actions: &mut Vec<Action>) {
+    fn receive(&mut self, now: Version, envelope: Envelope, actions: &mut Vec<Action>) {
         let from = envelope.from;
         match envelope.message {
             Message::Swim(bytes) => {
@@ -283,7 +286,7 @@ impl<R: Replica> MeshNode<R> {
                 self.drain_swim(actions);
             }
             Message::Records(records) => {
-                let applied = self.apply(&from, records, actions);
+                let applied = self.apply(&from, records, now, actions);
                 if !applied.is_empty() {
                     self.enqueue(applied.clone());
                     actions.push(Action::Applied(applied));
@@ -310,7 +313,7 @@ impl<R: Replica> MeshNode<R> {
                 }),
             },
             Message::SyncRecords(records) => {
-                let applied = self.apply(&from, records, actions);
+                let applied = self.apply(&from, records, now, actions);
                 if !applied.is_empty() {
                     self.counters.sync_repairs += applied.len() as u64;
                     actions.push(Action::Applied(applied));
@@ -323,9 +326,10 @@ impl<R: Replica> MeshNode<R> {
         &mut self,
         from: &Peer,
         records: Vec<Record>,
+        now: Version,
         actions: &mut Vec<Action>,
     ) -> Vec<Record> {
-        match self.replica.apply(records) {
+        match self.replica.apply(records, now) {
             Ok(applied) => {
                 self.counters.records_applied += applied.len() as u64;
                 applied
@@ -681,7 +685,7 @@ mod tests {
             from: c.clone(),
             message: Message::Swim(announce.clone()),
         };
-        let actions = node.handle(Input::Received(forged));
+        let actions = node.handle(0, Input::Received(forged));
         assert!(
             actions.iter().any(|a| matches!(a, Action::Refused { .. })),
             "{actions:?}"
@@ -692,7 +696,7 @@ mod tests {
             from: a.clone(),
             message: Message::Swim(announce),
         };
-        node.handle(Input::Received(genuine));
+        node.handle(0, Input::Received(genuine));
         assert_eq!(node.members().len(), 1);
         assert_eq!(node.members()[0].0.name, "a");
     }

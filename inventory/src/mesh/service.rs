@@ -321,7 +321,8 @@ pub async fn run(
                 Err(broadcast::error::RecvError::Closed) => break,
             },
         };
-        let actions = crate::store::blocking(|| node.handle(input));
+        let now = crate::clock::now_version();
+        let actions = crate::store::blocking(|| node.handle(now, input));
         driver.perform(&mut node, actions);
     }
     let actions = node.leave();

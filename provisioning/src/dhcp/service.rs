@@ -46,6 +46,77 @@ pub struct ServiceConfig {
     /// UDP port (67; tests and benchmarks may use another).
     pub port: u16,
     pub lease_db: PathBuf,
+    /// Kept current with every committed batch, for readers on the leaf
+    /// (who holds which address) that must not open the database per call.
+    pub index: LeaseIndex,
+}
+
+/// Who holds which address, as the DHCP service last committed it: a cheap
+/// shared handle.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseIndex {
+    inner: Arc<std::sync::RwLock<IndexState>>,
+}
+
+#[derive(Debug, Default)]
+struct IndexState {
+    by_ip: std::collections::HashMap<Ipv4Addr, String>,
+    by_mac: std::collections::HashMap<String, Ipv4Addr>,
+}
+
+impl IndexState {
+    fn forget(&mut self, mac: &str) {
+        if let Some(ip) = self.by_mac.remove(mac) {
+            self.by_ip.remove(&ip);
+        }
+    }
+
+    fn lease(&mut self, mac: &str, ip: Ipv4Addr) {
+        self.forget(mac);
+        // The address may move from another MAC to this one.
+        if let Some(previous) = self.by_ip.insert(ip, mac.to_string()) {
+            self.by_mac.remove(&previous);
+        }
+        self.by_mac.insert(mac.to_string(), ip);
+    }
+}
+
+impl LeaseIndex {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, IndexState> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The MAC the address is leased to.
+    pub fn mac_of(&self, ip: Ipv4Addr) -> Option<String> {
+        self.read().by_ip.get(&ip).cloned()
+    }
+
+    /// Whether the MAC holds a lease.
+    pub fn has_mac(&self, mac: &str) -> bool {
+        self.read().by_mac.contains_key(mac)
+    }
+
+    /// Replaces the index with `leases` (the store as loaded).
+    pub fn reset(&self, leases: &[super::Lease]) {
+        let mut state = IndexState::default();
+        for lease in leases {
+            state.lease(&lease.mac, lease.ip);
+        }
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    /// Applies one committed batch.
+    pub fn apply(&self, writes: &[super::leases::Write]) {
+        use super::leases::Write;
+        let mut state = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        for write in writes {
+            match write {
+                Write::Lease(lease) => state.lease(&lease.mac, lease.ip),
+                Write::Forget { mac } => state.forget(mac),
+                Write::Quarantine(_) => {}
+            }
+        }
+    }
 }
 
 /// A running DHCP service.
@@ -84,11 +155,9 @@ impl DhcpService {
     ) -> Result<Self, ServiceError> {
         config.settings.validate()?;
         let store = LeaseStore::open(&config.lease_db)?;
-        let server = DhcpServer::new(
-            config.settings.clone(),
-            store.leases()?,
-            store.quarantine()?,
-        );
+        let leases = store.leases()?;
+        config.index.reset(&leases);
+        let server = DhcpServer::new(config.settings.clone(), leases, store.quarantine()?);
         let socket =
             open_socket(&config.interface, config.port).map_err(|source| ServiceError::Socket {
                 interface: config.interface.clone(),
@@ -100,9 +169,10 @@ impl DhcpService {
         let thread = {
             let stop = Arc::clone(&stop);
             let counters = Arc::clone(&counters);
+            let index = config.index.clone();
             std::thread::Builder::new()
                 .name("dhcp".into())
-                .spawn(move || serve(socket, server, store, events, &stop, &counters))
+                .spawn(move || serve(socket, server, store, &index, events, &stop, &counters))
                 .map_err(|source| ServiceError::Socket {
                     interface: config.interface.clone(),
                     port: config.port,
@@ -147,6 +217,7 @@ fn serve(
     socket: UdpSocket,
     mut server: DhcpServer,
     mut store: LeaseStore,
+    index: &LeaseIndex,
     events: mpsc::Sender<DhcpEvent>,
     stop: &AtomicBool,
     counters: &Mutex<DhcpCounters>,
@@ -198,6 +269,7 @@ fn serve(
             tracing::error!(%error, "cannot persist leases; not answering");
             return Err(error.into());
         }
+        index.apply(&writes);
         socket.set_nonblocking(false).ok();
         for reply in replies.drain(..) {
             if let Err(error) = socket.send_to(&reply.bytes, reply.destination) {
@@ -212,7 +284,7 @@ fn serve(
 }
 
 /// Reads the leases of a store file beside its running server (admin API,
-/// mesh publisher, machine manager).
+/// mesh publisher).
 pub fn read_leases(path: &Path) -> Result<Vec<super::Lease>, StoreError> {
     if !path.exists() {
         // The DHCP server has not created its store yet: no leases.
@@ -221,5 +293,47 @@ pub fn read_leases(path: &Path) -> Result<Vec<super::Lease>, StoreError> {
     match LeaseStore::open_read_only(path)? {
         Some(store) => store.leases(),
         None => Ok(Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::leases::Write;
+    use crate::dhcp::{ClientKind, Lease, LeaseState};
+
+    fn lease(mac: &str, ip: [u8; 4]) -> Lease {
+        Lease {
+            mac: mac.into(),
+            ip: Ipv4Addr::from(ip),
+            state: LeaseState::Bound,
+            expires: 0,
+            client_kind: ClientKind::Plain,
+            hostname: None,
+            updated: 0,
+        }
+    }
+
+    #[test]
+    fn the_index_follows_committed_batches() {
+        let index = LeaseIndex::default();
+        index.reset(&[lease("aa", [10, 0, 0, 10])]);
+        assert_eq!(
+            index.mac_of(Ipv4Addr::new(10, 0, 0, 10)).as_deref(),
+            Some("aa")
+        );
+        // A MAC moves to another address; an address moves to another MAC.
+        index.apply(&[
+            Write::Lease(lease("aa", [10, 0, 0, 11])),
+            Write::Lease(lease("bb", [10, 0, 0, 11])),
+        ]);
+        assert_eq!(index.mac_of(Ipv4Addr::new(10, 0, 0, 10)), None);
+        assert_eq!(
+            index.mac_of(Ipv4Addr::new(10, 0, 0, 11)).as_deref(),
+            Some("bb")
+        );
+        assert!(!index.has_mac("aa") && index.has_mac("bb"));
+        index.apply(&[Write::Forget { mac: "bb".into() }]);
+        assert_eq!(index.mac_of(Ipv4Addr::new(10, 0, 0, 11)), None);
     }
 }

@@ -13,10 +13,11 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::{mpsc, oneshot};
 
 use super::AppState;
-use crate::installer::api::{Directive, EventReport, Registration};
+use metalmesh_installer::api::{Directive, EventReport, Registration};
 
 /// One call from a machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum InstallerCall {
     Register(Box<Registration>),
     Heartbeat { uuid: String },
@@ -24,20 +25,42 @@ pub enum InstallerCall {
     PhoneHome { uuid: String },
 }
 
-/// A refusal: HTTP status and reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: u16,
-    pub message: String,
+/// Why the machine lifecycle refused a call; this module alone turns it
+/// into an HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RefusalKind {
+    /// The request makes no sense (an event an installer may not report).
+    Invalid,
+    /// The caller may not speak for that machine.
+    Forbidden,
+    /// No such machine.
+    Unknown,
+    /// Not now (the machine is not in a state that allows it).
+    Conflict,
+    /// The leaf manages as many machines as it can.
+    Full,
+    /// The leaf could not do it (its store refused the write).
+    Internal,
 }
 
-impl ApiError {
-    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
+impl RefusalKind {
+    fn status(self) -> StatusCode {
+        match self {
+            RefusalKind::Invalid => StatusCode::BAD_REQUEST,
+            RefusalKind::Forbidden => StatusCode::FORBIDDEN,
+            RefusalKind::Unknown => StatusCode::NOT_FOUND,
+            RefusalKind::Conflict => StatusCode::CONFLICT,
+            RefusalKind::Full => StatusCode::INSUFFICIENT_STORAGE,
+            RefusalKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
+}
+
+/// A refusal and its reason.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
 }
 
 #[derive(Debug)]
@@ -45,7 +68,7 @@ pub struct InstallerRequest {
     pub call: InstallerCall,
     /// Where the call came from (its DHCP lease names the MAC).
     pub peer: IpAddr,
-    pub reply: oneshot::Sender<Result<Directive, ApiError>>,
+    pub reply: oneshot::Sender<Result<Directive, Refusal>>,
 }
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
@@ -97,10 +120,7 @@ async fn forward(state: &AppState, peer: SocketAddr, call: InstallerCall) -> Res
     }
     match answer.await {
         Ok(Ok(directive)) => Json(directive).into_response(),
-        Ok(Err(error)) => refuse(
-            StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST),
-            error.message,
-        ),
+        Ok(Err(refusal)) => refuse(refusal.kind.status(), refusal.message),
         Err(_) => refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "the machine lifecycle is restarting",

@@ -62,7 +62,7 @@ pub fn router(config: &HttpBootConfig) -> Router {
         .route("/boot/{*path}", get(files::serve))
         // Refuse large bodies before buffering them (boot files are GETs).
         .layer(axum::extract::DefaultBodyLimit::max(
-            crate::installer::api::MAX_BODY_BYTES,
+            metalmesh_installer::api::MAX_BODY_BYTES,
         ))
         .layer(middleware::from_fn(access_log))
         .with_state(state)
@@ -143,7 +143,7 @@ async fn access_log(request: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::installer::api::Directive;
+    use metalmesh_installer::api::Directive;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A client that half-closes after its request (as busybox `nc` does)

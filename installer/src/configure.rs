@@ -2,7 +2,7 @@
 //! name, network, phone-home address, SSH keys and user data; and fetching
 //! the installed kernel to boot.
 
-use super::api::Allocation;
+use crate::api::Allocation;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

@@ -1,7 +1,7 @@
 //! Hardware inventory from sysfs and procfs: DMI identity, CPUs, memory,
 //! disks and NICs.
 
-use super::api::{Disk, Hardware, Nic};
+use crate::api::{Disk, Hardware, Nic};
 use std::path::{Path, PathBuf};
 
 /// Where to read from: `/` on a real machine, a prepared tree in tests.

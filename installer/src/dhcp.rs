@@ -52,7 +52,7 @@ pub fn choose_interface(named: Option<&str>) -> Result<String, DhcpError> {
     if let Some(name) = named {
         return Ok(name.to_string());
     }
-    let hardware = super::hardware::Sources::default().read(Some(&[]));
+    let hardware = crate::hardware::Sources::default().read(Some(&[]));
     let first_up = hardware.nics.iter().find(|nic| nic.up);
     first_up
         .or(hardware.nics.first())

@@ -3,43 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The hardware a registration carries is the machine record's own.
+pub use metalmesh_inventory::model::{Disk, Hardware, Nic};
+
 /// Largest request body the installer API accepts.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
-
-/// The machine as the installer found it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hardware {
-    /// SMBIOS system UUID, lower case.
-    pub uuid: String,
-    #[serde(default)]
-    pub vendor: String,
-    #[serde(default)]
-    pub product: String,
-    #[serde(default)]
-    pub serial: String,
-    pub cpus: u32,
-    pub memory_bytes: u64,
-    pub disks: Vec<Disk>,
-    pub nics: Vec<Nic>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Disk {
-    /// Kernel name (`vda`, `nvme0n1`) or, simulated, the file path.
-    pub name: String,
-    pub size_bytes: u64,
-    #[serde(default)]
-    pub model: String,
-    #[serde(default)]
-    pub serial: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Nic {
-    pub name: String,
-    pub mac: String,
-    pub up: bool,
-}
 
 /// `POST /v1/machines/register`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,8 +1,8 @@
-//! `metalmesh-installer`: the in-machine installer (see
-//! `metalmesh_provisioning::installer`). Built as a static binary for the
+//! `metalmesh-installer`: the in-machine installer (see the library's
+//! crate documentation). Built as a static binary for the
 //! PXE initramfs.
 
-use metalmesh_provisioning::installer::{self, Options, Outcome, Simulate, hardware};
+use metalmesh_installer::{self as installer, Options, Outcome, Simulate, hardware};
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -136,6 +136,7 @@ pub fn run_once(options: &Options) -> Outcome {
         interface,
         options: options.clone(),
         disks: hardware.disks.iter().map(hardware::disk_path).collect(),
+        reboot_asked: std::cell::Cell::new(false),
     };
     session.lifecycle(Registration {
         hardware,
@@ -152,6 +153,9 @@ struct Session {
     interface: String,
     options: Options,
     disks: Vec<PathBuf>,
+    /// The leaf answered a report with a reboot (its install watchdog saw
+    /// no progress): the installation stops at its next step.
+    reboot_asked: std::cell::Cell<bool>,
 }
 
 impl Session {
@@ -164,10 +168,17 @@ impl Session {
             event: event.to_string(),
             message: message.to_string(),
         };
-        let result: Result<serde_json::Value, _> =
-            client::post_json_retrying(&self.url("/events"), &report, ATTEMPTS);
-        if let Err(error) = result {
-            log(&format!("reporting {event}: {error}"));
+        match client::post_json_retrying(&self.url("/events"), &report, ATTEMPTS) {
+            Ok(directive) => self.note(&directive),
+            Err(error) => log(&format!("reporting {event}: {error}")),
+        }
+    }
+
+    /// Remembers a reboot the leaf asked for in answer to a report.
+    fn note(&self, directive: &Directive) {
+        if *directive == Directive::Reboot {
+            log("the leaf asks for a reboot");
+            self.reboot_asked.set(true);
         }
     }
 
@@ -178,9 +189,9 @@ impl Session {
             event: "Installing".to_string(),
             message: message.to_string(),
         };
-        let result: Result<serde_json::Value, _> = client::post_json(&self.url("/events"), &report);
-        if let Err(error) = result {
-            log(&format!("progress report: {error}"));
+        match client::post_json(&self.url("/events"), &report) {
+            Ok(directive) => self.note(&directive),
+            Err(error) => log(&format!("progress report: {error}")),
         }
     }
 
@@ -252,6 +263,9 @@ impl Session {
         }
         if let Err(error) = self.stream_image(allocation, target) {
             return self.crash(&error);
+        }
+        if self.reboot_asked.get() {
+            return Outcome::Reboot;
         }
         let mount_dir = self.options.work_dir.join("root");
         let boot_dir = self.options.work_dir.join("boot");

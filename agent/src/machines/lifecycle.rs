@@ -10,42 +10,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-/// Provisioning events (ARCHITECTURE.md §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum EventKind {
-    #[serde(rename = "PXE Booting")]
-    PxeBooting,
-    #[serde(rename = "Planned Reboot")]
-    PlannedReboot,
-    Preparing,
-    Registering,
-    Waiting,
-    Installing,
-    #[serde(rename = "Booting New Kernel")]
-    BootingNewKernel,
-    #[serde(rename = "Phoned Home")]
-    PhonedHome,
-    Crashed,
-    #[serde(rename = "Machine Reclaim")]
-    MachineReclaim,
-    Alive,
-}
-
-/// One recorded event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    pub kind: EventKind,
-    /// Milliseconds since the Unix epoch.
-    pub time: u64,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Liveliness {
-    Alive,
-    Dead,
-    Unknown,
-}
+pub use metalmesh_inventory::model::{Event, EventKind, Liveliness};
 
 /// Tunables (the agent's configuration provides them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +25,10 @@ pub struct Thresholds {
     pub crash_loop_cycles: usize,
     /// A reclaim that has not reached Waiting after this long has failed.
     pub reclaim_timeout_ms: u64,
+    /// An installation or reclaim without progress for this long is retried.
+    pub install_timeout_ms: u64,
+    /// Retries before the machine is left flagged for an operator.
+    pub install_retries: u32,
 }
 
 impl Default for Thresholds {
@@ -70,6 +39,8 @@ impl Default for Thresholds {
             reboot_waiting_after_ms: 24 * 60 * 60 * 1000,
             crash_loop_cycles: 3,
             reclaim_timeout_ms: 15 * 60 * 1000,
+            install_timeout_ms: 30 * 60 * 1000,
+            install_retries: 2,
         }
     }
 }
@@ -123,6 +94,16 @@ pub struct Lifecycle {
     pub failed_machine_reclaim: bool,
     /// When the current reclaim started.
     reclaim_started: Option<u64>,
+    /// The newest sign of installation progress (an event or a progress
+    /// report), for the install watchdog.
+    #[serde(default)]
+    progress_at: Option<u64>,
+    /// Watchdog reboots of the current installation or reclaim.
+    #[serde(default)]
+    pub install_retries: u32,
+    /// The watchdog gave up: an operator must look.
+    #[serde(default)]
+    pub install_stalled: bool,
 }
 
 impl Lifecycle {
@@ -166,14 +147,16 @@ impl Lifecycle {
                 self.failed_machine_reclaim = false;
                 self.reclaim_started = None;
                 // A machine allocated while it was still netbooting is
-                // installed as soon as it waits.
+                // installed as soon as it waits; otherwise any reclaim is done.
                 if self.allocated {
                     vec![Action::Install]
                 } else {
+                    self.settle();
                     Vec::new()
                 }
             }
             EventKind::PhonedHome => {
+                self.settle();
                 self.crash_loop = false;
                 Vec::new()
             }
@@ -182,6 +165,29 @@ impl Lifecycle {
                 Vec::new()
             }
             _ => Vec::new(),
+        }
+    }
+
+    /// A progress report that is not an event of its own (an `Installing`
+    /// report refreshing the newest one): the watchdog waits again.
+    pub fn progress(&mut self, now: u64) {
+        self.last_heartbeat = Some(now);
+        self.progress_at = Some(now);
+    }
+
+    /// The installation or reclaim is done: the watchdog stands down.
+    fn settle(&mut self) {
+        self.install_retries = 0;
+        self.install_stalled = false;
+    }
+
+    /// Whether an installation (allocated, not yet phoned home) or a reclaim
+    /// is under way: the work the watchdog watches.
+    fn installing(&self) -> bool {
+        match self.state() {
+            Some(EventKind::PhonedHome) => false,
+            Some(_) => self.allocated || self.reclaim_started.is_some(),
+            None => false,
         }
     }
 
@@ -230,6 +236,29 @@ impl Lifecycle {
         {
             self.failed_machine_reclaim = true;
         }
+        if self.installing() && !self.install_stalled {
+            let since = self
+                .progress_at
+                .into_iter()
+                .chain(self.last().map(|e| e.time))
+                .max()
+                .unwrap_or(now);
+            if now.saturating_sub(since) > t.install_timeout_ms {
+                if self.install_retries >= t.install_retries {
+                    self.install_stalled = true;
+                    return Vec::new();
+                }
+                self.install_retries += 1;
+                let message = format!(
+                    "no progress for {} s: retry {} of {}",
+                    t.install_timeout_ms / 1000,
+                    self.install_retries,
+                    t.install_retries
+                );
+                self.push(now, EventKind::PlannedReboot, &message, t);
+                return vec![Action::Reboot];
+            }
+        }
         let waiting_since = match self.last() {
             Some(e) if e.kind == EventKind::Waiting => Some(e.time),
             _ => None,
@@ -277,6 +306,8 @@ mod tests {
             reboot_waiting_after_ms: 3_600_000,
             crash_loop_cycles: 3,
             reclaim_timeout_ms: 600_000,
+            install_timeout_ms: 1_200_000,
+            install_retries: 2,
         }
     }
 
@@ -360,6 +391,38 @@ mod tests {
         assert!(m.failed_machine_reclaim);
         m.event(T0 + 700_000, Waiting, "", &t());
         assert!(!m.failed_machine_reclaim);
+    }
+
+    #[test]
+    fn stalled_installations_are_retried_then_left_flagged() {
+        let mut m = Lifecycle::default();
+        boot_to_waiting(&mut m, T0);
+        m.allocate().unwrap();
+        m.event(T0 + 10, Installing, "", &t());
+        // Progress reports keep the watchdog quiet.
+        m.progress(T0 + 1_000_000);
+        assert!(m.tick(T0 + 2_000_000, &t()).is_empty());
+        let mut at = T0 + 1_000_000;
+        for retry in 1..=2 {
+            at += 1_200_001;
+            assert_eq!(m.tick(at, &t()), vec![Action::Reboot], "retry {retry}");
+            assert_eq!(m.last().unwrap().kind, PlannedReboot);
+            assert!(
+                m.last()
+                    .unwrap()
+                    .message
+                    .ends_with(&format!("retry {retry} of 2"))
+            );
+            assert!(m.tick(at + 1, &t()).is_empty(), "one reboot per stall");
+        }
+        at += 1_200_001;
+        assert!(m.tick(at, &t()).is_empty());
+        assert!(m.install_stalled, "left for an operator after the retries");
+        assert!(m.tick(at + 10_000_000, &t()).is_empty());
+        m.event(at + 20_000_000, PhonedHome, "", &t());
+        assert!(!m.install_stalled && m.install_retries == 0);
+        // A phoned-home machine is not watched.
+        assert!(m.tick(at + 90_000_000, &t()).is_empty());
     }
 
     #[test]
