@@ -99,7 +99,16 @@ fn dump() -> String {
         leaf1(&["ip", "rule", "show"]),
         leaf1(&["ip", "route", "show", "table", "all"]),
         leaf1(&["ip", "neigh", "show", "nud", "permanent"]),
-        leaf1(&["bridge", "fdb", "show"]),
+        // A device's own multicast list is kept in the order sockets joined
+        // it: the LLDP socket joins again after a restart, so order is noise.
+        {
+            let mut fdb: Vec<String> = leaf1(&["bridge", "fdb", "show"])
+                .lines()
+                .map(str::to_string)
+                .collect();
+            fdb.sort();
+            fdb.join("\n")
+        },
     ]
     .join("\n")
     // Counters and ages change on their own; they are not configuration.
@@ -107,6 +116,28 @@ fn dump() -> String {
     .filter(|l| !l.contains("used") && !l.contains("RX:") && !l.contains("TX:"))
     .collect::<Vec<_>>()
     .join("\n")
+}
+
+/// Where two dumps part: the lines only one has, marked `-` (before) and
+/// `+` (after), or else the first line whose place differs.
+fn line_diff(before: &str, after: &str) -> String {
+    let gone = before.lines().filter(|l| !after.lines().any(|a| a == *l));
+    let new = after.lines().filter(|l| !before.lines().any(|b| b == *l));
+    let mut out: Vec<String> = gone
+        .map(|l| format!("- {l}"))
+        .chain(new.map(|l| format!("+ {l}")))
+        .collect();
+    if out.is_empty() {
+        let at = before
+            .lines()
+            .zip(after.lines())
+            .position(|(b, a)| b != a)
+            .unwrap_or(0);
+        out.push(format!("same lines, other order from line {at}:"));
+        out.extend(before.lines().skip(at).take(6).map(|l| format!("- {l}")));
+        out.extend(after.lines().skip(at).take(6).map(|l| format!("+ {l}")));
+    }
+    out.join("\n")
 }
 
 #[test]
@@ -314,7 +345,11 @@ fn tenants_over_vxlan_in_routing_table_mode() {
     }));
     std::thread::sleep(Duration::from_millis(500));
     let after = dump();
-    assert_eq!(before, after, "restarting the agent changed the kernel");
+    assert!(
+        before == after,
+        "restarting the agent changed the kernel:\n{}",
+        line_diff(&before, &after)
+    );
     let diff = agent_on(&guard.run_dir, AGENT, "leaf1", &["dataplane", "diff"]);
     assert_eq!(String::from_utf8_lossy(&diff.stdout).trim(), "in sync");
 
