@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use metalmesh_agent::admin::client;
-use metalmesh_agent::admin::{AgentStatus, Request, Response};
+use metalmesh_agent::admin::AgentStatus;
+use metalmesh_agent::admin::client::{AdminClient, DataplaneDiff, MeshMembers};
 use metalmesh_agent::config::{DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG, Loaded};
 use metalmesh_agent::dataplane::desired::NextHop;
 use metalmesh_agent::lldp::LldpSnapshot;
@@ -229,6 +229,7 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let admin = AdminClient::new(&cli.socket);
     match cli.command {
         Command::Run { config, pidfile } => run(RunOptions { config, pidfile }).await,
         Command::CheckConfig { config } => {
@@ -237,27 +238,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { output } => {
-            let Response::Status(status) = client::request(&cli.socket, &Request::Status).await?
-            else {
-                anyhow::bail!("unexpected answer to status");
-            };
-            print(output, &*status, status_table)
+            let status = admin.status().await?;
+            print(output, &status, status_table)
         }
         Command::Lldp {
             command: LldpCommand::Neighbors { output },
         } => {
-            let Response::LldpNeighbors(snapshot) =
-                client::request(&cli.socket, &Request::LldpNeighbors).await?
-            else {
-                anyhow::bail!("unexpected answer to lldp neighbors");
-            };
+            let snapshot = admin.lldp_neighbors().await?;
             print(output, &snapshot, neighbors_table)
         }
         Command::Leases { output } => {
-            let Response::Leases(leases) = client::request(&cli.socket, &Request::Leases).await?
-            else {
-                anyhow::bail!("unexpected answer to leases");
-            };
+            let leases = admin.leases().await?;
             print(output, &leases, |l| leases_table(l))
         }
         Command::Dataplane {
@@ -273,11 +264,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                         metalmesh_config::describe(&text, &e)
                     )
                 })?;
-            let Response::DataplaneApplied { rejected } =
-                client::request(&cli.socket, &Request::DataplaneApply { intents }).await?
-            else {
-                anyhow::bail!("unexpected answer to dataplane apply");
-            };
+            let rejected = admin.dataplane_apply(intents).await?;
             for r in &rejected {
                 eprintln!("metalmesh-agent: VRF `{}` rejected: {}", r.vrf, r.reason);
             }
@@ -291,11 +278,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Dataplane {
             command: DataplaneCommand::Diff { output },
         } => {
-            let Response::DataplaneDiff { plan, rejected } =
-                client::request(&cli.socket, &Request::DataplaneDiff).await?
-            else {
-                anyhow::bail!("unexpected answer to dataplane diff");
-            };
+            let DataplaneDiff { plan, rejected } = admin.dataplane_diff().await?;
             let value = serde_json::json!({ "plan": plan, "rejected": rejected });
             print(output, &value, |_| {
                 let mut out = String::new();
@@ -322,11 +305,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Routes { vrf, output } => {
-            let Response::Routes(routes) =
-                client::request(&cli.socket, &Request::Routes { vrf }).await?
-            else {
-                anyhow::bail!("unexpected answer to routes");
-            };
+            let routes = admin.routes(vrf).await?;
             print(output, &routes, |routes| {
                 let mut rows = vec![header(&["VRF", "TABLE", "DESTINATION", "NEXT HOP"])];
                 for r in routes.iter() {
@@ -347,11 +326,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Machines { output } => {
-            let Response::Machines(machines) =
-                client::request(&cli.socket, &Request::Machines).await?
-            else {
-                anyhow::bail!("unexpected answer to machines");
-            };
+            let machines = admin.machines().await?;
             print(output, &machines, |machines| {
                 let mut rows = vec![header(&MACHINE_COLUMNS)];
                 for m in machines.iter() {
@@ -360,15 +335,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 render_table(rows)
             })
         }
-        Command::Machine { command } => machine_command(&cli.socket, command).await,
+        Command::Machine { command } => machine_command(&admin, command).await,
         Command::Mesh {
             command: MeshCommand::Members { output },
         } => {
-            let Response::MeshMembers { node, members } =
-                client::request(&cli.socket, &Request::MeshMembers).await?
-            else {
-                anyhow::bail!("unexpected answer to mesh members");
-            };
+            let MeshMembers { node, members } = admin.mesh_members().await?;
             let answer = serde_json::json!({ "node": node, "members": members });
             print(output, &answer, |_| {
                 let mut rows = vec![header(&["NAME", "ADDRESS", "STATE"])];
@@ -389,11 +360,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Mesh {
             command: MeshCommand::Records { kind, output },
         } => {
-            let Response::MeshRecords(records) =
-                client::request(&cli.socket, &Request::MeshRecords { kind }).await?
-            else {
-                anyhow::bail!("unexpected answer to mesh records");
-            };
+            let records = admin.mesh_records(kind).await?;
             print(output, &records, |records| {
                 let mut rows = vec![header(&["KIND", "KEY", "ORIGIN", "VERSION", "BYTES"])];
                 for record in records.iter() {
@@ -412,10 +379,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Ports { output } => {
-            let Response::Ports(ports) = client::request(&cli.socket, &Request::Ports).await?
-            else {
-                anyhow::bail!("unexpected answer to ports");
-            };
+            let ports = admin.ports().await?;
             print(output, &ports, |p| ports_table(p))
         }
     }
@@ -455,13 +419,13 @@ fn machine_row(record: &metalmesh_agent::machines::record::MachineRecord) -> Vec
     ]
 }
 
-async fn machine_command(socket: &std::path::Path, command: MachineCommand) -> anyhow::Result<()> {
-    let (request, output, events_only) = match command {
+async fn machine_command(admin: &AdminClient, command: MachineCommand) -> anyhow::Result<()> {
+    let (machine, output, events_only) = match command {
         MachineCommand::Describe { uuid, output } => {
-            (Request::MachineDescribe { uuid }, output, false)
+            (admin.machine_describe(uuid).await?, output, false)
         }
         MachineCommand::Events { uuid, output } => {
-            (Request::MachineDescribe { uuid }, output, true)
+            (admin.machine_describe(uuid).await?, output, true)
         }
         MachineCommand::Allocate {
             uuid,
@@ -486,12 +450,13 @@ async fn machine_command(socket: &std::path::Path, command: MachineCommand) -> a
                 user_data,
                 vrf,
             };
-            (Request::MachineAllocate { uuid, allocation }, output, false)
+            (
+                admin.machine_allocate(uuid, allocation).await?,
+                output,
+                false,
+            )
         }
-        MachineCommand::Free { uuid, output } => (Request::MachineFree { uuid }, output, false),
-    };
-    let Response::Machine(machine) = client::request(socket, &request).await? else {
-        anyhow::bail!("unexpected answer");
+        MachineCommand::Free { uuid, output } => (admin.machine_free(uuid).await?, output, false),
     };
     if events_only {
         return print(output, &machine.machine.events, |events| {
@@ -506,7 +471,7 @@ async fn machine_command(socket: &std::path::Path, command: MachineCommand) -> a
             render_table(rows)
         });
     }
-    print(output, &*machine, |m| {
+    print(output, &machine, |m| {
         let mut text = render_table(vec![header(&MACHINE_COLUMNS), machine_row(m)]);
         if let Some(hw) = &m.machine.hardware {
             text.push_str(&format!(

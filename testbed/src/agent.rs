@@ -16,11 +16,11 @@ const LLDP_TX_INTERVAL_SECS: u32 = 5;
 
 /// Environment variable naming the `metalmesh` CLI the testbed uses for the
 /// mesh CA.
-pub const CLI_BIN_ENV: &str = "METALMESH_CLI_BIN";
+pub(crate) const CLI_BIN_ENV: &str = "METALMESH_CLI_BIN";
 
 /// Finds the agent binary: `$METALMESH_AGENT_BIN`, else next to the running
 /// executable (or its parent, for test binaries in `target/*/deps`), else `PATH`.
-pub fn binary() -> Result<PathBuf, Error> {
+pub(crate) fn binary() -> Result<PathBuf, Error> {
     find_binary(
         AGENT_BIN,
         AGENT_BIN_ENV,
@@ -29,7 +29,7 @@ pub fn binary() -> Result<PathBuf, Error> {
 }
 
 /// Finds the `metalmesh` CLI the same way (`$METALMESH_CLI_BIN` first).
-pub fn cli_binary() -> Result<PathBuf, Error> {
+pub(crate) fn cli_binary() -> Result<PathBuf, Error> {
     find_binary(
         "metalmesh",
         CLI_BIN_ENV,
@@ -67,22 +67,22 @@ fn find_binary(name: &str, env: &str, package: &'static str) -> Result<PathBuf, 
 }
 
 /// The testbed's mesh CA directory.
-pub fn mesh_ca_dir(run: &RunDir) -> PathBuf {
+pub(crate) fn mesh_ca_dir(run: &RunDir) -> PathBuf {
     run.root.join("mesh-ca")
 }
 
 /// Where a leaf's mesh certificate and key live.
-pub fn mesh_dir(run: &RunDir, leaf: &str) -> PathBuf {
+pub(crate) fn mesh_dir(run: &RunDir, leaf: &str) -> PathBuf {
     dir(run, leaf).join("mesh")
 }
 
 /// Environment variable naming the directory with the kernel and initramfs
 /// the leaves serve over HTTP.
-pub const BOOT_DIR_ENV: &str = "METALMESH_BOOT_DIR";
+pub(crate) const BOOT_DIR_ENV: &str = "METALMESH_BOOT_DIR";
 
 /// `$METALMESH_BOOT_DIR`, else `target/boot` beside the build (what
 /// `scripts/build-boot` writes).
-pub fn boot_dir() -> PathBuf {
+pub(crate) fn boot_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os(BOOT_DIR_ENV) {
         return PathBuf::from(dir);
     }
@@ -93,20 +93,20 @@ pub fn boot_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/boot"))
 }
 
-pub fn dir(run: &RunDir, leaf: &str) -> PathBuf {
+pub(crate) fn dir(run: &RunDir, leaf: &str) -> PathBuf {
     run.node_dir(leaf).join("agent")
 }
 
-pub fn config_path(run: &RunDir, leaf: &str) -> PathBuf {
+pub(crate) fn config_path(run: &RunDir, leaf: &str) -> PathBuf {
     dir(run, leaf).join("agent.toml")
 }
 
-pub fn socket(run: &RunDir, leaf: &str) -> PathBuf {
+pub(crate) fn socket(run: &RunDir, leaf: &str) -> PathBuf {
     dir(run, leaf).join("agent.sock")
 }
 
 /// The agent configuration of a leaf.
-pub fn config(plan: &Plan, leaf: &Node, run: &RunDir) -> String {
+pub(crate) fn config(plan: &Plan, leaf: &Node, run: &RunDir) -> String {
     let rack = leaf.rack.unwrap_or_default();
     let mut ports: Vec<String> = leaf.bgp_interfaces.clone();
     if plan.machines.iter().any(|m| m.leaf == leaf.name) {
@@ -175,7 +175,7 @@ pub fn config(plan: &Plan, leaf: &Node, run: &RunDir) -> String {
     conf
 }
 
-pub fn daemon(leaf: &Node, run: &RunDir, binary: &Path) -> DaemonSpec {
+pub(crate) fn daemon(leaf: &Node, run: &RunDir, binary: &Path) -> DaemonSpec {
     let dir = dir(run, &leaf.name);
     let pidfile = dir.join("agent.pid");
     DaemonSpec {

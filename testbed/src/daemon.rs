@@ -200,7 +200,7 @@ fn wait_gone(pid: i32, timeout: Duration) -> bool {
 }
 
 /// Kills every process in a namespace (SIGTERM, then SIGKILL) and waits for them.
-pub fn kill_all_in_netns(namespace: &str) {
+pub(crate) fn kill_all_in_netns(namespace: &str) {
     let pids = crate::sys::netns_pids(namespace);
     if pids.is_empty() {
         return;

@@ -13,21 +13,21 @@ use crate::daemon::DaemonSpec;
 use crate::plan::{API_ADDRESS, Node, Role, RunDir};
 
 /// FRR's daemon binaries, as installed by Debian's `frr` package.
-pub const ZEBRA: &str = "/usr/lib/frr/zebra";
-pub const BGPD: &str = "/usr/lib/frr/bgpd";
-pub const VTYSH: &str = "vtysh";
+pub(crate) const ZEBRA: &str = "/usr/lib/frr/zebra";
+pub(crate) const BGPD: &str = "/usr/lib/frr/bgpd";
+pub(crate) const VTYSH: &str = "vtysh";
 
 /// Hold time of fabric sessions: short, so failures show up within seconds.
 const KEEPALIVE_SECS: u32 = 1;
 const HOLD_SECS: u32 = 3;
 
 /// zebra's configuration: the host name only; interfaces are set up by the testbed.
-pub fn zebra_conf(node: &Node) -> String {
+pub(crate) fn zebra_conf(node: &Node) -> String {
     format!("hostname {}\nlog stdout informational\n!\n", node.name)
 }
 
 /// bgpd's configuration for a spine, leaf or exit router.
-pub fn bgpd_conf(node: &Node) -> String {
+pub(crate) fn bgpd_conf(node: &Node) -> String {
     let mut conf = String::new();
     // `datacenter` defaults: fast timers, no eBGP policy requirement, multipath-relax.
     let _ = writeln!(conf, "frr defaults datacenter");
@@ -62,7 +62,7 @@ pub fn bgpd_conf(node: &Node) -> String {
 
 /// zebra and bgpd of one node, each daemonised inside the node's namespace
 /// with its own pid file, zserv socket and vty directory under the run dir.
-pub fn daemons(node: &Node, run: &RunDir) -> Vec<DaemonSpec> {
+pub(crate) fn daemons(node: &Node, run: &RunDir) -> Vec<DaemonSpec> {
     let dir = run.frr_dir(&node.name);
     let zserv = dir.join("zserv.api");
     let spec = |daemon: &str, binary: &str| {

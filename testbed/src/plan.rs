@@ -10,15 +10,15 @@ use serde::{Deserialize, Serialize};
 use crate::topology::{LeafBgp, Topology};
 
 /// Prefix of every network namespace the testbed creates.
-pub const NAMESPACE_PREFIX: &str = "mm-";
+pub(crate) const NAMESPACE_PREFIX: &str = "mm-";
 /// Name of each leaf's provisioning bridge.
-pub const PROVISIONING_BRIDGE: &str = "mm-pxe";
+pub(crate) const PROVISIONING_BRIDGE: &str = "mm-pxe";
 /// ASN shared by all spines (private 4-byte range, docs/network.md).
-pub const SPINE_ASN: u32 = 4_210_000_000;
+pub(crate) const SPINE_ASN: u32 = 4_210_000_000;
 /// ASN shared by all exit routers.
-pub const EXIT_ASN: u32 = 4_220_000_000;
+pub(crate) const EXIT_ASN: u32 = 4_220_000_000;
 /// Leaf `n` uses `LEAF_ASN_BASE + n`.
-pub const LEAF_ASN_BASE: u32 = 4_200_000_000;
+pub(crate) const LEAF_ASN_BASE: u32 = 4_200_000_000;
 
 /// What a node is in the fabric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +75,7 @@ impl Node {
 }
 
 /// Namespace of a node or machine name.
-pub fn namespace_of(name: &str) -> String {
+pub(crate) fn namespace_of(name: &str) -> String {
     format!("{NAMESPACE_PREFIX}{name}")
 }
 
@@ -137,9 +137,9 @@ pub struct Plan {
 }
 
 /// Address of the exit router on its link to the API node.
-pub const EXIT_API_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 254, 0, 1);
+pub(crate) const EXIT_API_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 254, 0, 1);
 /// Address of the API node (on its link to the exit router).
-pub const API_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 254, 0, 2);
+pub(crate) const API_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 254, 0, 2);
 
 impl Plan {
     pub fn new(topology: &Topology) -> Plan {

@@ -7,18 +7,23 @@ use std::path::Path;
 use crate::daemon::DaemonSpec;
 use crate::plan::{Machine, RunDir};
 
-pub const QEMU: &str = "qemu-system-x86_64";
+pub(crate) const QEMU: &str = "qemu-system-x86_64";
 /// iPXE option ROM for virtio-net from Debian's `ipxe-qemu` (legacy PXE + EFI);
 /// qemu loads it by default from its firmware path.
-pub const VIRTIO_NET_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
+pub(crate) const VIRTIO_NET_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
 /// SeaBIOS's `etc/sercon-port` value: the I/O port of COM1 (0x3f8), as a
 /// little-endian 16-bit integer.
-pub const SERCON_PORT: [u8; 2] = 0x3f8u16.to_le_bytes();
+pub(crate) const SERCON_PORT: [u8; 2] = 0x3f8u16.to_le_bytes();
 /// Size of each machine's virtual disk (sparse).
-pub const DISK_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+pub(crate) const DISK_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 /// The qemu daemon of one machine. TCG only: this machine kind has no usable KVM.
-pub fn daemon(machine: &Machine, run: &RunDir, memory_mb: u32, namespace: &str) -> DaemonSpec {
+pub(crate) fn daemon(
+    machine: &Machine,
+    run: &RunDir,
+    memory_mb: u32,
+    namespace: &str,
+) -> DaemonSpec {
     let dir = run.machine_dir(&machine.name);
     let pidfile = dir.join("qemu.pid");
     let p = |path: &Path| path.display().to_string();
@@ -93,7 +98,7 @@ pub fn daemon(machine: &Machine, run: &RunDir, memory_mb: u32, namespace: &str) 
 }
 
 /// File holding [`SERCON_PORT`] for qemu's `-fw_cfg`.
-pub fn sercon_file(run: &RunDir, machine: &Machine) -> std::path::PathBuf {
+pub(crate) fn sercon_file(run: &RunDir, machine: &Machine) -> std::path::PathBuf {
     run.machine_dir(&machine.name).join("sercon-port.bin")
 }
 

@@ -12,10 +12,10 @@ use crate::error::Error;
 use crate::plan::Plan;
 
 /// Version of the state file format; bumped when fields change meaning.
-pub const STATE_VERSION: u32 = 1;
+pub(crate) const STATE_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct State {
+pub(crate) struct State {
     pub version: u32,
     pub plan: Plan,
     /// Daemons of each node or machine, in start order.
@@ -23,7 +23,7 @@ pub struct State {
 }
 
 impl State {
-    pub fn load(path: &Path) -> Result<Option<State>, Error> {
+    pub(crate) fn load(path: &Path) -> Result<Option<State>, Error> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -46,7 +46,7 @@ impl State {
     }
 
     /// Writes atomically (temp file + rename) so a crash never leaves half a file.
-    pub fn save(&self, path: &Path) -> Result<(), Error> {
+    pub(crate) fn save(&self, path: &Path) -> Result<(), Error> {
         let text = serde_json::to_string_pretty(self).map_err(|e| Error::BadState {
             path: path.to_path_buf(),
             detail: e.to_string(),

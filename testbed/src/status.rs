@@ -144,7 +144,7 @@ impl Status {
 }
 
 /// Sessions as FRR reports them in `show bgp summary json`.
-pub fn parse_frr_summary(json: &str) -> Option<Vec<BgpSession>> {
+pub(crate) fn parse_frr_summary(json: &str) -> Option<Vec<BgpSession>> {
     let value: serde_json::Value = serde_json::from_str(json).ok()?;
     let peers = value.get("ipv4Unicast")?.get("peers")?.as_object()?;
     Some(

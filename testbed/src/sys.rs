@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use crate::error::Error;
 
 /// Renders a command line for messages.
-pub fn display(program: &str, args: &[impl AsRef<OsStr>]) -> String {
+pub(crate) fn display(program: &str, args: &[impl AsRef<OsStr>]) -> String {
     let mut line = program.to_string();
     for arg in args {
         line.push(' ');
@@ -17,7 +17,7 @@ pub fn display(program: &str, args: &[impl AsRef<OsStr>]) -> String {
 }
 
 /// Runs a command to completion; fails with its stderr unless it exits 0.
-pub fn run(program: &str, args: &[impl AsRef<OsStr>]) -> Result<String, Error> {
+pub(crate) fn run(program: &str, args: &[impl AsRef<OsStr>]) -> Result<String, Error> {
     let output = output(program, args)?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
@@ -31,7 +31,7 @@ pub fn run(program: &str, args: &[impl AsRef<OsStr>]) -> Result<String, Error> {
 }
 
 /// Runs a command and returns its raw output whatever its exit status.
-pub fn output(program: &str, args: &[impl AsRef<OsStr>]) -> Result<Output, Error> {
+pub(crate) fn output(program: &str, args: &[impl AsRef<OsStr>]) -> Result<Output, Error> {
     Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -43,7 +43,7 @@ pub fn output(program: &str, args: &[impl AsRef<OsStr>]) -> Result<Output, Error
 }
 
 /// Runs `args` inside network namespace `namespace`.
-pub fn in_netns(namespace: &str, args: &[&str]) -> Result<String, Error> {
+pub(crate) fn in_netns(namespace: &str, args: &[&str]) -> Result<String, Error> {
     let mut full = vec!["netns", "exec", namespace];
     full.extend_from_slice(args);
     run("ip", &full)
@@ -51,7 +51,7 @@ pub fn in_netns(namespace: &str, args: &[&str]) -> Result<String, Error> {
 
 /// Applies several `ip` commands in one process (`ip -batch`), inside a
 /// namespace when one is given. Much faster than one `ip` per command.
-pub fn ip_batch(namespace: Option<&str>, commands: &[String]) -> Result<(), Error> {
+pub(crate) fn ip_batch(namespace: Option<&str>, commands: &[String]) -> Result<(), Error> {
     if commands.is_empty() {
         return Ok(());
     }
@@ -96,7 +96,7 @@ pub fn ip_batch(namespace: Option<&str>, commands: &[String]) -> Result<(), Erro
 }
 
 /// Whether an executable is present: an absolute path, or a name on `PATH`.
-pub fn have_program(program: &str) -> bool {
+pub(crate) fn have_program(program: &str) -> bool {
     if program.contains('/') {
         return std::path::Path::new(program).is_file();
     }
@@ -105,7 +105,7 @@ pub fn have_program(program: &str) -> bool {
 }
 
 /// Network namespaces that exist now.
-pub fn list_netns() -> Result<Vec<String>, Error> {
+pub(crate) fn list_netns() -> Result<Vec<String>, Error> {
     let out = run("ip", &["netns", "list"])?;
     Ok(out
         .lines()
@@ -115,7 +115,7 @@ pub fn list_netns() -> Result<Vec<String>, Error> {
 }
 
 /// Process IDs inside a network namespace.
-pub fn netns_pids(namespace: &str) -> Vec<i32> {
+pub(crate) fn netns_pids(namespace: &str) -> Vec<i32> {
     run("ip", &["netns", "pids", namespace])
         .map(|out| out.lines().filter_map(|l| l.trim().parse().ok()).collect())
         .unwrap_or_default()

@@ -10,11 +10,11 @@ use toml::Spanned;
 
 /// Most racks one testbed builds. Each rack costs two FRR daemons and a
 /// namespace; beyond this a 2-core machine no longer converges in reasonable time.
-pub const MAX_RACKS: u32 = 32;
+pub(crate) const MAX_RACKS: u32 = 32;
 /// Most spines (the fabric is a two-tier CLOS with one shared spine ASN).
-pub const MAX_SPINES: u32 = 4;
+pub(crate) const MAX_SPINES: u32 = 4;
 /// Most machines of one kind per rack.
-pub const MAX_MACHINES_PER_RACK: u32 = 64;
+pub(crate) const MAX_MACHINES_PER_RACK: u32 = 64;
 
 /// Which BGP implementation a leaf runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -28,7 +28,7 @@ pub enum LeafBgp {
 /// Per-leaf settings in a topology file (`[leaves.leaf1]`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LeafSettings {
+pub(crate) struct LeafSettings {
     /// BGP implementation of this leaf.
     #[serde(default)]
     pub bgp: LeafBgp,
@@ -37,7 +37,7 @@ pub struct LeafSettings {
 /// The topology file as written.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TopologyFile {
+pub(crate) struct TopologyFile {
     pub racks: Option<Spanned<u32>>,
     pub spines: Option<Spanned<u32>>,
     pub machines_per_rack: Option<Spanned<u32>>,

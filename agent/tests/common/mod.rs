@@ -6,15 +6,15 @@ use std::process::Output;
 
 use metalmesh_testbed::testing::agent_on;
 
-pub const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
+pub(crate) const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
 
 /// `metalmesh-agent ARGS` on leaf1.
-pub fn agent(run_dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn agent(run_dir: &Path, args: &[&str]) -> Output {
     agent_on(run_dir, AGENT, "leaf1", args)
 }
 
 /// Gives leaf1 the tenant VRF machines are allocated into (10.0.1.0/24).
-pub fn tenant_a(run_dir: &Path, scratch: &Path) {
+pub(crate) fn tenant_a(run_dir: &Path, scratch: &Path) {
     let intents = scratch.join("intents.toml");
     std::fs::write(
         &intents,
@@ -30,7 +30,7 @@ pub fn tenant_a(run_dir: &Path, scratch: &Path) {
 }
 
 /// A machine's event names, oldest first.
-pub fn events(run_dir: &Path, uuid: &str) -> Vec<String> {
+pub(crate) fn events(run_dir: &Path, uuid: &str) -> Vec<String> {
     let out = agent(run_dir, &["machine", "events", uuid, "-o", "json"]);
     let events: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
     events

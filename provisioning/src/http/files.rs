@@ -17,7 +17,7 @@ use crate::root::{PathError, resolve};
 
 /// A byte range request resolved against the file size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Range {
+pub(super) enum Range {
     Whole,
     Part { start: u64, end: u64 },
     Unsatisfiable,
@@ -25,7 +25,7 @@ pub enum Range {
 
 /// Parses `bytes=a-b`, `bytes=a-`, `bytes=-n`. Several ranges, or anything
 /// unparsable, are answered with the whole file, as RFC 9110 allows.
-pub fn parse_range(header: Option<&str>, size: u64) -> Range {
+pub(super) fn parse_range(header: Option<&str>, size: u64) -> Range {
     let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
         return Range::Whole;
     };

@@ -25,11 +25,11 @@ pub struct IpxeSettings {
 }
 
 /// Parses `52-54-00-6d-01-03` or `52:54:00:6d:01:03` into the colon form.
-pub fn parse_mac(text: &str) -> Option<String> {
+pub(super) fn parse_mac(text: &str) -> Option<String> {
     metalmesh_lldp::parse_mac(&text.replace('-', ":")).map(|mac| metalmesh_lldp::format_mac(&mac))
 }
 
-pub fn render(settings: &IpxeSettings, mac: &str) -> String {
+pub(super) fn render(settings: &IpxeSettings, mac: &str) -> String {
     let mut script = String::from("#!ipxe\n");
     let base = &settings.base_url;
     let _ = writeln!(
