@@ -156,3 +156,20 @@ impl Reconciler {
 pub fn intents_file(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("dataplane-intents.toml")
 }
+
+/// The intents stored at `path`, or none when there is no file yet. An
+/// unreadable file stops the start: tearing the dataplane down because a
+/// file is damaged would cut every tenant off.
+pub fn load_intents(path: &std::path::Path) -> anyhow::Result<crate::dataplane::Intents> {
+    use anyhow::Context as _;
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).with_context(|| {
+            format!(
+                "stored dataplane intents {} are unreadable (refusing to start rather than tear the dataplane down)",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}

@@ -284,3 +284,25 @@ fn publish(machine: &LldpMachine, snapshot: &watch::Sender<LldpSnapshot>) {
     };
     snapshot.send_replace(fresh);
 }
+
+/// The parts of an LLDP task a supervisor restart builds afresh from.
+#[derive(Debug)]
+pub struct LldpTemplate {
+    pub local: LocalSystem,
+    pub settings: Settings,
+    pub selector: PortSelector,
+    pub ports: watch::Receiver<Option<Vec<Port>>>,
+    pub snapshot: Arc<watch::Sender<LldpSnapshot>>,
+}
+
+impl LldpTemplate {
+    pub fn instance(&self) -> LldpTask {
+        LldpTask {
+            local: self.local.clone(),
+            settings: self.settings.clone(),
+            selector: self.selector.clone(),
+            ports: self.ports.clone(),
+            snapshot: Arc::clone(&self.snapshot),
+        }
+    }
+}

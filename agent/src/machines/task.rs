@@ -440,3 +440,40 @@ pub fn merge(operator: &Intents, machines: &MachinePorts) -> Intents {
     }
     merged
 }
+
+/// Keeps the dataplane's intents current: the operator's, with the routed
+/// ports of allocated machines merged in, sent only when they change.
+pub async fn merge_intents(
+    mut operator: watch::Receiver<Intents>,
+    mut machines: watch::Receiver<MachinePorts>,
+    merged_tx: std::sync::Arc<watch::Sender<Intents>>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let merged = merge(&operator.borrow_and_update(), &machines.borrow_and_update());
+        merged_tx.send_if_modified(|current| {
+            let changed = *current != merged;
+            *current = merged;
+            changed
+        });
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            changed = operator.changed() => changed?,
+            changed = machines.changed() => changed?,
+        }
+    }
+}
+
+/// Runs the machines under the supervisor. The core and its queues have
+/// one owner across restarts, so a restarted task resumes where it stopped.
+pub fn spawn(supervisor: &mut crate::supervisor::Supervisor, task: MachinesTask, inputs: Inputs) {
+    let state = std::sync::Arc::new(tokio::sync::Mutex::new((task, inputs)));
+    supervisor.spawn("machines", move |cancel| {
+        let state = std::sync::Arc::clone(&state);
+        async move {
+            let mut guard = state.lock().await;
+            let (task, inputs) = &mut *guard;
+            task.run(inputs, cancel).await
+        }
+    });
+}

@@ -59,6 +59,25 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "switch".into())
 }
 
+/// Keeps the switch record current: the configured identity plus the
+/// kernel's ports as they change.
+pub async fn publish_record(
+    mut record: SwitchRecord,
+    mut ports: tokio::sync::watch::Receiver<Option<Vec<Port>>>,
+    record_tx: std::sync::Arc<tokio::sync::watch::Sender<Option<SwitchRecord>>>,
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    ports.mark_changed();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            changed = ports.changed() => changed?,
+        }
+        record.ports = ports.borrow_and_update().clone().unwrap_or_default();
+        record_tx.send_replace(Some(record.clone()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,246 @@
+//! `metalmesh-agent run`: [`setup`] checks the configuration against the
+//! switch and builds every subsystem's inputs; [`Agent::run`] starts them
+//! under the supervisor and stops them cleanly on SIGTERM or SIGINT. See
+//! `docs/design/agent.md` for the tasks and the channels between them.
+
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::server::{self, AgentView};
+use crate::supervisor::Supervisor;
+use setup::{Agent, setup};
+
+/// How long subsystems get to stop after a signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub pidfile: Option<PathBuf>,
+}
+
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    setup(options).await?.run().await
+}
+
+impl Agent {
+    /// Starts every subsystem, then waits for a signal to stop them.
+    async fn run(self) -> anyhow::Result<()> {
+        let Agent {
+            options,
+            loaded,
+            name,
+            kernel_mode,
+            store,
+            mesh_credentials,
+            mesh_view,
+            initial_intents,
+            intents_file,
+            switch_record,
+            lldp,
+            dhcp,
+            channels,
+            admin_listener,
+            _pidfile,
+            _socket,
+        } = self;
+        let config = &loaded.config;
+        let mut supervisor = Supervisor::new(CancellationToken::new());
+
+        // Inventory: the kernel's links, and the switch record built from them.
+        let (ports_tx, ports_rx) = channels.ports;
+        supervisor.spawn("inventory", move |cancel| {
+            let ports_tx = Arc::clone(&ports_tx);
+            async move { Ok(crate::switch::links::monitor(&ports_tx, cancel).await?) }
+        });
+        let (switch_tx, switch_rx) = channels.switch;
+        {
+            let ports_rx = ports_rx.clone();
+            supervisor.spawn("switch-record", move |cancel| {
+                crate::switch::publish_record(
+                    switch_record.clone(),
+                    ports_rx.clone(),
+                    Arc::clone(&switch_tx),
+                    cancel,
+                )
+            });
+        }
+
+        if let Some(lldp) = lldp {
+            supervisor.spawn("lldp", move |cancel| lldp.instance().run(cancel));
+        }
+        let (_, lldp_rx) = channels.lldp;
+
+        // Boot services, and the machines where they run.
+        let lease_db = config.state_dir.join("leases.db");
+        let served_lease_db = config.boot.as_ref().map(|_| lease_db.clone());
+        let (installer_tx, installer_rx) = channels.installer;
+        let (pxe_tx, pxe_rx) = channels.pxe;
+        let (machine_commands_tx, machine_commands_rx) = channels.machine_commands;
+        if let Some(boot) = &config.boot {
+            crate::boot::spawn(
+                &mut supervisor,
+                boot,
+                &name,
+                &lease_db,
+                dhcp.clone(),
+                Some(installer_tx),
+                Some(pxe_tx),
+            );
+        }
+
+        // The dataplane renders the operator's intents plus allocated
+        // machines' ports.
+        let (intents_tx, operator_intents) = watch::channel(initial_intents.clone());
+        let (machine_ports_tx, machine_ports) = channels.machine_ports;
+        let (merged_tx, intents_rx) = watch::channel(initial_intents);
+        let merged_tx = Arc::new(merged_tx);
+        supervisor.spawn("intents", move |cancel| {
+            crate::machines::task::merge_intents(
+                operator_intents.clone(),
+                machine_ports.clone(),
+                Arc::clone(&merged_tx),
+                cancel,
+            )
+        });
+        let machine_commands = match &config.boot {
+            None => None,
+            Some(boot) => {
+                let settings = crate::machines::task::Settings {
+                    switch: name.clone(),
+                    thresholds: config.machines.thresholds(),
+                    images: Some(crate::machines::task::ImageSource {
+                        dir: boot.http_root.join("images"),
+                        base_url: format!("{}/boot/images", boot.http_base()),
+                    }),
+                    leases: Some(dhcp.leases.clone()),
+                };
+                let task = crate::machines::task::MachinesTask::load(
+                    settings,
+                    store.clone(),
+                    machine_ports_tx,
+                )?;
+                let inputs = crate::machines::task::Inputs {
+                    installer: installer_rx,
+                    pxe: pxe_rx,
+                    commands: machine_commands_rx,
+                    lldp: lldp_rx.clone(),
+                    intents: intents_tx.subscribe(),
+                };
+                crate::machines::task::spawn(&mut supervisor, task, inputs);
+                Some(machine_commands_tx)
+            }
+        };
+        let reconciler = crate::dataplane::reconcile::Reconciler {
+            mode: kernel_mode,
+            vtep: config.switch.loopback,
+            provisioning_bridge: config
+                .boot
+                .as_ref()
+                .map(|b| b.interface.clone())
+                .unwrap_or_else(|| "mm-pxe".into()),
+            intents: intents_rx,
+            report: Arc::default(),
+        };
+        {
+            let reconciler = reconciler.clone();
+            supervisor.spawn("dataplane", move |cancel| reconciler.clone().run(cancel));
+        }
+
+        if let (Some(mesh), Some(credentials), Some(view)) =
+            (&config.mesh, mesh_credentials, &mesh_view)
+        {
+            crate::mesh::spawn_mesh(
+                &mut supervisor,
+                mesh,
+                credentials,
+                &name,
+                config.switch.loopback,
+                store.clone(),
+                view.clone(),
+            );
+        }
+        crate::mesh::spawn_publisher(
+            &mut supervisor,
+            store.clone(),
+            switch_rx.clone(),
+            lldp_rx.clone(),
+            served_lease_db.clone(),
+            config
+                .mesh
+                .as_ref()
+                .map(|mesh| mesh.advertise_addr(config.switch.loopback).to_string()),
+        );
+        crate::mesh::spawn_follower(&mut supervisor, store.clone());
+
+        let view = AgentView {
+            machines: machine_commands,
+            store,
+            mesh: mesh_view,
+            dataplane: reconciler,
+            intents: Arc::new(intents_tx),
+            intents_file,
+            kernel_mode,
+            lease_db: served_lease_db,
+            dhcp_counters: dhcp.counters,
+            started: Instant::now(),
+            config_path: options.config.clone(),
+            state_dir: config.state_dir.clone(),
+            lldp_patterns: loaded.lldp_ports.patterns().map(str::to_string).collect(),
+            switch: switch_rx,
+            ports: ports_rx,
+            lldp: lldp_rx,
+            health: supervisor.health(),
+        };
+        supervisor.spawn("admin", move |cancel| {
+            server::serve(Arc::clone(&admin_listener), view.clone(), cancel)
+        });
+
+        tracing::info!(
+            switch = %name, loopback = %config.switch.loopback, asn = config.switch.asn, ?kernel_mode,
+            socket = %config.admin.socket.display(), "metalmesh-agent running"
+        );
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        supervisor.shutdown(SHUTDOWN_GRACE).await;
+        Ok(())
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+/// Writes the agent's pid file; it is removed on clean exit.
+fn create_pid_file(path: &Path) -> anyhow::Result<RemoveOnDrop> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(path, format!("{}\n", std::process::id()))
+        .with_context(|| format!("cannot write pid file {}", path.display()))?;
+    Ok(RemoveOnDrop(path.to_path_buf()))
+}
+
+/// A file removed when this is dropped (pid file, admin socket).
+#[derive(Debug)]
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
