@@ -4,8 +4,8 @@
 //! (`expected.jsonl`). No root, no network, no clock: the core is handed
 //! everything. After an intended change of behaviour,
 //! `METALMESH_CONFORMANCE_REWRITE=1 cargo nextest run -p metalmesh-agent
-//! --test machines_conformance` rewrites the expected files; review the
-//! diff before committing it.
+//! --test machines_conformance` rewrites the expected files (see
+//! `metalmesh_conformance`); review the diff before committing it.
 //!
 //! Besides core inputs, a line may be `{"now": T, "restart": true}`: the
 //! agent restarts, and a new core loads the records written so far (as the
@@ -19,8 +19,6 @@ use metalmesh_agent::machines::core::{CoreSettings, Input, MachineCore, Outcome}
 use metalmesh_agent::machines::lifecycle::Thresholds;
 use metalmesh_agent::machines::record::MachineRecord;
 use serde::Deserialize;
-
-const REWRITE: &str = "METALMESH_CONFORMANCE_REWRITE";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,58 +89,12 @@ fn replay(case: &Path) -> Vec<String> {
 
 fn cases() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/machines");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
-        .expect("conformance cases")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("input.jsonl").is_file())
-        .collect();
-    cases.sort();
-    cases
+    metalmesh_conformance::cases(&root, 6)
 }
 
 #[test]
 fn machine_core_conformance() {
-    let cases = cases();
-    assert!(cases.len() >= 6, "conformance cases missing: {cases:?}");
-    let rewrite = std::env::var_os(REWRITE).is_some();
-    let mut failures = Vec::new();
-    for case in &cases {
-        let got = replay(case);
-        let expected_path = case.join("expected.jsonl");
-        if rewrite {
-            std::fs::write(&expected_path, got.join("\n") + "\n").expect("write expected");
-            continue;
-        }
-        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
-        let expected: Vec<&str> = expected.lines().filter(|l| !l.trim().is_empty()).collect();
-        if expected.len() != got.len() {
-            failures.push(format!(
-                "{}: {} outcomes, {} expected",
-                case.display(),
-                got.len(),
-                expected.len()
-            ));
-            continue;
-        }
-        for (index, (got, want)) in got.iter().zip(&expected).enumerate() {
-            let got: serde_json::Value = serde_json::from_str(got).expect("json");
-            let want: serde_json::Value = serde_json::from_str(want)
-                .unwrap_or_else(|e| panic!("{}: line {}: {e}", expected_path.display(), index + 1));
-            if got != want {
-                failures.push(format!(
-                    "{} line {}:\n  expected {want}\n  got      {got}",
-                    case.display(),
-                    index + 1
-                ));
-                break;
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "outcomes differ (after an intended change: {REWRITE}=1):\n{}",
-        failures.join("\n")
-    );
+    metalmesh_conformance::check(&cases(), replay);
 }
 
 /// The check above can fail: a changed expected line is caught.
@@ -150,20 +102,15 @@ fn machine_core_conformance() {
 fn a_changed_expected_line_is_caught() {
     let case = cases().into_iter().next().expect("a case");
     let got = replay(&case);
-    let expected = std::fs::read_to_string(case.join("expected.jsonl")).expect("expected.jsonl");
-    let mut lines: Vec<serde_json::Value> = expected
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
-    let got: Vec<serde_json::Value> = got
-        .iter()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
-    assert_eq!(got, lines, "the recorded case replays");
-    let last = lines.len() - 1;
-    lines[last] = serde_json::json!({"answers": [[99, {"Ok": {"action": "reboot"}}]]});
-    assert_ne!(got, lines);
+    let mut expected = metalmesh_conformance::lines(&case.join("expected.jsonl"));
+    assert_eq!(
+        metalmesh_conformance::compare(&got, &expected),
+        None,
+        "the recorded case replays"
+    );
+    let last = expected.len() - 1;
+    expected[last] = r#"{"answers": [[99, {"Ok": {"action": "reboot"}}]]}"#.to_string();
+    assert!(metalmesh_conformance::compare(&got, &expected).is_some());
 }
 
 /// The core stays I/O-free: no runtime, file, database or clock in the

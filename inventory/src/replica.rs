@@ -26,7 +26,11 @@ pub trait Replica {
 /// replica applies these rules, so the simulation and the fuzzer exercise
 /// what real nodes do.
 pub fn refusal(stored: Option<&Record>, record: &Record, now: Version) -> Option<&'static str> {
-    if record.version > now.saturating_add(crate::clock::MAX_DRIFT_VERSION) {
+    if record.validate().is_err() {
+        // An empty or oversized key, origin or value; the wire decoder
+        // drops these too, but a replica never trusts its caller for it.
+        Some("the record breaks a size limit")
+    } else if record.version > now.saturating_add(crate::clock::MAX_DRIFT_VERSION) {
         // It would pin the key against its writer.
         Some("version too far in the future")
     } else if stored.is_some_and(|stored| stored.origin != record.origin) {

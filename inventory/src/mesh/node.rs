@@ -16,6 +16,7 @@ use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, Post
 use indexmap::IndexMap;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -60,7 +61,8 @@ impl Default for Tuning {
 }
 
 /// Timers the node asks to be woken by.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Timer {
     Swim(foca::Timer<Peer>),
     Gossip,
@@ -68,7 +70,10 @@ pub enum Timer {
     Rejoin,
 }
 
-#[derive(Debug, Clone)]
+/// What a node is handed. Inputs and actions are serde types so that
+/// conformance cases can record and replay them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Input {
     /// A message from another node (already authenticated by the transport).
     Received(Envelope),
@@ -77,7 +82,8 @@ pub enum Input {
     Published(Vec<Record>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Action {
     Send {
         to: Peer,
