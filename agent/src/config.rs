@@ -34,6 +34,8 @@ pub struct AgentConfig {
     /// Machine lifecycle thresholds (machines are managed where `[boot]` runs).
     #[serde(default)]
     pub machines: MachinesConfig,
+    /// The BGP speaker (see docs/bgp.md); absent: no BGP from the agent.
+    pub bgp: Option<BgpConfig>,
 }
 
 /// Thresholds of the machine lifecycle (see docs/lifecycle.md).
@@ -113,6 +115,59 @@ fn default_install_timeout() -> Spanned<u32> {
 }
 fn default_install_retries() -> Spanned<u32> {
     Spanned::new(0..0, 2)
+}
+
+/// `[bgp]` as written: checked into [`crate::bgp::BgpSettings`] by
+/// [`Loaded::from_source`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpConfig {
+    /// `"native"`: metalmesh's own speaker.
+    pub backend: Spanned<String>,
+    /// Ports (names or glob patterns) with an unnumbered eBGP peer each.
+    #[serde(default)]
+    pub interfaces: Vec<Spanned<String>>,
+    #[serde(default = "default_bgp_hold")]
+    pub hold_time_secs: Spanned<u32>,
+    /// Most paths accepted from one peer per family.
+    #[serde(default = "default_bgp_max_prefixes")]
+    pub max_prefixes: Spanned<u32>,
+    /// TCP port the speaker listens on and connects to.
+    #[serde(default = "default_bgp_port")]
+    pub port: u16,
+    #[serde(default, rename = "neighbor")]
+    pub neighbors: Vec<NeighborConfig>,
+}
+
+/// A numbered neighbour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeighborConfig {
+    pub address: Spanned<String>,
+    /// An AS number, `"external"` or `"internal"`.
+    pub remote_as: Spanned<RemoteAsConfig>,
+    /// `ipv4`, `ipv6`, `evpn`; default `["ipv4", "ipv6"]`.
+    #[serde(default)]
+    pub families: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub passive: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RemoteAsConfig {
+    Number(u32),
+    Word(String),
+}
+
+fn default_bgp_hold() -> Spanned<u32> {
+    Spanned::new(0..0, 9)
+}
+fn default_bgp_max_prefixes() -> Spanned<u32> {
+    Spanned::new(0..0, 200_000)
+}
+fn default_bgp_port() -> u16 {
+    179
 }
 
 /// The inventory mesh (QUIC with mutual TLS; see docs/config.md).
@@ -405,6 +460,32 @@ pub struct PortSelector {
 }
 
 impl PortSelector {
+    /// Checks each entry of `entries` (names or glob patterns) of `key`.
+    pub fn parse(
+        entries: &[Spanned<String>],
+        key: &str,
+        source: &Source,
+    ) -> Result<PortSelector, ConfigError> {
+        let mut patterns = Vec::new();
+        for entry in entries {
+            let text = entry.get_ref();
+            if text.is_empty() || text.len() > 64 {
+                return Err(source.error_at(
+                    entry.span(),
+                    key,
+                    format!("`{text}` is not an interface name or pattern"),
+                ));
+            }
+            let pattern = glob::Pattern::new(text).map_err(|e| {
+                source.error_at(entry.span(), key, format!("bad pattern `{text}`: {e}"))
+            })?;
+            patterns.push((text.clone(), pattern));
+        }
+        Ok(PortSelector { patterns })
+    }
+}
+
+impl PortSelector {
     pub fn matches(&self, name: &str) -> bool {
         self.patterns.iter().any(|(_, p)| p.matches(name))
     }
@@ -420,6 +501,8 @@ pub struct Loaded {
     pub config: AgentConfig,
     pub source: Source,
     pub lldp_ports: PortSelector,
+    /// `[bgp]`, checked.
+    pub bgp: Option<crate::bgp::BgpSettings>,
 }
 
 /// Whether a port entry is a glob pattern rather than a plain interface name.
@@ -465,25 +548,7 @@ impl Loaded {
                 "LLDP is enabled but no ports are selected (e.g. ports = [\"swp*\"])",
             ));
         }
-        let mut patterns = Vec::new();
-        for entry in &lldp.ports {
-            let text = entry.get_ref();
-            if text.is_empty() || text.len() > 64 {
-                return Err(source.error_at(
-                    entry.span(),
-                    "lldp.ports",
-                    format!("`{text}` is not an interface name or pattern"),
-                ));
-            }
-            let pattern = glob::Pattern::new(text).map_err(|e| {
-                source.error_at(
-                    entry.span(),
-                    "lldp.ports",
-                    format!("bad pattern `{text}`: {e}"),
-                )
-            })?;
-            patterns.push((text.clone(), pattern));
-        }
+        let lldp_ports = PortSelector::parse(&lldp.ports, "lldp.ports", &source)?;
         if let Some(mac) = &config.switch.chassis_mac
             && parse_mac(mac).is_none()
         {
@@ -575,10 +640,16 @@ impl Loaded {
                 ));
             }
         }
+        let bgp = config
+            .bgp
+            .as_ref()
+            .map(|bgp| crate::bgp::BgpSettings::check(bgp, &config.switch, &source))
+            .transpose()?;
         Ok(Loaded {
             config,
             source,
-            lldp_ports: PortSelector { patterns },
+            lldp_ports,
+            bgp,
         })
     }
 

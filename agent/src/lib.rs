@@ -2,12 +2,13 @@
 //!
 //! It composes the switch's services: link discovery ([`lldp`]), the switch's
 //! own inventory ([`switch`]), boot services ([`boot`]), the machines of the
-//! rack ([`machines`]), the dataplane ([`dataplane`]), the inventory mesh
+//! rack ([`machines`]), the dataplane ([`dataplane`]), BGP ([`bgp`]), the inventory mesh
 //! ([`mesh`]) and the local admin API ([`admin`]), all run as supervised
 //! tasks ([`supervisor`]) by [`run`]. See `docs/agent.md` and
 //! `docs/design/agent.md`.
 
 pub mod admin;
+pub mod bgp;
 pub mod boot;
 pub mod config;
 pub mod dataplane;

@@ -118,6 +118,37 @@ enum Command {
         #[command(subcommand)]
         command: MeshCommand,
     },
+    /// The BGP speaker: sessions and routes.
+    Bgp {
+        #[command(subcommand)]
+        command: BgpCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BgpCommand {
+    /// One line per session: state, peer AS, uptime, prefixes received.
+    Summary {
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Each session in detail: negotiated capabilities, counters, last error.
+    Neighbors {
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Routes in the RIB with every path; `>` marks the best, `=` the
+    /// equal-cost ones.
+    Routes {
+        /// Only the EVPN routes of this tenant VRF.
+        #[arg(long)]
+        vrf: Option<String>,
+        /// Only this family: ipv4, ipv6 or evpn.
+        #[arg(long)]
+        family: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -378,6 +409,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 render_table(rows)
             })
         }
+        Command::Bgp { command } => bgp_command(&admin, command).await,
         Command::Ports { output } => {
             let ports = admin.ports().await?;
             print(output, &ports, |p| ports_table(p))
@@ -634,4 +666,111 @@ fn ports_table(ports: &[Port]) -> String {
         ]);
     }
     render_table(rows)
+}
+
+async fn bgp_command(admin: &AdminClient, command: BgpCommand) -> anyhow::Result<()> {
+    match command {
+        BgpCommand::Summary { output } => {
+            let neighbors = admin.bgp_neighbors().await?;
+            print(output, &neighbors, |n| {
+                let mut rows = vec![header(&[
+                    "NEIGHBOR", "STATE", "AS", "UP", "IPV4", "IPV6", "EVPN", "SENT",
+                ])];
+                for peer in &n.peers {
+                    let received = |family| {
+                        peer.received
+                            .iter()
+                            .find(|(f, _)| *f == family)
+                            .map_or(0, |(_, count)| *count)
+                            .to_string()
+                    };
+                    rows.push(vec![
+                        peer.remote.to_string(),
+                        format!("{:?}", peer.state),
+                        peer.remote_as.map(|a| a.to_string()).unwrap_or_default(),
+                        peer.established_secs
+                            .map(|s| format!("{s}s"))
+                            .unwrap_or_else(|| "-".into()),
+                        received(metalmesh_bgp::Family::Ipv4Unicast),
+                        received(metalmesh_bgp::Family::Ipv6Unicast),
+                        received(metalmesh_bgp::Family::L2vpnEvpn),
+                        peer.advertised.to_string(),
+                    ]);
+                }
+                format!(
+                    "AS {} router id {}\n{}",
+                    n.asn,
+                    n.router_id,
+                    render_table(rows)
+                )
+            })
+        }
+        BgpCommand::Neighbors { output } => {
+            let neighbors = admin.bgp_neighbors().await?;
+            print(output, &neighbors.peers, |peers| {
+                let mut out = String::new();
+                for peer in peers.iter() {
+                    out.push_str(&format!("neighbor {} ({:?})\n", peer.remote, peer.state));
+                    if let (Some(local), Some(remote)) = (peer.local_address, peer.remote_address) {
+                        out.push_str(&format!("  connection {local} -> {remote}\n"));
+                    }
+                    if let Some(n) = &peer.negotiated {
+                        let families: Vec<String> =
+                            n.families.iter().map(|f| f.to_string()).collect();
+                        out.push_str(&format!(
+                            "  remote AS {} id {}, hold {} s, families {}, extended next hop {}\n",
+                            n.remote_as,
+                            n.remote_id,
+                            n.hold_time.as_secs(),
+                            families.join(","),
+                            n.extended_next_hop
+                        ));
+                    }
+                    out.push_str(&format!(
+                        "  messages in {} out {}, updates in {}, established {} time(s)\n",
+                        peer.stats.messages_in,
+                        peer.stats.messages_out,
+                        peer.stats.updates_in,
+                        peer.stats.established_transitions
+                    ));
+                    if let Some(error) = &peer.stats.last_error {
+                        out.push_str(&format!("  last error: {error}\n"));
+                    }
+                }
+                out
+            })
+        }
+        BgpCommand::Routes {
+            vrf,
+            family,
+            output,
+        } => {
+            let routes = admin.bgp_routes(family, vrf).await?;
+            print(output, &routes, |routes| {
+                let mut rows = vec![header(&["", "ROUTE", "VNI", "NEXT HOP", "FROM", "AS PATH"])];
+                for route in routes.iter() {
+                    for path in &route.paths {
+                        let mark = if path.best {
+                            ">"
+                        } else if path.selected {
+                            "="
+                        } else {
+                            ""
+                        };
+                        let as_path: Vec<String> =
+                            path.as_path.iter().map(|a| a.to_string()).collect();
+                        rows.push(vec![
+                            mark.to_string(),
+                            route.route.clone(),
+                            route.vni.map(|v| v.to_string()).unwrap_or_default(),
+                            path.next_hop.clone(),
+                            path.from.clone(),
+                            as_path.join(" "),
+                        ]);
+                    }
+                }
+                render_table(rows)
+            })
+        }
+    }
 }

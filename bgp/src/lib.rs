@@ -8,6 +8,7 @@
 //! [`session`] (one peer's FSM), [`rib`] (paths, best path, ECMP),
 //! [`speaker`] (sessions + RIB + Adj-RIB-Out), and the tokio driver.
 
+pub mod driver;
 pub mod evpn;
 pub mod rib;
 pub mod route;

@@ -17,7 +17,7 @@ use rustbgpd_wire::{
     Capability, ExtendedNextHopFamily, Message, NotificationCode, NotificationMessage, OpenMessage,
     RouteRefreshMessage,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::route::Family;
 
@@ -29,7 +29,7 @@ const OPEN_HOLD: Duration = Duration::from_secs(240);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
 /// Which AS the peer must have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RemoteAs {
     Asn(u32),
@@ -60,7 +60,7 @@ pub struct SessionConfig {
 }
 
 /// What the session state is, as `bgp neighbors` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
     Idle,
     Connect,
@@ -74,7 +74,7 @@ pub enum State {
 pub type ConnId = u64;
 
 /// What both sides agreed on in their OPENs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Negotiated {
     pub remote_as: u32,
     pub remote_id: Ipv4Addr,
@@ -157,7 +157,7 @@ struct Connection {
 }
 
 /// Counters and the last error, for `bgp neighbors`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SessionStats {
     pub messages_in: u64,
     pub messages_out: u64,

@@ -10,7 +10,7 @@ use std::time::Instant;
 use rustbgpd_wire::attribute::{AsPath, AsPathSegment, ExtendedCommunity, Origin, PathAttribute};
 use rustbgpd_wire::evpn::EvpnRoute;
 use rustbgpd_wire::{Message, RouteRefreshMessage};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::rib::{Change, Rib};
 use crate::route::{Attributes, Family, NextHop, Path, PeerFacts, PeerId, RouteKey, Source};
@@ -18,7 +18,7 @@ use crate::session::{self, ConnId, Negotiated, Session, SessionConfig, SessionSt
 use crate::update::{self, Advertised};
 
 /// How a peer is reached.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Remote {
     /// Unnumbered: the peer's link-local address on this interface,
@@ -103,7 +103,7 @@ struct PeerState {
 }
 
 /// A peer as `bgp summary` and `bgp neighbors` show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerView {
     pub id: PeerId,
     pub remote: Remote,

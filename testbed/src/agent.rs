@@ -134,6 +134,19 @@ pub(crate) fn config(plan: &Plan, leaf: &Node, run: &RunDir) -> String {
     let _ = writeln!(conf, "rack = \"rack{rack}\"");
     let _ = writeln!(conf, "loopback = \"{}\"", leaf.loopback);
     let _ = writeln!(conf, "asn = {}", leaf.asn.unwrap_or_default());
+    if leaf.leaf_bgp == Some(crate::topology::LeafBgp::Native) {
+        let spines = leaf
+            .bgp_interfaces
+            .iter()
+            .map(|p| format!("{p:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(conf, "\n[bgp]");
+        let _ = writeln!(conf, "backend = \"native\"");
+        let _ = writeln!(conf, "interfaces = [{spines}]");
+        // Fabric sessions fail over within seconds, as the spines' FRR does.
+        let _ = writeln!(conf, "hold_time_secs = 3");
+    }
     let _ = writeln!(conf, "\n[lldp]");
     let _ = writeln!(conf, "ports = [{ports}]");
     let _ = writeln!(conf, "tx_interval_secs = {LLDP_TX_INTERVAL_SECS}");

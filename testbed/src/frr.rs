@@ -56,6 +56,14 @@ pub(crate) fn bgpd_conf(node: &Node) -> String {
     }
     let _ = writeln!(conf, "  maximum-paths 16");
     let _ = writeln!(conf, " exit-address-family");
+    if node.role != Role::Leaf {
+        // Spines and the exit relay the leaves' EVPN routes (next hops,
+        // the leaves' VTEPs, pass unchanged).
+        let _ = writeln!(conf, " !");
+        let _ = writeln!(conf, " address-family l2vpn evpn");
+        let _ = writeln!(conf, "  neighbor fabric activate");
+        let _ = writeln!(conf, " exit-address-family");
+    }
     let _ = writeln!(conf, "!");
     conf
 }

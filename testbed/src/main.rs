@@ -42,6 +42,9 @@ enum Command {
         /// qemu machines per rack (real PXE firmware, TCG).
         #[arg(long)]
         vm_machines: Option<u32>,
+        /// BGP on every leaf: `frr`, or `native` (the agent's own speaker).
+        #[arg(long, value_enum)]
+        bgp: Option<metalmesh_testbed::LeafBgp>,
         /// TOML topology file; flags given on the command line override it.
         #[arg(long)]
         topology: Option<PathBuf>,
@@ -133,6 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             spines,
             machines_per_rack,
             vm_machines,
+            bgp,
             topology,
             no_wait,
             timeout,
@@ -142,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 spines,
                 machines_per_rack,
                 vm_machines,
+                leaf_bgp: bgp,
             };
             let topology = Topology::load(topology.as_deref(), &overrides)?;
             Stderr.step(&format!(

@@ -167,7 +167,50 @@ pub(crate) fn parse_frr_summary(json: &str) -> Option<Vec<BgpSession>> {
     )
 }
 
+/// Sessions as a native leaf's agent reports them (`bgp neighbors -o json`).
+pub(crate) fn parse_agent_neighbors(json: &str) -> Option<Vec<BgpSession>> {
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    let peers = value.as_array()?;
+    Some(
+        peers
+            .iter()
+            .map(|peer| BgpSession {
+                peer: peer["remote"]["interface"]
+                    .as_str()
+                    .or_else(|| peer["remote"]["address"].as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+                state: peer["state"].as_str().unwrap_or("Unknown").to_string(),
+                remote_as: peer["remote_as"]
+                    .as_u64()
+                    .and_then(|a| u32::try_from(a).ok()),
+                prefixes_received: peer["received"].as_array().map(|families| {
+                    families
+                        .iter()
+                        .filter_map(|f| f.get(1).and_then(serde_json::Value::as_u64))
+                        .sum()
+                }),
+            })
+            .collect(),
+    )
+}
+
 impl Testbed {
+    fn agent_bgp_sessions(&self, leaf: &str) -> Option<Vec<BgpSession>> {
+        let binary = crate::agent::binary().ok()?;
+        let socket = crate::agent::socket(&self.run, leaf);
+        let output = std::process::Command::new(binary)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["bgp", "neighbors", "-o", "json"])
+            .output()
+            .ok()?;
+        if !output.status.success() {
+            return None;
+        }
+        parse_agent_neighbors(&String::from_utf8_lossy(&output.stdout))
+    }
+
     /// Reads the live status of every node and machine.
     pub fn status(&self) -> Status {
         let plan = &self.state.plan;
@@ -186,10 +229,14 @@ impl Testbed {
                 })
                 .collect();
             let bgpd_running = daemons.iter().any(|d| d.name == "bgpd" && d.running);
+            let native = node.leaf_bgp == Some(crate::topology::LeafBgp::Native);
+            let agent_running = daemons.iter().any(|d| d.name == "agent" && d.running);
             let live = if bgpd_running {
                 self.vtysh(&node.name, "show bgp summary json")
                     .ok()
                     .and_then(|json| parse_frr_summary(&json))
+            } else if native && agent_running {
+                self.agent_bgp_sessions(&node.name)
             } else {
                 None
             };
@@ -198,7 +245,7 @@ impl Testbed {
             let bgp = node
                 .bgp_interfaces
                 .iter()
-                .filter(|_| node.runs_frr())
+                .filter(|_| node.runs_frr() || native)
                 .map(|interface| {
                     live.as_ref()
                         .and_then(|sessions| sessions.iter().find(|s| &s.peer == interface))

@@ -17,12 +17,14 @@ pub(crate) const MAX_SPINES: u32 = 4;
 pub(crate) const MAX_MACHINES_PER_RACK: u32 = 64;
 
 /// Which BGP implementation a leaf runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LeafBgp {
     /// FRR's zebra + bgpd, configured by the testbed.
     #[default]
     Frr,
+    /// metalmesh's own speaker, in the leaf's agent (`[bgp] backend = "native"`).
+    Native,
 }
 
 /// Per-leaf settings in a topology file (`[leaves.leaf1]`).
@@ -115,6 +117,8 @@ pub struct Overrides {
     pub spines: Option<u32>,
     pub machines_per_rack: Option<u32>,
     pub vm_machines: Option<u32>,
+    /// Every leaf's BGP implementation (over `[leaves.leafN] bgp`).
+    pub leaf_bgp: Option<LeafBgp>,
 }
 
 /// Where a setting came from, for error messages.
@@ -249,6 +253,9 @@ impl Topology {
                     });
                 }
             }
+        }
+        if let Some(bgp) = overrides.leaf_bgp {
+            leaf_bgp.iter_mut().for_each(|b| *b = bgp);
         }
         Ok(Topology {
             racks,

@@ -58,6 +58,14 @@ pub struct MeshMembers {
     pub members: Vec<MemberInfo>,
 }
 
+/// The BGP speaker's identity and sessions.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BgpNeighbors {
+    pub asn: u32,
+    pub router_id: std::net::Ipv4Addr,
+    pub peers: Vec<metalmesh_bgp::speaker::PeerView>,
+}
+
 /// The admin API of one agent, one typed method per request.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
@@ -175,6 +183,38 @@ impl AdminClient {
             Response::MeshRecords(records) => Some(records),
             _ => None,
         })
+        .await
+    }
+
+    pub async fn bgp_neighbors(&self) -> Result<BgpNeighbors, ClientError> {
+        self.ask("bgp neighbors", Request::BgpNeighbors, |r| match r {
+            Response::BgpNeighbors {
+                asn,
+                router_id,
+                peers,
+            } => Some(BgpNeighbors {
+                asn,
+                router_id,
+                peers,
+            }),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn bgp_routes(
+        &self,
+        family: Option<String>,
+        vrf: Option<String>,
+    ) -> Result<Vec<metalmesh_bgp::driver::RouteView>, ClientError> {
+        self.ask(
+            "bgp routes",
+            Request::BgpRoutes { family, vrf },
+            |r| match r {
+                Response::BgpRoutes(routes) => Some(routes),
+                _ => None,
+            },
+        )
         .await
     }
 

@@ -49,6 +49,14 @@ pub enum Request {
     MeshRecords {
         kind: Option<String>,
     },
+    /// BGP sessions.
+    BgpNeighbors,
+    /// BGP routes, optionally of one family (`ipv4`, `ipv6`, `evpn`) or of
+    /// one tenant VRF (its EVPN routes).
+    BgpRoutes {
+        family: Option<String>,
+        vrf: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,6 +81,12 @@ pub enum Response {
         members: Vec<metalmesh_inventory::mesh::service::MemberInfo>,
     },
     MeshRecords(Vec<metalmesh_inventory::Record>),
+    BgpNeighbors {
+        asn: u32,
+        router_id: std::net::Ipv4Addr,
+        peers: Vec<metalmesh_bgp::speaker::PeerView>,
+    },
+    BgpRoutes(Vec<metalmesh_bgp::driver::RouteView>),
     Error {
         message: String,
     },

@@ -24,6 +24,9 @@ const MAX_CONNECTIONS: usize = 64;
 /// What the admin API reads from.
 #[derive(Debug, Clone)]
 pub struct AgentView {
+    /// The BGP speaker, when `[bgp]` is configured (empty while it restarts).
+    pub bgp: Option<crate::bgp::task::SpeakerSlot>,
+    pub bgp_identity: Option<(u32, std::net::Ipv4Addr)>,
     /// The machine lifecycle, where boot services run.
     pub machines: Option<tokio::sync::mpsc::Sender<crate::machines::task::CommandRequest>>,
     /// The node-local inventory replica.
@@ -136,6 +139,25 @@ impl AgentView {
                     },
                 }
             }
+            Request::BgpNeighbors => match (self.speaker(), self.bgp_identity) {
+                (Ok(speaker), Some((asn, router_id))) => match speaker.peers().await {
+                    Ok(peers) => Response::BgpNeighbors {
+                        asn,
+                        router_id,
+                        peers,
+                    },
+                    Err(error) => Response::Error {
+                        message: error.to_string(),
+                    },
+                },
+                (Err(response), _) => *response,
+                (Ok(_), None) => Response::Error {
+                    message: "BGP is not configured on this switch ([bgp])".into(),
+                },
+            },
+            Request::BgpRoutes { family, vrf } => {
+                self.bgp_routes(family.as_deref(), vrf.as_deref()).await
+            }
             Request::LldpNeighbors => Response::LldpNeighbors(self.lldp.borrow().clone()),
             Request::Ports => Response::Ports(self.ports.borrow().clone().unwrap_or_default()),
             Request::Leases => match &self.lease_db {
@@ -155,6 +177,60 @@ impl AgentView {
 }
 
 impl AgentView {
+    /// The running speaker, or the error answer to give.
+    fn speaker(&self) -> Result<metalmesh_bgp::driver::SpeakerHandle, Box<Response>> {
+        let error = |message: &str| {
+            Box::new(Response::Error {
+                message: message.to_string(),
+            })
+        };
+        let Some(slot) = &self.bgp else {
+            return Err(error("BGP is not configured on this switch ([bgp])"));
+        };
+        slot.lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .ok_or_else(|| error("the BGP speaker is starting or restarting; try again"))
+    }
+
+    async fn bgp_routes(&self, family: Option<&str>, vrf: Option<&str>) -> Response {
+        let speaker = match self.speaker() {
+            Ok(speaker) => speaker,
+            Err(response) => return *response,
+        };
+        let family = match family.map(|f| (f, metalmesh_bgp::Family::parse(f))) {
+            None => None,
+            Some((_, Some(family))) => Some(family),
+            Some((text, None)) => {
+                return Response::Error {
+                    message: format!("unknown family `{text}` (ipv4, ipv6 or evpn)"),
+                };
+            }
+        };
+        let vni = match vrf {
+            None => None,
+            Some(name) => match self.intents.borrow().vrfs.iter().find(|v| v.name == name) {
+                Some(v) => Some(v.vni),
+                None => {
+                    return Response::Error {
+                        message: format!("no VRF `{name}` on this switch"),
+                    };
+                }
+            },
+        };
+        match speaker.routes(family).await {
+            Ok(routes) => Response::BgpRoutes(
+                routes
+                    .into_iter()
+                    .filter(|r| vni.is_none() || r.vni == vni)
+                    .collect(),
+            ),
+            Err(error) => Response::Error {
+                message: error.to_string(),
+            },
+        }
+    }
+
     /// Sends a command to the machine lifecycle and turns its answer into a response.
     async fn machine_command(&self, command: OperatorCommand) -> Response {
         let Some(machines) = &self.machines else {

@@ -4,6 +4,7 @@
 //! and writes the kernel through rtnetlink builds on these.
 
 pub mod desired;
+pub mod inputs;
 pub mod intent;
 pub mod kernel;
 pub mod mode;

@@ -427,43 +427,6 @@ pub fn vrf_facts(intents: &Intents) -> Vec<VrfFact> {
         .collect()
 }
 
-/// Operator intents plus the ports of allocated machines: what the
-/// dataplane renders.
-pub fn merge(operator: &Intents, machines: &MachinePorts) -> Intents {
-    let mut merged = operator.clone();
-    for (vrf, port) in machines {
-        if let Some(target) = merged.vrfs.iter_mut().find(|v| &v.name == vrf)
-            && !target.ports.iter().any(|p| p.name == port.name)
-        {
-            target.ports.push(port.clone());
-        }
-    }
-    merged
-}
-
-/// Keeps the dataplane's intents current: the operator's, with the routed
-/// ports of allocated machines merged in, sent only when they change.
-pub async fn merge_intents(
-    mut operator: watch::Receiver<Intents>,
-    mut machines: watch::Receiver<MachinePorts>,
-    merged_tx: std::sync::Arc<watch::Sender<Intents>>,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    loop {
-        let merged = merge(&operator.borrow_and_update(), &machines.borrow_and_update());
-        merged_tx.send_if_modified(|current| {
-            let changed = *current != merged;
-            *current = merged;
-            changed
-        });
-        tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
-            changed = operator.changed() => changed?,
-            changed = machines.changed() => changed?,
-        }
-    }
-}
-
 /// Runs the machines under the supervisor. The core and its queues have
 /// one owner across restarts, so a restarted task resumes where it stopped.
 pub fn spawn(supervisor: &mut crate::supervisor::Supervisor, task: MachinesTask, inputs: Inputs) {

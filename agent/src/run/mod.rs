@@ -103,14 +103,27 @@ impl Agent {
         let (machine_ports_tx, machine_ports) = channels.machine_ports;
         let (merged_tx, intents_rx) = watch::channel(initial_intents);
         let merged_tx = Arc::new(merged_tx);
+        let (learned_tx, learned_rx) = watch::channel(Vec::new());
         supervisor.spawn("intents", move |cancel| {
-            crate::machines::task::merge_intents(
+            crate::dataplane::inputs::run(
                 operator_intents.clone(),
                 machine_ports.clone(),
+                learned_rx.clone(),
                 Arc::clone(&merged_tx),
                 cancel,
             )
         });
+        let bgp = crate::bgp::task::SpeakerSlot::default();
+        if let Some(settings) = &loaded.bgp {
+            let task = crate::bgp::task::BgpTask {
+                settings: settings.clone(),
+                ports: ports_rx.clone(),
+                intents: intents_rx.clone(),
+                learned: Arc::new(learned_tx),
+                slot: Arc::clone(&bgp),
+            };
+            supervisor.spawn("bgp", move |cancel| task.clone().run(cancel));
+        }
         let machine_commands = match &config.boot {
             None => None,
             Some(boot) => {
@@ -182,6 +195,8 @@ impl Agent {
         crate::mesh::spawn_follower(&mut supervisor, store.clone());
 
         let view = AgentView {
+            bgp_identity: loaded.bgp.as_ref().map(|b| (b.asn, b.router_id)),
+            bgp: loaded.bgp.as_ref().map(|_| bgp),
             machines: machine_commands,
             store,
             mesh: mesh_view,
