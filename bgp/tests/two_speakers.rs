@@ -375,3 +375,47 @@ fn malformed_origin_withdraws_instead_of_resetting() {
         pair.discarded
     );
 }
+
+/// Hand-made UPDATEs (the fuzz seeds) as a spine would send them: the
+/// IPv4 route, then the EVPN type-5 route with its VNI, router MAC and
+/// route target, then its withdrawal followed by an End-of-RIB.
+#[test]
+fn byte_vectors_decode_to_the_routes_they_carry() {
+    let mut pair = Pair::new();
+    pair.connect();
+    let deliver = |pair: &mut Pair, bytes: &[u8]| {
+        let mut bytes = Bytes::copy_from_slice(bytes);
+        while !bytes.is_empty() {
+            let message = decode_message(&mut bytes, 4096).expect("a valid vector");
+            let out = pair.deliver(true, message);
+            pair.pump(out, Vec::new());
+        }
+    };
+    deliver(&mut pair, include_bytes!("../../fuzz/seeds/bgp_update/ipv4"));
+    let ipv4 = pair.leaf.rib().selected(&loopback_key(2));
+    assert_eq!(ipv4.len(), 1);
+    assert_eq!(ipv4[0].next_hop, NextHop::V4(Ipv4Addr::new(10, 254, 0, 1)));
+    assert_eq!(ipv4[0].attributes.as_path_flat(), vec![SPINE_AS]);
+
+    deliver(&mut pair, include_bytes!("../../fuzz/seeds/bgp_update/evpn_type5"));
+    let route = metalmesh_bgp::evpn::type5(
+        Ipv4Addr::new(10, 255, 0, 2),
+        10001,
+        IpAddr::V4(Ipv4Addr::new(10, 0, 1, 21)),
+        32,
+    );
+    let key = RouteKey::Evpn(route.key());
+    let evpn = pair.leaf.rib().selected(&key);
+    assert_eq!(evpn.len(), 1, "{:?}", pair.leaf.rib().keys().collect::<Vec<_>>());
+    assert_eq!(evpn[0].vni(), Some(10001));
+    assert_eq!(evpn[0].next_hop, NextHop::V4(Ipv4Addr::new(10, 255, 0, 2)));
+    assert_eq!(evpn[0].attributes.router_mac(), Some([2, 0x6d, 10, 255, 0, 2]));
+    assert_eq!(evpn[0].attributes.route_targets(), vec![(SPINE_AS, 10001)]);
+
+    deliver(
+        &mut pair,
+        include_bytes!("../../fuzz/seeds/bgp_update/evpn_withdraw_then_eor"),
+    );
+    assert!(pair.leaf.rib().selected(&key).is_empty());
+    assert_eq!(pair.state(), (State::Established, State::Established));
+}
