@@ -43,6 +43,56 @@ fn typo_in_config_is_rejected_with_file_line_and_key() {
 }
 
 #[test]
+fn bad_bgp_config_is_refused_with_line_and_key() {
+    // No root: `check-config` finds these before anything starts.
+    let scratch = Scratch::new();
+    let cases = [
+        (
+            "[bgp]\nbackend = \"native\"\n[[bgp.neighbor]]\naddress = \"192.0.2.1\"\nremote_as = 65001\nfamilies = [\"ipv4\", \"vpnv4\"]\n",
+            "key `bgp.neighbor.families`: unknown family `vpnv4` (expected ipv4, ipv6 or evpn)",
+        ),
+        (
+            "[bgp]\nbackend = \"native\"\n[[bgp.neighbor]]\naddress = \"192.0.2.1\"\nremote_as = 65001\n[[bgp.neighbor]]\naddress = \"192.0.2.1\"\nremote_as = \"external\"\n",
+            "key `bgp.neighbor.address`: neighbour 192.0.2.1 is configured twice",
+        ),
+        (
+            "[bgp]\nbackend = \"quagga\"\n",
+            "key `bgp.backend`: unknown backend `quagga` (expected `native`)",
+        ),
+        (
+            "[bgp]\nbackend = \"native\"\n[[bgp.neighbor]]\naddress = \"192.0.2.1\"\nremote_as = \"outside\"\n",
+            "key `bgp.neighbor.remote_as`",
+        ),
+        (
+            "[bgp]\nbackend = \"native\"\nhold_time_secs = 2\n",
+            "key `bgp.hold_time_secs`: 2 is not 0 or 3..=65535",
+        ),
+    ];
+    for (index, (text, expected)) in cases.iter().enumerate() {
+        let dir = scratch.path.join(index.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = config(&dir, &format!("[lldp]\nports = [\"swp*\"]\n{text}"));
+        let out = run(AGENT, &["check-config", "--config", path.to_str().unwrap()]);
+        assert!(!out.status.success(), "{text}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
+        assert!(stderr.contains(expected), "{text}\n{stderr}");
+    }
+    // And a good one passes.
+    std::fs::create_dir_all(scratch.path.join("good")).unwrap();
+    let path = config(
+        &scratch.path.join("good"),
+        "[lldp]\nports = [\"swp*\"]\n[bgp]\nbackend = \"native\"\ninterfaces = [\"spine*\"]\n[[bgp.neighbor]]\naddress = \"2001:db8::1\"\nremote_as = 65010\nfamilies = [\"ipv6\", \"evpn\"]\n",
+    );
+    let out = run(AGENT, &["check-config", "--config", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn unknown_port_is_rejected() {
     let guard = Guard::new();
     let path = config(&guard.scratch, "[lldp]\nports = [\"swp*\", \"swp99\"]\n");

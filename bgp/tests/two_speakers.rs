@@ -391,13 +391,19 @@ fn byte_vectors_decode_to_the_routes_they_carry() {
             pair.pump(out, Vec::new());
         }
     };
-    deliver(&mut pair, include_bytes!("../../fuzz/seeds/bgp_update/ipv4"));
+    deliver(
+        &mut pair,
+        include_bytes!("../../fuzz/seeds/bgp_update/ipv4"),
+    );
     let ipv4 = pair.leaf.rib().selected(&loopback_key(2));
     assert_eq!(ipv4.len(), 1);
     assert_eq!(ipv4[0].next_hop, NextHop::V4(Ipv4Addr::new(10, 254, 0, 1)));
     assert_eq!(ipv4[0].attributes.as_path_flat(), vec![SPINE_AS]);
 
-    deliver(&mut pair, include_bytes!("../../fuzz/seeds/bgp_update/evpn_type5"));
+    deliver(
+        &mut pair,
+        include_bytes!("../../fuzz/seeds/bgp_update/evpn_type5"),
+    );
     let route = metalmesh_bgp::evpn::type5(
         Ipv4Addr::new(10, 255, 0, 2),
         10001,
@@ -406,10 +412,18 @@ fn byte_vectors_decode_to_the_routes_they_carry() {
     );
     let key = RouteKey::Evpn(route.key());
     let evpn = pair.leaf.rib().selected(&key);
-    assert_eq!(evpn.len(), 1, "{:?}", pair.leaf.rib().keys().collect::<Vec<_>>());
+    assert_eq!(
+        evpn.len(),
+        1,
+        "{:?}",
+        pair.leaf.rib().keys().collect::<Vec<_>>()
+    );
     assert_eq!(evpn[0].vni(), Some(10001));
     assert_eq!(evpn[0].next_hop, NextHop::V4(Ipv4Addr::new(10, 255, 0, 2)));
-    assert_eq!(evpn[0].attributes.router_mac(), Some([2, 0x6d, 10, 255, 0, 2]));
+    assert_eq!(
+        evpn[0].attributes.router_mac(),
+        Some([2, 0x6d, 10, 255, 0, 2])
+    );
     assert_eq!(evpn[0].attributes.route_targets(), vec![(SPINE_AS, 10001)]);
 
     deliver(
