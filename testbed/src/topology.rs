@@ -21,9 +21,9 @@ pub(crate) const MAX_MACHINES_PER_RACK: u32 = 64;
 #[serde(rename_all = "lowercase")]
 pub enum LeafBgp {
     /// FRR's zebra + bgpd, configured by the testbed.
-    #[default]
     Frr,
     /// metalmesh's own speaker, in the leaf's agent (`[bgp] backend = "native"`).
+    #[default]
     Native,
 }
 
@@ -78,7 +78,7 @@ impl Default for Topology {
             vm_machines: 0,
             vm_memory_mb: 512,
             fabric_mtu: 9000,
-            leaf_bgp: vec![LeafBgp::Frr; 2],
+            leaf_bgp: vec![LeafBgp::default(); 2],
         }
     }
 }
@@ -305,7 +305,16 @@ mod tests {
         .unwrap();
         assert_eq!(topology.racks, 4);
         assert_eq!(topology.vm_machines, 1);
-        assert_eq!(topology.leaf_bgp.len(), 4);
+        assert_eq!(
+            topology.leaf_bgp,
+            vec![
+                LeafBgp::Native,
+                LeafBgp::Native,
+                LeafBgp::Frr,
+                LeafBgp::Native
+            ],
+            "native by default, FRR where the file says so"
+        );
     }
 
     #[test]
