@@ -5,7 +5,8 @@
 //! spines, tenant machines on different racks reach each other with no
 //! `[[vrf.remote]]` anywhere while another tenant cannot, a stopped spine
 //! is noticed by the hold timer and traffic stays up over the other, and
-//! an agent killed and restarted leaves the kernel's routes as they were.
+//! an agent killed and restarted leaves the kernel's routes as they were
+//! while the spines keep its underlay routes (graceful restart).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -351,6 +352,31 @@ fn native_leaves_route_underlay_and_tenants_with_frr_spines() {
         &["kill", "leaf1", "--daemon", "agent", "--signal", "KILL"],
     ));
     assert_eq!(bgp_routes("leaf1"), before, "routes gone with the agent");
+    // The spines keep leaf1's underlay routes while it restarts (graceful
+    // restart, FRR as helper): leaf2 still reaches leaf1's VTEP. (FRR 8.4
+    // keeps no EVPN routes of a restarting peer: tenant routes to leaf1
+    // come back with its session, about a second later.)
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(in_ns("leaf2", &["ip", "route", "show", "10.255.0.1"]).contains("proto bgp"));
+    assert!(
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                "mm-leaf2",
+                "ping",
+                "-c1",
+                "-W1",
+                "-I",
+                "10.255.0.2",
+                "10.255.0.1"
+            ]
+        )
+        .status
+        .success(),
+        "leaf2 lost leaf1's loopback while leaf1's agent restarts"
+    );
     assert!(
         cli(&guard.run_dir, &["start", "leaf1", "--daemon", "agent"])
             .status

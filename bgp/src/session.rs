@@ -27,6 +27,9 @@ const AS_TRANS: u16 = 23456;
 const OPEN_HOLD: Duration = Duration::from_secs(240);
 /// Longest back-off between connection attempts.
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// How long peers keep our routes while we restart (RFC 4724): the kernel
+/// keeps forwarding meanwhile, and a restarted agent is back in seconds.
+pub const RESTART_TIME: Duration = Duration::from_secs(120);
 
 /// Which AS the peer must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +76,12 @@ pub enum State {
 /// A connection's number, chosen by the driver.
 pub type ConnId = u64;
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GracefulRestart {
+    pub restart_time: Duration,
+    pub preserved: BTreeSet<Family>,
+}
+
 /// What both sides agreed on in their OPENs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Negotiated {
@@ -85,8 +94,9 @@ pub struct Negotiated {
     /// IPv4 routes may carry IPv6 next hops to and from this peer.
     pub extended_next_hop: bool,
     pub route_refresh: bool,
-    /// The peer's graceful-restart time, if it announced the capability.
-    pub graceful_restart: Option<Duration>,
+    /// The peer's graceful restart (RFC 4724), if it announced it: its
+    /// restart time and the families whose forwarding it keeps.
+    pub graceful_restart: Option<GracefulRestart>,
     pub ebgp: bool,
 }
 
@@ -115,6 +125,13 @@ pub enum Event {
         conn: ConnId,
         notification: NotificationMessage,
     },
+    /// Close the established session with `notification` (the speaker
+    /// found the peer's UPDATEs unacceptable).
+    Reset {
+        conn: ConnId,
+        notification: NotificationMessage,
+        reason: String,
+    },
     /// Time passed (deadlines are checked on every event).
     Tick,
 }
@@ -133,9 +150,12 @@ pub enum Action {
     },
     /// The session is Established.
     Up(Negotiated),
-    /// The session left Established.
+    /// The session left Established. `retain`: the peer restarts
+    /// gracefully (its TCP connection ended, it announced graceful
+    /// restart): keep its routes of these families as stale meanwhile.
     Down {
         reason: String,
+        retain: Option<GracefulRestart>,
     },
     /// An UPDATE arrived on the established session (parse it with the
     /// negotiated settings).
@@ -170,6 +190,10 @@ pub struct SessionStats {
 pub struct Session {
     config: SessionConfig,
     started: bool,
+    /// No session has been established since this speaker started: our
+    /// OPEN says we restarted (the R bit), so helpers flush what we no
+    /// longer announce after our End-of-RIB.
+    restarted: bool,
     connections: Vec<Connection>,
     retry_at: Option<Instant>,
     retry_delay: Duration,
@@ -183,6 +207,7 @@ impl Session {
         Session {
             config,
             started: false,
+            restarted: true,
             connections: Vec::new(),
             retry_at: None,
             retry_delay,
@@ -289,10 +314,17 @@ impl Session {
             }
             Event::Closed { conn } => {
                 if let Some(index) = self.index(conn) {
-                    let was_up = self.connections[index].state == State::Established;
-                    self.connections.remove(index);
-                    if was_up {
-                        self.went_down("connection closed by the peer".into(), &mut actions);
+                    let connection = self.connections.remove(index);
+                    if connection.state == State::Established {
+                        let retain = connection
+                            .open
+                            .and_then(|n| n.graceful_restart)
+                            .filter(|gr| !gr.restart_time.is_zero() && !gr.preserved.is_empty());
+                        self.went_down(
+                            "connection closed by the peer".into(),
+                            retain,
+                            &mut actions,
+                        );
                     }
                     if self.started && self.connections.is_empty() {
                         self.back_off(now);
@@ -307,6 +339,11 @@ impl Session {
                 let reason = format!("malformed message: {:?}", notification.code);
                 self.fail(conn, Some(notification), reason, &mut actions);
             }
+            Event::Reset {
+                conn,
+                notification,
+                reason,
+            } => self.fail(conn, Some(notification), reason, &mut actions),
             Event::Tick => {}
         }
         self.deadlines(now, &mut actions);
@@ -374,6 +411,26 @@ impl Session {
                 next_hop_afi: rustbgpd_wire::Afi::Ipv6,
             }]));
         }
+        // Graceful restart: our forwarding survives an agent restart (the
+        // kernel keeps the routes), so peers may keep our routes meanwhile.
+        let preserved = [Family::Ipv4Unicast, Family::L2vpnEvpn]
+            .into_iter()
+            .filter(|f| self.config.families.contains(f))
+            .map(|f| {
+                let (afi, safi) = f.afi_safi();
+                rustbgpd_wire::GracefulRestartFamily {
+                    afi,
+                    safi,
+                    forwarding_preserved: true,
+                }
+            })
+            .collect();
+        capabilities.push(Capability::GracefulRestart {
+            restart_state: self.restarted,
+            notification: false,
+            restart_time: RESTART_TIME.as_secs() as u16,
+            families: preserved,
+        });
         OpenMessage {
             version: 4,
             my_as: u16::try_from(self.config.local_as).unwrap_or(AS_TRANS),
@@ -405,6 +462,7 @@ impl Session {
                 let hold = negotiated.as_ref().map(|n| n.hold_time);
                 connection.hold_deadline = hold.filter(|h| !h.is_zero()).map(|h| now + h);
                 self.established_since = Some(now);
+                self.restarted = false;
                 self.stats.established_transitions += 1;
                 self.retry_delay = self.config.connect_retry;
                 if let Some(negotiated) = negotiated {
@@ -586,9 +644,18 @@ impl Session {
                 _ => false,
             });
         let graceful_restart = open.capabilities.iter().find_map(|c| match c {
-            Capability::GracefulRestart { restart_time, .. } => {
-                Some(Duration::from_secs(u64::from(*restart_time)))
-            }
+            Capability::GracefulRestart {
+                restart_time,
+                families,
+                ..
+            } => Some(GracefulRestart {
+                restart_time: Duration::from_secs(u64::from(*restart_time)),
+                preserved: families
+                    .iter()
+                    .filter(|f| f.forwarding_preserved)
+                    .filter_map(|f| Family::from_afi_safi(f.afi, f.safi))
+                    .collect(),
+            }),
             _ => None,
         });
         Ok(Negotiated {
@@ -691,14 +758,19 @@ impl Session {
         tracing::debug!(conn, %reason, "BGP connection closed");
         self.stats.last_error = Some(reason.clone());
         if connection.state == State::Established {
-            self.went_down(reason, actions);
+            self.went_down(reason, None, actions);
         }
     }
 
-    fn went_down(&mut self, reason: String, actions: &mut Vec<Action>) {
+    fn went_down(
+        &mut self,
+        reason: String,
+        retain: Option<GracefulRestart>,
+        actions: &mut Vec<Action>,
+    ) {
         self.established_since = None;
         self.stats.last_error = Some(reason.clone());
-        actions.push(Action::Down { reason });
+        actions.push(Action::Down { reason, retain });
     }
 
     fn back_off(&mut self, now: Instant) {

@@ -2,7 +2,7 @@
 //! to each peer (Adj-RIB-Out), and local routes. The driver feeds it
 //! [`Input`]s with the time and carries out its [`Output`]s.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -100,6 +100,14 @@ struct PeerState {
     facts: Option<PeerFacts>,
     adj_out: HashMap<RouteKey, Advertised>,
     end_of_rib: BTreeSet<Family>,
+    /// Routes kept while the peer restarts gracefully.
+    stale: Option<Stale>,
+}
+
+#[derive(Debug)]
+struct Stale {
+    until: Instant,
+    keys: HashSet<RouteKey>,
 }
 
 /// A peer as `bgp summary` and `bgp neighbors` show it.
@@ -160,6 +168,7 @@ impl Speaker {
             facts: None,
             adj_out: HashMap::new(),
             end_of_rib: BTreeSet::new(),
+            stale: None,
         });
         id
     }
@@ -223,7 +232,8 @@ impl Speaker {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.peers
             .iter()
-            .filter_map(|p| p.session.next_deadline())
+            .flat_map(|p| [p.session.next_deadline(), p.stale.as_ref().map(|s| s.until)])
+            .flatten()
             .min()
     }
 
@@ -246,6 +256,14 @@ impl Speaker {
                 for index in 0..self.peers.len() {
                     let peer = PeerId(index as u32);
                     self.peer_event(now, peer, session::Event::Tick, &mut out);
+                    if self.peers[index]
+                        .stale
+                        .as_ref()
+                        .is_some_and(|s| s.until <= now)
+                    {
+                        tracing::info!(peer = index, "restart time over: stale routes removed");
+                        self.flush_stale(peer, None, &mut out);
+                    }
                 }
             }
         }
@@ -302,7 +320,9 @@ impl Speaker {
                 }),
                 session::Action::Close { conn } => out.push(Output::Close { peer, conn }),
                 session::Action::Up(negotiated) => self.up(peer, negotiated, out),
-                session::Action::Down { reason } => self.down(peer, reason, out),
+                session::Action::Down { reason, retain } => {
+                    self.down(now, peer, reason, retain, out);
+                }
                 session::Action::Update(message) => self.update(now, peer, &message, out),
                 session::Action::RefreshRequested(family) => {
                     if let Some(state) = self.peers.get_mut(peer.0 as usize) {
@@ -347,14 +367,76 @@ impl Speaker {
         self.send_end_of_rib(peer, &families, out);
     }
 
-    fn down(&mut self, peer: PeerId, reason: String, out: &mut Vec<Output>) {
-        if let Some(state) = self.peers.get_mut(peer.0 as usize) {
-            tracing::info!(peer = %state.config.remote, %reason, "BGP session down");
-            state.adj_out.clear();
-            state.facts = None;
-        }
+    fn down(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        reason: String,
+        retain: Option<session::GracefulRestart>,
+        out: &mut Vec<Output>,
+    ) {
+        let source = Source::Peer(peer);
+        let held: Vec<RouteKey> = self
+            .rib
+            .keys()
+            .filter(|k| self.rib.paths(k).iter().any(|p| p.source == source))
+            .copied()
+            .collect();
+        let Some(state) = self.peers.get_mut(peer.0 as usize) else {
+            return;
+        };
+        tracing::info!(peer = %state.config.remote, %reason, graceful = retain.is_some(), "BGP session down");
+        state.adj_out.clear();
+        state.facts = None;
         out.push(Output::PeerDown { peer, reason });
-        let changes = self.rib.remove_source(Source::Peer(peer));
+        let mut drop_now = held.clone();
+        if let Some(gr) = retain {
+            // The peer restarts: its routes of the families it keeps
+            // forwarding for stay (stale) until it sends them again and
+            // its End-of-RIB, or its restart time passes.
+            let stale = state.stale.get_or_insert_with(|| Stale {
+                until: now + gr.restart_time,
+                keys: HashSet::new(),
+            });
+            for key in held.iter().filter(|k| gr.preserved.contains(&k.family())) {
+                stale.keys.insert(*key);
+            }
+            drop_now.retain(|k| !stale.keys.contains(k));
+        } else {
+            state.stale = None;
+        }
+        let changes = drop_now
+            .into_iter()
+            .filter_map(|key| self.rib.remove(key, source))
+            .collect();
+        self.changed(changes, out);
+    }
+
+    /// Removes what is still stale of `peer` in `family` (all families:
+    /// `None`): its End-of-RIB arrived, or its restart time passed.
+    fn flush_stale(&mut self, peer: PeerId, family: Option<Family>, out: &mut Vec<Output>) {
+        let Some(state) = self.peers.get_mut(peer.0 as usize) else {
+            return;
+        };
+        let Some(stale) = state.stale.as_mut() else {
+            return;
+        };
+        let flushed: Vec<RouteKey> = stale
+            .keys
+            .iter()
+            .filter(|k| family.is_none_or(|f| k.family() == f))
+            .copied()
+            .collect();
+        for key in &flushed {
+            stale.keys.remove(key);
+        }
+        if stale.keys.is_empty() || family.is_none() {
+            state.stale = None;
+        }
+        let changes = flushed
+            .into_iter()
+            .filter_map(|key| self.rib.remove(key, Source::Peer(peer)))
+            .collect();
         self.changed(changes, out);
     }
 
@@ -391,6 +473,20 @@ impl Speaker {
             out.push(Output::Discarded { peer, reason });
         }
         let mut changes = Vec::new();
+        if let Some(stale) = self
+            .peers
+            .get_mut(peer.0 as usize)
+            .and_then(|s| s.stale.as_mut())
+        {
+            // Sent again (or withdrawn): no longer stale.
+            for key in received
+                .withdrawn
+                .iter()
+                .chain(received.announced.iter().map(|(k, _)| k))
+            {
+                stale.keys.remove(key);
+            }
+        }
         for key in received.withdrawn {
             changes.extend(self.rib.remove(key, Source::Peer(peer)));
         }
@@ -403,6 +499,9 @@ impl Speaker {
             && let Some(state) = self.peers.get_mut(peer.0 as usize)
         {
             state.end_of_rib.insert(family);
+        }
+        if let Some(family) = received.end_of_rib {
+            self.flush_stale(peer, Some(family), out);
         }
         let over = families
             .into_iter()
@@ -432,13 +531,16 @@ impl Speaker {
         out: &mut Vec<Output>,
     ) {
         tracing::warn!(peer = peer.0, %reason, "resetting BGP session");
-        out.push(Output::Send {
+        self.peer_event(
+            now,
             peer,
-            conn,
-            message: Message::Notification(notification),
-        });
-        self.peer_event(now, peer, session::Event::Closed { conn }, out);
-        out.push(Output::Close { peer, conn });
+            session::Event::Reset {
+                conn,
+                notification,
+                reason,
+            },
+            out,
+        );
     }
 
     /// Passes selected-path changes on: to the kernel, and to every peer.

@@ -433,3 +433,90 @@ fn byte_vectors_decode_to_the_routes_they_carry() {
     assert!(pair.leaf.rib().selected(&key).is_empty());
     assert_eq!(pair.state(), (State::Established, State::Established));
 }
+
+/// Graceful restart: the leaf's connection drops (its agent restarts);
+/// the spine keeps its routes as stale, takes back the ones announced
+/// again, and flushes the rest at the leaf's End-of-RIB. Without a new
+/// session, the restart time ends it.
+#[test]
+fn a_restarting_peer_keeps_its_routes_until_end_of_rib() {
+    let mut pair = Pair::new();
+    pair.connect();
+    for a in [1, 3] {
+        pair.originate_on_leaf(
+            loopback_key(a),
+            LocalRoute {
+                next_hop: NextHop::V4(Ipv4Addr::new(10, 255, 0, a)),
+                communities: Vec::new(),
+                evpn: None,
+            },
+        );
+    }
+    let negotiated = pair.spine.view(pair.now)[0].negotiated.clone().unwrap();
+    let gr = negotiated
+        .graceful_restart
+        .expect("the leaf offers graceful restart");
+    assert_eq!(gr.restart_time, Duration::from_secs(120));
+    assert!(
+        gr.preserved.contains(&Family::Ipv4Unicast) && gr.preserved.contains(&Family::L2vpnEvpn)
+    );
+
+    // The TCP connection ends without a NOTIFICATION: routes stay.
+    let out = pair.spine.handle(
+        pair.now,
+        Input::Peer {
+            peer: PeerId(0),
+            event: Event::Closed { conn: 1 },
+        },
+    );
+    assert!(out.iter().any(|o| matches!(o, Output::PeerDown { .. })));
+    assert_eq!(
+        pair.spine.rib().selected(&loopback_key(1)).len(),
+        1,
+        "kept while restarting"
+    );
+    assert_eq!(pair.spine.rib().selected(&loopback_key(3)).len(), 1);
+
+    // The leaf comes back (a new speaker: R bit set) announcing only .1.
+    pair.leaf = Speaker::new(LEAF_AS, Ipv4Addr::new(10, 255, 0, 1));
+    pair.leaf.add_peer(PeerConfig {
+        remote: Remote::Interface("spine1".into()),
+        session: config(LEAF_AS, Ipv4Addr::new(10, 255, 0, 1), RemoteAs::External),
+    });
+    pair.leaf.handle(
+        pair.now,
+        Input::Originate {
+            key: loopback_key(1),
+            route: LocalRoute {
+                next_hop: NextHop::V4(Ipv4Addr::new(10, 255, 0, 1)),
+                communities: Vec::new(),
+                evpn: None,
+            },
+        },
+    );
+    pair.now += Duration::from_secs(2);
+    pair.connect();
+    assert_eq!(pair.state(), (State::Established, State::Established));
+    assert_eq!(
+        pair.spine.rib().selected(&loopback_key(1)).len(),
+        1,
+        "announced again"
+    );
+    assert!(
+        pair.spine.rib().selected(&loopback_key(3)).is_empty(),
+        "not announced again: flushed at End-of-RIB"
+    );
+
+    // A second drop, and no new session: the restart time ends it.
+    pair.spine.handle(
+        pair.now,
+        Input::Peer {
+            peer: PeerId(0),
+            event: Event::Closed { conn: 1 },
+        },
+    );
+    assert_eq!(pair.spine.rib().selected(&loopback_key(1)).len(), 1);
+    pair.spine
+        .handle(pair.now + Duration::from_secs(121), Input::Tick);
+    assert!(pair.spine.rib().selected(&loopback_key(1)).is_empty());
+}
