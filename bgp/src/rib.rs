@@ -16,17 +16,15 @@ const DEFAULT_LOCAL_PREF: u32 = 100;
 #[derive(Debug, Default)]
 struct Entry {
     paths: Vec<Path>,
-    /// Indices into `paths`: the best first, then the paths equal to it
-    /// for multipath. Empty when there are no paths.
-    selected: Vec<usize>,
+    /// How many of `paths` are selected: `paths` is kept with the best
+    /// first, then the paths equal to it for multipath (one allocation per
+    /// route, not two).
+    selected: usize,
 }
 
 impl Entry {
     fn selected_paths(&self) -> Vec<Path> {
-        self.selected
-            .iter()
-            .map(|&i| self.paths[i].clone())
-            .collect()
+        self.paths[..self.selected].to_vec()
     }
 }
 
@@ -59,6 +57,9 @@ impl Rib {
             Some(index) if entry.paths[index].same_as(&path) => return None,
             Some(index) => entry.paths[index] = path,
             None => {
+                // Exact capacity: a route has one path or a few, and a
+                // default-grown Vec would hold room for four.
+                entry.paths.reserve_exact(1);
                 entry.paths.push(path);
                 *self.counts.entry((source, key.family())).or_default() += 1;
             }
@@ -95,7 +96,7 @@ impl Rib {
     pub fn selected(&self, key: &RouteKey) -> Vec<&Path> {
         self.routes
             .get(key)
-            .map(|e| e.selected.iter().map(|&i| &e.paths[i]).collect())
+            .map(|e| e.paths[..e.selected].iter().collect())
             .unwrap_or_default()
     }
 
@@ -103,8 +104,8 @@ impl Rib {
     pub fn iter_selected(&self) -> impl Iterator<Item = (&RouteKey, Vec<&Path>)> {
         self.routes
             .iter()
-            .filter(|(_, e)| !e.selected.is_empty())
-            .map(|(k, e)| (k, e.selected.iter().map(|&i| &e.paths[i]).collect()))
+            .filter(|(_, e)| e.selected > 0)
+            .map(|(k, e)| (k, e.paths[..e.selected].iter().collect()))
     }
 
     /// Every path of `key`, selected or not.
@@ -133,7 +134,23 @@ impl Rib {
     /// selected before the change.
     fn reselect(&mut self, key: RouteKey, before: Vec<Path>) -> Option<Change> {
         let entry = self.routes.get_mut(&key)?;
-        entry.selected = select(&entry.paths);
+        let order = select(&entry.paths);
+        entry.selected = order.len();
+        if entry.paths.len() <= 1 {
+            return self.changed(key, before);
+        }
+        // Selected paths first, in order; the rest after them.
+        let mut taken: Vec<Option<Path>> = entry.paths.drain(..).map(Some).collect();
+        let mut ordered: Vec<Path> = Vec::with_capacity(taken.len());
+        ordered.extend(order.iter().filter_map(|&i| taken[i].take()));
+        ordered.extend(taken.into_iter().flatten());
+        entry.paths = ordered;
+        self.changed(key, before)
+    }
+
+    /// The change of `key` whose selection was `before`, if it differs.
+    fn changed(&mut self, key: RouteKey, before: Vec<Path>) -> Option<Change> {
+        let entry = self.routes.get_mut(&key)?;
         let after = entry.selected_paths();
         if entry.paths.is_empty() {
             self.routes.remove(&key);

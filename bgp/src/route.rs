@@ -282,7 +282,8 @@ pub struct Path {
     pub peer: Option<PeerFacts>,
     pub attributes: Arc<Attributes>,
     pub next_hop: NextHop,
-    pub evpn: Option<EvpnRoute>,
+    /// Boxed: most paths are unicast and should not carry its room.
+    pub evpn: Option<Box<EvpnRoute>>,
 }
 
 impl Path {
@@ -298,7 +299,7 @@ impl Path {
 
     /// The VNI of an EVPN type-5 path (its label field).
     pub fn vni(&self) -> Option<u32> {
-        match &self.evpn {
+        match self.evpn.as_deref() {
             Some(EvpnRoute::IpPrefix(r)) => Some(r.label.value()),
             _ => None,
         }

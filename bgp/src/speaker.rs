@@ -295,7 +295,7 @@ impl Speaker {
             peer: None,
             attributes,
             next_hop: route.next_hop,
-            evpn: route.evpn,
+            evpn: route.evpn.map(Box::new),
         }
     }
 

@@ -103,7 +103,7 @@ pub fn decode(
             .extend(u.evpn_withdrawn.iter().map(|r| RouteKey::Evpn(r.key())));
     }
 
-    let mut announced: Vec<(RouteKey, NextHop, Option<EvpnRoute>)> = Vec::new();
+    let mut announced: Vec<(RouteKey, NextHop, Option<Box<EvpnRoute>>)> = Vec::new();
     if !update.announced.is_empty() {
         match next_hop_v4 {
             Some(nh) => announced.extend(
@@ -141,11 +141,13 @@ pub fn decode(
                 .iter()
                 .filter_map(|e| nlri_key(e).map(|k| (k, next_hop, None))),
         );
-        announced.extend(
-            r.evpn_announced
-                .iter()
-                .map(|route| (RouteKey::Evpn(route.key()), next_hop, Some(route.clone()))),
-        );
+        announced.extend(r.evpn_announced.iter().map(|route| {
+            (
+                RouteKey::Evpn(route.key()),
+                next_hop,
+                Some(Box::new(route.clone())),
+            )
+        }));
     }
 
     let missing = if announced.is_empty() {
@@ -218,7 +220,7 @@ pub struct Advertised {
     /// Attributes as sent (AS path prepended, next hop not among them).
     pub attributes: Arc<Attributes>,
     pub next_hop: NextHop,
-    pub evpn: Option<EvpnRoute>,
+    pub evpn: Option<Box<EvpnRoute>>,
 }
 
 /// UPDATE messages announcing and withdrawing `announce` and `withdraw`,
@@ -335,8 +337,10 @@ pub fn encode(
                 }
             }
             (Family::L2vpnEvpn, _) => {
-                let routes: Vec<EvpnRoute> =
-                    items.iter().filter_map(|(_, a)| a.evpn.clone()).collect();
+                let routes: Vec<EvpnRoute> = items
+                    .iter()
+                    .filter_map(|(_, a)| a.evpn.as_deref().cloned())
+                    .collect();
                 for chunk in routes.chunks(60) {
                     let mut attributes = base.clone();
                     attributes.push(PathAttribute::MpReachNlri(Box::new(reach(

@@ -30,6 +30,37 @@ pub struct Destination {
     pub len: u8,
 }
 
+/// An underlay route as the kernel needs it: where to, and the selected
+/// paths' next hops (none: remove it). Made from a RIB change without
+/// keeping its paths, so a burst of changes queues compactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnderlayRoute {
+    pub destination: Destination,
+    pub next_hops: Vec<(Source, NextHop)>,
+}
+
+impl UnderlayRoute {
+    /// The kernel's part of a change (IPv4 unicast only; locally originated
+    /// paths are not written).
+    pub fn from_change(change: &Change) -> Option<UnderlayRoute> {
+        let RouteKey::V4(prefix) = change.key else {
+            return None;
+        };
+        Some(UnderlayRoute {
+            destination: Destination {
+                address: prefix.addr,
+                len: prefix.len,
+            },
+            next_hops: change
+                .selected
+                .iter()
+                .filter(|p| p.source != Source::Local)
+                .map(|p| (p.source, p.next_hop))
+                .collect(),
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct Fib {
     handle: Handle,
@@ -67,20 +98,13 @@ impl Fib {
 
     /// Writes one route change to the kernel (IPv4 unicast only; other
     /// families are not for the main table).
-    pub async fn apply(&mut self, change: &Change) {
-        let RouteKey::V4(prefix) = change.key else {
-            return;
-        };
-        let destination = Destination {
-            address: prefix.addr,
-            len: prefix.len,
-        };
+    pub async fn apply(&mut self, route: &UnderlayRoute) {
+        let destination = route.destination;
         self.stale.remove(&destination);
-        let hops: Vec<Hop> = change
-            .selected
+        let hops: Vec<Hop> = route
+            .next_hops
             .iter()
-            .filter(|p| p.source != Source::Local)
-            .filter_map(|p| self.hop(p.source, &p.next_hop))
+            .filter_map(|(source, next_hop)| self.hop(*source, next_hop))
             .collect();
         let result = if hops.is_empty() {
             if self.installed.remove(&destination) {
@@ -93,7 +117,7 @@ impl Fib {
             self.replace(destination, &hops).await
         };
         if let Err(error) = result {
-            tracing::warn!(route = %change.key, %error, "BGP route not written to the kernel");
+            tracing::warn!(?destination, %error, "BGP route not written to the kernel");
         }
     }
 

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::BgpSettings;
-use super::fib::{Fib, STALE_AFTER};
+use super::fib::{Fib, STALE_AFTER, UnderlayRoute};
 use crate::dataplane::Intents;
 use crate::dataplane::inputs::LearnedRemote;
 use crate::dataplane::intent::{Prefix, RemoteIntent};
@@ -37,12 +37,30 @@ pub struct BgpTask {
     pub slot: SpeakerSlot,
 }
 
-/// Hands the speaker's selected-path changes to the task's loop.
-struct ChannelSink(mpsc::UnboundedSender<Vec<Change>>);
+/// What the task does with one RIB change.
+#[derive(Debug)]
+enum Learned {
+    Underlay(UnderlayRoute),
+    /// A tenant route (EVPN type 5) and what the dataplane should get for
+    /// it (`None`: nothing, it is gone or not for us).
+    Tenant(RouteKey, Option<LearnedRemote>),
+}
+
+/// Hands the speaker's selected-path changes to the task's loop, reduced
+/// at once to what the kernel and the dataplane need.
+struct ChannelSink(mpsc::UnboundedSender<Vec<Learned>>);
 
 impl RouteSink for ChannelSink {
     fn apply(&mut self, changes: Vec<Change>) {
-        let _ = self.0.send(changes);
+        let learned = changes
+            .iter()
+            .filter_map(|change| {
+                UnderlayRoute::from_change(change)
+                    .map(Learned::Underlay)
+                    .or_else(|| tenant_route(change).map(|r| Learned::Tenant(change.key, r)))
+            })
+            .collect();
+        let _ = self.0.send(learned);
     }
 }
 
@@ -110,11 +128,25 @@ impl BgpTask {
                         Err(error) => Err(anyhow::anyhow!("BGP speaker task: {error}")),
                     };
                 }
-                Some(batch) = changes.recv() => {
+                Some(first) = changes.recv() => {
                     let mut tenant_changed = false;
-                    for change in &batch {
-                        fib.apply(change).await;
-                        tenant_changed |= learn_tenant_route(change, &mut learned);
+                    // Everything queued now, then one publication of the
+                    // learned tenant routes (a full table arrives in many
+                    // batches; the dataplane needs the result once).
+                    let mut batches = vec![first];
+                    while let Ok(more) = changes.try_recv() {
+                        batches.push(more);
+                    }
+                    for item in batches.into_iter().flatten() {
+                        match item {
+                            Learned::Underlay(route) => fib.apply(&route).await,
+                            Learned::Tenant(key, Some(remote)) => {
+                                tenant_changed |= learned.insert(key, remote.clone()) != Some(remote);
+                            }
+                            Learned::Tenant(key, None) => {
+                                tenant_changed |= learned.remove(&key).is_some();
+                            }
+                        }
                     }
                     if tenant_changed {
                         self.learned.send_replace(learned.values().cloned().collect());
@@ -208,15 +240,16 @@ async fn update_originated(
     Ok(())
 }
 
-/// Records a type-5 route's best path as a remote of its VNI's VRF (or
-/// forgets it); true when the learned set changed.
-fn learn_tenant_route(change: &Change, learned: &mut BTreeMap<RouteKey, LearnedRemote>) -> bool {
+/// For a change of an IPv4 type-5 route: its best path as a remote of its
+/// VNI's VRF, or `Some(None)` when there is none to render (gone, or
+/// originated here); `None` for other routes.
+fn tenant_route(change: &Change) -> Option<Option<LearnedRemote>> {
     let RouteKey::Evpn(EvpnRouteKey::IpPrefix {
         prefix: EvpnIpPrefixValue::V4(prefix),
         ..
     }) = change.key
     else {
-        return false;
+        return None;
     };
     let remote = change.selected.first().and_then(|best| {
         let (Source::Peer(_), NextHop::V4(vtep), Some(vni)) =
@@ -239,8 +272,5 @@ fn learn_tenant_route(change: &Change, learned: &mut BTreeMap<RouteKey, LearnedR
             },
         })
     });
-    match remote {
-        Some(remote) => learned.insert(change.key, remote.clone()) != Some(remote),
-        None => learned.remove(&change.key).is_some(),
-    }
+    Some(remote)
 }

@@ -94,7 +94,7 @@ fn updates(args: &Args) -> Vec<Vec<u8>> {
             Advertised {
                 attributes: Arc::clone(&evpn_attributes),
                 next_hop: NextHop::V4(args.router_id),
-                evpn: Some(route),
+                evpn: Some(Box::new(route)),
             },
         ));
     }
