@@ -4,7 +4,8 @@
 //! hops), the type-5 routes the leaves originate show up decoded on the
 //! spines, tenant machines on different racks reach each other with no
 //! `[[vrf.remote]]` anywhere while another tenant cannot, a stopped spine
-//! is noticed by the hold timer and traffic stays up over the other, and
+//! is noticed by the hold timer and traffic stays up over the other, a
+//! killed spine and a fabric link set down fail over and come back, and
 //! an agent killed and restarted leaves the kernel's routes as they were
 //! while the spines keep its underlay routes (graceful restart).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -341,6 +342,69 @@ fn native_leaves_route_underlay_and_tenants_with_frr_spines() {
             route.matches("via inet6").count() == 2
         }),
         "spine1 back in the ECMP set"
+    );
+
+    // A spine's bgpd killed: its connections end at once and FRR keeps no
+    // forwarding state (it offers none), so its paths go at once; traffic
+    // moves to the other spine within 3 s. Restarted, it joins the ECMP set.
+    let one_hop_via = |spine: &str| {
+        let route = in_ns("leaf1", &["ip", "route", "show", "10.255.0.2"]);
+        route.matches("via inet6").count() == 1 && route.contains(&format!("dev {spine}"))
+    };
+    ok(&cli(
+        &guard.run_dir,
+        &["kill", "spine2", "--daemon", "bgpd", "--signal", "KILL"],
+    ));
+    let killed = Instant::now();
+    assert!(eventually(Duration::from_secs(3), || one_hop_via("spine1")));
+    assert!(eventually(Duration::from_secs(3), || ping(
+        "m1-1",
+        "10.0.1.21"
+    )));
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "recovery took {:?}",
+        killed.elapsed()
+    );
+    ok(&cli(
+        &guard.run_dir,
+        &["start", "spine2", "--daemon", "bgpd"],
+    ));
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            in_ns("leaf1", &["ip", "route", "show", "10.255.0.2"])
+                .matches("via inet6")
+                .count()
+                == 2
+        }),
+        "spine2 back in the ECMP set"
+    );
+
+    // A fabric link down: the session on it ends by hold timer (3 s) and
+    // the path goes; up again, the session and the path come back.
+    assert!(
+        run("ip", &["-n", "mm-leaf1", "link", "set", "spine1", "down"])
+            .status
+            .success()
+    );
+    assert!(eventually(Duration::from_secs(8), || one_hop_via("spine2")));
+    assert!(eventually(Duration::from_secs(3), || ping(
+        "m1-1",
+        "10.0.1.21"
+    )));
+    assert!(
+        run("ip", &["-n", "mm-leaf1", "link", "set", "spine1", "up"])
+            .status
+            .success()
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            in_ns("leaf1", &["ip", "route", "show", "10.255.0.2"])
+                .matches("via inet6")
+                .count()
+                == 2
+        }),
+        "spine1 back after the link came up"
     );
 
     // An agent killed and restarted: the kernel keeps its routes throughout,
