@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use metalmesh_testbed::testing::{Guard, agent_on, cli, eventually, ok, run};
+use metalmesh_testbed::testing::{Guard, agent_on, cli, eventually, ok, route_machine, run};
 use metalmesh_testbed::{LeafBgp, Overrides, Quiet, Testbed, Topology};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
@@ -203,34 +203,7 @@ fn native_leaves_route_underlay_and_tenants_with_frr_spines() {
         ("m1-2", "10.0.2.12"),
         ("m2-2", "10.0.2.22"),
     ] {
-        let ns = format!("mm-{machine}");
-        assert!(
-            run(
-                "ip",
-                &["-n", &ns, "addr", "add", &format!("{ip}/32"), "dev", "eth0"]
-            )
-            .status
-            .success()
-        );
-        assert!(
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &ns,
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    "169.254.0.1",
-                    "dev",
-                    "eth0",
-                    "onlink"
-                ]
-            )
-            .status
-            .success()
-        );
+        route_machine(machine, ip);
     }
     assert!(
         eventually(Duration::from_secs(10), || ping("m1-1", "10.0.1.21")),

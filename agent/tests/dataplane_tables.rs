@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, agent_on, cli, eventually, ok, run, up};
+use metalmesh_testbed::testing::{Guard, agent_on, cli, eventually, ok, route_machine, run, up};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
 
@@ -158,34 +158,7 @@ fn tenants_over_vxlan_in_routing_table_mode() {
         ("m1-2", "10.0.2.12"),
         ("m2-2", "10.0.2.22"),
     ] {
-        let ns = format!("mm-{machine}");
-        assert!(
-            run(
-                "ip",
-                &["-n", &ns, "addr", "add", &format!("{ip}/32"), "dev", "eth0"]
-            )
-            .status
-            .success()
-        );
-        assert!(
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &ns,
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    "169.254.0.1",
-                    "dev",
-                    "eth0",
-                    "onlink"
-                ]
-            )
-            .status
-            .success()
-        );
+        route_machine(machine, ip);
     }
 
     // Same tenant across leaves over VXLAN; the gateway answers; tenants are isolated.

@@ -181,6 +181,15 @@ fn loopback_key(a: u8) -> RouteKey {
     RouteKey::V4(Ipv4Prefix::new(Ipv4Addr::new(10, 255, 0, a), 32))
 }
 
+/// Leaf `a`'s loopback as it originates it.
+fn loopback_route(a: u8) -> LocalRoute {
+    LocalRoute {
+        next_hop: NextHop::V4(Ipv4Addr::new(10, 255, 0, a)),
+        communities: Vec::new(),
+        evpn: None,
+    }
+}
+
 #[test]
 fn unnumbered_session_carries_ipv4_with_link_local_next_hops() {
     let mut pair = Pair::new();
@@ -191,14 +200,7 @@ fn unnumbered_session_carries_ipv4_with_link_local_next_hops() {
     assert!(negotiated.four_octet_as);
     assert_eq!(negotiated.remote_as, SPINE_AS);
 
-    pair.originate_on_leaf(
-        loopback_key(1),
-        LocalRoute {
-            next_hop: NextHop::V4(Ipv4Addr::new(10, 255, 0, 1)),
-            communities: Vec::new(),
-            evpn: None,
-        },
-    );
+    pair.originate_on_leaf(loopback_key(1), loopback_route(1));
     let learned = pair.spine.rib().selected(&loopback_key(1));
     assert_eq!(learned.len(), 1, "the spine learned the leaf loopback");
     let path = learned[0];
@@ -272,14 +274,7 @@ fn evpn_type5_routes_carry_vni_rd_rt_and_router_mac() {
 fn hold_timer_expiry_closes_with_a_notification_and_drops_routes() {
     let mut pair = Pair::new();
     pair.connect();
-    pair.originate_on_leaf(
-        loopback_key(1),
-        LocalRoute {
-            next_hop: NextHop::V4(Ipv4Addr::new(10, 255, 0, 1)),
-            communities: Vec::new(),
-            evpn: None,
-        },
-    );
+    pair.originate_on_leaf(loopback_key(1), loopback_route(1));
     assert_eq!(pair.spine.rib().selected(&loopback_key(1)).len(), 1);
     // The leaf goes silent: the spine's hold timer (9 s) expires.
     let later = pair.now + Duration::from_secs(10);
@@ -330,14 +325,7 @@ fn wrong_peer_as_is_refused_in_open() {
 fn malformed_origin_withdraws_instead_of_resetting() {
     let mut pair = Pair::new();
     pair.connect();
-    pair.originate_on_leaf(
-        loopback_key(1),
-        LocalRoute {
-            next_hop: NextHop::V4(Ipv4Addr::new(10, 255, 0, 1)),
-            communities: Vec::new(),
-            evpn: None,
-        },
-    );
+    pair.originate_on_leaf(loopback_key(1), loopback_route(1));
     assert_eq!(pair.spine.rib().selected(&loopback_key(1)).len(), 1);
     // Hand-made: ORIGIN with length 2, AS_PATH [4200000001], NEXT_HOP, NLRI 10.255.0.1/32.
     let attributes: Vec<u8> = [
@@ -443,14 +431,7 @@ fn a_restarting_peer_keeps_its_routes_until_end_of_rib() {
     let mut pair = Pair::new();
     pair.connect();
     for a in [1, 3] {
-        pair.originate_on_leaf(
-            loopback_key(a),
-            LocalRoute {
-                next_hop: NextHop::V4(Ipv4Addr::new(10, 255, 0, a)),
-                communities: Vec::new(),
-                evpn: None,
-            },
-        );
+        pair.originate_on_leaf(loopback_key(a), loopback_route(a));
     }
     let negotiated = pair.spine.view(pair.now)[0].negotiated.clone().unwrap();
     let gr = negotiated
@@ -487,11 +468,7 @@ fn a_restarting_peer_keeps_its_routes_until_end_of_rib() {
         pair.now,
         Input::Originate {
             key: loopback_key(1),
-            route: LocalRoute {
-                next_hop: NextHop::V4(Ipv4Addr::new(10, 255, 0, 1)),
-                communities: Vec::new(),
-                evpn: None,
-            },
+            route: loopback_route(1),
         },
     );
     pair.now += Duration::from_secs(2);

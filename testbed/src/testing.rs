@@ -102,6 +102,37 @@ pub fn up(run_dir: &Path, racks: u32, machines: u32, vms: u32) -> crate::Testbed
     testbed
 }
 
+/// Gives a namespace machine (`m1-1`, …) the address a routed port of its
+/// leaf expects: `ip`/32 on its `eth0`, default route via the tenant
+/// gateway 169.254.0.1 (what a machine installed into a VRF is told).
+pub fn route_machine(machine: &str, ip: &str) {
+    let ns = format!("mm-{machine}");
+    let address = format!("{ip}/32");
+    let commands: [&[&str]; 2] = [
+        &["-n", &ns, "addr", "add", &address, "dev", "eth0"],
+        &[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.0.1",
+            "dev",
+            "eth0",
+            "onlink",
+        ],
+    ];
+    for args in commands {
+        let out = run("ip", args);
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// Runs one of the repository's `scripts/` (e.g. `build-boot`), which must succeed.
 pub fn script(name: &str, args: &[&str]) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
