@@ -602,9 +602,18 @@ async fn remove(
             Some(message) => gone_ok(handle.rule().del(message.clone()).execute().await),
             None => Ok(()),
         },
-        Object::Route { .. } => match state.routes.get(object) {
+        Object::Route { table, dst, .. } => match state.routes.get(object) {
             Some(message) => gone_ok(handle.route().del(message.clone()).execute().await),
-            None => Ok(()),
+            // Written after the state was read (an incremental change):
+            // the kernel finds a route by table, destination and protocol.
+            None => {
+                let message = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(dst.address, dst.len)
+                    .table_id(*table)
+                    .protocol(RouteProtocol::Other(PROTOCOL))
+                    .build();
+                gone_ok(handle.route().del(message).execute().await)
+            }
         },
         Object::Neighbor { .. } | Object::Fdb { .. } => match state.neighbours.get(object) {
             Some(message) => gone_ok(handle.neighbours().del(message.clone()).execute().await),

@@ -4,6 +4,11 @@
 //! moments), and every few seconds regardless. Each pass reads what the
 //! agent owns, diffs, and applies only the difference; a pass with nothing
 //! to do changes nothing.
+//!
+//! When only remote routes change (a tenant route learned or withdrawn over
+//! BGP), the change is written at once from the difference between what was
+//! wanted and what is wanted now, without reading the kernel first; the
+//! pass that the kernel's notifications then trigger confirms it.
 
 use crate::netlink::AbortOnDrop;
 use std::collections::BTreeSet;
@@ -33,6 +38,9 @@ const GROUPS: u32 = 0x1 | 0x4 | 0x10 | 0x40 | 0x80;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PassReport {
     pub passes: u64,
+    /// Changes written without a pass (remote routes only).
+    #[serde(default)]
+    pub incremental: u64,
     pub objects: usize,
     pub added: usize,
     pub removed: usize,
@@ -49,6 +57,14 @@ pub struct Reconciler {
     pub provisioning_bridge: String,
     pub intents: watch::Receiver<Intents>,
     pub report: Arc<Mutex<PassReport>>,
+}
+
+/// What the last full pass read and wanted (what an incremental change is
+/// computed against).
+#[derive(Debug)]
+struct Applied {
+    state: KernelState,
+    want: BTreeSet<Object>,
 }
 
 /// Renders what the kernel should hold, with the rejected VRFs.
@@ -90,7 +106,55 @@ impl Reconciler {
         Ok((state, want, plan, rejected))
     }
 
-    async fn pass(&self, handle: &rtnetlink::Handle) -> Result<(), rtnetlink::Error> {
+    /// Writes the change of the intents at once when it is only remote
+    /// routes, neighbours and FDB entries added or routes removed; false
+    /// when a full pass must do it (links, rules, addresses, a refusal).
+    async fn incremental(&self, handle: &rtnetlink::Handle, last: &mut Applied) -> bool {
+        let (want, rejected) = desired(
+            &self.intents.borrow(),
+            &last.state.interface_names(),
+            self.mode,
+            self.vtep,
+        );
+        let plan = diff(&want, &last.want);
+        let simple = plan.add.iter().all(|o| {
+            matches!(
+                o,
+                Object::Route { .. } | Object::Neighbor { .. } | Object::Fdb { .. }
+            )
+        }) && plan
+            .remove
+            .iter()
+            .all(|o| matches!(o, Object::Route { .. }));
+        if !simple {
+            return false;
+        }
+        if !plan.is_empty() {
+            let failures =
+                kernel::apply(handle, &plan, &last.state, &self.provisioning_bridge).await;
+            if !failures.is_empty() {
+                return false;
+            }
+            tracing::debug!(
+                add = plan.add.len(),
+                remove = plan.remove.len(),
+                "dataplane: remote routes written"
+            );
+            last.want = want;
+        }
+        if let Ok(mut report) = self.report.lock() {
+            if report.rejected != rejected {
+                for r in &rejected {
+                    tracing::warn!(vrf = %r.vrf, reason = %r.reason, "dataplane: VRF rejected");
+                }
+            }
+            report.incremental += u64::from(!plan.is_empty());
+            report.rejected = rejected;
+        }
+        true
+    }
+
+    async fn pass(&self, handle: &rtnetlink::Handle) -> Result<Applied, rtnetlink::Error> {
         let started = Instant::now();
         let (state, want, plan, rejected) = self.compute(handle).await?;
         let failures = if plan.is_empty() {
@@ -120,7 +184,7 @@ impl Reconciler {
             report.rejected = rejected;
             report.failures = failures;
         }
-        Ok(())
+        Ok(Applied { state, want })
     }
 
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -132,12 +196,22 @@ impl Reconciler {
             .bind(&SocketAddr::new(0, GROUPS))?;
         let _events_driver = AbortOnDrop(tokio::spawn(events_connection));
         let mut timer = tokio::time::interval(PERIOD);
+        let mut full = true;
+        let mut last: Option<Applied> = None;
         loop {
-            self.pass(&handle).await?;
+            if full {
+                last = Some(self.pass(&handle).await?);
+            }
+            full = true;
             tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
                 _ = timer.tick() => {}
-                changed = self.intents.changed() => changed?,
+                changed = self.intents.changed() => {
+                    changed?;
+                    if let Some(last) = last.as_mut() {
+                        full = !self.incremental(&handle, last).await;
+                    }
+                }
                 event = events.next() => {
                     if event.is_none() {
                         anyhow::bail!("netlink notifications ended");
