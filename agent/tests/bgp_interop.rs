@@ -534,7 +534,17 @@ fn gobgp_bird_and_a_malformed_peer() {
     assert!(eventually(Duration::from_secs(5), || !routes(&dir, "ipv4")
         .contains(&"10.66.2.0/24".to_string())));
     assert!(established(&dir, "10.99.2.2"));
-    // 4. Truncated NLRI (a /24 with one octet): the session is reset with
+    // 4. An unknown attribute claiming to be well-known: treat-as-withdraw.
+    tcp.write_all(&update(&good_attributes(), &[24, 10, 66, 3]))
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || routes(&dir, "ipv4")
+        .contains(&"10.66.3.0/24".to_string())));
+    let unknown = [&good_attributes()[..], &[0x40, 200, 1, 0]].concat();
+    tcp.write_all(&update(&unknown, &[24, 10, 66, 3])).unwrap();
+    assert!(eventually(Duration::from_secs(5), || !routes(&dir, "ipv4")
+        .contains(&"10.66.3.0/24".to_string())));
+    assert!(established(&dir, "10.99.2.2"));
+    // 5. Truncated NLRI (a /24 with one octet): the session is reset with
     //    an UPDATE-message NOTIFICATION.
     tcp.write_all(&update(&good_attributes(), &[24, 10]))
         .unwrap();

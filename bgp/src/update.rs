@@ -167,10 +167,20 @@ pub fn decode(
     } else {
         None
     };
+    // An attribute this speaker does not know that claims to be well-known
+    // (optional bit clear) cannot be honoured: treat-as-withdraw.
+    let unknown_well_known = update.attributes.iter().find_map(|a| match a {
+        PathAttribute::Unknown(raw) if raw.flags & 0x80 == 0 => Some(raw.type_code),
+        _ => None,
+    });
     let reason = if let Some(ErrorDisposition::TreatAsWithdraw) = strongest {
         Some(format!(
             "malformed attribute type {} (treat-as-withdraw)",
             parsed.malformed[0].type_code
+        ))
+    } else if let Some(code) = unknown_well_known {
+        Some(format!(
+            "unrecognized well-known attribute type {code} (treat-as-withdraw)"
         ))
     } else if let Some(missing) = missing {
         Some(format!("{missing} (treat-as-withdraw)"))
