@@ -497,3 +497,135 @@ fn a_restarting_peer_keeps_its_routes_until_end_of_rib() {
         .handle(pair.now + Duration::from_secs(121), Input::Tick);
     assert!(pair.spine.rib().selected(&loopback_key(1)).is_empty());
 }
+
+/// Both sides connect at once (two TCP connections): one session results,
+/// on the connection opened by the speaker with the higher BGP identifier,
+/// and the other connection is closed with Cease / collision resolution.
+#[test]
+fn a_connection_collision_leaves_one_session() {
+    let mut pair = Pair::new();
+    let peer = PeerId(0);
+    let now = pair.now;
+    for speaker in [&mut pair.leaf, &mut pair.spine] {
+        speaker.handle(
+            now,
+            Input::Peer {
+                peer,
+                event: Event::Start,
+            },
+        );
+    }
+    let connected = |conn, outgoing, local, remote| Event::Connected {
+        conn,
+        outgoing,
+        local: IpAddr::V6(local),
+        remote: IpAddr::V6(remote),
+    };
+    // Connection 1 opened by the leaf, connection 2 by the spine.
+    let mut leaf_out = pair.leaf.handle(
+        now,
+        Input::Peer {
+            peer,
+            event: connected(1, true, LEAF_LL, SPINE_LL),
+        },
+    );
+    leaf_out.extend(pair.leaf.handle(
+        now,
+        Input::Peer {
+            peer,
+            event: connected(2, false, LEAF_LL, SPINE_LL),
+        },
+    ));
+    let mut spine_out = pair.spine.handle(
+        now,
+        Input::Peer {
+            peer,
+            event: connected(1, false, SPINE_LL, LEAF_LL),
+        },
+    );
+    spine_out.extend(pair.spine.handle(
+        now,
+        Input::Peer {
+            peer,
+            event: connected(2, true, SPINE_LL, LEAF_LL),
+        },
+    ));
+    // Deliver per connection, recording closes.
+    let mut closed = Vec::new();
+    let mut cease = 0;
+    for _ in 0..20 {
+        if leaf_out.is_empty() && spine_out.is_empty() {
+            break;
+        }
+        let mut next_leaf = Vec::new();
+        let mut next_spine = Vec::new();
+        for (outputs, to_leaf) in [
+            (std::mem::take(&mut leaf_out), false),
+            (std::mem::take(&mut spine_out), true),
+        ] {
+            for output in outputs {
+                match output {
+                    Output::Send { conn, message, .. } => {
+                        if let Message::Notification(n) = &message {
+                            assert_eq!(n.code, rustbgpd_wire::NotificationCode::Cease);
+                            assert_eq!(n.subcode, 7, "collision resolution");
+                            cease += 1;
+                        }
+                        let input = Input::Peer {
+                            peer,
+                            event: Event::Received { conn, message },
+                        };
+                        if to_leaf {
+                            next_leaf.extend(pair.leaf.handle(now, input));
+                        } else {
+                            next_spine.extend(pair.spine.handle(now, input));
+                        }
+                    }
+                    Output::Close { conn, .. } => closed.push(conn),
+                    _ => {}
+                }
+            }
+        }
+        leaf_out = next_leaf;
+        spine_out = next_spine;
+    }
+    assert_eq!(pair.state(), (State::Established, State::Established));
+    assert!(cease >= 1, "the losing connection got a NOTIFICATION");
+    // The leaf's id (10.255.0.1) is higher than the spine's (10.254.0.1):
+    // the connection the leaf opened (1) survives, the spine's (2) closes.
+    assert!(closed.contains(&2) && !closed.contains(&1), "{closed:?}");
+    assert_eq!(pair.leaf.view(now)[0].stats.established_transitions, 1);
+}
+
+/// A ROUTE-REFRESH from the peer gets every route of the family again and
+/// an End-of-RIB.
+#[test]
+fn route_refresh_sends_the_table_again() {
+    let mut pair = Pair::new();
+    pair.connect();
+    pair.originate_on_leaf(loopback_key(1), loopback_route(1));
+    let out = pair.leaf.handle(
+        pair.now,
+        Input::Peer {
+            peer: PeerId(0),
+            event: Event::Received {
+                conn: 1,
+                message: Speaker::refresh_message(Family::Ipv4Unicast),
+            },
+        },
+    );
+    let updates: Vec<&Message> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        updates.len(),
+        2,
+        "the route again, then End-of-RIB: {updates:?}"
+    );
+    pair.pump(out, Vec::new());
+    assert_eq!(pair.spine.rib().selected(&loopback_key(1)).len(), 1);
+}
