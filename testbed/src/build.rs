@@ -59,6 +59,17 @@ pub(crate) fn up(
             });
         }
     }
+    // A qemu machine without a kernel and initramfs to netboot would sit in
+    // iPXE forever: refuse before anything is built.
+    if topology.vm_machines > 0 {
+        let boot = crate::agent::boot_dir();
+        for file in ["vmlinuz", "initramfs.img"] {
+            let path = boot.join(file);
+            if !path.is_file() {
+                return Err(Error::MissingBootArtifacts { missing: path });
+            }
+        }
+    }
     if run.state_file().exists() {
         return Err(Error::AlreadyUp {
             run_dir: run.root.clone(),

@@ -53,6 +53,11 @@ pub enum Error {
     },
     #[error("state file {path} is unreadable ({detail}); run `metalmesh-testbed down` to reset")]
     BadState { path: PathBuf, detail: String },
+    #[error(
+        "qemu machines need the boot artifacts, and {} is missing; run scripts/build-boot (or set METALMESH_BOOT_DIR)",
+        missing.display()
+    )]
+    MissingBootArtifacts { missing: PathBuf },
     #[error("timed out after {seconds} s waiting for {what}")]
     Timeout { what: String, seconds: u64 },
 }

@@ -96,3 +96,21 @@ fn failed_up_leaves_nothing_behind() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_nothing_left(&guard.run_dir);
 }
+
+#[test]
+fn qemu_machines_without_boot_artifacts_are_refused() {
+    let guard = Guard::new();
+    let empty = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(metalmesh_testbed::testing::testbed_binary())
+        .arg("--run-dir")
+        .arg(&guard.run_dir)
+        .args(["up", "--racks", "1", "--vm-machines", "1", "--no-wait"])
+        .env("METALMESH_BOOT_DIR", empty.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(message.contains("scripts/build-boot"), "{message}");
+    assert!(message.contains("vmlinuz"), "{message}");
+    assert!(mm_namespaces().is_empty(), "nothing was built");
+}
