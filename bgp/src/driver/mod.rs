@@ -333,6 +333,24 @@ impl State {
                         if let Some(connection) = self.connections.remove(&(peer, conn)) {
                             connection.close();
                         }
+                        // The session learns at once, not by its hold timer,
+                        // and drops the peer's routes (it is stuck, not
+                        // restarting).
+                        let out = self.speaker.handle(
+                            Instant::now(),
+                            Input::Peer {
+                                peer,
+                                event: Event::Reset {
+                                    conn,
+                                    notification: crate::session::notification(
+                                        rustbgpd_wire::NotificationCode::Cease,
+                                        rustbgpd_wire::notification::cease_subcode::OUT_OF_RESOURCES,
+                                    ),
+                                    reason: "the peer does not read what is sent".into(),
+                                },
+                            },
+                        );
+                        self.carry_out(out, sink, connected);
                     }
                 }
                 Output::Close { peer, conn } => {
