@@ -72,6 +72,18 @@ fn ping(from: &str, to: &str) -> bool {
     .success()
 }
 
+/// A change by hand in leaf1's namespace, which must succeed.
+fn drift(args: &[&str]) {
+    let mut full = vec!["netns", "exec", "mm-leaf1"];
+    full.extend_from_slice(args);
+    let out = run("ip", &full);
+    assert!(
+        out.status.success(),
+        "drift {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn leaf1(args: &[&str]) -> String {
     let mut full = vec!["netns", "exec", "mm-leaf1"];
     full.extend_from_slice(args);
@@ -222,12 +234,14 @@ fn tenants_over_vxlan_in_routing_table_mode() {
         let diff = agent_on(&guard.run_dir, AGENT, "leaf1", &["dataplane", "diff"]);
         String::from_utf8_lossy(&diff.stdout).trim() == "in sync"
     }));
-    leaf1(&[
+    // Each change by hand must itself succeed, or the test would pass
+    // without any drift to repair.
+    drift(&[
         "ip", "rule", "del", "iif", "m1-1", "lookup", "1001", "prio", "20000",
     ]);
-    leaf1(&["ip", "route", "del", "10.0.1.21/32", "table", "1001"]);
-    leaf1(&["ip", "link", "del", "mm-vx10002"]);
-    leaf1(&[
+    drift(&["ip", "route", "del", "10.0.1.21/32", "table", "1001"]);
+    drift(&["ip", "link", "del", "mm-vx10002"]);
+    drift(&[
         "ip",
         "route",
         "replace",
