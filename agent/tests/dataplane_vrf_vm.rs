@@ -56,8 +56,18 @@ fn vrf_device_mode_in_a_debian_kernel_vm() {
     let _ = qemu.wait();
     let log = String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).into_owned();
     let tail: Vec<&str> = log.lines().filter(|l| !l.starts_with('[')).collect();
+    // A check that failed says so, and nothing after it may pass the test.
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("VRF-VM: FAIL")).collect();
     assert!(
-        log.contains("VRF-VM: PASS"),
+        failed.is_empty(),
+        "VM reported {failed:?}:\n{}",
+        tail.join("\n")
+    );
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.trim_end() == "VRF-VM: PASS")
+            .count(),
+        1,
         "VM did not pass:\n{}",
         tail[tail.len().saturating_sub(40)..].join("\n")
     );
