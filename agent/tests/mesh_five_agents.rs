@@ -38,9 +38,15 @@ fn members(run_dir: &Path, leaf: u32) -> Vec<String> {
         &format!("leaf{leaf}"),
         &["mesh", "members", "-o", "json"],
     );
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-        return Vec::new();
-    };
+    // A failed call is a failure, not "no members": negative checks below
+    // would otherwise pass on an agent that does not answer.
+    assert!(
+        out.status.success(),
+        "leaf{leaf}: mesh members: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("leaf{leaf}: mesh members output: {e}"));
     value["members"]
         .as_array()
         .map(|members| {
