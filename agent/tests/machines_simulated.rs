@@ -236,9 +236,9 @@ fn one_machine_registers_installs_phones_home_and_is_reclaimed() {
 fn twenty_machines_reach_waiting_and_install_concurrently() {
     let guard = Guard::new();
     let _testbed = up(&guard, 20);
-    for index in 1..=20 {
-        start_installer(&guard, index);
-    }
+    let disks: Vec<PathBuf> = (1..=20)
+        .map(|index| start_installer(&guard, index))
+        .collect();
     let all_in = |wanted: &str| {
         let list = machines(&guard);
         list.len() == 20
@@ -282,6 +282,20 @@ fn twenty_machines_reach_waiting_and_install_concurrently() {
         assert!(
             routes.contains(&format!("10.0.1.{}", 10 + index)),
             "{routes}"
+        );
+    }
+    // Each disk holds its own machine's allocation, not a neighbour's:
+    // concurrent installs must not cross.
+    for (index, disk) in (1..=20u32).zip(&disks) {
+        assert_eq!(
+            debugfs_cat(disk, "/etc/hostname").trim(),
+            format!("node-{index}"),
+            "disk of m1-{index}"
+        );
+        assert!(
+            debugfs_cat(disk, "/etc/metalmesh/network")
+                .contains(&format!("ADDRESS=10.0.1.{}/32", 10 + index)),
+            "disk of m1-{index}"
         );
     }
 }
