@@ -92,6 +92,11 @@ impl Fib {
         })
     }
 
+    /// A peer configured after start (its port came up).
+    pub fn add_peer(&mut self, peer: PeerId, remote: Remote) {
+        self.peers.insert(peer, remote);
+    }
+
     pub fn installed(&self) -> usize {
         self.installed.len()
     }

@@ -112,6 +112,7 @@ impl BgpTask {
         if let Ok(mut slot) = self.slot.lock() {
             *slot = Some(speaker_handle.clone());
         }
+        let mut known_ports: std::collections::BTreeSet<String> = ports.iter().cloned().collect();
         let mut originated: BTreeMap<RouteKey, LocalRoute> = BTreeMap::new();
         let mut learned: BTreeMap<RouteKey, LearnedRemote> = BTreeMap::new();
         let sweep = tokio::time::sleep(STALE_AFTER);
@@ -150,6 +151,32 @@ impl BgpTask {
                     }
                     if tenant_changed {
                         self.learned.send_replace(learned.values().cloned().collect());
+                    }
+                }
+                changed = self.ports.changed() => {
+                    changed?;
+                    // Fabric ports that appeared since: a peer each.
+                    let names: Vec<String> = self
+                        .ports
+                        .borrow_and_update()
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|p| p.name)
+                        .filter(|name| self.settings.interfaces.matches(name) && !known_ports.contains(name))
+                        .collect();
+                    for name in names {
+                        let remote = Remote::Interface(name.clone());
+                        let config = PeerConfig {
+                            remote: remote.clone(),
+                            session: self.settings.unnumbered_session(),
+                        };
+                        match speaker_handle.add_peer(config).await {
+                            Ok(Some(id)) => fib.add_peer(id, remote),
+                            Ok(None) => {}
+                            Err(_) => break,
+                        }
+                        known_ports.insert(name);
                     }
                 }
                 changed = self.intents.changed() => {

@@ -77,8 +77,18 @@ pub struct PathView {
 
 #[derive(Debug)]
 enum Command {
-    Originate { key: RouteKey, route: LocalRoute },
-    Withdraw { key: RouteKey },
+    /// A peer configured while running (a fabric port that came up).
+    AddPeer(
+        Box<crate::speaker::PeerConfig>,
+        oneshot::Sender<Option<PeerId>>,
+    ),
+    Originate {
+        key: RouteKey,
+        route: LocalRoute,
+    },
+    Withdraw {
+        key: RouteKey,
+    },
     Peers(oneshot::Sender<Vec<PeerView>>),
     Routes(Option<Family>, oneshot::Sender<Vec<RouteView>>),
 }
@@ -94,6 +104,21 @@ pub struct SpeakerHandle {
 pub struct SpeakerGone;
 
 impl SpeakerHandle {
+    /// Adds a peer and starts its session (and, for a port, its router
+    /// advertisements); its id, or `None` when its remote is already
+    /// configured (nothing is added).
+    pub async fn add_peer(
+        &self,
+        config: crate::speaker::PeerConfig,
+    ) -> Result<Option<PeerId>, SpeakerGone> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::AddPeer(Box::new(config), reply))
+            .await
+            .map_err(|_| SpeakerGone)?;
+        answer.await.map_err(|_| SpeakerGone)
+    }
+
     pub async fn originate(&self, key: RouteKey, route: LocalRoute) -> Result<(), SpeakerGone> {
         self.commands
             .send(Command::Originate { key, route })
@@ -174,7 +199,7 @@ impl Driver {
         let (events_tx, mut events) = mpsc::channel(4096);
         let (connected_tx, mut connected) = mpsc::channel(64);
         let (heard_tx, mut heard) = mpsc::channel(64);
-        let interfaces: Vec<String> = state
+        let mut interfaces: Vec<String> = state
             .speaker
             .peers()
             .filter_map(|(_, p)| match &p.remote {
@@ -272,6 +297,26 @@ impl Driver {
                 Some(command) = commands.recv() => {
                     let now = Instant::now();
                     match command {
+                        Command::AddPeer(config, reply) => {
+                            if state.speaker.peer_for(&config.remote).is_some() {
+                                let _ = reply.send(None);
+                                continue;
+                            }
+                            if let Remote::Interface(name) = &config.remote {
+                                interfaces.push(name.clone());
+                                tokio::spawn(ra::run(
+                                    name.clone(),
+                                    state.config.advertisement_interval,
+                                    heard_tx.clone(),
+                                    cancel.child_token(),
+                                ));
+                            }
+                            tracing::info!(peer = %config.remote, "BGP peer added");
+                            let peer = state.speaker.add_peer(*config);
+                            let _ = reply.send(Some(peer));
+                            let out = state.speaker.handle(now, Input::Peer { peer, event: Event::Start });
+                            state.carry_out(out, &mut sink, &connected_tx);
+                        }
                         Command::Originate { key, route } => {
                             let out = state.speaker.handle(now, Input::Originate { key, route });
                             state.carry_out(out, &mut sink, &connected_tx);
