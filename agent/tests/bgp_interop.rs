@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, eventually, run};
+use metalmesh_testbed::testing::{Guard, eventually, ip, run};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
 const LEAF_AS: u32 = 4_200_000_009;
@@ -29,15 +29,6 @@ impl Drop for Daemon {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn ip(args: &[&str]) {
-    let out = run("ip", args);
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Namespace `mm-bgpx-<peer>` joined to the leaf's by a veth pair with

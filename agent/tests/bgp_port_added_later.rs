@@ -9,18 +9,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, eventually, run};
+use metalmesh_testbed::testing::{Guard, eventually, ip, run};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
-
-fn ip(args: &[&str]) {
-    let out = run("ip", args);
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn frr_daemon(dir: &Path, daemon: &str) {
     let binary = format!("/usr/lib/frr/{daemon}");

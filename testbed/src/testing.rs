@@ -102,6 +102,16 @@ pub fn up(run_dir: &Path, racks: u32, machines: u32, vms: u32) -> crate::Testbed
     testbed
 }
 
+/// Runs `ip ARGS`, which must succeed (the error names the arguments).
+pub fn ip(args: &[&str]) {
+    let out = run("ip", args);
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Gives a namespace machine (`m1-1`, …) the address a routed port of its
 /// leaf expects: `ip`/32 on its `eth0`, default route via the tenant
 /// gateway 169.254.0.1 (what a machine installed into a VRF is told).
