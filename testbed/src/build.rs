@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::daemon::{DaemonSpec, kill_all_in_netns};
 use crate::error::Error;
 use crate::plan::{
-    MachineKind, NAMESPACE_PREFIX, PROVISIONING_BRIDGE, Plan, Role, RunDir, namespace_of,
+    BENCH_NAMESPACE_PREFIX, MachineKind, NAMESPACE_PREFIX, PROVISIONING_BRIDGE, Plan, Role, RunDir,
+    namespace_of,
 };
 use crate::state::{STATE_VERSION, State};
 use crate::sys::{have_program, in_netns, ip_batch, list_netns};
@@ -41,7 +42,7 @@ fn ensure_root() -> Result<(), Error> {
 fn testbed_namespaces() -> Result<Vec<String>, Error> {
     Ok(list_netns()?
         .into_iter()
-        .filter(|n| n.starts_with(NAMESPACE_PREFIX))
+        .filter(|n| n.starts_with(NAMESPACE_PREFIX) && !n.starts_with(BENCH_NAMESPACE_PREFIX))
         .collect())
 }
 

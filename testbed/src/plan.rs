@@ -11,6 +11,10 @@ use crate::topology::{LeafBgp, Topology};
 
 /// Prefix of every network namespace the testbed creates.
 pub(crate) const NAMESPACE_PREFIX: &str = "mm-";
+/// Namespaces `scripts/bench` creates and removes itself while it runs:
+/// never the testbed's to clean up (a test must not pull a running
+/// benchmark's network away).
+pub(crate) const BENCH_NAMESPACE_PREFIX: &str = "mm-bench-";
 /// Name of each leaf's provisioning bridge.
 pub(crate) const PROVISIONING_BRIDGE: &str = "mm-pxe";
 /// ASN shared by all spines (private 4-byte range, docs/network.md).

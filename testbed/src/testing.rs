@@ -235,7 +235,7 @@ pub fn mm_namespaces() -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with("mm-"))
+        .filter(|n| n.starts_with("mm-") && !n.starts_with(crate::plan::BENCH_NAMESPACE_PREFIX))
         .map(str::to_string)
         .collect()
 }

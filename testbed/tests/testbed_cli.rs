@@ -114,3 +114,30 @@ fn qemu_machines_without_boot_artifacts_are_refused() {
     assert!(message.contains("vmlinuz"), "{message}");
     assert!(mm_namespaces().is_empty(), "nothing was built");
 }
+
+#[test]
+fn down_leaves_a_running_benchmarks_namespaces_alone() {
+    let guard = Guard::new();
+    let bench = "mm-bench-probe";
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", bench])
+        .output();
+    let added = std::process::Command::new("ip")
+        .args(["netns", "add", bench])
+        .output()
+        .unwrap();
+    assert!(added.status.success());
+    let down = cli(&guard.run_dir, &["down"]);
+    let survived = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", bench])
+        .output();
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert!(
+        String::from_utf8_lossy(&survived.stdout).contains(bench),
+        "down removed a benchmark's namespace"
+    );
+}
