@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, eventually, ip, run};
+use metalmesh_testbed::testing::{Guard, eventually, in_netns, ip, run};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
 const LEAF_AS: u32 = 4_200_000_009;
@@ -220,12 +220,6 @@ fn routes(dir: &Path, family: &str) -> Vec<String> {
         .iter()
         .map(|r| r["route"].as_str().unwrap().to_string())
         .collect()
-}
-
-fn in_ns(ns: &str, argv: &[&str]) -> String {
-    let mut full = vec!["netns", "exec", ns];
-    full.extend_from_slice(argv);
-    String::from_utf8_lossy(&run("ip", &full).stdout).into_owned()
 }
 
 // --- a peer made of bytes ---------------------------------------------
@@ -437,11 +431,11 @@ fn gobgp_bird_and_a_malformed_peer() {
     gobgp(&["global", "rib", "-a", "ipv6", "add", "fd00:77::/48"]);
     assert!(
         eventually(Duration::from_secs(10), || {
-            in_ns("mm-bgpx-leaf", &["ip", "route", "show", "table", "1001"])
+            in_netns("mm-bgpx-leaf", &["ip", "route", "show", "table", "1001"])
                 .contains("10.0.9.0/24 via 10.99.0.2")
         }),
         "GoBGP's type-5 route not in the tenant table: {}\n{:?}",
-        in_ns("mm-bgpx-leaf", &["ip", "route", "show", "table", "1001"]),
+        in_netns("mm-bgpx-leaf", &["ip", "route", "show", "table", "1001"]),
         routes(&dir, "evpn")
     );
     let evpn = agent_cli(&dir, &["bgp", "routes", "--family", "evpn", "-o", "json"]);
@@ -555,6 +549,6 @@ fn gobgp_bird_and_a_malformed_peer() {
         assert_eq!(peer["stats"]["established_transitions"], 1, "{peer}");
     }
     assert!(
-        in_ns("mm-bgpx-leaf", &["ip", "route", "show", "table", "1001"]).contains("10.0.9.0/24")
+        in_netns("mm-bgpx-leaf", &["ip", "route", "show", "table", "1001"]).contains("10.0.9.0/24")
     );
 }

@@ -13,7 +13,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use metalmesh_testbed::testing::{Guard, agent_on, cli, eventually, ok, route_machine, run};
+use metalmesh_testbed::testing::{
+    Guard, agent_on, cli, eventually, in_netns, ok, ping, route_machine, run,
+};
 use metalmesh_testbed::{LeafBgp, Overrides, Quiet, Testbed, Topology};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
@@ -42,19 +44,20 @@ addresses = ["10.0.2.{leaf}2"]
     )
 }
 
-fn ping(from: &str, to: &str) -> bool {
-    let ns = format!("mm-{from}");
-    run("ip", &["netns", "exec", &ns, "ping", "-c1", "-W1", to])
-        .status
-        .success()
+fn in_ns(node: &str, argv: &[&str]) -> String {
+    in_netns(&format!("mm-{node}"), argv)
 }
 
-fn in_ns(node: &str, argv: &[&str]) -> String {
-    let ns = format!("mm-{node}");
-    let mut full = vec!["netns", "exec", ns.as_str()];
-    full.extend_from_slice(argv);
-    let out = run("ip", &full);
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// leaf1's route to leaf2's loopback.
+fn route_to_leaf2() -> String {
+    in_ns("leaf1", &["ip", "route", "show", "10.255.0.2"])
+}
+
+/// Whether that route goes through exactly these spines.
+fn via_spines(spines: &[&str]) -> bool {
+    let route = route_to_leaf2();
+    route.matches("via inet6").count() == spines.len()
+        && spines.iter().all(|s| route.contains(&format!("dev {s}")))
 }
 
 fn vtysh(run_dir: &Path, node: &str, command: &str) -> String {
@@ -293,12 +296,9 @@ fn native_leaves_route_underlay_and_tenants_with_frr_spines() {
         "down before the hold time"
     );
     assert!(
-        eventually(Duration::from_secs(3), || {
-            let route = in_ns("leaf1", &["ip", "route", "show", "10.255.0.2"]);
-            route.matches("via inet6").count() == 1 && route.contains("dev spine2")
-        }),
+        eventually(Duration::from_secs(3), || via_spines(&["spine2"])),
         "{}",
-        in_ns("leaf1", &["ip", "route", "show", "10.255.0.2"])
+        route_to_leaf2()
     );
     assert!(
         eventually(Duration::from_secs(3), || ping("m1-1", "10.0.1.21")),
@@ -310,26 +310,23 @@ fn native_leaves_route_underlay_and_tenants_with_frr_spines() {
     )
     .unwrap();
     assert!(
-        eventually(Duration::from_secs(30), || {
-            let route = in_ns("leaf1", &["ip", "route", "show", "10.255.0.2"]);
-            route.matches("via inet6").count() == 2
-        }),
+        eventually(Duration::from_secs(30), || via_spines(&[
+            "spine1", "spine2"
+        ])),
         "spine1 back in the ECMP set"
     );
 
     // A spine's bgpd killed: its connections end at once and FRR keeps no
     // forwarding state (it offers none), so its paths go at once; traffic
     // moves to the other spine within 3 s. Restarted, it joins the ECMP set.
-    let one_hop_via = |spine: &str| {
-        let route = in_ns("leaf1", &["ip", "route", "show", "10.255.0.2"]);
-        route.matches("via inet6").count() == 1 && route.contains(&format!("dev {spine}"))
-    };
     ok(&cli(
         &guard.run_dir,
         &["kill", "spine2", "--daemon", "bgpd", "--signal", "KILL"],
     ));
     let killed = Instant::now();
-    assert!(eventually(Duration::from_secs(3), || one_hop_via("spine1")));
+    assert!(eventually(Duration::from_secs(3), || via_spines(&[
+        "spine1"
+    ])));
     assert!(eventually(Duration::from_secs(3), || ping(
         "m1-1",
         "10.0.1.21"
@@ -344,12 +341,9 @@ fn native_leaves_route_underlay_and_tenants_with_frr_spines() {
         &["start", "spine2", "--daemon", "bgpd"],
     ));
     assert!(
-        eventually(Duration::from_secs(30), || {
-            in_ns("leaf1", &["ip", "route", "show", "10.255.0.2"])
-                .matches("via inet6")
-                .count()
-                == 2
-        }),
+        eventually(Duration::from_secs(30), || via_spines(&[
+            "spine1", "spine2"
+        ])),
         "spine2 back in the ECMP set"
     );
 
@@ -360,7 +354,9 @@ fn native_leaves_route_underlay_and_tenants_with_frr_spines() {
             .status
             .success()
     );
-    assert!(eventually(Duration::from_secs(8), || one_hop_via("spine2")));
+    assert!(eventually(Duration::from_secs(8), || via_spines(&[
+        "spine2"
+    ])));
     assert!(eventually(Duration::from_secs(3), || ping(
         "m1-1",
         "10.0.1.21"
@@ -371,12 +367,9 @@ fn native_leaves_route_underlay_and_tenants_with_frr_spines() {
             .success()
     );
     assert!(
-        eventually(Duration::from_secs(30), || {
-            in_ns("leaf1", &["ip", "route", "show", "10.255.0.2"])
-                .matches("via inet6")
-                .count()
-                == 2
-        }),
+        eventually(Duration::from_secs(30), || via_spines(&[
+            "spine1", "spine2"
+        ])),
         "spine1 back after the link came up"
     );
 

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, agent_on, cli, eventually, ok, route_machine, run, up};
+use metalmesh_testbed::testing::{
+    Guard, agent_on, cli, eventually, in_netns, ok, ping, route_machine, run, up,
+};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
 
@@ -55,23 +57,6 @@ fn apply(run_dir: &Path, scratch: &Path, leaf: u32, text: &str) -> Output {
     )
 }
 
-fn ping(from: &str, to: &str) -> bool {
-    run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &format!("mm-{from}"),
-            "ping",
-            "-c1",
-            "-W1",
-            to,
-        ],
-    )
-    .status
-    .success()
-}
-
 /// A change by hand in leaf1's namespace, which must succeed.
 fn drift(args: &[&str]) {
     let mut full = vec!["netns", "exec", "mm-leaf1"];
@@ -85,9 +70,7 @@ fn drift(args: &[&str]) {
 }
 
 fn leaf1(args: &[&str]) -> String {
-    let mut full = vec!["netns", "exec", "mm-leaf1"];
-    full.extend_from_slice(args);
-    String::from_utf8_lossy(&run("ip", &full).stdout).into_owned()
+    in_netns("mm-leaf1", args)
 }
 
 /// Everything the kernel of leaf1 holds that the dataplane could touch.

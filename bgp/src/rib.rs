@@ -100,14 +100,6 @@ impl Rib {
             .unwrap_or_default()
     }
 
-    /// Every route with its selected paths, in no particular order.
-    pub fn iter_selected(&self) -> impl Iterator<Item = (&RouteKey, Vec<&Path>)> {
-        self.routes
-            .iter()
-            .filter(|(_, e)| e.selected > 0)
-            .map(|(k, e)| (k, e.paths[..e.selected].iter().collect()))
-    }
-
     /// Every path of `key`, selected or not.
     pub fn paths(&self, key: &RouteKey) -> &[Path] {
         self.routes.get(key).map_or(&[], |e| &e.paths[..])

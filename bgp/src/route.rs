@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use rustbgpd_wire::attribute::{AsPathSegment, ExtendedCommunity, Origin, PathAttribute};
-use rustbgpd_wire::evpn::{EvpnIpPrefixValue, EvpnRoute, EvpnRouteKey};
+use rustbgpd_wire::evpn::{EvpnRoute, EvpnRouteKey};
 use rustbgpd_wire::nlri::{Ipv4Prefix, Ipv6Prefix};
 use rustbgpd_wire::{Afi, Safi};
 use serde::{Deserialize, Serialize};
@@ -303,16 +303,5 @@ impl Path {
             Some(EvpnRoute::IpPrefix(r)) => Some(r.label.value()),
             _ => None,
         }
-    }
-}
-
-/// The IP prefix of an EVPN type-5 key, as text (`10.0.1.21/32`).
-pub fn evpn_prefix(key: &EvpnRouteKey) -> Option<String> {
-    match key {
-        EvpnRouteKey::IpPrefix { prefix, .. } => Some(match prefix {
-            EvpnIpPrefixValue::V4(p) => format!("{}/{}", p.addr, p.len),
-            EvpnIpPrefixValue::V6(p) => format!("{}/{}", p.addr, p.len),
-        }),
-        _ => None,
     }
 }

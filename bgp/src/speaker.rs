@@ -99,7 +99,6 @@ struct PeerState {
     session: Session,
     facts: Option<PeerFacts>,
     adj_out: HashMap<RouteKey, Advertised>,
-    end_of_rib: BTreeSet<Family>,
     /// Routes kept while the peer restarts gracefully.
     stale: Option<Stale>,
 }
@@ -132,8 +131,9 @@ pub struct PeerView {
 
 #[derive(Debug)]
 pub struct Speaker {
+    /// Our AS (prepended on eBGP export); the BGP identifier and the rest
+    /// of each session's settings are in its `SessionConfig`.
     local_as: u32,
-    router_id: Ipv4Addr,
     peers: Vec<PeerState>,
     rib: Rib,
     /// Attributes of local routes, shared per distinct community set.
@@ -141,22 +141,13 @@ pub struct Speaker {
 }
 
 impl Speaker {
-    pub fn new(local_as: u32, router_id: Ipv4Addr) -> Speaker {
+    pub fn new(local_as: u32) -> Speaker {
         Speaker {
             local_as,
-            router_id,
             peers: Vec::new(),
             rib: Rib::new(),
             local_attributes: HashMap::new(),
         }
-    }
-
-    pub fn local_as(&self) -> u32 {
-        self.local_as
-    }
-
-    pub fn router_id(&self) -> Ipv4Addr {
-        self.router_id
     }
 
     /// Adds a peer (not started yet); its id is its index.
@@ -167,7 +158,6 @@ impl Speaker {
             config,
             facts: None,
             adj_out: HashMap::new(),
-            end_of_rib: BTreeSet::new(),
             stale: None,
         });
         id
@@ -355,7 +345,6 @@ impl Speaker {
             ebgp: negotiated.ebgp,
         });
         state.adj_out.clear();
-        state.end_of_rib.clear();
         tracing::info!(
             peer = %state.config.remote, remote_as = negotiated.remote_as,
             families = ?negotiated.families, "BGP session established"
@@ -494,11 +483,6 @@ impl Speaker {
         for (key, path) in received.announced {
             families.insert(key.family());
             changes.extend(self.rib.insert(key, path));
-        }
-        if let Some(family) = received.end_of_rib
-            && let Some(state) = self.peers.get_mut(peer.0 as usize)
-        {
-            state.end_of_rib.insert(family);
         }
         if let Some(family) = received.end_of_rib {
             self.flush_stale(peer, Some(family), out);

@@ -5,13 +5,12 @@
 //! that fit the 4096-byte message limit.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use rustbgpd_wire::attribute::{MpReachNlri, MpUnreachNlri, PathAttribute};
 use rustbgpd_wire::evpn::EvpnRoute;
 use rustbgpd_wire::nlri::{Ipv4NlriEntry, NlriEntry, Prefix};
-use rustbgpd_wire::notification::update_subcode;
 use rustbgpd_wire::validate::ErrorDisposition;
 use rustbgpd_wire::{
     Ipv4UnicastMode, MAX_MESSAGE_LEN, Message, NotificationCode, NotificationMessage, UpdateMessage,
@@ -492,20 +491,4 @@ pub fn max_prefixes_notification() -> NotificationMessage {
         NotificationCode::Cease,
         rustbgpd_wire::notification::cease_subcode::MAX_PREFIXES,
     )
-}
-
-/// An UPDATE error NOTIFICATION (for errors found outside the codec).
-pub fn malformed_attribute_list() -> NotificationMessage {
-    notification(
-        NotificationCode::UpdateMessage,
-        update_subcode::MALFORMED_ATTRIBUTE_LIST,
-    )
-}
-
-/// The local IPv4 address as a next hop where a session runs over IPv4.
-pub fn v4_next_hop(local: IpAddr) -> Option<Ipv4Addr> {
-    match local {
-        IpAddr::V4(a) => Some(a),
-        IpAddr::V6(a) => a.to_ipv4_mapped(),
-    }
 }

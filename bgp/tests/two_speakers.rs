@@ -49,12 +49,12 @@ const SPINE_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
 
 impl Pair {
     fn new() -> Pair {
-        let mut leaf = Speaker::new(LEAF_AS, Ipv4Addr::new(10, 255, 0, 1));
+        let mut leaf = Speaker::new(LEAF_AS);
         leaf.add_peer(PeerConfig {
             remote: Remote::Interface("spine1".into()),
             session: config(LEAF_AS, Ipv4Addr::new(10, 255, 0, 1), RemoteAs::External),
         });
-        let mut spine = Speaker::new(SPINE_AS, Ipv4Addr::new(10, 254, 0, 1));
+        let mut spine = Speaker::new(SPINE_AS);
         spine.add_peer(PeerConfig {
             remote: Remote::Interface("leaf1".into()),
             session: config(SPINE_AS, Ipv4Addr::new(10, 254, 0, 1), RemoteAs::External),
@@ -300,7 +300,7 @@ fn hold_timer_expiry_closes_with_a_notification_and_drops_routes() {
 #[test]
 fn wrong_peer_as_is_refused_in_open() {
     let mut pair = Pair::new();
-    pair.spine = Speaker::new(SPINE_AS, Ipv4Addr::new(10, 254, 0, 1));
+    pair.spine = Speaker::new(SPINE_AS);
     pair.spine.add_peer(PeerConfig {
         remote: Remote::Interface("leaf1".into()),
         session: config(
@@ -459,7 +459,7 @@ fn a_restarting_peer_keeps_its_routes_until_end_of_rib() {
     assert_eq!(pair.spine.rib().selected(&loopback_key(3)).len(), 1);
 
     // The leaf comes back (a new speaker: R bit set) announcing only .1.
-    pair.leaf = Speaker::new(LEAF_AS, Ipv4Addr::new(10, 255, 0, 1));
+    pair.leaf = Speaker::new(LEAF_AS);
     pair.leaf.add_peer(PeerConfig {
         remote: Remote::Interface("spine1".into()),
         session: config(LEAF_AS, Ipv4Addr::new(10, 255, 0, 1), RemoteAs::External),

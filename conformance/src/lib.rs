@@ -106,6 +106,36 @@ pub fn check(cases: &[PathBuf], replay: impl Fn(&Path) -> Vec<String>) {
     );
 }
 
+/// Shows that [`check`] can fail: the first case replays to its expected
+/// outputs, and with its last expected line replaced (by the first of
+/// `replacements` that differs from what the core produced) it no longer
+/// does.
+///
+/// # Panics
+/// When the case does not replay, or the replaced line goes unnoticed.
+pub fn assert_a_changed_line_is_caught(
+    cases: &[PathBuf],
+    replay: impl Fn(&Path) -> Vec<String>,
+    replacements: &[&str],
+) {
+    let Some(case) = cases.first() else {
+        panic!("no conformance case");
+    };
+    let got = replay(case);
+    let mut expected = lines(&case.join("expected.jsonl"));
+    assert_eq!(compare(&got, &expected), None, "the recorded case replays");
+    let last = expected.len() - 1;
+    let replacement = replacements
+        .iter()
+        .find(|r| compare(&got[last..], &[r.to_string()]).is_some())
+        .unwrap_or_else(|| panic!("no replacement differs from the last output"));
+    expected[last] = replacement.to_string();
+    assert!(
+        compare(&got, &expected).is_some(),
+        "a changed line went unnoticed"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::compare;

@@ -18,7 +18,7 @@ use rustbgpd_wire::{Message, decode_message};
 
 fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
-    let mut speaker = Speaker::new(4_200_000_001, Ipv4Addr::new(10, 255, 0, 1));
+    let mut speaker = Speaker::new(4_200_000_001);
     let peer = speaker.add_peer(PeerConfig {
         remote: Remote::Interface("spine1".into()),
         session: SessionConfig {

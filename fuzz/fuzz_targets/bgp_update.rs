@@ -49,7 +49,7 @@ fn open() -> Message {
 
 fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
-    let mut speaker = Speaker::new(4_200_000_001, Ipv4Addr::new(10, 255, 0, 1));
+    let mut speaker = Speaker::new(4_200_000_001);
     for name in ["spine1", "spine2"] {
         speaker.add_peer(PeerConfig {
             remote: Remote::Interface(name.into()),

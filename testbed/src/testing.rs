@@ -102,6 +102,22 @@ pub fn up(run_dir: &Path, racks: u32, machines: u32, vms: u32) -> crate::Testbed
     testbed
 }
 
+/// Runs `argv` inside `namespace` (`ip netns exec`); its standard output.
+pub fn in_netns(namespace: &str, argv: &[&str]) -> String {
+    let mut full = vec!["netns", "exec", namespace];
+    full.extend_from_slice(argv);
+    String::from_utf8_lossy(&run("ip", &full).stdout).into_owned()
+}
+
+/// Whether one ping from the testbed node or machine `from` (namespace
+/// `mm-<from>`) to `to` is answered within a second.
+pub fn ping(from: &str, to: &str) -> bool {
+    let ns = format!("mm-{from}");
+    run("ip", &["netns", "exec", &ns, "ping", "-c1", "-W1", to])
+        .status
+        .success()
+}
+
 /// Runs `ip ARGS`, which must succeed (the error names the arguments).
 pub fn ip(args: &[&str]) {
     let out = run("ip", args);

@@ -97,10 +97,6 @@ impl Fib {
         self.peers.insert(peer, remote);
     }
 
-    pub fn installed(&self) -> usize {
-        self.installed.len()
-    }
-
     /// Writes one route change to the kernel (IPv4 unicast only; other
     /// families are not for the main table).
     pub async fn apply(&mut self, route: &UnderlayRoute) {

@@ -76,7 +76,7 @@ impl BgpTask {
             .map(|p| p.name)
             .filter(|name| settings.interfaces.matches(name))
             .collect();
-        let mut speaker = Speaker::new(settings.asn, settings.router_id);
+        let mut speaker = Speaker::new(settings.asn);
         let mut remotes = HashMap::new();
         for port in &ports {
             let remote = Remote::Interface(port.clone());
