@@ -321,6 +321,17 @@ fn gobgp_bird_and_a_malformed_peer() {
         "bx-raw",
     ]);
     ip(&["-n", "mm-bgpx-leaf", "link", "set", "bx-raw", "up"]);
+    // A second subnet on the same link: 10.99.3.2 is no configured neighbour.
+    ip(&["addr", "add", "10.99.3.2/30", "dev", "mm-bgpx-raw"]);
+    ip(&[
+        "-n",
+        "mm-bgpx-leaf",
+        "addr",
+        "add",
+        "10.99.3.1/30",
+        "dev",
+        "bx-raw",
+    ]);
 
     // The leaf: the agent, with a tenant VRF of VNI 10001 and no ports.
     let dir = guard.scratch.join("leaf");
@@ -474,6 +485,29 @@ fn gobgp_bird_and_a_malformed_peer() {
         "global", "rib", "-a", "ipv6"
     ])
     .contains("fd00:88::/48")));
+
+    // Who may connect: from an address that is no configured neighbour,
+    // the connection is closed before anything is read or sent.
+    let mut stranger = None;
+    assert!(eventually(Duration::from_secs(10), || {
+        stranger =
+            TcpStream::connect_timeout(&"10.99.3.1:179".parse().unwrap(), Duration::from_secs(1))
+                .ok();
+        stranger.is_some()
+    }));
+    let mut stranger = stranger.unwrap();
+    assert_eq!(stranger.local_addr().unwrap().ip().to_string(), "10.99.3.2");
+    stranger
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = stranger.write_all(&open_message());
+    let mut buffer = [0u8; 64];
+    assert!(
+        matches!(stranger.read(&mut buffer), Ok(0) | Err(_)),
+        "an unconfigured address got an answer"
+    );
+    let peers = agent_cli(&dir, &["bgp", "neighbors", "-o", "json"]);
+    assert!(!peers.to_string().contains("10.99.3.2"), "{peers}");
 
     // A malformed peer: a raw TCP session from this process, over a veth
     // whose host end is the neighbour address 10.99.2.2.
