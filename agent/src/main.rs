@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use metalmesh_agent::admin::AgentStatus;
-use metalmesh_agent::admin::client::{AdminClient, DataplaneDiff, MeshMembers};
+use metalmesh_agent::admin::client::{AdminClient, DataplaneDiff, MeshMembers, MeshRecords};
 use metalmesh_agent::config::{DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG, Loaded};
 use metalmesh_agent::dataplane::desired::NextHop;
 use metalmesh_agent::lldp::LldpSnapshot;
@@ -204,11 +204,18 @@ enum MeshCommand {
     },
     /// Records in this node's replica.
     Records {
-        /// Only records of this kind (switch, port, machine, lease, project, network, …).
+        /// Only records of this kind (switch, port, machine, lease, project, network, node, revocation, …).
         #[arg(long)]
         kind: Option<String>,
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
+    },
+    /// Spread a revocation made by `metalmesh ca revoke` through the mesh:
+    /// every node closes the revoked node's connections and refuses what
+    /// it signs from then on.
+    Revoke {
+        /// The revocation file (`<ca-dir>/revoked/<node>.json`).
+        file: PathBuf,
     },
 }
 
@@ -370,35 +377,75 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Mesh {
             command: MeshCommand::Members { output },
         } => {
-            let MeshMembers { node, members } = admin.mesh_members().await?;
-            let answer = serde_json::json!({ "node": node, "members": members });
+            let MeshMembers {
+                node,
+                members,
+                health,
+            } = admin.mesh_members().await?;
+            let answer = serde_json::json!({ "node": node, "members": members, "health": health });
             print(output, &answer, |_| {
-                let mut rows = vec![header(&["NAME", "ADDRESS", "STATE"])];
+                let mut rows = vec![header(&["NAME", "ADDRESS", "STATE", "REFUSED"])];
                 for member in &members {
+                    let c = &member.counters;
                     rows.push(vec![
                         member.name.clone(),
                         member.addr.to_string(),
                         member.state.clone(),
+                        (c.malformed
+                            + c.impersonation
+                            + c.connections_refused
+                            + c.wrong_certificate)
+                            .to_string(),
                     ]);
                 }
-                format!(
+                let mut text = format!(
                     "{} members besides {node}\n{}",
                     members.len(),
                     render_table(rows)
-                )
+                );
+                if let Some(records) = &health.records {
+                    text.push_str(&format!(
+                        "records refused: {} (unsigned {}, unknown signer {}, bad signature {}, wrong writer {}, revoked {}, over quota {}); kept without understanding: {}\n",
+                        records.refused(),
+                        records.unsigned,
+                        records.unknown_signer,
+                        records.bad_signature,
+                        records.wrong_writer,
+                        records.revoked,
+                        records.over_quota,
+                        records.opaque_stored
+                    ));
+                }
+                if !health.revoked.is_empty() {
+                    text.push_str(&format!("revoked: {}\n", health.revoked.join(", ")));
+                }
+                text
             })
         }
         Command::Mesh {
             command: MeshCommand::Records { kind, output },
         } => {
-            let records = admin.mesh_records(kind).await?;
-            print(output, &records, |records| {
+            let MeshRecords { records, revoked } = admin.mesh_records(kind).await?;
+            let marked: Vec<serde_json::Value> = records
+                .iter()
+                .map(|record| {
+                    let mut value = serde_json::to_value(record).unwrap_or_default();
+                    value["revoked_origin"] = revoked.contains(&record.origin).into();
+                    value
+                })
+                .collect();
+            print(output, &marked, |_| {
                 let mut rows = vec![header(&["KIND", "KEY", "ORIGIN", "VERSION", "BYTES"])];
                 for record in records.iter() {
+                    let origin = if revoked.contains(&record.origin) {
+                        format!("{} (revoked)", record.origin)
+                    } else {
+                        record.origin.clone()
+                    };
                     rows.push(vec![
                         record.id.kind.to_string(),
                         record.id.key.clone(),
-                        record.origin.clone(),
+                        origin,
                         record.version.to_string(),
                         record
                             .value
@@ -408,6 +455,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 }
                 render_table(rows)
             })
+        }
+        Command::Mesh {
+            command: MeshCommand::Revoke { file },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            let record: metalmesh_inventory::Record = serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!("{} is not a revocation record: {e}", file.display())
+            })?;
+            let node = record.id.key.clone();
+            let new = admin.mesh_revoke(record).await?;
+            if new {
+                println!("{node} revoked; spreading through the mesh");
+            } else {
+                println!("{node} was revoked already");
+            }
+            Ok(())
         }
         Command::Bgp { command } => bgp_command(&admin, command).await,
         Command::Ports { output } => {

@@ -14,6 +14,7 @@ use metalmesh_inventory::mesh::service::{self, Command, MeshSettings, MeshView};
 use metalmesh_inventory::model;
 use metalmesh_inventory::pki::NodeCredentials;
 use metalmesh_inventory::store::blocking;
+use metalmesh_inventory::trust::Trust;
 use metalmesh_inventory::{RecordKind, Store};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -26,10 +27,31 @@ use crate::switch::SwitchRecord;
 /// How often the lease store is read for changes to publish.
 const LEASE_POLL: Duration = Duration::from_secs(2);
 
-/// Opens the store in `state_dir`; a corrupt or newer file stops the agent
-/// with the reason, it is never reset.
-pub fn open_store(state_dir: &Path, name: &str) -> anyhow::Result<Store> {
-    Ok(Store::open(&state_dir.join("inventory.db"), name)?)
+/// Opens the store in `state_dir` (signed, in a mesh); a corrupt or newer
+/// file stops the agent with the reason, it is never reset. The state
+/// directory is made owner-only: the store holds what the mesh must not.
+pub fn open_store(
+    state_dir: &Path,
+    name: &str,
+    mesh: Option<&NodeCredentials>,
+) -> anyhow::Result<Store> {
+    restrict_to_owner(state_dir)?;
+    let path = state_dir.join("inventory.db");
+    Ok(match mesh {
+        None => Store::open(&path, name)?,
+        Some(credentials) => {
+            let trust = Trust::from_credentials(credentials).context("mesh credentials")?;
+            Store::open_signed(&path, trust)?
+        }
+    })
+}
+
+/// Mode 0700 on the state directory (created if missing).
+pub fn restrict_to_owner(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} owner-only", dir.display()))
 }
 
 /// Loads the mesh credentials of node `name`; every error names the file.
@@ -49,17 +71,16 @@ pub fn load_credentials(
     Ok(credentials)
 }
 
-/// Starts the mesh service and the command handler.
-pub fn spawn_mesh(
-    supervisor: &mut Supervisor,
+/// Where the mesh service of this agent listens, whom it asks to join, and
+/// the credential files it watches for renewal.
+pub fn mesh_settings(
     config: &MeshConfig,
-    credentials: NodeCredentials,
+    state_dir: &Path,
     name: &str,
     loopback: std::net::Ipv4Addr,
-    store: Store,
-    view: MeshView,
-) {
-    let settings = MeshSettings {
+) -> MeshSettings {
+    let (ca, cert, key) = config.credential_paths(state_dir);
+    MeshSettings {
         name: name.to_string(),
         listen: config.listen,
         advertise: config.advertise_addr(loopback),
@@ -70,7 +91,18 @@ pub fn spawn_mesh(
             )),
             ..Tuning::default()
         },
-    };
+        credential_files: Some(service::CredentialFiles { ca, cert, key }),
+    }
+}
+
+/// Starts the mesh service and the command handler.
+pub fn spawn_mesh(
+    supervisor: &mut Supervisor,
+    settings: MeshSettings,
+    credentials: NodeCredentials,
+    store: Store,
+    view: MeshView,
+) {
     let credentials = Arc::new(credentials);
     let (commands_tx, commands) = mpsc::channel::<Command>(64);
     let commands = Arc::new(tokio::sync::Mutex::new(commands));

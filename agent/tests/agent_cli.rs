@@ -235,8 +235,16 @@ fn mesh_credentials_and_corrupt_store_problems_are_named() {
     metalmesh_inventory::pki::init_ca_files(&mesh, "test").unwrap();
     let issue = |node: &str| {
         let out = guard.scratch.join(format!("issued-{node}"));
-        let (cert, key) =
-            metalmesh_inventory::pki::issue_node_files(&mesh, node, &out, 30).unwrap();
+        let (cert, key) = metalmesh_inventory::pki::issue_node_files(
+            &mesh,
+            &metalmesh_inventory::pki::NodeIdentity::new(
+                node,
+                metalmesh_inventory::trust::Role::Leaf,
+            ),
+            &out,
+            30,
+        )
+        .unwrap();
         std::fs::copy(cert, mesh.join("node.pem")).unwrap();
         (out, key)
     };

@@ -218,6 +218,8 @@ fn five_agents_replicate_recover_and_refuse_strangers() {
             "issue",
             "--node",
             "rogue",
+            "--role",
+            "leaf",
             "--ca-dir",
             rogue.to_str().unwrap(),
             "--out",

@@ -8,6 +8,7 @@
 //! - [`clock`]: record versions (monotonic wall-clock time per node).
 //! - [`store`]: the node-local SQLite replica with change subscriptions.
 //! - [`pki`]: the mesh certificate authority.
+//! - [`trust`]: who may write what, record signatures, revocation.
 //! - [`mesh`]: SWIM membership, dissemination and anti-entropy over QUIC.
 //! - [`sim`]: a deterministic in-process network to run many mesh nodes.
 //!
@@ -27,6 +28,7 @@ pub mod replica;
 pub mod sim;
 #[cfg(feature = "node")]
 pub mod store;
+pub mod trust;
 
 pub use record::{Record, RecordKey, RecordKind, Version};
 #[cfg(feature = "node")]

@@ -1,27 +1,38 @@
 //! The mesh certificate authority. `metalmesh ca init` creates a CA key and
-//! self-signed certificate; `metalmesh ca issue --node NAME` signs a node
-//! certificate whose subject alternative name is the node's mesh name. Mesh
-//! peers accept each other only with certificates from this CA, and check the
-//! name a peer claims against its certificate.
+//! self-signed certificate (Ed25519); `metalmesh ca issue --node NAME --role
+//! ROLE` signs a node certificate whose subject alternative names are the
+//! node's mesh name (DNS), its role (URI `urn:metalmesh:role:<role>`) and
+//! the addresses it may advertise (IP, optional). Mesh peers accept each
+//! other only with certificates from this CA that state a role, and check
+//! the name a peer claims against its certificate. `metalmesh ca revoke`
+//! signs a revocation record with the CA key, for the mesh to spread.
 //!
 //! Key files are written with mode 0600 and never overwritten.
 
+use crate::record::{Record, RecordKey, RecordKind};
+use crate::trust::certificate::ROLE_URI_PREFIX;
+use crate::trust::keyring::Revocation;
+use crate::trust::{CA_ORIGIN, Role, Signer};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, PKCS_ED25519, SanType,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 
 /// Validity of a CA created by [`init_ca`].
 pub const CA_VALIDITY_DAYS: i64 = 3650;
-/// Default validity of node certificates.
-pub const NODE_VALIDITY_DAYS: i64 = 365;
+/// Default validity of node certificates: short, since agents pick up a
+/// renewed certificate without a restart.
+pub const NODE_VALIDITY_DAYS: i64 = 30;
+/// How far back a new certificate's validity starts, for clock skew.
+const BACKDATE: Duration = Duration::minutes(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -44,6 +55,14 @@ pub enum PkiError {
     BadValidity(i64),
     #[error("the mesh certificate is issued to {found:?}, but this node is {expected:?}")]
     WrongNode { expected: String, found: String },
+    #[error("{0:?} is reserved for the mesh CA's own records")]
+    ReservedName(String),
+    #[error("{path}: {detail}")]
+    Certificate { path: PathBuf, detail: String },
+    #[error(
+        "the CA key in {path} is not Ed25519 ({detail}); revocations need a CA made by this version of `metalmesh ca init`"
+    )]
+    CaKey { path: PathBuf, detail: String },
 }
 
 /// The longest validity `issue_node_files` grants (100 years).
@@ -58,7 +77,7 @@ pub struct IssuedPem {
 
 /// Creates a CA; returns its PEM certificate and key.
 pub fn generate_ca(name: &str) -> Result<IssuedPem, PkiError> {
-    let key = KeyPair::generate()?;
+    let key = KeyPair::generate_for(&PKCS_ED25519)?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params
@@ -75,21 +94,51 @@ pub fn generate_ca(name: &str) -> Result<IssuedPem, PkiError> {
     })
 }
 
-/// Signs a certificate for mesh node `node`, valid from `not_before` to
+/// What a node certificate states.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    pub node: String,
+    pub role: Role,
+    /// Addresses the node may advertise in the mesh; empty: whatever
+    /// address it connects from.
+    pub addresses: Vec<IpAddr>,
+}
+
+impl NodeIdentity {
+    pub fn new(node: &str, role: Role) -> NodeIdentity {
+        NodeIdentity {
+            node: node.to_string(),
+            role,
+            addresses: Vec::new(),
+        }
+    }
+}
+
+/// Signs a certificate for a mesh node, valid from `not_before` to
 /// `not_after`, usable both to serve and to connect.
 pub fn issue_node(
     ca: &IssuedPem,
-    node: &str,
+    identity: &NodeIdentity,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> Result<IssuedPem, PkiError> {
+    let node = identity.node.as_str();
     if !valid_node_name(node) {
         return Err(PkiError::BadNodeName(node.to_string()));
     }
+    if node == CA_ORIGIN {
+        return Err(PkiError::ReservedName(node.to_string()));
+    }
     let ca_key = KeyPair::from_pem(&ca.key)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key)?;
-    let key = KeyPair::generate()?;
+    let key = KeyPair::generate_for(&PKCS_ED25519)?;
     let mut params = CertificateParams::new(vec![node.to_string()])?;
+    params.subject_alt_names.push(SanType::URI(
+        format!("{ROLE_URI_PREFIX}{}", identity.role).try_into()?,
+    ));
+    for address in &identity.addresses {
+        params.subject_alt_names.push(SanType::IpAddress(*address));
+    }
     params.distinguished_name.push(DnType::CommonName, node);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
@@ -131,32 +180,114 @@ pub fn init_ca_files(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), PkiEr
 }
 
 /// `metalmesh ca issue`: signs a node certificate with the CA in `ca_dir` and
-/// writes `<node>.pem` and `<node>.key` into `out_dir`.
+/// writes `<node>.pem` and `<node>.key` into `out_dir`. A node revoked
+/// before gets a certificate valid only from after its revocation (the mesh
+/// refuses certificates of a revoked name issued before it).
 pub fn issue_node_files(
     ca_dir: &Path,
-    node: &str,
+    identity: &NodeIdentity,
     out_dir: &Path,
     days: i64,
 ) -> Result<(PathBuf, PathBuf), PkiError> {
     if !(1..=MAX_VALIDITY_DAYS).contains(&days) {
         return Err(PkiError::BadValidity(days));
     }
-    let ca = IssuedPem {
-        cert: read_text(&ca_dir.join("ca.pem"))?,
-        key: read_text(&ca_dir.join("ca.key"))?,
-    };
+    let ca = read_ca(ca_dir)?;
+    let node = &identity.node;
     let cert_path = out_dir.join(format!("{node}.pem"));
     let key_path = out_dir.join(format!("{node}.key"));
     refuse_existing(&[&cert_path, &key_path])?;
     let now = OffsetDateTime::now_utc();
-    let issued = issue_node(
-        &ca,
-        node,
-        now - Duration::hours(1),
-        now + Duration::days(days),
-    )?;
+    let mut not_before = now - BACKDATE;
+    if let Some(revoked) = revoked_at(ca_dir, node)?
+        && revoked >= not_before
+    {
+        not_before = revoked + Duration::seconds(1);
+    }
+    let issued = issue_node(&ca, identity, not_before, now + Duration::days(days))?;
     write_pair(out_dir, &issued, &cert_path, &key_path)?;
     Ok((cert_path, key_path))
+}
+
+fn read_ca(ca_dir: &Path) -> Result<IssuedPem, PkiError> {
+    Ok(IssuedPem {
+        cert: read_text(&ca_dir.join("ca.pem"))?,
+        key: read_text(&ca_dir.join("ca.key"))?,
+    })
+}
+
+/// Where `ca revoke` keeps the revocations it signed.
+fn revocation_path(ca_dir: &Path, node: &str) -> PathBuf {
+    ca_dir.join("revoked").join(format!("{node}.json"))
+}
+
+fn revoked_at(ca_dir: &Path, node: &str) -> Result<Option<OffsetDateTime>, PkiError> {
+    let path = revocation_path(ca_dir, node);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let record: Record =
+        serde_json::from_str(&read_text(&path)?).map_err(|e| PkiError::BadPem {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+    let seconds = i64::try_from(record.version >> 32).unwrap_or(i64::MAX);
+    Ok(OffsetDateTime::from_unix_timestamp(seconds).ok())
+}
+
+/// `metalmesh ca revoke`: signs, with the CA key, the record that revokes
+/// `node` from now on; writes it to `<ca_dir>/revoked/<node>.json` (kept, so
+/// a later `issue` for the name starts after it) and returns it. An agent
+/// takes it into the mesh with `metalmesh-agent mesh revoke FILE`.
+pub fn revoke_node(ca_dir: &Path, node: &str, reason: &str) -> Result<(PathBuf, Record), PkiError> {
+    if !valid_node_name(node) {
+        return Err(PkiError::BadNodeName(node.to_string()));
+    }
+    let key_path = ca_dir.join("ca.key");
+    let key_pem = read_text(&key_path)?;
+    let der =
+        rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
+            PkiError::BadPem {
+                path: key_path.clone(),
+                detail: e.to_string(),
+            }
+        })?;
+    let signer = Signer::from_pkcs8(der.secret_pkcs8_der()).map_err(|e| PkiError::CaKey {
+        path: key_path.clone(),
+        detail: e.to_string(),
+    })?;
+    let value = serde_json::to_string(&Revocation {
+        node: node.to_string(),
+        reason: reason.to_string(),
+    })
+    .map_err(|e| PkiError::BadPem {
+        path: key_path.clone(),
+        detail: e.to_string(),
+    })?;
+    let mut record = Record {
+        id: RecordKey::new(RecordKind::Revocation, node),
+        origin: CA_ORIGIN.to_string(),
+        version: crate::clock::now_version(),
+        value: Some(value),
+        signature: Vec::new(),
+    };
+    signer.sign(&mut record);
+    let path = revocation_path(ca_dir, node);
+    let dir = ca_dir.join("revoked");
+    std::fs::create_dir_all(&dir).map_err(|source| PkiError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let text = serde_json::to_string_pretty(&record).unwrap_or_default();
+    if path.exists() {
+        // Revoking again moves the time forward; the file is the latest.
+        std::fs::remove_file(&path).map_err(|source| PkiError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    write_new(&path, &text, 0o644)?;
+    Ok((path, record))
 }
 
 fn refuse_existing(paths: &[&PathBuf]) -> Result<(), PkiError> {
@@ -300,7 +431,8 @@ mod tests {
             init_ca_files(dir.path(), "test"),
             Err(PkiError::Exists { .. })
         ));
-        let (cert, key) = issue_node_files(dir.path(), "leaf1", dir.path(), 30).unwrap();
+        let leaf = |name: &str| NodeIdentity::new(name, Role::Leaf);
+        let (cert, key) = issue_node_files(dir.path(), &leaf("leaf1"), dir.path(), 30).unwrap();
         assert_eq!(
             std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
             0o600
@@ -313,13 +445,17 @@ mod tests {
         assert!(error.to_string().contains("\"leaf1\""), "{error}");
         for days in [0, MAX_VALIDITY_DAYS + 1, i64::MAX] {
             assert!(matches!(
-                issue_node_files(dir.path(), "leaf3", dir.path(), days),
+                issue_node_files(dir.path(), &leaf("leaf3"), dir.path(), days),
                 Err(PkiError::BadValidity(_))
             ));
         }
         assert!(matches!(
-            issue_node_files(dir.path(), "bad name", dir.path(), 30),
+            issue_node_files(dir.path(), &leaf("bad name"), dir.path(), 30),
             Err(PkiError::BadNodeName(_))
+        ));
+        assert!(matches!(
+            issue_node_files(dir.path(), &leaf(CA_ORIGIN), dir.path(), 30),
+            Err(PkiError::ReservedName(_))
         ));
     }
 

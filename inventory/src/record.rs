@@ -15,10 +15,13 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Longest key or origin name.
 pub const MAX_NAME_BYTES: usize = 256;
 
-/// What a record describes, and therefore who may write it (see
-/// `docs/design/inventory.md`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// What a record describes, and therefore who may write it (the table is
+/// [`crate::trust::rules`]).
+///
+/// On the wire and on disk a kind is its name, so a node stores and relays
+/// kinds a newer build added ([`RecordKind::Other`]) without understanding
+/// them: a mesh is upgraded one node at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RecordKind {
     // Written by the leaf agents.
     Switch,
@@ -33,10 +36,57 @@ pub enum RecordKind {
     Size,
     Partition,
     AllocationIntent,
+    // Mesh trust: a node's certificates (written by that node), and a
+    // revocation (signed by the mesh CA).
+    Node,
+    Revocation,
+    /// A kind this build does not know.
+    Other(KindName),
+}
+
+/// The name of a kind this build does not know: lowercase letters, digits
+/// and '-', at most [`KindName::MAX`] bytes (kept inline so kinds stay `Copy`).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KindName {
+    len: u8,
+    bytes: [u8; KindName::MAX],
+}
+
+impl KindName {
+    pub const MAX: usize = 32;
+
+    pub fn new(name: &str) -> Option<KindName> {
+        let valid = !name.is_empty()
+            && name.len() <= KindName::MAX
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
+            return None;
+        }
+        let mut bytes = [0; KindName::MAX];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Some(KindName {
+            len: name.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ever built from a checked ASCII `&str`.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for KindName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 11] = [
+    /// The kinds this build knows.
+    pub const ALL: [RecordKind; 13] = [
         RecordKind::Switch,
         RecordKind::Port,
         RecordKind::Machine,
@@ -48,9 +98,11 @@ impl RecordKind {
         RecordKind::Size,
         RecordKind::Partition,
         RecordKind::AllocationIntent,
+        RecordKind::Node,
+        RecordKind::Revocation,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &str {
         match self {
             RecordKind::Switch => "switch",
             RecordKind::Port => "port",
@@ -63,27 +115,57 @@ impl RecordKind {
             RecordKind::Size => "size",
             RecordKind::Partition => "partition",
             RecordKind::AllocationIntent => "allocation-intent",
+            RecordKind::Node => "node",
+            RecordKind::Revocation => "revocation",
+            RecordKind::Other(name) => name.as_str(),
         }
     }
 
+    /// A kind this build knows, by name (what a user may ask for).
     pub fn parse(text: &str) -> Option<RecordKind> {
         RecordKind::ALL
             .into_iter()
             .find(|kind| kind.as_str() == text)
     }
 
+    /// Any well-formed kind name as it arrives from the wire or the disk:
+    /// names this build does not know become [`RecordKind::Other`].
+    pub fn from_name(text: &str) -> Option<RecordKind> {
+        RecordKind::parse(text).or_else(|| KindName::new(text).map(RecordKind::Other))
+    }
+
+    pub fn is_known(&self) -> bool {
+        !matches!(self, RecordKind::Other(_))
+    }
+
     /// Records the API tier writes and agents act on.
-    pub fn is_api_owned(self) -> bool {
-        !matches!(
-            self,
-            RecordKind::Switch | RecordKind::Port | RecordKind::Machine | RecordKind::Lease
-        )
+    pub fn is_api_owned(&self) -> bool {
+        crate::trust::rules::writers(*self)
+            .is_some_and(|rule| rule.roles == crate::trust::rules::API_ONLY)
     }
 }
 
 impl fmt::Display for RecordKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for RecordKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        RecordKind::from_name(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "record kind {name:?}: not lowercase letters, digits and '-' of at most {} bytes",
+                KindName::MAX
+            ))
+        })
     }
 }
 
@@ -118,7 +200,79 @@ pub struct Record {
     pub origin: String,
     pub version: Version,
     pub value: Option<String>,
+    /// The origin's signature over all of the above (see
+    /// [`crate::trust::signing`]); empty on a store that is not in a mesh.
+    #[serde(default, with = "signature_hex")]
+    pub signature: Vec<u8>,
 }
+
+/// Signatures as hex in JSON (readable in conformance cases and admin
+/// output), as bytes in the binary wire format.
+mod signature_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            serializer.serialize_str(&text)
+        } else {
+            serializer.serialize_bytes(bytes)
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = String::deserialize(deserializer)?;
+            if text.len() % 2 != 0 {
+                return Err(serde::de::Error::custom("odd-length hex signature"));
+            }
+            (0..text.len())
+                .step_by(2)
+                .map(|i| {
+                    u8::from_str_radix(text.get(i..i + 2).unwrap_or("zz"), 16)
+                        .map_err(|_| serde::de::Error::custom("signature is not hex"))
+                })
+                .collect()
+        } else {
+            serde_bytes_vec(deserializer)
+        }
+    }
+
+    fn serde_bytes_vec<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("signature bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(byte) = seq.next_element::<u8>()? {
+                    if out.len() >= super::MAX_SIGNATURE_BYTES {
+                        return Err(serde::de::Error::custom("signature too long"));
+                    }
+                    out.push(byte);
+                }
+                Ok(out)
+            }
+        }
+        deserializer.deserialize_bytes(Bytes)
+    }
+}
+
+/// Longest signature a record may carry.
+pub const MAX_SIGNATURE_BYTES: usize = 128;
 
 impl Record {
     /// Whether `self` should replace `other` (same id): higher version wins;
@@ -135,6 +289,9 @@ impl Record {
         }
         if self.origin.is_empty() || self.origin.len() > MAX_NAME_BYTES {
             return Err(format!("record origin of {} bytes", self.origin.len()));
+        }
+        if self.signature.len() > MAX_SIGNATURE_BYTES {
+            return Err(format!("signature of {} bytes", self.signature.len()));
         }
         if let Some(value) = &self.value
             && value.len() > MAX_VALUE_BYTES
@@ -186,6 +343,7 @@ mod tests {
             origin: origin.into(),
             version,
             value: Some("{}".into()),
+            signature: vec![7; 72],
         }
     }
 

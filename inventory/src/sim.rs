@@ -13,6 +13,7 @@ use crate::mesh::node::{Action, Input, MeshNode, Timer, Tuning};
 use crate::mesh::peer::Peer;
 use crate::record::{Record, RecordKey, RecordKind};
 use crate::replica::{MemoryReplica, Replica};
+use crate::trust::{Keyring, KnownNode, Role};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use std::cmp::Reverse;
@@ -130,6 +131,10 @@ pub struct Simulation {
     /// The newest version written by any node (versions stay unique).
     version: u64,
     trace: Vec<TraceLine>,
+    /// Each node's signing key (derived from the seed, so runs replay).
+    signers: Vec<crate::trust::Signer>,
+    /// Every node's key, pinned in every replica (see [`Keyring::pinned`]).
+    keys: std::sync::Arc<HashMap<String, KnownNode>>,
 }
 
 impl std::fmt::Debug for Simulation {
@@ -165,13 +170,37 @@ impl Simulation {
             watched: HashMap::new(),
             version: 0,
             trace: Vec::new(),
+            signers: Vec::new(),
+            keys: std::sync::Arc::default(),
             config,
         };
+        let mut keys = HashMap::with_capacity(simulation.config.nodes);
+        for index in 0..simulation.config.nodes {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&simulation.config.seed.to_le_bytes());
+            seed[8..16].copy_from_slice(&(index as u64).to_le_bytes());
+            let signer = crate::trust::Signer::from_seed(&seed);
+            keys.insert(
+                node_name(index),
+                KnownNode {
+                    role: Role::Leaf,
+                    keys: vec![signer.public_key().clone()],
+                    addresses: vec![node_addr(index).ip()],
+                    issued: 0,
+                },
+            );
+            simulation.signers.push(signer);
+        }
+        simulation.keys = std::sync::Arc::new(keys);
         for index in 0..simulation.config.nodes {
             simulation.by_addr.insert(node_addr(index), index);
+            let replica = MemoryReplica::new(Keyring::pinned(
+                &node_name(index),
+                std::sync::Arc::clone(&simulation.keys),
+            ));
             simulation.nodes.push(SimNode {
                 node: None,
-                parked: Some(MemoryReplica::default()),
+                parked: Some(replica),
                 life: 0,
                 bytes_sent: 0,
                 messages_sent: 0,
@@ -246,20 +275,21 @@ impl Simulation {
         // a node's clock.
         let now = self.now_version();
         self.version = now.max(self.version + 1);
-        let record = Record {
+        let mut record = Record {
             id: RecordKey::new(kind, key),
             origin: node_name(index),
             version: self.version,
             value: Some(value.to_string()),
+            signature: Vec::new(),
         };
+        self.signers[index].sign(&mut record);
         self.watched
             .entry(record.id.clone())
             .or_default()
             .insert(index, self.now);
         if let Some(node) = self.nodes[index].node.as_mut() {
-            let applied = node.replica_mut().apply(vec![record.clone()], now);
-            let applied = applied.unwrap_or_else(|never| match never {});
-            let actions = node.handle(now, Input::Published(applied));
+            node.replica_mut().put_own(record.clone());
+            let actions = node.handle(now, Input::Published(vec![record.clone()]));
             self.perform(index, actions);
         }
         record
@@ -320,7 +350,12 @@ impl Simulation {
         if self.nodes[index].node.is_some() {
             return;
         }
-        let replica = self.nodes[index].parked.take().unwrap_or_default();
+        let replica = self.nodes[index].parked.take().unwrap_or_else(|| {
+            MemoryReplica::new(Keyring::pinned(
+                &node_name(index),
+                std::sync::Arc::clone(&self.keys),
+            ))
+        });
         let life = self.nodes[index].life + 1;
         self.nodes[index].life = life;
         let identity = Peer {

@@ -9,6 +9,8 @@ use crate::clock::Clock;
 use crate::digest::{DigestIndex, OriginDigest, RootDigest};
 use crate::record::{Record, RecordKey, RecordKind, Version};
 use crate::replica::Replica;
+use crate::trust::keyring::TrustCounters;
+use crate::trust::{Keyring, KnownNode, Signer, Trust};
 use rusqlite::{Connection, params};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
 /// The schema this build writes. Migrations below bring older files up.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// Changes buffered per subscriber before it is told it lagged.
 const CHANGE_FEED_DEPTH: usize = 4096;
 
@@ -56,11 +58,39 @@ struct Inner {
 struct State {
     connection: Connection,
     digest: DigestIndex,
+    /// In a mesh: what this node signs with and checks others against.
+    /// Without, records stay unsigned and nothing is taken from others.
+    trust: Option<StoreTrust>,
+}
+
+#[derive(Debug)]
+struct StoreTrust {
+    signer: Signer,
+    keyring: Keyring,
 }
 
 impl Store {
-    /// Opens (creating if missing) the store at `path` for the node `origin`.
+    /// Opens (creating if missing) the store at `path` for the node
+    /// `origin`, outside any mesh: its records are not signed and it takes
+    /// none from other nodes.
     pub fn open(path: &Path, origin: &str) -> Result<Store, StoreError> {
+        Store::open_inner(path, origin)
+    }
+
+    /// Opens the store of a mesh node. Every stored record is checked again
+    /// (signature, writer, revocation): this node's own records that fail
+    /// are signed anew (a file from before signatures, or a renewed key),
+    /// others' are deleted and counted (the mesh brings the genuine ones
+    /// back). Then this node's `node` record is written, and when its key
+    /// changed, every record of its own is rewritten under the new key.
+    pub fn open_signed(path: &Path, trust: Trust) -> Result<Store, StoreError> {
+        let origin = trust.keyring.own_name().to_string();
+        let store = Store::open_inner(path, &origin)?;
+        store.install_trust(trust)?;
+        Ok(store)
+    }
+
+    fn open_inner(path: &Path, origin: &str) -> Result<Store, StoreError> {
         let sqlite = |source| StoreError::Sqlite {
             path: path.to_path_buf(),
             source,
@@ -115,7 +145,11 @@ impl Store {
                 path: path.to_path_buf(),
                 origin: origin.to_string(),
                 clock,
-                state: Mutex::new(State { connection, digest }),
+                state: Mutex::new(State {
+                    connection,
+                    digest,
+                    trust: None,
+                }),
                 changes,
             }),
         })
@@ -170,12 +204,16 @@ impl Store {
             .clock
             .next(now)
             .max(current.map_or(0, |c| c.version.saturating_add(1)));
-        let record = Record {
+        let mut record = Record {
             id,
             origin: self.inner.origin.clone(),
             version,
             value,
+            signature: Vec::new(),
         };
+        if let Some(trust) = &state.trust {
+            trust.signer.sign(&mut record);
+        }
         let applied = self.apply_locked(&mut state, vec![record], Source::Local, now)?;
         drop(state);
         if applied.is_empty() {
@@ -215,12 +253,12 @@ impl Store {
         let mut statement = state
             .connection
             .prepare(
-                "SELECT kind, key, origin, version, value FROM records
+                "SELECT kind, key, origin, version, value, signature FROM records
                  WHERE ?1 IS NULL OR kind = ?1 ORDER BY kind, key",
             )
             .map_err(sqlite)?;
         let mut rows = statement
-            .query(params![kind.map(RecordKind::as_str)])
+            .query(params![kind.as_ref().map(RecordKind::as_str)])
             .map_err(sqlite)?;
         let mut records = Vec::new();
         while let Some(row) = rows.next().map_err(sqlite)? {
@@ -267,11 +305,13 @@ impl Store {
     fn record_row(&self, row: &rusqlite::Row<'_>) -> Result<Record, StoreError> {
         let (id, origin, version) = id_row(&self.inner.path, row)?;
         let value: Option<String> = row.get(4).map_err(|e| self.sqlite(e))?;
+        let signature: Option<Vec<u8>> = row.get(5).map_err(|e| self.sqlite(e))?;
         Ok(Record {
             id,
             origin,
             version,
             value,
+            signature: signature.unwrap_or_default(),
         })
     }
 
@@ -279,7 +319,8 @@ impl Store {
         let mut statement = state
             .connection
             .prepare_cached(
-                "SELECT kind, key, origin, version, value FROM records WHERE kind = ?1 AND key = ?2",
+                "SELECT kind, key, origin, version, value, signature FROM records
+                 WHERE kind = ?1 AND key = ?2",
             )
             .map_err(|e| self.sqlite(e))?;
         let mut rows = statement
@@ -295,10 +336,11 @@ impl Store {
     fn apply_locked(
         &self,
         state: &mut State,
-        records: Vec<Record>,
+        mut records: Vec<Record>,
         source: Source,
         now: Version,
     ) -> Result<Vec<Record>, StoreError> {
+        crate::replica::keys_first(&mut records);
         let mut winners: Vec<(Option<Record>, Record)> = Vec::new();
         for record in records {
             record.validate().map_err(|reason| StoreError::Invalid {
@@ -311,14 +353,35 @@ impl Store {
                 Some(index) => Some(winners[index].1.clone()),
                 None => self.get_locked(state, &record.id)?,
             };
-            if source == Source::Received
-                && let Some(reason) = crate::replica::refusal(previous.as_ref(), &record, now)
-            {
-                tracing::warn!(record = %record.id, origin = %record.origin, reason, "received record refused");
-                continue;
-            }
             if previous.as_ref().is_some_and(|old| !record.supersedes(old)) {
                 continue;
+            }
+            if source == Source::Received {
+                let origin_records = state
+                    .digest
+                    .origins()
+                    .get(&record.origin)
+                    .map_or(0, |digest| digest.count);
+                let Some(trust) = state.trust.as_mut() else {
+                    tracing::warn!(record = %record.id, origin = %record.origin,
+                        "received record refused: this store is not part of a mesh");
+                    continue;
+                };
+                match crate::replica::admit(
+                    &mut trust.keyring,
+                    previous.as_ref(),
+                    &record,
+                    now,
+                    origin_records,
+                ) {
+                    // Learned at once: the batch's next records may be
+                    // signed by the key a node record brings.
+                    Ok(lesson) => trust.keyring.learn(lesson),
+                    Err(reason) => {
+                        tracing::warn!(record = %record.id, origin = %record.origin, %reason, "received record refused");
+                        continue;
+                    }
+                }
             }
             winners.push((previous, record));
         }
@@ -329,9 +392,11 @@ impl Store {
         {
             let mut upsert = transaction
                 .prepare_cached(
-                    "INSERT INTO records (kind, key, origin, version, value) VALUES (?1, ?2, ?3, ?4, ?5)
+                    "INSERT INTO records (kind, key, origin, version, value, signature)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT (kind, key) DO UPDATE SET
-                         origin = excluded.origin, version = excluded.version, value = excluded.value",
+                         origin = excluded.origin, version = excluded.version,
+                         value = excluded.value, signature = excluded.signature",
                 )
                 .map_err(|e| self.sqlite(e))?;
             for (_, record) in &winners {
@@ -344,7 +409,8 @@ impl Store {
                         // stored as they are (versions past 2038 read back
                         // negative in SQL, which never orders by them).
                         record.version as i64,
-                        record.value
+                        record.value,
+                        (!record.signature.is_empty()).then_some(record.signature.as_slice()),
                     ])
                     .map_err(|e| self.sqlite(e))?;
             }
@@ -356,6 +422,143 @@ impl Store {
             applied.push(new);
         }
         Ok(applied)
+    }
+
+    /// Installs (or, after the node's certificate was renewed, replaces)
+    /// what this store signs with and checks against; see
+    /// [`Store::open_signed`]. A replaced keyring keeps the nodes and
+    /// revocations it had learned.
+    pub fn install_trust(&self, trust: Trust) -> Result<(), StoreError> {
+        let Trust {
+            signer,
+            mut keyring,
+            node_record,
+        } = trust;
+        if keyring.own_name() != self.inner.origin {
+            return Err(StoreError::Invalid {
+                id: format!("node/{}", keyring.own_name()),
+                reason: format!("this store belongs to {}", self.inner.origin),
+            });
+        }
+        let mut state = self.lock();
+        if let Some(previous) = state.trust.take() {
+            keyring.adopt_learned(&previous.keyring);
+        }
+        let mut records = self.all_records_locked(&state)?;
+        crate::replica::keys_first(&mut records);
+        let mut own_to_sign = Vec::new();
+        let mut others_to_drop = Vec::new();
+        for record in records {
+            match keyring.verify(&record, 0) {
+                Ok(lesson) => keyring.learn(lesson),
+                Err(_) if record.origin == self.inner.origin => own_to_sign.push(record),
+                Err(refusal) => {
+                    tracing::warn!(record = %record.id, origin = %record.origin, %refusal,
+                        "stored record fails its check; deleted (the mesh brings back genuine ones)");
+                    keyring.count_dropped_on_load();
+                    others_to_drop.push(record);
+                }
+            }
+        }
+        state.trust = Some(StoreTrust { signer, keyring });
+        self.delete_locked(&mut state, &others_to_drop)?;
+        let now = crate::clock::now_version();
+        let mut rewritten = Vec::with_capacity(own_to_sign.len());
+        for old in own_to_sign {
+            let version = self
+                .inner
+                .clock
+                .next(now)
+                .max(old.version.saturating_add(1));
+            let mut record = Record {
+                version,
+                signature: Vec::new(),
+                ..old
+            };
+            if let Some(trust) = &state.trust {
+                trust.signer.sign(&mut record);
+            }
+            rewritten.push(record);
+        }
+        if !rewritten.is_empty() {
+            tracing::info!(
+                count = rewritten.len(),
+                "own records signed anew (a store from before signatures, or a new node key)"
+            );
+        }
+        let applied = self.apply_locked(&mut state, rewritten, Source::Local, now)?;
+        drop(state);
+        self.publish(&applied);
+        self.put_local_json(RecordKind::Node, &self.inner.origin.clone(), &node_record)?;
+        Ok(())
+    }
+
+    /// Takes in records from outside the mesh's own traffic (a revocation
+    /// an operator hands to this node): checked like received records;
+    /// returns those stored.
+    pub fn import(&self, records: Vec<Record>) -> Result<Vec<Record>, StoreError> {
+        let mut store = self.clone();
+        store.apply(records, crate::clock::now_version())
+    }
+
+    /// What this store refused, by reason; `None` outside a mesh.
+    pub fn trust_counters(&self) -> Option<TrustCounters> {
+        self.lock().trust.as_ref().map(|t| t.keyring.counters())
+    }
+
+    /// What the keyring knows of node `name` (its role, keys, addresses).
+    pub fn known_node(&self, name: &str) -> Option<KnownNode> {
+        self.lock()
+            .trust
+            .as_ref()
+            .and_then(|t| t.keyring.node(name).cloned())
+    }
+
+    /// Revoked nodes and when they were revoked.
+    pub fn revoked(&self) -> BTreeMap<String, Version> {
+        self.lock()
+            .trust
+            .as_ref()
+            .map(|t| t.keyring.revoked().clone())
+            .unwrap_or_default()
+    }
+
+    fn all_records_locked(&self, state: &State) -> Result<Vec<Record>, StoreError> {
+        let sqlite = |source| self.sqlite(source);
+        let mut statement = state
+            .connection
+            .prepare("SELECT kind, key, origin, version, value, signature FROM records")
+            .map_err(sqlite)?;
+        let mut rows = statement.query([]).map_err(sqlite)?;
+        let mut records = Vec::new();
+        while let Some(row) = rows.next().map_err(sqlite)? {
+            records.push(self.record_row(row)?);
+        }
+        Ok(records)
+    }
+
+    fn delete_locked(&self, state: &mut State, records: &[Record]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let transaction = state.connection.transaction().map_err(|e| self.sqlite(e))?;
+        {
+            let mut delete = transaction
+                .prepare_cached("DELETE FROM records WHERE kind = ?1 AND key = ?2")
+                .map_err(|e| self.sqlite(e))?;
+            for record in records {
+                delete
+                    .execute(params![record.id.kind.as_str(), record.id.key])
+                    .map_err(|e| self.sqlite(e))?;
+            }
+        }
+        transaction.commit().map_err(|e| self.sqlite(e))?;
+        for record in records {
+            state
+                .digest
+                .remove(&record.origin, &record.id, record.version);
+        }
+        Ok(())
     }
 
     fn publish(&self, applied: &[Record]) {
@@ -403,12 +606,14 @@ impl Replica for Store {
         Ok(found)
     }
 
-    /// Records from other nodes. Refused (dropped with a log line, the rest
-    /// still applied): what [`crate::replica::refusal`] refuses, and records
-    /// claiming to be this node's for a key it holds. A record of this
-    /// node's that it does not hold is taken back (a node that lost its
-    /// database recovers its records from its peers); `put_local` versions
-    /// the node's next write of that key past it.
+    /// Records from other nodes. Refused (dropped with a log line and
+    /// counted, the rest still applied): what [`crate::replica::admit`]
+    /// refuses (limits, one writer per key, signature, writer rules,
+    /// revocation), and records claiming to be this node's for a key it
+    /// holds. A record of this node's that it does not hold, signed with
+    /// this node's own key, is taken back (a node that lost its database
+    /// recovers its records from its peers); `put_local` versions the
+    /// node's next write of that key past it.
     fn apply(&mut self, records: Vec<Record>, now: Version) -> Result<Vec<Record>, StoreError> {
         let mut state = self.lock();
         let mut accepted = Vec::with_capacity(records.len());
@@ -444,8 +649,8 @@ fn id_row(
         path: path.to_path_buf(),
         detail,
     };
-    let kind =
-        RecordKind::parse(&kind).ok_or_else(|| corrupt(format!("unknown record kind {kind:?}")))?;
+    let kind = RecordKind::from_name(&kind)
+        .ok_or_else(|| corrupt(format!("malformed record kind {kind:?}")))?;
     Ok((RecordKey { kind, key }, origin, version as u64))
 }
 
@@ -476,6 +681,16 @@ fn migrate(connection: &Connection, found: i64) -> rusqlite::Result<()> {
              COMMIT;",
         )?;
     }
+    if found < 2 {
+        // Records of schema 1 are unsigned: a mesh node signs its own anew
+        // when it opens the file, and drops the others' (see `open_signed`).
+        connection.execute_batch(
+            "BEGIN;
+             ALTER TABLE records ADD COLUMN signature BLOB;
+             PRAGMA user_version = 2;
+             COMMIT;",
+        )?;
+    }
     Ok(())
 }
 
@@ -491,6 +706,8 @@ pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trust::Role;
+    use crate::trust::test_support::{TestCa, node_record, signed};
 
     #[test]
     fn local_writes_version_once_and_survive_reopening() {
@@ -530,15 +747,41 @@ mod tests {
         assert_eq!(store.list(None).unwrap(), vec![gone]);
     }
 
+    /// A signed store for `leaf1` that knows `leaf2` (and its signer).
+    fn leaf1_knowing_leaf2(dir: &Path, ca: &TestCa) -> (Store, Trust) {
+        let mut store =
+            Store::open_signed(&dir.join("s.db"), ca.trust("leaf1", Role::Leaf)).unwrap();
+        let leaf2 = ca.trust("leaf2", Role::Leaf);
+        let now = crate::clock::now_version();
+        assert_eq!(
+            store
+                .apply(vec![node_record(&leaf2, 1)], now)
+                .unwrap()
+                .len(),
+            1
+        );
+        (store, leaf2)
+    }
+
     #[test]
     fn remote_records_apply_only_when_newer() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("s.db"), "leaf1").unwrap();
-        let record = |version, value: &str| Record {
-            id: RecordKey::new(RecordKind::Port, "leaf2/swp1"),
-            origin: "leaf2".into(),
-            version,
-            value: Some(value.into()),
+        let ca = TestCa::new();
+        let (mut store, leaf2) = leaf1_knowing_leaf2(dir.path(), &ca);
+        let sign = |record: Record| {
+            let mut record = record;
+            leaf2.signer.sign(&mut record);
+            record
+        };
+        let record = |version, value: &str| {
+            signed(
+                &leaf2,
+                RecordKind::Port,
+                "leaf2/swp1",
+                "leaf2",
+                version,
+                Some(value),
+            )
         };
         assert_eq!(
             store
@@ -578,26 +821,26 @@ mod tests {
         );
         // Refused, the rest of a batch still applied: a version far in the
         // future, a record claiming this node, a key changing writer.
-        let future = Record {
+        let future = sign(Record {
             version: crate::clock::now_version() + (3600 << 32),
             ..record(8, "d")
-        };
-        let mine = Record {
+        });
+        let mine = sign(Record {
             id: RecordKey::new(RecordKind::Switch, "leaf1"),
             origin: "leaf1".into(),
             ..record(9, "e")
-        };
-        let stolen = Record {
+        });
+        let stolen = sign(Record {
             origin: "leaf3".into(),
             ..record(10, "f")
-        };
+        });
         store
             .put_local(RecordKind::Switch, "leaf1", Some("{}".into()))
             .unwrap();
-        let overflow = Record {
+        let overflow = sign(Record {
             version: u64::MAX,
             ..record(8, "d")
-        };
+        });
         assert!(
             store
                 .apply(
@@ -607,7 +850,8 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(store.versions_of("leaf2").unwrap().len(), 1);
+        // Its port and its node record.
+        assert_eq!(store.versions_of("leaf2").unwrap().len(), 2);
         // This node cannot take a key another node writes either.
         let error = store
             .put_local(RecordKind::Port, "leaf2/swp1", Some("{}".into()))
@@ -618,7 +862,8 @@ mod tests {
     #[test]
     fn own_live_keys_skip_tombstones_and_other_nodes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("s.db"), "leaf1").unwrap();
+        let ca = TestCa::new();
+        let (mut store, leaf2) = leaf1_knowing_leaf2(dir.path(), &ca);
         for port in ["leaf1/swp1", "leaf1/swp2"] {
             store
                 .put_local(RecordKind::Port, port, Some("{}".into()))
@@ -632,12 +877,14 @@ mod tests {
             .unwrap();
         store
             .apply(
-                vec![Record {
-                    id: RecordKey::new(RecordKind::Port, "leaf2/swp1"),
-                    origin: "leaf2".into(),
-                    version: 1,
-                    value: Some("{}".into()),
-                }],
+                vec![signed(
+                    &leaf2,
+                    RecordKind::Port,
+                    "leaf2/swp1",
+                    "leaf2",
+                    1,
+                    Some("{}"),
+                )],
                 crate::clock::now_version(),
             )
             .unwrap();
@@ -650,20 +897,40 @@ mod tests {
     #[test]
     fn a_node_that_lost_its_database_takes_its_records_back() {
         let dir = tempfile::tempdir().unwrap();
-        let before = Store::open(&dir.path().join("old.db"), "leaf1").unwrap();
+        let ca = TestCa::new();
+        let credentials = ca.credentials("leaf1", Role::Leaf);
+        let trust = || Trust::from_credentials(&credentials).unwrap();
+        let before = Store::open_signed(&dir.path().join("old.db"), trust()).unwrap();
         let port = before
             .put_local(RecordKind::Port, "leaf1/swp1", Some("{}".into()))
             .unwrap()
             .unwrap();
-        // A peer replays it to the node's fresh, empty database.
-        let mut after = Store::open(&dir.path().join("new.db"), "leaf1").unwrap();
+        // A peer replays it to the node's fresh, empty database, with one
+        // planted in its name (signed by another node's key) that it refuses.
+        let leaf2 = ca.trust("leaf2", Role::Leaf);
+        let planted = signed(
+            &leaf2,
+            RecordKind::Machine,
+            "leaf1/m1",
+            "leaf1",
+            9,
+            Some("{\"routed\":true}"),
+        );
+        let mut after = Store::open_signed(&dir.path().join("new.db"), trust()).unwrap();
         assert_eq!(
             after
-                .apply(vec![port.clone()], crate::clock::now_version())
-                .unwrap(),
+                .apply(
+                    vec![node_record(&leaf2, 1), port.clone(), planted.clone()],
+                    crate::clock::now_version()
+                )
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.origin == "leaf1")
+                .collect::<Vec<_>>(),
             vec![port.clone()]
         );
-        assert_eq!(after.root_digest(), before.root_digest());
+        assert_eq!(after.get(&planted.id).unwrap(), None);
+        assert_eq!(after.trust_counters().unwrap().unknown_signer, 1);
         // Held now: a second copy is refused, and the next write wins.
         assert!(
             after
@@ -679,6 +946,71 @@ mod tests {
     }
 
     #[test]
+    fn opening_signed_checks_every_stored_record_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let ca = TestCa::new();
+        // A store written outside the mesh (or before signatures): its own
+        // records are signed anew, with new versions, when it joins.
+        let unsigned = Store::open(&path, "leaf1").unwrap();
+        let old = unsigned
+            .put_local(RecordKind::Port, "leaf1/swp1", Some("{}".into()))
+            .unwrap()
+            .unwrap();
+        assert!(old.signature.is_empty());
+        drop(unsigned);
+        let (store, leaf2) = {
+            let mut store = Store::open_signed(&path, ca.trust("leaf1", Role::Leaf)).unwrap();
+            let leaf2 = ca.trust("leaf2", Role::Leaf);
+            let now = crate::clock::now_version();
+            store
+                .apply(
+                    vec![
+                        node_record(&leaf2, 1),
+                        signed(
+                            &leaf2,
+                            RecordKind::Port,
+                            "leaf2/swp1",
+                            "leaf2",
+                            2,
+                            Some("{}"),
+                        ),
+                    ],
+                    now,
+                )
+                .unwrap();
+            (store, leaf2)
+        };
+        let resigned = store.get(&old.id).unwrap().unwrap();
+        assert!(resigned.supersedes(&old) && !resigned.signature.is_empty());
+        assert!(
+            store
+                .get(&RecordKey::new(RecordKind::Node, "leaf1"))
+                .unwrap()
+                .is_some()
+        );
+        drop(store);
+        // Someone edits the file: the tampered record goes, the rest stays.
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE records SET value = '{\"up\":false}' WHERE key = 'leaf2/swp1'",
+                [],
+            )
+            .unwrap();
+        let store = Store::open_signed(&path, ca.trust("leaf1", Role::Leaf)).unwrap();
+        assert_eq!(
+            store
+                .get(&RecordKey::new(RecordKind::Port, "leaf2/swp1"))
+                .unwrap(),
+            None
+        );
+        assert_eq!(store.trust_counters().unwrap().dropped_on_load, 1);
+        assert!(store.known_node("leaf2").is_some());
+        drop(leaf2);
+    }
+
+    #[test]
     fn a_key_written_while_the_clock_ran_far_ahead_is_still_superseded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
@@ -688,6 +1020,7 @@ mod tests {
             origin: "leaf1".into(),
             version: crate::clock::now_version() + (3600 << 32),
             value: Some("{\"old\":1}".into()),
+            signature: Vec::new(),
         };
         store
             .apply_locked(
@@ -726,6 +1059,7 @@ mod tests {
             origin: "leaf2".into(),
             version,
             value: Some("{}".into()),
+            signature: Vec::new(),
         };
         store
             .apply_locked(

@@ -12,11 +12,17 @@
 //! - `{"now": V, "swim": {"from": <Peer>, "header": <foca header>}}`: a
 //!   SWIM packet, encoded here so cases stay readable.
 //!
+//! Records in inputs are signed by the harness with their origin's key
+//! (derived from its name, see [`NODES`]) unless they carry a signature or
+//! the line says `"unsigned": true`.
+//!
 //! In the outputs a SWIM packet is shown decoded (its header, and how many
 //! bytes of member updates follow) for the same reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use foca::{Codec as _, PostcardCodec};
 use metalmesh_inventory::mesh::message::{Envelope, Message, WIRE_VERSION};
@@ -24,6 +30,7 @@ use metalmesh_inventory::mesh::node::{Action, Input, MeshNode, Tuning};
 use metalmesh_inventory::mesh::peer::Peer;
 use metalmesh_inventory::record::Version;
 use metalmesh_inventory::replica::MemoryReplica;
+use metalmesh_inventory::trust::{Keyring, KnownNode, Role, Signer};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -37,6 +44,10 @@ struct Line {
     input: Option<Input>,
     #[serde(default)]
     swim: Option<SwimLine>,
+    /// Leave the input's records unsigned (otherwise the harness signs
+    /// every record that carries no signature with its origin's key).
+    #[serde(default)]
+    unsigned: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,8 +56,53 @@ struct SwimLine {
     header: foca::Header<Peer>,
 }
 
+/// The nodes cases speak for, with their roles. Keys are derived from the
+/// names, so signatures (and the expected outputs) are the same every run.
+const NODES: [(&str, Role); 4] = [
+    ("leaf-a", Role::Leaf),
+    ("leaf-b", Role::Leaf),
+    ("leaf-c", Role::Leaf),
+    ("api", Role::Api),
+];
+
+fn signer(name: &str) -> Signer {
+    let mut seed = [0u8; 32];
+    for (slot, byte) in seed.iter_mut().zip(name.bytes()) {
+        *slot = byte;
+    }
+    Signer::from_seed(&seed)
+}
+
+/// Signs, with its origin's key, every record of `input` that has no
+/// signature.
+fn sign_records(input: &mut Input) {
+    let records = match input {
+        Input::Published(records) => records,
+        Input::Received(Envelope {
+            message: Message::Records(records) | Message::SyncRecords(records),
+            ..
+        }) => records,
+        _ => return,
+    };
+    for record in records.iter_mut().filter(|r| r.signature.is_empty()) {
+        signer(&record.origin).sign(record);
+    }
+}
+
 /// The node every case drives.
 fn node() -> MeshNode<MemoryReplica> {
+    let keys: HashMap<String, KnownNode> = NODES
+        .iter()
+        .map(|(name, role)| {
+            let node = KnownNode {
+                role: *role,
+                keys: vec![signer(name).public_key().clone()],
+                addresses: Vec::new(),
+                issued: 0,
+            };
+            (name.to_string(), node)
+        })
+        .collect();
     let identity = Peer {
         name: "leaf-a".into(),
         addr: "10.0.0.1:7946".parse().unwrap(),
@@ -56,7 +112,7 @@ fn node() -> MeshNode<MemoryReplica> {
     MeshNode::new(
         identity,
         seeds,
-        MemoryReplica::default(),
+        MemoryReplica::new(Keyring::pinned("leaf-a", Arc::new(keys))),
         Tuning::default(),
         7,
     )
@@ -108,7 +164,10 @@ fn replay(case: &Path) -> Vec<String> {
             };
             node.handle(line.now, Input::Received(envelope))
         } else {
-            let input = line.input.unwrap_or_else(|| panic!("{}: no input", at()));
+            let mut input = line.input.unwrap_or_else(|| panic!("{}: no input", at()));
+            if !line.unsigned {
+                sign_records(&mut input);
+            }
             node.handle(line.now, input)
         };
         let shown: Vec<Value> = actions.iter().map(show).collect();

@@ -7,8 +7,9 @@
 use metalmesh_inventory::mesh::service::{self, MeshSettings, MeshView};
 use metalmesh_inventory::mesh::tls;
 use metalmesh_inventory::mesh::{Envelope, Message, Peer, Tuning};
-use metalmesh_inventory::pki::{self, IssuedPem, NodeCredentials};
+use metalmesh_inventory::pki::{self, IssuedPem, NodeCredentials, NodeIdentity};
 use metalmesh_inventory::replica::Replica;
+use metalmesh_inventory::trust::{Role, Trust};
 use metalmesh_inventory::{RecordKind, Store};
 use quinn::crypto::rustls::QuicClientConfig;
 use std::net::SocketAddr;
@@ -29,10 +30,14 @@ fn addr(index: u8) -> SocketAddr {
 }
 
 fn issue(ca: &IssuedPem, name: &str) -> IssuedPem {
+    issue_as(ca, name, Role::Leaf)
+}
+
+fn issue_as(ca: &IssuedPem, name: &str, role: Role) -> IssuedPem {
     let now = OffsetDateTime::now_utc();
     pki::issue_node(
         ca,
-        name,
+        &NodeIdentity::new(name, role),
         now - time::Duration::hours(1),
         now + time::Duration::days(1),
     )
@@ -47,8 +52,9 @@ fn start(
     seeds: Vec<SocketAddr>,
 ) -> Node {
     let name = format!("node{index}");
-    let store = Store::open(&dir.join(format!("{name}.db")), &name).unwrap();
     let credentials = Arc::new(NodeCredentials::from_pem(&ca.cert, node).unwrap());
+    let trust = Trust::from_credentials(&credentials).unwrap();
+    let store = Store::open_signed(&dir.join(format!("{name}.db")), trust).unwrap();
     let view = MeshView::default();
     let cancel = CancellationToken::new();
     let (commands_tx, mut commands) = tokio::sync::mpsc::channel::<service::Command>(8);
@@ -69,6 +75,7 @@ fn start(
             rejoin_interval: Duration::from_secs(1),
             ..Tuning::default()
         },
+        credential_files: None,
     };
     let task = {
         let (store, view, cancel) = (store.clone(), view.clone(), cancel.clone());
@@ -102,8 +109,10 @@ async fn raw_client(
     target: SocketAddr,
 ) -> Result<quinn::Connection, String> {
     let credentials = NodeCredentials::from_pem(&ca.cert, identity).unwrap();
-    let crypto =
-        QuicClientConfig::try_from(tls::client_config(&credentials, present).unwrap()).unwrap();
+    let crypto = QuicClientConfig::try_from(
+        tls::client_config(&credentials, present, &tls::Admission::default()).unwrap(),
+    )
+    .unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
     let connection = endpoint
@@ -205,7 +214,7 @@ async fn records_replicate_commands_answer_and_strangers_are_refused() {
     let now = OffsetDateTime::now_utc();
     let expired = pki::issue_node(
         &ca,
-        "node8",
+        &NodeIdentity::new("node8", Role::Leaf),
         now - time::Duration::days(10),
         now - time::Duration::days(1),
     )
@@ -242,6 +251,7 @@ async fn records_replicate_commands_answer_and_strangers_are_refused() {
             origin: "node2".into(),
             version: 1,
             value: Some("{}".into()),
+            signature: Vec::new(),
         }]),
     };
     let mut lie = connection.open_uni().await.unwrap();

@@ -467,10 +467,24 @@ fn issue_mesh_certificates(run: &RunDir, leaves: &[&crate::plan::Node]) -> Resul
         let out = crate::agent::mesh_dir(run, &leaf.name)
             .display()
             .to_string();
+        // The leaf advertises its loopback in the mesh; its certificate
+        // says so, and peers hold it to that.
+        let loopback = leaf.loopback.to_string();
         crate::sys::run(
             &cli.display().to_string(),
             &[
-                "ca", "issue", "--node", &leaf.name, "--ca-dir", &ca, "--out", &out,
+                "ca",
+                "issue",
+                "--node",
+                &leaf.name,
+                "--role",
+                "leaf",
+                "--address",
+                &loopback,
+                "--ca-dir",
+                &ca,
+                "--out",
+                &out,
             ],
         )?;
     }

@@ -56,6 +56,14 @@ pub struct DataplaneDiff {
 pub struct MeshMembers {
     pub node: String,
     pub members: Vec<MemberInfo>,
+    pub health: metalmesh_inventory::mesh::service::MeshHealth,
+}
+
+/// Records of the replica, and which origins were revoked.
+#[derive(Debug, Clone)]
+pub struct MeshRecords {
+    pub records: Vec<Record>,
+    pub revoked: Vec<String>,
 }
 
 /// The BGP speaker's identity and sessions.
@@ -172,15 +180,32 @@ impl AdminClient {
 
     pub async fn mesh_members(&self) -> Result<MeshMembers, ClientError> {
         self.ask("mesh members", Request::MeshMembers, |r| match r {
-            Response::MeshMembers { node, members } => Some(MeshMembers { node, members }),
+            Response::MeshMembers {
+                node,
+                members,
+                health,
+            } => Some(MeshMembers {
+                node,
+                members,
+                health,
+            }),
             _ => None,
         })
         .await
     }
 
-    pub async fn mesh_records(&self, kind: Option<String>) -> Result<Vec<Record>, ClientError> {
+    pub async fn mesh_records(&self, kind: Option<String>) -> Result<MeshRecords, ClientError> {
         self.ask("mesh records", Request::MeshRecords { kind }, |r| match r {
-            Response::MeshRecords(records) => Some(records),
+            Response::MeshRecords { records, revoked } => Some(MeshRecords { records, revoked }),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Hands a CA-signed revocation to the agent; returns whether it was new.
+    pub async fn mesh_revoke(&self, record: Record) -> Result<bool, ClientError> {
+        self.ask("mesh revoke", Request::MeshRevoke { record }, |r| match r {
+            Response::MeshRevoked { new, .. } => Some(new),
             _ => None,
         })
         .await

@@ -49,6 +49,11 @@ pub enum Request {
     MeshRecords {
         kind: Option<String>,
     },
+    /// Take in a revocation signed by the mesh CA (`metalmesh ca revoke`)
+    /// and spread it through the mesh.
+    MeshRevoke {
+        record: metalmesh_inventory::Record,
+    },
     /// BGP sessions.
     BgpNeighbors,
     /// BGP routes, optionally of one family (`ipv4`, `ipv6`, `evpn`) or of
@@ -79,8 +84,19 @@ pub enum Response {
     MeshMembers {
         node: String,
         members: Vec<metalmesh_inventory::mesh::service::MemberInfo>,
+        #[serde(default)]
+        health: metalmesh_inventory::mesh::service::MeshHealth,
     },
-    MeshRecords(Vec<metalmesh_inventory::Record>),
+    MeshRecords {
+        records: Vec<metalmesh_inventory::Record>,
+        /// Origins revoked: their records stay readable, marked.
+        revoked: Vec<String>,
+    },
+    MeshRevoked {
+        node: String,
+        /// False when this node held the revocation already.
+        new: bool,
+    },
     BgpNeighbors {
         asn: u32,
         router_id: std::net::Ipv4Addr,

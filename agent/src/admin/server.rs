@@ -110,8 +110,30 @@ impl AgentView {
                 Some(mesh) => Response::MeshMembers {
                     node: self.store.origin().to_string(),
                     members: mesh.members(),
+                    health: mesh.health(),
                 },
             },
+            Request::MeshRevoke { record } => {
+                if record.id.kind != metalmesh_inventory::RecordKind::Revocation {
+                    return Response::Error {
+                        message: format!("{} is not a revocation", record.id),
+                    };
+                }
+                let node = record.id.key.clone();
+                let already = self.store.revoked().contains_key(&node);
+                match metalmesh_inventory::store::blocking(|| self.store.import(vec![record.clone()])) {
+                    Ok(stored) if stored.is_empty() && !already => Response::Error {
+                        message: "the revocation was refused: not signed by this mesh's CA, or not a mesh node (see the agent log)".into(),
+                    },
+                    Ok(stored) => Response::MeshRevoked {
+                        node,
+                        new: !stored.is_empty(),
+                    },
+                    Err(error) => Response::Error {
+                        message: error.to_string(),
+                    },
+                }
+            }
             Request::MeshRecords { kind } => {
                 let kind = match kind
                     .as_deref()
@@ -133,7 +155,10 @@ impl AgentView {
                     }
                 };
                 match self.store.list(kind) {
-                    Ok(records) => Response::MeshRecords(records),
+                    Ok(records) => Response::MeshRecords {
+                        records,
+                        revoked: self.store.revoked().into_keys().collect(),
+                    },
                     Err(error) => Response::Error {
                         message: error.to_string(),
                     },

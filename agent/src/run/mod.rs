@@ -173,10 +173,8 @@ impl Agent {
         {
             crate::mesh::spawn_mesh(
                 &mut supervisor,
-                mesh,
+                crate::mesh::mesh_settings(mesh, &config.state_dir, &name, config.switch.loopback),
                 credentials,
-                &name,
-                config.switch.loopback,
                 store.clone(),
                 view.clone(),
             );

@@ -95,12 +95,12 @@ pub(super) async fn setup(options: RunOptions) -> anyhow::Result<Agent> {
     let name = config.switch.name.clone().unwrap_or_else(switch::host_name);
     let rack = config.switch.rack.clone().unwrap_or_else(|| name.clone());
 
-    let store = crate::mesh::open_store(&config.state_dir, &name)?;
     let mesh_credentials = config
         .mesh
         .as_ref()
         .map(|mesh| crate::mesh::load_credentials(mesh, &config.state_dir, &name))
         .transpose()?;
+    let store = crate::mesh::open_store(&config.state_dir, &name, mesh_credentials.as_ref())?;
     let intents_file = crate::dataplane::reconcile::intents_file(&config.state_dir);
     let initial_intents = crate::dataplane::reconcile::load_intents(&intents_file)?;
 

@@ -1,7 +1,9 @@
-//! `metalmesh ca init|issue`: the mesh certificate authority.
+//! `metalmesh ca init|issue|revoke`: the mesh certificate authority.
 
 use clap::Subcommand;
-use metalmesh_inventory::pki;
+use metalmesh_inventory::pki::{self, NodeIdentity};
+use metalmesh_inventory::trust::Role;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 /// Where `ca init` puts the CA unless told otherwise.
@@ -23,15 +25,45 @@ pub enum CaCommand {
         /// The node's mesh name (its switch name); becomes the certificate's DNS name.
         #[arg(long)]
         node: String,
+        /// What the node is: `leaf` (a switch agent), `api` (the API node)
+        /// or `operator`; decides which records it may write.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// An address the node may advertise in the mesh (repeatable; e.g.
+        /// the leaf's loopback). Without, peers accept the address it
+        /// connects from.
+        #[arg(long = "address")]
+        addresses: Vec<IpAddr>,
         #[arg(long, default_value = DEFAULT_CA_DIR)]
         ca_dir: PathBuf,
         /// Directory for <node>.pem and <node>.key.
         #[arg(long, default_value = ".")]
         out: PathBuf,
-        /// Validity in days.
+        /// Validity in days (agents pick up a renewed certificate without
+        /// a restart, so keep it short).
         #[arg(long, default_value_t = pki::NODE_VALIDITY_DAYS)]
         days: i64,
     },
+    /// Revoke a node: writes a revocation signed by the CA key, for any
+    /// agent to spread through the mesh (`metalmesh-agent mesh revoke FILE`).
+    /// Its connections are closed and what it signs from now on is refused;
+    /// a certificate issued for the name afterwards is accepted again.
+    Revoke {
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value = DEFAULT_CA_DIR)]
+        ca_dir: PathBuf,
+        /// Why, kept in the revocation.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text).ok_or_else(|| {
+        let known: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+        format!("unknown role {text:?}; one of {}", known.join(", "))
+    })
 }
 
 pub fn run(command: CaCommand) -> anyhow::Result<()> {
@@ -46,13 +78,32 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
         }
         CaCommand::Issue {
             node,
+            role,
+            addresses,
             ca_dir,
             out,
             days,
         } => {
-            let (cert, key) = pki::issue_node_files(&ca_dir, &node, &out, days)?;
-            println!("node certificate: {}", cert.display());
+            let identity = NodeIdentity {
+                node,
+                role,
+                addresses,
+            };
+            let (cert, key) = pki::issue_node_files(&ca_dir, &identity, &out, days)?;
+            println!("node certificate: {} ({role})", cert.display());
             println!("node key:         {}", key.display());
+        }
+        CaCommand::Revoke {
+            node,
+            ca_dir,
+            reason,
+        } => {
+            let (path, _) = pki::revoke_node(&ca_dir, &node, &reason)?;
+            println!("revocation of {node}: {}", path.display());
+            println!(
+                "spread it with: metalmesh-agent mesh revoke {}",
+                path.display()
+            );
         }
     }
     Ok(())

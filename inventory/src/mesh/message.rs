@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Encoded record bytes a node packs into one message before starting the next.
 pub const RECORDS_PER_MESSAGE_BYTES: usize = 256 * 1024;
-/// Wire format version; a node drops messages of other versions.
-pub const WIRE_VERSION: u8 = 1;
+/// Wire format version; a node drops messages of other versions. Version 2
+/// carries record signatures and kinds as names.
+pub const WIRE_VERSION: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -155,6 +156,7 @@ mod tests {
             origin: "leaf1".into(),
             version: 42,
             value: Some("{\"x\":1}".into()),
+            signature: vec![7; 72],
         }]));
         let bytes = encode(&message);
         assert_eq!(decode(&bytes).unwrap(), message);
@@ -182,6 +184,7 @@ mod tests {
             origin: "leaf1".into(),
             version: 7,
             value: Some("{}".into()),
+            signature: vec![7; 72],
         };
         let messages = [
             Message::Swim(vec![1, 2, 3]),
@@ -209,6 +212,7 @@ mod tests {
             origin: "leaf1".into(),
             version: 1,
             value: None,
+            signature: vec![7; 72],
         }]));
         assert!(matches!(
             decode(&encode(&message)),
@@ -242,6 +246,7 @@ mod tests {
                 origin: "leaf1".into(),
                 version: 1,
                 value: Some("x".repeat(60_000)),
+                signature: vec![7; 72],
             })
             .collect();
         let batches = batches(records);

@@ -655,7 +655,10 @@ mod tests {
         let mut node = MeshNode::new(
             sender.clone(),
             vec![to.addr],
-            MemoryReplica::default(),
+            MemoryReplica::new(crate::trust::Keyring::pinned(
+                "test",
+                std::sync::Arc::default(),
+            )),
             Tuning::default(),
             1,
         );
@@ -681,7 +684,10 @@ mod tests {
         let mut node = MeshNode::new(
             b.clone(),
             vec![],
-            MemoryReplica::default(),
+            MemoryReplica::new(crate::trust::Keyring::pinned(
+                "test",
+                std::sync::Arc::default(),
+            )),
             Tuning::default(),
             2,
         );

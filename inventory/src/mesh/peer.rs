@@ -52,7 +52,11 @@ impl foca::Identity for Peer {
         self.addr
     }
 
+    /// A newer life of the same node takes its address over; a node of
+    /// another name never does, whatever it claims: the first member known
+    /// at an address keeps it (each sender's own address is checked against
+    /// its certificate before SWIM sees it, see `service`).
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        self.bump > adversary.bump
+        self.name == adversary.name && self.bump > adversary.bump
     }
 }

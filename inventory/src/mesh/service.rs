@@ -1,7 +1,16 @@
 //! The mesh on real sockets: one QUIC endpoint (mutual TLS) carries every
 //! message as one unidirectional stream, and commands as bidirectional
 //! streams. One task owns the [`MeshNode`] and the store; connection readers,
-//! per-peer writers and timers talk to it over bounded channels.
+//! per-peer writers and timers talk to it over channels.
+//!
+//! Who may reach it: nodes with a certificate of the mesh CA that states a
+//! role and is not revoked ([`tls::Admission`]). What one of them can cost
+//! this node is bounded per peer name: [`MAX_CONNECTIONS_PER_PEER`]
+//! connections, [`MAX_STREAMS_PER_CONNECTION`] streams, and
+//! [`PEER_BYTE_BUDGET`] bytes of received messages waiting for the protocol
+//! task (its readers wait beyond that, which holds back only its own
+//! streams). A message whose sender claims another name, or an address its
+//! certificate does not allow, is dropped; all of it is counted per peer.
 
 use crate::mesh::message::{Envelope, MAX_MESSAGE_BYTES, decode, encode};
 use crate::mesh::node::{Action, Input, MeshNode, Timer, Tuning};
@@ -9,9 +18,11 @@ use crate::mesh::peer::Peer;
 use crate::mesh::tls;
 use crate::pki::NodeCredentials;
 use crate::store::Store;
+use crate::trust::TrustCounters;
+use crate::trust::certificate::CertificateFacts;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,9 +32,16 @@ use tokio_util::sync::CancellationToken;
 /// Messages queued per peer before new ones are dropped (SWIM tolerates
 /// loss; anti-entropy repairs dropped records).
 const PEER_QUEUE: usize = 512;
-/// Inbound messages queued for the protocol task; readers wait when full,
-/// which pushes back on the senders' streams.
-const INBOUND_QUEUE: usize = 1024;
+/// Connections one peer name may hold open to this node at a time.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 4;
+/// Concurrent message streams per connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// Received bytes of one peer queued for the protocol task (each message
+/// charged at least [`MIN_MESSAGE_CHARGE`]).
+pub const PEER_BYTE_BUDGET: usize = 16 * 1024 * 1024;
+const MIN_MESSAGE_CHARGE: usize = 4096;
+/// How often revocations and the credential files are looked at.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Largest command or reply.
 const MAX_COMMAND_BYTES: usize = 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -49,6 +67,30 @@ pub enum MeshError {
     Stopped,
     #[error("mesh credentials: {0}")]
     Credentials(#[from] crate::pki::PkiError),
+    #[error("mesh trust: {0}")]
+    Trust(#[from] crate::trust::TrustError),
+    #[error("the inventory store is not signed (open it with Store::open_signed)")]
+    UnsignedStore,
+    #[error("inventory store: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// The files a node's credentials come from, to pick up a renewed
+/// certificate (or a new CA bundle) without a restart.
+#[derive(Debug, Clone)]
+pub struct CredentialFiles {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl CredentialFiles {
+    fn stamp(&self) -> Vec<Option<SystemTime>> {
+        [&self.ca, &self.cert, &self.key]
+            .iter()
+            .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+            .collect()
+    }
 }
 
 /// Where this node listens and whom it asks to join.
@@ -60,6 +102,8 @@ pub struct MeshSettings {
     pub advertise: SocketAddr,
     pub seeds: Vec<SocketAddr>,
     pub tuning: Tuning,
+    /// Where the credentials were loaded from, to reload them on change.
+    pub credential_files: Option<CredentialFiles>,
 }
 
 /// A member as `mesh members` shows it.
@@ -68,6 +112,34 @@ pub struct MemberInfo {
     pub name: String,
     pub addr: SocketAddr,
     pub state: String,
+    /// What this node refused or held back of it.
+    #[serde(default)]
+    pub counters: PeerCounters,
+}
+
+/// Per peer name: what was refused or shed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerCounters {
+    pub messages: u64,
+    /// Undecodable, oversized, late or of another wire version.
+    pub malformed: u64,
+    /// Sender name or advertised address not the certificate's.
+    pub impersonation: u64,
+    /// Connections refused over [`MAX_CONNECTIONS_PER_PEER`].
+    pub connections_refused: u64,
+    /// Times its reader waited for its byte budget.
+    pub throttled: u64,
+    /// Dialled for one member, answered with another's certificate.
+    pub wrong_certificate: u64,
+}
+
+/// The mesh as `mesh members -o json` shows it: members, peers that are not
+/// members (refused ones included), and the store's refusals by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshHealth {
+    pub peers: BTreeMap<String, PeerCounters>,
+    pub records: Option<TrustCounters>,
+    pub revoked: Vec<String>,
 }
 
 /// A command another node sent to this one (the API node asks a rack agent
@@ -101,12 +173,17 @@ pub struct MeshView {
 #[derive(Debug, Default)]
 struct ViewState {
     members: Vec<MemberInfo>,
+    health: MeshHealth,
     connections: Option<Arc<Connections>>,
 }
 
 impl MeshView {
     pub fn members(&self) -> Vec<MemberInfo> {
         self.lock().members.clone()
+    }
+
+    pub fn health(&self) -> MeshHealth {
+        self.lock().health.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ViewState> {
@@ -177,31 +254,118 @@ impl MeshView {
     }
 }
 
-/// Open connections by address, dialled on first use. Each address has its
-/// own slot, so dialling an unreachable peer does not hold up the others.
+/// Open connections by address, dialled on first use, and what each peer
+/// name holds and is charged. Each address has its own slot, so dialling
+/// an unreachable peer does not hold up the others.
 #[derive(Debug)]
 struct Connections {
     endpoint: quinn::Endpoint,
+    /// What this node dials with (replaced when its credentials change).
+    client: Mutex<quinn::ClientConfig>,
     slots: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
+    peers: Mutex<HashMap<String, Arc<PeerState>>>,
+}
+
+#[derive(Debug)]
+struct PeerState {
+    budget: Arc<tokio::sync::Semaphore>,
+    counters: Mutex<PeerCounters>,
+    /// Its connections (both directions), to close them on revocation.
+    live: Mutex<Vec<quinn::Connection>>,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Connections {
+    fn new(endpoint: quinn::Endpoint, client: quinn::ClientConfig) -> Connections {
+        Connections {
+            endpoint,
+            client: Mutex::new(client),
+            slots: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn peer(&self, name: &str) -> Arc<PeerState> {
+        Arc::clone(
+            locked(&self.peers)
+                .entry(name.to_string())
+                .or_insert_with(|| {
+                    Arc::new(PeerState {
+                        budget: Arc::new(tokio::sync::Semaphore::new(PEER_BYTE_BUDGET)),
+                        counters: Mutex::new(PeerCounters::default()),
+                        live: Mutex::new(Vec::new()),
+                    })
+                }),
+        )
+    }
+
+    fn count(&self, name: &str, bump: impl FnOnce(&mut PeerCounters)) {
+        bump(&mut locked(&self.peer(name).counters));
+    }
+
+    fn counters(&self) -> BTreeMap<String, PeerCounters> {
+        locked(&self.peers)
+            .iter()
+            .map(|(name, peer)| (name.clone(), *locked(&peer.counters)))
+            .collect()
+    }
+
+    /// Records a connection of `name`; an inbound one is refused (`false`)
+    /// when the name holds [`MAX_CONNECTIONS_PER_PEER`] already.
+    fn register(&self, name: &str, connection: &quinn::Connection, inbound: bool) -> bool {
+        let peer = self.peer(name);
+        let mut live = locked(&peer.live);
+        live.retain(|c| c.close_reason().is_none());
+        if inbound && live.len() >= MAX_CONNECTIONS_PER_PEER {
+            drop(live);
+            self.count(name, |c| c.connections_refused += 1);
+            return false;
+        }
+        live.push(connection.clone());
+        true
+    }
+
+    /// Closes every connection whose certificate `admission` no longer
+    /// admits (a revoked node); returns the peer names cut off.
+    fn close_refused(&self, admission: &tls::Admission) -> Vec<String> {
+        let peers: Vec<(String, Arc<PeerState>)> = locked(&self.peers)
+            .iter()
+            .map(|(name, peer)| (name.clone(), Arc::clone(peer)))
+            .collect();
+        let mut cut = Vec::new();
+        for (name, peer) in peers {
+            let mut live = locked(&peer.live);
+            live.retain(|connection| {
+                let refusal = peer_certificate(connection)
+                    .and_then(|certificate| admission.refusal(&certificate));
+                match refusal {
+                    Some(reason) => {
+                        connection.close(quinn::VarInt::from_u32(3), b"revoked");
+                        tracing::warn!(peer = %name, %reason, "mesh connection closed");
+                        false
+                    }
+                    None => connection.close_reason().is_none(),
+                }
+            });
+            if live.is_empty() && !cut.contains(&name) {
+                cut.push(name);
+            }
+        }
+        cut
+    }
+
     /// Drops the connection to `addr` (closed once no stream uses it).
     fn forget(&self, addr: SocketAddr) {
-        self.slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&addr);
+        locked(&self.slots).remove(&addr);
     }
 
     async fn get(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
-        let slot = {
-            let mut slots = self
-                .slots
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            Arc::clone(slots.entry(addr).or_default())
-        };
+        let slot = Arc::clone(locked(&self.slots).entry(addr).or_default());
         let mut slot = slot.lock().await;
         if let Some(connection) = slot.as_ref()
             && connection.close_reason().is_none()
@@ -209,14 +373,18 @@ impl Connections {
             return Ok(connection.clone());
         }
         // The name is not used for verification (see `tls`), only for SNI.
+        let client = locked(&self.client).clone();
         let connecting = self
             .endpoint
-            .connect(addr, "metalmesh-node")
+            .connect_with(client, addr, "metalmesh-node")
             .map_err(|e| e.to_string())?;
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| format!("no handshake within {CONNECT_TIMEOUT:?}"))?
             .map_err(|e| e.to_string())?;
+        if let Some(name) = peer_name(&connection) {
+            self.register(&name, &connection, false);
+        }
         *slot = Some(connection.clone());
         Ok(connection)
     }
@@ -235,6 +403,11 @@ pub async fn run(
     // Peers check every sender against its certificate: a node running
     // under another name would be refused by all of them.
     credentials.check_node_name(&settings.name)?;
+    if store.trust_counters().is_none() {
+        return Err(MeshError::UnsignedStore);
+    }
+    let admission = tls::Admission::default();
+    admission.set_revoked(store.revoked());
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_idle_timeout(Some(
@@ -242,27 +415,19 @@ pub async fn run(
                 .unwrap_or(quinn::VarInt::from_u32(10_000).into()),
         ))
         .keep_alive_interval(Some(Duration::from_secs(2)))
-        .max_concurrent_uni_streams(quinn::VarInt::from_u32(1024))
-        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(64));
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_STREAMS_PER_CONNECTION))
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS_PER_CONNECTION))
+        // What a peer may have in flight, unread, per connection.
+        .receive_window(quinn::VarInt::from_u32(8 * 1024 * 1024))
+        .stream_receive_window(quinn::VarInt::from_u32(MAX_MESSAGE_BYTES as u32));
     let transport = Arc::new(transport);
-    let server_crypto = QuicServerConfig::try_from(tls::server_config(&credentials)?)
-        .map_err(|e| tls::TlsError::Verifier(e.to_string()))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-    server.transport_config(Arc::clone(&transport));
-    let client_crypto = QuicClientConfig::try_from(tls::client_config(&credentials, true)?)
-        .map_err(|e| tls::TlsError::Verifier(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-    client.transport_config(transport);
-    let mut endpoint =
+    let (server, client) = endpoint_configs(&credentials, &admission, &transport)?;
+    let endpoint =
         quinn::Endpoint::server(server, settings.listen).map_err(|source| MeshError::Bind {
             addr: settings.listen,
             source,
         })?;
-    endpoint.set_default_client_config(client);
-    let connections = Arc::new(Connections {
-        endpoint: endpoint.clone(),
-        slots: Mutex::new(HashMap::new()),
-    });
+    let connections = Arc::new(Connections::new(endpoint.clone(), client));
     view.lock().connections = Some(Arc::clone(&connections));
 
     let bump = SystemTime::now()
@@ -283,12 +448,13 @@ pub async fn run(
         bump,
     );
 
-    let (inbound_tx, mut inbound) = mpsc::channel::<Envelope>(INBOUND_QUEUE);
+    let (inbound_tx, mut inbound) = mpsc::unbounded_channel::<Inbound>();
     let (timer_tx, mut timers) = mpsc::unbounded_channel::<Timer>();
     let tasks = CancellationToken::new();
     let _stop_tasks = tasks.clone().drop_guard();
     tokio::spawn(accept_loop(
         endpoint.clone(),
+        Arc::clone(&connections),
         inbound_tx,
         commands,
         tasks.clone(),
@@ -297,22 +463,60 @@ pub async fn run(
     let mut driver = Driver {
         timer_tx,
         tasks: tasks.clone(),
-        connections,
+        connections: Arc::clone(&connections),
         writers: HashMap::new(),
         view: view.clone(),
         view_refreshed: None,
     };
     let actions = node.start();
     driver.perform(&mut node, actions);
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    let mut credential_stamp = settings
+        .credential_files
+        .as_ref()
+        .map(CredentialFiles::stamp);
 
     loop {
         let input = tokio::select! {
             () = cancel.cancelled() => break,
-            Some(envelope) = inbound.recv() => Input::Received(envelope),
+            Some(inbound) = inbound.recv() => {
+                // The budget is given back once the message is handled.
+                let Inbound { envelope, charge: _charge } = inbound;
+                let now = crate::clock::now_version();
+                let actions = crate::store::blocking(|| node.handle(now, Input::Received(envelope)));
+                driver.perform(&mut node, actions);
+                continue;
+            }
             Some(timer) = timers.recv() => Input::Timer(timer),
+            _ = housekeeping.tick() => {
+                enforce_revocations(&store, &admission, &connections);
+                if let (Some(files), Some(stamp)) = (&settings.credential_files, &mut credential_stamp) {
+                    let now_stamp = files.stamp();
+                    if now_stamp != *stamp {
+                        *stamp = now_stamp;
+                        match reload_credentials(files, &settings.name, &admission, &transport, &connections, &store) {
+                            Ok(()) => tracing::info!(cert = %files.cert.display(), "mesh credentials reloaded"),
+                            Err(error) => tracing::error!(%error, "mesh credentials changed but cannot be used; keeping the previous ones"),
+                        }
+                    }
+                }
+                driver.refresh_health(&store);
+                continue;
+            }
             change = changes.recv() => match change {
-                Ok(record) if record.origin == settings.name => Input::Published(vec![record]),
-                Ok(_) => continue,
+                Ok(record) => {
+                    if record.id.kind == crate::record::RecordKind::Revocation {
+                        enforce_revocations(&store, &admission, &connections);
+                    }
+                    // This node's writes, and CA records handed to it (a
+                    // revocation imported by an operator), are pushed;
+                    // others' records spread from where they were received.
+                    if record.origin == settings.name || record.origin == crate::trust::CA_ORIGIN {
+                        Input::Published(vec![record])
+                    } else {
+                        continue;
+                    }
+                }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     // Anti-entropy delivers what is not pushed now.
                     tracing::warn!(missed, "mesh fell behind the store's change feed");
@@ -334,11 +538,63 @@ pub async fn run(
     Ok(())
 }
 
+/// A received message and the part of its sender's byte budget it holds.
+struct Inbound {
+    envelope: Envelope,
+    charge: tokio::sync::OwnedSemaphorePermit,
+}
+
+fn endpoint_configs(
+    credentials: &NodeCredentials,
+    admission: &tls::Admission,
+    transport: &Arc<quinn::TransportConfig>,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), MeshError> {
+    let server_crypto = QuicServerConfig::try_from(tls::server_config(credentials, admission)?)
+        .map_err(|e| tls::TlsError::Verifier(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server.transport_config(Arc::clone(transport));
+    let client_crypto =
+        QuicClientConfig::try_from(tls::client_config(credentials, true, admission)?)
+            .map_err(|e| tls::TlsError::Verifier(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client.transport_config(Arc::clone(transport));
+    Ok((server, client))
+}
+
+/// Takes in changed credential files: new connections use them, and the
+/// store signs with the new key (rewriting this node's records under it
+/// when the key changed). Anything wrong leaves the running ones in place.
+fn reload_credentials(
+    files: &CredentialFiles,
+    name: &str,
+    admission: &tls::Admission,
+    transport: &Arc<quinn::TransportConfig>,
+    connections: &Connections,
+    store: &Store,
+) -> Result<(), MeshError> {
+    let credentials = NodeCredentials::load(&files.ca, &files.cert, &files.key)?;
+    credentials.check_node_name(name)?;
+    let trust = crate::trust::Trust::from_credentials(&credentials)?;
+    let (server, client) = endpoint_configs(&credentials, admission, transport)?;
+    crate::store::blocking(|| store.install_trust(trust))?;
+    connections.endpoint.set_server_config(Some(server));
+    *locked(&connections.client) = client;
+    Ok(())
+}
+
+/// Brings the TLS admission up to the revocations the store holds and cuts
+/// off connections of revoked nodes.
+fn enforce_revocations(store: &Store, admission: &tls::Admission, connections: &Connections) {
+    let revoked = store.revoked();
+    admission.set_revoked(revoked);
+    connections.close_refused(admission);
+}
+
 struct Driver {
     timer_tx: mpsc::UnboundedSender<Timer>,
     tasks: CancellationToken,
     connections: Arc<Connections>,
-    writers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    writers: HashMap<SocketAddr, mpsc::Sender<(String, Vec<u8>)>>,
     view: MeshView,
     /// When the view's member list was last rebuilt.
     view_refreshed: Option<std::time::Instant>,
@@ -353,7 +609,7 @@ impl Driver {
         let mut membership_changed = false;
         for action in actions {
             match action {
-                Action::Send { to, envelope } => self.send(to.addr, encode(&envelope)),
+                Action::Send { to, envelope } => self.send(&to, encode(&envelope)),
                 Action::Schedule { after, timer } => {
                     let timer_tx = self.timer_tx.clone();
                     let tasks = self.tasks.clone();
@@ -389,10 +645,12 @@ impl Driver {
             .is_none_or(|at| at.elapsed() >= VIEW_REFRESH);
         if membership_changed || due {
             self.view_refreshed = Some(std::time::Instant::now());
+            let counters = self.connections.counters();
             let mut members: Vec<MemberInfo> = node
                 .members()
                 .into_iter()
                 .map(|(peer, state)| MemberInfo {
+                    counters: counters.get(&peer.name).copied().unwrap_or_default(),
                     name: peer.name,
                     addr: peer.addr,
                     state: format!("{state:?}").to_lowercase(),
@@ -403,7 +661,17 @@ impl Driver {
         }
     }
 
-    fn send(&mut self, addr: SocketAddr, bytes: Vec<u8>) {
+    fn refresh_health(&mut self, store: &Store) {
+        let health = MeshHealth {
+            peers: self.connections.counters(),
+            records: store.trust_counters(),
+            revoked: store.revoked().into_keys().collect(),
+        };
+        self.view.lock().health = health;
+    }
+
+    fn send(&mut self, to: &Peer, bytes: Vec<u8>) {
+        let addr = to.addr;
         let writer = self.writers.entry(addr).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             tokio::spawn(peer_writer(
@@ -414,27 +682,37 @@ impl Driver {
             ));
             tx
         });
-        if let Err(mpsc::error::TrySendError::Full(_)) = writer.try_send(bytes) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = writer.try_send((to.name.clone(), bytes)) {
             tracing::debug!(%addr, "mesh peer queue full; message dropped");
         }
     }
 }
 
-/// Sends queued messages to one peer, one stream each, reconnecting as needed.
+/// Sends queued messages to one peer, one stream each, reconnecting as
+/// needed. A message meant for a named member goes only to a connection
+/// whose certificate names that member (an address learned from gossip
+/// proves nothing).
 async fn peer_writer(
     addr: SocketAddr,
-    mut queue: mpsc::Receiver<Vec<u8>>,
+    mut queue: mpsc::Receiver<(String, Vec<u8>)>,
     connections: Arc<Connections>,
     cancel: CancellationToken,
 ) {
     let mut last_error: Option<String> = None;
     loop {
-        let bytes = tokio::select! {
+        let (expected, bytes) = tokio::select! {
             () = cancel.cancelled() => return,
             bytes = queue.recv() => match bytes { Some(b) => b, None => return },
         };
         let result = async {
             let connection = connections.get(addr).await?;
+            let answering = peer_name(&connection).unwrap_or_default();
+            if !expected.is_empty() && answering != expected {
+                connections.count(&expected, |c| c.wrong_certificate += 1);
+                return Err(format!(
+                    "{addr} presents the certificate of {answering:?}, not {expected:?}"
+                ));
+            }
             let mut stream = connection.open_uni().await.map_err(|e| e.to_string())?;
             stream.write_all(&bytes).await.map_err(|e| e.to_string())?;
             stream.finish().map_err(|e| e.to_string())
@@ -455,7 +733,8 @@ async fn peer_writer(
 
 async fn accept_loop(
     endpoint: quinn::Endpoint,
-    inbound: mpsc::Sender<Envelope>,
+    connections: Arc<Connections>,
+    inbound: mpsc::UnboundedSender<Inbound>,
     commands: mpsc::Sender<Command>,
     cancel: CancellationToken,
 ) {
@@ -467,6 +746,7 @@ async fn accept_loop(
         let inbound = inbound.clone();
         let commands = commands.clone();
         let cancel = cancel.clone();
+        let connections = Arc::clone(&connections);
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let connection = match incoming.await {
@@ -476,33 +756,59 @@ async fn accept_loop(
                     return;
                 }
             };
-            let Some(name) = peer_name(&connection) else {
+            let Some(facts) = peer_certificate(&connection)
+                .and_then(|certificate| crate::trust::certificate::read(certificate.as_ref()).ok())
+            else {
                 tracing::warn!(%remote, "mesh peer refused: certificate without a name");
                 connection.close(quinn::VarInt::from_u32(1), b"no name");
                 return;
             };
-            tracing::debug!(%remote, %name, "mesh connection accepted");
-            serve_connection(connection, name, inbound, commands, cancel).await;
+            if !connections.register(&facts.name, &connection, true) {
+                tracing::warn!(%remote, peer = %facts.name, "mesh peer refused: too many connections");
+                connection.close(quinn::VarInt::from_u32(4), b"too many connections");
+                return;
+            }
+            tracing::debug!(%remote, name = %facts.name, "mesh connection accepted");
+            serve_connection(connection, facts, connections, inbound, commands, cancel).await;
         });
     }
 }
 
-fn peer_name(connection: &quinn::Connection) -> Option<String> {
+fn peer_certificate(
+    connection: &quinn::Connection,
+) -> Option<rustls_pki_types::CertificateDer<'static>> {
     let identity = connection.peer_identity()?;
     let chain = identity
         .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
         .ok()?;
-    tls::certificate_name(chain.first()?)
+    chain.first().cloned()
+}
+
+fn peer_name(connection: &quinn::Connection) -> Option<String> {
+    tls::certificate_name(&peer_certificate(connection)?)
+}
+
+/// Whether a member may advertise `addr`: one of its certificate's IP
+/// addresses, or (a certificate without any) the address it connects from.
+fn may_advertise(facts: &CertificateFacts, remote: SocketAddr, addr: SocketAddr) -> bool {
+    if facts.addresses.is_empty() {
+        addr.ip() == remote.ip()
+    } else {
+        facts.addresses.contains(&addr.ip())
+    }
 }
 
 async fn serve_connection(
     connection: quinn::Connection,
-    name: String,
-    inbound: mpsc::Sender<Envelope>,
+    facts: CertificateFacts,
+    connections: Arc<Connections>,
+    inbound: mpsc::UnboundedSender<Inbound>,
     commands: mpsc::Sender<Command>,
     cancel: CancellationToken,
 ) {
     let remote = connection.remote_address();
+    let name = facts.name.clone();
+    let budget = Arc::clone(&connections.peer(&name).budget);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -512,28 +818,50 @@ async fn serve_connection(
                 let bytes = match tokio::time::timeout(STREAM_TIMEOUT, stream.read_to_end(MAX_MESSAGE_BYTES)).await {
                     Ok(Ok(bytes)) => bytes,
                     Ok(Err(error)) => {
-                        tracing::warn!(%remote, peer = %name, %error, "mesh message dropped");
+                        connections.count(&name, |c| c.malformed += 1);
+                        tracing::debug!(%remote, peer = %name, %error, "mesh message dropped");
                         continue;
                     }
                     Err(_) => {
-                        tracing::warn!(%remote, peer = %name, "mesh message dropped: not complete within {STREAM_TIMEOUT:?}");
+                        connections.count(&name, |c| c.malformed += 1);
+                        tracing::debug!(%remote, peer = %name, "mesh message dropped: not complete within {STREAM_TIMEOUT:?}");
                         let _ = stream.stop(quinn::VarInt::from_u32(2));
                         continue;
                     }
                 };
-                match decode(&bytes) {
-                    Ok(envelope) if envelope.from.name == name => {
-                        if inbound.send(envelope).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(envelope) => tracing::warn!(
-                        %remote, peer = %name, claimed = %envelope.from.name,
-                        "mesh message dropped: sender name differs from its certificate"
-                    ),
+                connections.count(&name, |c| c.messages += 1);
+                let envelope = match decode(&bytes) {
+                    Ok(envelope) => envelope,
                     Err(error) => {
-                        tracing::warn!(%remote, peer = %name, %error, "mesh message dropped")
+                        connections.count(&name, |c| c.malformed += 1);
+                        tracing::debug!(%remote, peer = %name, %error, "mesh message dropped");
+                        continue;
                     }
+                };
+                if envelope.from.name != name || !may_advertise(&facts, remote, envelope.from.addr) {
+                    connections.count(&name, |c| c.impersonation += 1);
+                    tracing::warn!(
+                        %remote, peer = %name, claimed = %envelope.from,
+                        "mesh message dropped: sender name or address is not its certificate's"
+                    );
+                    continue;
+                }
+                // Charged to the sender until handled: beyond its budget
+                // this reader waits, holding back only this peer.
+                let charge = u32::try_from(bytes.len().max(MIN_MESSAGE_CHARGE)).unwrap_or(u32::MAX);
+                let permit = match Arc::clone(&budget).try_acquire_many_owned(charge) {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        connections.count(&name, |c| c.throttled += 1);
+                        let acquired = tokio::select! {
+                            () = cancel.cancelled() => return,
+                            permit = Arc::clone(&budget).acquire_many_owned(charge) => permit,
+                        };
+                        match acquired { Ok(permit) => permit, Err(_) => return }
+                    }
+                };
+                if inbound.send(Inbound { envelope, charge: permit }).is_err() {
+                    return;
                 }
             }
             stream = connection.accept_bi() => {
