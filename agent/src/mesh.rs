@@ -92,6 +92,7 @@ pub fn mesh_settings(
             ..Tuning::default()
         },
         credential_files: Some(service::CredentialFiles { ca, cert, key }),
+        peer_byte_budget: service::PEER_BYTE_BUDGET,
     }
 }
 

@@ -4,134 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use metalmesh_inventory::mesh::service::{self, MeshSettings, MeshView};
-use metalmesh_inventory::mesh::tls;
-use metalmesh_inventory::mesh::{Envelope, Message, Peer, Tuning};
-use metalmesh_inventory::pki::{self, IssuedPem, NodeCredentials, NodeIdentity};
+mod support;
+
+use metalmesh_inventory::RecordKind;
+use metalmesh_inventory::mesh::{Envelope, Message, Peer};
+use metalmesh_inventory::pki::{self, NodeIdentity};
 use metalmesh_inventory::replica::Replica;
-use metalmesh_inventory::trust::{Role, Trust};
-use metalmesh_inventory::{RecordKind, Store};
-use quinn::crypto::rustls::QuicClientConfig;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use metalmesh_inventory::trust::Role;
+use std::time::Duration;
+use support::{Node, addr, eventually, issue, raw_client, start};
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
-
-struct Node {
-    store: Store,
-    view: MeshView,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn addr(index: u8) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 20 + index], 17946))
-}
-
-fn issue(ca: &IssuedPem, name: &str) -> IssuedPem {
-    issue_as(ca, name, Role::Leaf)
-}
-
-fn issue_as(ca: &IssuedPem, name: &str, role: Role) -> IssuedPem {
-    let now = OffsetDateTime::now_utc();
-    pki::issue_node(
-        ca,
-        &NodeIdentity::new(name, role),
-        now - time::Duration::hours(1),
-        now + time::Duration::days(1),
-    )
-    .unwrap()
-}
-
-fn start(
-    dir: &std::path::Path,
-    index: u8,
-    ca: &IssuedPem,
-    node: &IssuedPem,
-    seeds: Vec<SocketAddr>,
-) -> Node {
-    let name = format!("node{index}");
-    let credentials = Arc::new(NodeCredentials::from_pem(&ca.cert, node).unwrap());
-    let trust = Trust::from_credentials(&credentials).unwrap();
-    let store = Store::open_signed(&dir.join(format!("{name}.db")), trust).unwrap();
-    let view = MeshView::default();
-    let cancel = CancellationToken::new();
-    let (commands_tx, mut commands) = tokio::sync::mpsc::channel::<service::Command>(8);
-    tokio::spawn(async move {
-        while let Some(command) = commands.recv().await {
-            let answer =
-                serde_json::json!({"op": command.op, "from": command.from, "body": command.body});
-            let _ = command.reply.send(Ok(answer));
-        }
-    });
-    let settings = MeshSettings {
-        name,
-        listen: addr(index),
-        advertise: addr(index),
-        seeds,
-        tuning: Tuning {
-            anti_entropy_interval: Duration::from_millis(300),
-            rejoin_interval: Duration::from_secs(1),
-            ..Tuning::default()
-        },
-        credential_files: None,
-    };
-    let task = {
-        let (store, view, cancel) = (store.clone(), view.clone(), cancel.clone());
-        tokio::spawn(async move {
-            service::run(settings, credentials, store, view, commands_tx, cancel)
-                .await
-                .unwrap();
-        })
-    };
-    Node {
-        store,
-        view,
-        cancel,
-        task,
-    }
-}
-
-async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A raw QUIC client with the given TLS identity, to talk to a node directly.
-async fn raw_client(
-    ca: &IssuedPem,
-    identity: &IssuedPem,
-    present: bool,
-    target: SocketAddr,
-) -> Result<quinn::Connection, String> {
-    let credentials = NodeCredentials::from_pem(&ca.cert, identity).unwrap();
-    let crypto = QuicClientConfig::try_from(
-        tls::client_config(&credentials, present, &tls::Admission::default()).unwrap(),
-    )
-    .unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let connection = endpoint
-        .connect(target, "metalmesh-node")
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    // With TLS 1.3 the server judges the client's certificate after the
-    // client considers the handshake done: a refused client sees the
-    // connection closed on its first use.
-    let mut stream = connection.open_uni().await.map_err(|e| e.to_string())?;
-    stream.write_all(b"").await.map_err(|e| e.to_string())?;
-    stream.finish().map_err(|e| e.to_string())?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    match connection.close_reason() {
-        Some(reason) => Err(reason.to_string()),
-        None => Ok(connection),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_replicate_commands_answer_and_strangers_are_refused() {

@@ -7,7 +7,7 @@
 //! role and is not revoked ([`tls::Admission`]). What one of them can cost
 //! this node is bounded per peer name: [`MAX_CONNECTIONS_PER_PEER`]
 //! connections, [`MAX_STREAMS_PER_CONNECTION`] streams, and
-//! [`PEER_BYTE_BUDGET`] bytes of received messages waiting for the protocol
+//! [`MeshSettings::peer_byte_budget`] bytes of received messages waiting for the protocol
 //! task (its readers wait beyond that, which holds back only its own
 //! streams). A message whose sender claims another name, or an address its
 //! certificate does not allow, is dropped; all of it is counted per peer.
@@ -36,8 +36,8 @@ const PEER_QUEUE: usize = 512;
 pub const MAX_CONNECTIONS_PER_PEER: usize = 4;
 /// Concurrent message streams per connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
-/// Received bytes of one peer queued for the protocol task (each message
-/// charged at least [`MIN_MESSAGE_CHARGE`]).
+/// Received bytes of one peer queued for the protocol task by default
+/// (each message charged at least [`MIN_MESSAGE_CHARGE`]).
 pub const PEER_BYTE_BUDGET: usize = 16 * 1024 * 1024;
 const MIN_MESSAGE_CHARGE: usize = 4096;
 /// How often revocations and the credential files are looked at.
@@ -104,6 +104,9 @@ pub struct MeshSettings {
     pub tuning: Tuning,
     /// Where the credentials were loaded from, to reload them on change.
     pub credential_files: Option<CredentialFiles>,
+    /// Bytes of one peer's messages that may wait for the protocol task
+    /// ([`PEER_BYTE_BUDGET`] unless set; at least one largest message).
+    pub peer_byte_budget: usize,
 }
 
 /// A member as `mesh members` shows it.
@@ -131,6 +134,9 @@ pub struct PeerCounters {
     pub throttled: u64,
     /// Dialled for one member, answered with another's certificate.
     pub wrong_certificate: u64,
+    /// Most bytes of its messages ever waiting for the protocol task at
+    /// once (at most its byte budget).
+    pub queued_bytes_high_water: u64,
 }
 
 /// The mesh as `mesh members -o json` shows it: members, peers that are not
@@ -264,6 +270,7 @@ struct Connections {
     client: Mutex<quinn::ClientConfig>,
     slots: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
     peers: Mutex<HashMap<String, Arc<PeerState>>>,
+    byte_budget: usize,
 }
 
 #[derive(Debug)]
@@ -281,8 +288,13 @@ fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Connections {
-    fn new(endpoint: quinn::Endpoint, client: quinn::ClientConfig) -> Connections {
+    fn new(
+        endpoint: quinn::Endpoint,
+        client: quinn::ClientConfig,
+        byte_budget: usize,
+    ) -> Connections {
         Connections {
+            byte_budget: byte_budget.max(MAX_MESSAGE_BYTES),
             endpoint,
             client: Mutex::new(client),
             slots: Mutex::new(HashMap::new()),
@@ -296,7 +308,7 @@ impl Connections {
                 .entry(name.to_string())
                 .or_insert_with(|| {
                     Arc::new(PeerState {
-                        budget: Arc::new(tokio::sync::Semaphore::new(PEER_BYTE_BUDGET)),
+                        budget: Arc::new(tokio::sync::Semaphore::new(self.byte_budget)),
                         counters: Mutex::new(PeerCounters::default()),
                         live: Mutex::new(Vec::new()),
                     })
@@ -427,7 +439,11 @@ pub async fn run(
             addr: settings.listen,
             source,
         })?;
-    let connections = Arc::new(Connections::new(endpoint.clone(), client));
+    let connections = Arc::new(Connections::new(
+        endpoint.clone(),
+        client,
+        settings.peer_byte_budget,
+    ));
     view.lock().connections = Some(Arc::clone(&connections));
 
     let bump = SystemTime::now()
@@ -452,7 +468,11 @@ pub async fn run(
     let (timer_tx, mut timers) = mpsc::unbounded_channel::<Timer>();
     let tasks = CancellationToken::new();
     let _stop_tasks = tasks.clone().drop_guard();
-    tokio::spawn(accept_loop(
+    // Every task holds the endpoint (its socket) or the store: shutdown
+    // waits for them, so a restarted node can bind its address again.
+    let tracker = tokio_util::task::TaskTracker::new();
+    tracker.spawn(accept_loop(
+        tracker.clone(),
         endpoint.clone(),
         Arc::clone(&connections),
         inbound_tx,
@@ -463,6 +483,7 @@ pub async fn run(
     let mut driver = Driver {
         timer_tx,
         tasks: tasks.clone(),
+        tracker: tracker.clone(),
         connections: Arc::clone(&connections),
         writers: HashMap::new(),
         view: view.clone(),
@@ -535,6 +556,20 @@ pub async fn run(
     tokio::time::sleep(Duration::from_millis(100)).await;
     endpoint.close(quinn::VarInt::from_u32(0), b"shutting down");
     view.lock().connections = None;
+    tasks.cancel();
+    tracker.close();
+    drop(driver);
+    drop(connections);
+    if tokio::time::timeout(Duration::from_secs(3), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = tracker.len(),
+            "mesh tasks still running after shutdown"
+        );
+    }
+    endpoint.wait_idle().await;
     Ok(())
 }
 
@@ -593,6 +628,7 @@ fn enforce_revocations(store: &Store, admission: &tls::Admission, connections: &
 struct Driver {
     timer_tx: mpsc::UnboundedSender<Timer>,
     tasks: CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
     connections: Arc<Connections>,
     writers: HashMap<SocketAddr, mpsc::Sender<(String, Vec<u8>)>>,
     view: MeshView,
@@ -613,7 +649,7 @@ impl Driver {
                 Action::Schedule { after, timer } => {
                     let timer_tx = self.timer_tx.clone();
                     let tasks = self.tasks.clone();
-                    tokio::spawn(async move {
+                    self.tracker.spawn(async move {
                         tokio::select! {
                             () = tasks.cancelled() => {}
                             () = tokio::time::sleep(after) => { let _ = timer_tx.send(timer); }
@@ -674,7 +710,7 @@ impl Driver {
         let addr = to.addr;
         let writer = self.writers.entry(addr).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            tokio::spawn(peer_writer(
+            self.tracker.spawn(peer_writer(
                 addr,
                 rx,
                 Arc::clone(&self.connections),
@@ -732,6 +768,7 @@ async fn peer_writer(
 }
 
 async fn accept_loop(
+    tracker: tokio_util::task::TaskTracker,
     endpoint: quinn::Endpoint,
     connections: Arc<Connections>,
     inbound: mpsc::UnboundedSender<Inbound>,
@@ -747,7 +784,8 @@ async fn accept_loop(
         let commands = commands.clone();
         let cancel = cancel.clone();
         let connections = Arc::clone(&connections);
-        tokio::spawn(async move {
+        let inner_tracker = tracker.clone();
+        tracker.spawn(async move {
             let remote = incoming.remote_address();
             let connection = match incoming.await {
                 Ok(connection) => connection,
@@ -769,7 +807,7 @@ async fn accept_loop(
                 return;
             }
             tracing::debug!(%remote, name = %facts.name, "mesh connection accepted");
-            serve_connection(connection, facts, connections, inbound, commands, cancel).await;
+            serve_connection(inner_tracker, connection, facts, connections, inbound, commands, cancel).await;
         });
     }
 }
@@ -799,6 +837,7 @@ fn may_advertise(facts: &CertificateFacts, remote: SocketAddr, addr: SocketAddr)
 }
 
 async fn serve_connection(
+    tracker: tokio_util::task::TaskTracker,
     connection: quinn::Connection,
     facts: CertificateFacts,
     connections: Arc<Connections>,
@@ -860,13 +899,17 @@ async fn serve_connection(
                         match acquired { Ok(permit) => permit, Err(_) => return }
                     }
                 };
+                let queued = connections.byte_budget.saturating_sub(budget.available_permits()) as u64;
+                connections.count(&name, |c| {
+                    c.queued_bytes_high_water = c.queued_bytes_high_water.max(queued);
+                });
                 if inbound.send(Inbound { envelope, charge: permit }).is_err() {
                     return;
                 }
             }
             stream = connection.accept_bi() => {
                 let (send, receive) = match stream { Ok(s) => s, Err(_) => return };
-                tokio::spawn(answer_command(name.clone(), send, receive, commands.clone()));
+                tracker.spawn(answer_command(name.clone(), send, receive, commands.clone()));
             }
         }
     }
