@@ -2,7 +2,8 @@
 //! mutual TLS over the FRR fabric): every agent's records reach all others;
 //! an agent killed with SIGKILL catches up after restart; two groups cut
 //! apart by nftables converge to identical replicas once healed; a node with
-//! a certificate from another CA is refused and logged.
+//! a certificate from another CA is refused and logged; a node revoked by
+//! the operator is cut off by all others within 5 s.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -274,4 +275,86 @@ fn five_agents_replicate_recover_and_refuse_strangers() {
                 .any(|r| r.contains("rogue"))
         );
     }
+
+    // An operator revokes leaf5 and hands the revocation to leaf1: every
+    // other agent cuts leaf5 off within 5 s; what it wrote before stays
+    // (marked), what it writes after is refused.
+    let ca_dir = run_dir.join("mesh-ca");
+    let out = run(
+        metalmesh.to_str().unwrap(),
+        &[
+            "ca",
+            "revoke",
+            "--node",
+            "leaf5",
+            "--ca-dir",
+            ca_dir.to_str().unwrap(),
+            "--reason",
+            "test",
+        ],
+    );
+    ok(&out);
+    let revocation = ca_dir.join("revoked/leaf5.json");
+    let started = std::time::Instant::now();
+    let out = agent_on(
+        run_dir,
+        AGENT,
+        "leaf1",
+        &["mesh", "revoke", revocation.to_str().unwrap()],
+    );
+    ok(&out);
+    let revoked_everywhere = |run_dir: &Path| {
+        [1, 2, 3, 4].iter().all(|leaf| {
+            !members(run_dir, *leaf).contains(&"leaf5".to_string())
+                && health(run_dir, *leaf)["revoked"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|n| n == "leaf5"))
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || revoked_everywhere(run_dir)),
+        "leaf5 not cut off within 5 s: {:?}",
+        [1, 2, 3, 4].map(|leaf| members(run_dir, leaf))
+    );
+    println!("leaf5 cut off everywhere after {:?}", started.elapsed());
+    add_port(5, "mmlate");
+    std::thread::sleep(Duration::from_secs(3));
+    for leaf in [1, 2, 3, 4] {
+        let records = marked_records(run_dir, leaf);
+        let switch5 = records
+            .iter()
+            .find(|r| r["id"]["kind"] == "switch" && r["id"]["key"] == "leaf5")
+            .unwrap_or_else(|| panic!("leaf{leaf} lost leaf5's switch record"));
+        assert_eq!(switch5["revoked_origin"], true);
+        assert!(
+            !records.iter().any(|r| r["id"]["key"] == "leaf5/mmlate"),
+            "leaf{leaf} took a record leaf5 wrote after its revocation"
+        );
+    }
+}
+
+/// `mesh members -o json`'s health section of a leaf.
+fn health(run_dir: &Path, leaf: u32) -> serde_json::Value {
+    let out = agent_on(
+        run_dir,
+        AGENT,
+        &format!("leaf{leaf}"),
+        &["mesh", "members", "-o", "json"],
+    );
+    ok(&out);
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    value["health"].clone()
+}
+
+/// A leaf's records as `mesh records -o json` shows them (with the
+/// revoked-origin mark).
+fn marked_records(run_dir: &Path, leaf: u32) -> Vec<serde_json::Value> {
+    let out = agent_on(
+        run_dir,
+        AGENT,
+        &format!("leaf{leaf}"),
+        &["mesh", "records", "-o", "json"],
+    );
+    ok(&out);
+    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -7,6 +7,8 @@ use libfuzzer_sys::fuzz_target;
 use metalmesh_inventory::mesh::message::{decode, encode};
 use metalmesh_inventory::mesh::{Input, MeshNode, Peer, Tuning};
 use metalmesh_inventory::replica::MemoryReplica;
+use metalmesh_inventory::trust::Keyring;
+use std::sync::Arc;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(envelope) = decode(data) {
@@ -17,7 +19,8 @@ fuzz_target!(|data: &[u8]| {
             addr: "10.255.0.1:7946".parse().unwrap(),
             bump: 1,
         };
-        let mut node = MeshNode::new(me, Vec::new(), MemoryReplica::default(), Tuning::default(), 1);
+        let keyring = Keyring::pinned("leaf1", Arc::default());
+        let mut node = MeshNode::new(me, Vec::new(), MemoryReplica::new(keyring), Tuning::default(), 1);
         let _ = node.start();
         let _ = node.handle(0, Input::Received(envelope));
     }

@@ -80,6 +80,9 @@ pub enum Input {
     Timer(Timer),
     /// Records this node wrote to its own replica: disseminate them.
     Published(Vec<Record>),
+    /// A node was revoked: it is declared down at once (and the others
+    /// told), instead of waiting for failure detection.
+    Revoked(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,6 +255,21 @@ impl<R: Replica> MeshNode<R> {
             Input::Published(records) => {
                 self.enqueue(records);
                 self.gossip_round(&mut actions);
+            }
+            Input::Revoked(name) => {
+                let down: Vec<foca::Member<Peer>> = self
+                    .foca
+                    .iter_members()
+                    .filter(|member| member.id().name == name)
+                    .map(|member| foca::Member::down(member.id().clone()))
+                    .collect();
+                if let Err(error) = self
+                    .foca
+                    .apply_many(down.into_iter(), true, &mut self.runtime)
+                {
+                    tracing::debug!(%error, "declaring a revoked member down");
+                }
+                self.drain_swim(&mut actions);
             }
         }
         actions

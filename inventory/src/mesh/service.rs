@@ -528,6 +528,10 @@ pub async fn run(
                 Ok(record) => {
                     if record.id.kind == crate::record::RecordKind::Revocation {
                         enforce_revocations(&store, &admission, &connections);
+                        let now = crate::clock::now_version();
+                        let input = Input::Revoked(record.id.key.clone());
+                        let actions = crate::store::blocking(|| node.handle(now, input));
+                        driver.perform(&mut node, actions);
                     }
                     // This node's writes, and CA records handed to it (a
                     // revocation imported by an operator), are pushed;

@@ -210,6 +210,40 @@ mod tests {
         assert!(!key.verify(&truncated));
     }
 
+    /// `METALMESH_FUZZ_RECORD_SEEDS=<dir> cargo test -p metalmesh-inventory
+    /// record_seeds` writes signed records (postcard) as seeds for the
+    /// `signed_record` fuzz target, whose keyring pins these keys.
+    #[test]
+    fn record_seeds() {
+        let leaf1 = Signer::from_seed(&[1; 32]);
+        let api = Signer::from_seed(&[2; 32]);
+        let record = |kind, key: &str, origin: &str, signer: &Signer| {
+            let mut record = Record {
+                id: RecordKey::new(kind, key),
+                origin: origin.into(),
+                version: 1 << 32,
+                value: Some("{\"up\":true}".into()),
+                signature: Vec::new(),
+            };
+            signer.sign(&mut record);
+            record
+        };
+        let seeds = [
+            ("leaf-port", record(RecordKind::Port, "leaf1/swp1", "leaf1", &leaf1)),
+            ("api-network", record(RecordKind::Network, "n1", "api", &api)),
+            ("wrong-writer", record(RecordKind::Network, "n1", "leaf1", &leaf1)),
+            ("other-kind", record(RecordKind::from_name("flavor").unwrap(), "leaf1/x", "leaf1", &leaf1)),
+        ];
+        for (name, record) in seeds {
+            let bytes = postcard::to_stdvec(&record).unwrap();
+            let back: Record = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(back, record);
+            if let Some(dir) = std::env::var_os("METALMESH_FUZZ_RECORD_SEEDS") {
+                std::fs::write(std::path::Path::new(&dir).join(name), bytes).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn field_boundaries_are_part_of_what_is_signed() {
         // "ab"+"c" and "a"+"bc" must not sign alike.
