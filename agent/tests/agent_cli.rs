@@ -266,6 +266,11 @@ fn mesh_credentials_and_corrupt_store_problems_are_named() {
         "{stderr}"
     );
 
+    // With good credentials, a store that is not a database is named and
+    // left as it is.
+    std::fs::remove_dir_all(guard.scratch.join("issued-tcli")).unwrap();
+    let (_, key) = issue("tcli");
+    std::fs::copy(key, &missing).unwrap();
     let store = guard.scratch.join("state/inventory.db");
     std::fs::write(&store, b"this is not a database, but an operator's file").unwrap();
     let out = start();

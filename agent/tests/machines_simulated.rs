@@ -199,6 +199,25 @@ fn one_machine_registers_installs_phones_home_and_is_reclaimed() {
     assert_eq!(debugfs_cat(&disk, "/etc/hostname").trim(), "web-1");
     assert!(debugfs_cat(&disk, "/etc/metalmesh/network").contains("ADDRESS=10.0.1.11/32"));
     assert!(debugfs_cat(&disk, "/root/.ssh/authorized_keys").contains("test@metalmesh"));
+    // The mesh carries the SSH key's digest, not the key: only this leaf
+    // keeps it, in its owner-only store.
+    let out = agent(
+        &guard,
+        &["mesh", "records", "--kind", "machine", "-o", "json"],
+    );
+    ok(&out);
+    let gossiped = String::from_utf8_lossy(&out.stdout);
+    assert!(gossiped.contains("secrets_sha256"), "{gossiped}");
+    assert!(!gossiped.contains("MetalmeshTestKey"), "{gossiped}");
+    let state_dir = guard.run_dir.join("nodes/leaf1/agent/state");
+    for (path, mode) in [
+        (state_dir.clone(), 0o700),
+        (state_dir.join("inventory.db"), 0o600),
+    ] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let found = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(found, mode, "{}", path.display());
+    }
     // The machine is on the tenant network, routed by the leaf.
     let routes = agent(&guard, &["routes", "--vrf", "tenant-a"]);
     assert!(String::from_utf8_lossy(&routes.stdout).contains("10.0.1.11"));

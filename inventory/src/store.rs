@@ -37,6 +37,11 @@ pub enum StoreError {
     NewerSchema { path: PathBuf, found: i64 },
     #[error("record {id} refused: {reason}")]
     Invalid { id: String, reason: String },
+    #[error("inventory store {path}: cannot make it owner-only: {source}")]
+    Mode {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The store; cheap to clone (shared handle).
@@ -108,6 +113,19 @@ impl Store {
                 path: path.to_path_buf(),
                 detail: check,
             });
+        }
+        // It holds secrets this node keeps for its machines: owner only
+        // (SQLite gives its journal files the database file's mode).
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            if let Err(source) =
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            {
+                return Err(StoreError::Mode {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         }
         let found: i64 = connection
             .query_row("PRAGMA user_version", [], |row| row.get(0))
@@ -493,6 +511,36 @@ impl Store {
         Ok(())
     }
 
+    /// Keeps `value` under `key` in this node only (never replicated, never
+    /// in a digest); `None` deletes it.
+    pub fn put_local_secret(&self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+        let state = self.lock();
+        let result = match value {
+            Some(value) => state.connection.execute(
+                "INSERT INTO secrets (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            ),
+            None => state
+                .connection
+                .execute("DELETE FROM secrets WHERE key = ?1", params![key]),
+        };
+        result.map(|_| ()).map_err(|e| self.sqlite(e))
+    }
+
+    pub fn local_secret(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let state = self.lock();
+        let mut statement = state
+            .connection
+            .prepare_cached("SELECT value FROM secrets WHERE key = ?1")
+            .map_err(|e| self.sqlite(e))?;
+        let mut rows = statement.query(params![key]).map_err(|e| self.sqlite(e))?;
+        match rows.next().map_err(|e| self.sqlite(e))? {
+            Some(row) => Ok(Some(row.get(0).map_err(|e| self.sqlite(e))?)),
+            None => Ok(None),
+        }
+    }
+
     /// Takes in records from outside the mesh's own traffic (a revocation
     /// an operator hands to this node): checked like received records;
     /// returns those stored.
@@ -684,9 +732,11 @@ fn migrate(connection: &Connection, found: i64) -> rusqlite::Result<()> {
     if found < 2 {
         // Records of schema 1 are unsigned: a mesh node signs its own anew
         // when it opens the file, and drops the others' (see `open_signed`).
+        // `secrets` holds what this node keeps and never replicates.
         connection.execute_batch(
             "BEGIN;
              ALTER TABLE records ADD COLUMN signature BLOB;
+             CREATE TABLE secrets (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              PRAGMA user_version = 2;
              COMMIT;",
         )?;
@@ -714,6 +764,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("inventory.db");
         let store = Store::open(&path, "leaf1").unwrap();
+        // Owner-only: it keeps this node's secrets.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        store.put_local_secret("machine/u1", Some("keys")).unwrap();
+        assert_eq!(
+            store.local_secret("machine/u1").unwrap().as_deref(),
+            Some("keys")
+        );
         let mut feed = store.subscribe();
         let first = store
             .put_local(RecordKind::Switch, "leaf1", Some("{\"a\":1}".into()))
@@ -733,6 +794,11 @@ mod tests {
 
         let store = Store::open(&path, "leaf1").unwrap();
         assert_eq!(store.root_digest(), digest);
+        // Kept, and never a record: not in the digest, not in a listing.
+        assert_eq!(
+            store.local_secret("machine/u1").unwrap().as_deref(),
+            Some("keys")
+        );
         let second = store
             .put_local(RecordKind::Switch, "leaf1", Some("{\"a\":2}".into()))
             .unwrap()

@@ -922,6 +922,7 @@ impl MachineCore {
             image_url,
             image_sha256,
             routed: false,
+            secrets_sha256: None,
         });
         self.save(step, uuid);
         self.described(uuid, step.now)

@@ -24,7 +24,7 @@ use super::core::{
     Caller, Command, CoreSettings, ImageFact, Input, MachineCore, MachineError, MachinePorts,
     NeighborFact, Outcome, Reply, Ticket, VrfFact,
 };
-use super::record::MachineRecord;
+use super::record::{MachineRecord, MachineSecrets};
 use crate::dataplane::Intents;
 use crate::lldp::LldpSnapshot;
 
@@ -96,7 +96,13 @@ pub fn record_key(switch: &str, uuid: &str) -> String {
     format!("{switch}/{uuid}")
 }
 
-/// This leaf's machines as the store holds them.
+/// Where this leaf keeps a machine's SSH keys and user data (its store's
+/// secrets, never replicated).
+fn secret_key(uuid: &str) -> String {
+    format!("machine/{uuid}")
+}
+
+/// This leaf's machines as the store holds them, their kept secrets back in.
 pub fn load(store: &Store) -> anyhow::Result<Vec<MachineRecord>> {
     let mut machines = Vec::new();
     for record in store.list(Some(RecordKind::Machine))? {
@@ -104,9 +110,26 @@ pub fn load(store: &Store) -> anyhow::Result<Vec<MachineRecord>> {
             continue;
         }
         let Some(value) = record.value else { continue };
-        let machine: MachineRecord = serde_json::from_str(&value).map_err(|error| {
+        let mut machine: MachineRecord = serde_json::from_str(&value).map_err(|error| {
             anyhow::anyhow!(
                 "stored machine {} in {} is unreadable: {error}",
+                record.id.key,
+                store.path().display()
+            )
+        })?;
+        let secrets = match store.local_secret(&secret_key(&machine.machine.uuid))? {
+            Some(text) => serde_json::from_str(&text).map_err(|error| {
+                anyhow::anyhow!(
+                    "kept secrets of machine {} in {} are unreadable: {error}",
+                    record.id.key,
+                    store.path().display()
+                )
+            })?,
+            None => MachineSecrets::default(),
+        };
+        machine.restore_secrets(&secrets).map_err(|error| {
+            anyhow::anyhow!(
+                "machine {} in {}: {error}",
                 record.id.key,
                 store.path().display()
             )
@@ -323,7 +346,17 @@ impl MachinesTask {
                     uuid: uuid.clone(),
                     reason,
                 };
-                let json = serde_json::to_string(record).map_err(|e| not_stored(e.to_string()))?;
+                // The secrets first: a mesh record whose digest names
+                // secrets not kept would not load.
+                let (public, secrets) = record.split_secrets();
+                let kept = (secrets != MachineSecrets::default())
+                    .then(|| serde_json::to_string(&secrets))
+                    .transpose()
+                    .map_err(|e| not_stored(e.to_string()))?;
+                self.store
+                    .put_local_secret(&secret_key(uuid), kept.as_deref())
+                    .map_err(|e| not_stored(e.to_string()))?;
+                let json = serde_json::to_string(&public).map_err(|e| not_stored(e.to_string()))?;
                 self.store
                     .put_local(
                         RecordKind::Machine,

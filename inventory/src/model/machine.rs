@@ -137,6 +137,11 @@ pub struct ExecutedAllocation {
     /// The port is in the tenant VRF (from `Booting New Kernel` until the
     /// reclaimed machine leaves).
     pub routed: bool,
+    /// SHA-256 (hex) of the request's SSH keys and user data, which only
+    /// the owning leaf keeps: in the mesh they are empty and this says what
+    /// they were (see `docs/design/inventory.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_sha256: Option<String>,
 }
 
 /// A machine as its rack's agent sees it.

@@ -229,10 +229,27 @@ mod tests {
             record
         };
         let seeds = [
-            ("leaf-port", record(RecordKind::Port, "leaf1/swp1", "leaf1", &leaf1)),
-            ("api-network", record(RecordKind::Network, "n1", "api", &api)),
-            ("wrong-writer", record(RecordKind::Network, "n1", "leaf1", &leaf1)),
-            ("other-kind", record(RecordKind::from_name("flavor").unwrap(), "leaf1/x", "leaf1", &leaf1)),
+            (
+                "leaf-port",
+                record(RecordKind::Port, "leaf1/swp1", "leaf1", &leaf1),
+            ),
+            (
+                "api-network",
+                record(RecordKind::Network, "n1", "api", &api),
+            ),
+            (
+                "wrong-writer",
+                record(RecordKind::Network, "n1", "leaf1", &leaf1),
+            ),
+            (
+                "other-kind",
+                record(
+                    RecordKind::from_name("flavor").unwrap(),
+                    "leaf1/x",
+                    "leaf1",
+                    &leaf1,
+                ),
+            ),
         ];
         for (name, record) in seeds {
             let bytes = postcard::to_stdvec(&record).unwrap();
