@@ -21,8 +21,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MeshConfig;
 use crate::lldp::LldpSnapshot;
+use crate::machines::core::Reply;
+use crate::machines::task::{CommandRequest, OperatorCommand};
 use crate::supervisor::Supervisor;
 use crate::switch::SwitchRecord;
+use metalmesh_inventory::trust::Role;
 
 /// How often the lease store is read for changes to publish.
 const LEASE_POLL: Duration = Duration::from_secs(2);
@@ -103,6 +106,7 @@ pub fn spawn_mesh(
     credentials: NodeCredentials,
     store: Store,
     view: MeshView,
+    machines: Option<mpsc::Sender<CommandRequest>>,
 ) {
     let credentials = Arc::new(credentials);
     let (commands_tx, commands) = mpsc::channel::<Command>(64);
@@ -124,7 +128,7 @@ pub fn spawn_mesh(
         });
     }
     supervisor.spawn("mesh-commands", move |cancel| {
-        let (commands, store) = (Arc::clone(&commands), store.clone());
+        let (commands, store, machines) = (Arc::clone(&commands), store.clone(), machines.clone());
         async move {
             let mut commands = commands.lock().await;
             loop {
@@ -132,18 +136,90 @@ pub fn spawn_mesh(
                     () = cancel.cancelled() => return Ok(()),
                     command = commands.recv() => match command { Some(c) => c, None => return Ok(()) },
                 };
-                let answer = answer_command(&store, &command);
-                tracing::info!(from = %command.from, op = %command.op, ok = answer.is_ok(), "mesh command");
-                let _ = command.reply.send(answer);
+                // Each command answers on its own task: an allocation
+                // waiting for the machine core holds up no other command.
+                let (store, machines) = (store.clone(), machines.clone());
+                tokio::spawn(async move {
+                    let answer = answer_command(&store, machines.as_ref(), &command).await;
+                    match &answer {
+                        Ok(_) => tracing::info!(from = %command.from, op = %command.op, "mesh command"),
+                        Err(error) => tracing::warn!(from = %command.from, op = %command.op, %error, "mesh command refused"),
+                    }
+                    let _ = command.reply.send(answer);
+                });
             }
         }
     });
 }
 
-/// Commands other nodes may send. The API node's allocation requests join
-/// these with the machine lifecycle.
-fn answer_command(store: &Store, command: &Command) -> Result<serde_json::Value, String> {
+/// `machine.allocate`'s body.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllocateBody {
+    uuid: String,
+    allocation: model::AllocateRequest,
+}
+
+/// `machine.free`'s body.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FreeBody {
+    uuid: String,
+}
+
+/// Commands other nodes may send: `describe` from any member;
+/// `machine.allocate` and `machine.free` only from a node whose certificate
+/// states the `api` role (the agent's machine core checks and commits them
+/// as it does the admin socket's).
+async fn answer_command(
+    store: &Store,
+    machines: Option<&mpsc::Sender<CommandRequest>>,
+    command: &Command,
+) -> Result<serde_json::Value, String> {
     match command.op.as_str() {
+        "machine.allocate" | "machine.free" => {
+            if command.role != Some(Role::Api) {
+                return Err(format!(
+                    "{} is accepted from the API node only (certificate role api), not from {} ({})",
+                    command.op,
+                    command.from,
+                    command.role.map_or("no role", Role::as_str)
+                ));
+            }
+            let machines = machines.ok_or("this leaf manages no machines (no [boot] section)")?;
+            let operator = if command.op == "machine.allocate" {
+                let body: AllocateBody = serde_json::from_value(command.body.clone())
+                    .map_err(|e| format!("machine.allocate: {e}"))?;
+                OperatorCommand::Allocate {
+                    uuid: body.uuid.to_lowercase(),
+                    request: body.allocation,
+                }
+            } else {
+                let body: FreeBody = serde_json::from_value(command.body.clone())
+                    .map_err(|e| format!("machine.free: {e}"))?;
+                OperatorCommand::Free {
+                    uuid: body.uuid.to_lowercase(),
+                }
+            };
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            machines
+                .send(CommandRequest {
+                    command: operator,
+                    reply,
+                })
+                .await
+                .map_err(|_| "the machine lifecycle is restarting".to_string())?;
+            match answer.await {
+                Ok(Ok(Reply::Machine(record))) => {
+                    // The caller gets what the mesh shows, secrets as digests.
+                    let (public, _) = record.split_secrets();
+                    serde_json::to_value(&public.machine).map_err(|e| e.to_string())
+                }
+                Ok(Ok(Reply::Machines(_))) => Err("unexpected answer of the machine core".into()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err("the machine lifecycle is restarting".into()),
+            }
+        }
         "describe" => {
             let switch = store
                 .get(&metalmesh_inventory::RecordKey::new(
@@ -317,4 +393,109 @@ pub fn spawn_follower(supervisor: &mut Supervisor, store: Store) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machines::record::MachineRecord;
+
+    fn command(role: Option<Role>, op: &str, body: serde_json::Value) -> Command {
+        let (reply, _) = tokio::sync::oneshot::channel();
+        Command {
+            from: "peer".into(),
+            role,
+            op: op.into(),
+            body,
+            reply,
+        }
+    }
+
+    fn allocation() -> serde_json::Value {
+        serde_json::json!({
+            "uuid": "U-1",
+            "allocation": {
+                "image": "debian", "ip": "10.0.1.5", "hostname": "web",
+                "ssh_keys": ["ssh-ed25519 AAAA key@x"], "user_data": "#cloud-config"
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn allocation_commands_come_from_the_api_role_only_and_answer_without_secrets() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store =
+            Store::open(&dir.path().join("s.db"), "leaf1").unwrap_or_else(|e| panic!("{e}"));
+        let (machines, mut core) = mpsc::channel::<CommandRequest>(4);
+        // Stands in for the machine core: records what it was asked.
+        let asked = tokio::spawn(async move {
+            let request = core.recv().await?;
+            let OperatorCommand::Allocate {
+                uuid,
+                request: allocation,
+            } = request.command.clone()
+            else {
+                return None;
+            };
+            let mut record = MachineRecord::new(&uuid, "leaf1");
+            record.machine.allocation = Some(metalmesh_inventory::model::ExecutedAllocation {
+                request: allocation,
+                vrf: "n-1".into(),
+                port: "swp1".into(),
+                image_url: String::new(),
+                image_sha256: String::new(),
+                routed: false,
+                secrets_sha256: None,
+            });
+            let _ = request.reply.send(Ok(Reply::Machine(Box::new(record))));
+            Some(uuid)
+        });
+        for role in [None, Some(Role::Leaf), Some(Role::Operator)] {
+            let error = answer_command(
+                &store,
+                Some(&machines),
+                &command(role, "machine.allocate", allocation()),
+            )
+            .await
+            .unwrap_err();
+            assert!(error.contains("API node only"), "{error}");
+        }
+        let error = answer_command(
+            &store,
+            Some(&machines),
+            &command(
+                Some(Role::Api),
+                "machine.allocate",
+                serde_json::json!({"uuid": "u", "extra": 1}),
+            ),
+        )
+        .await
+        .unwrap_err();
+        assert!(error.starts_with("machine.allocate:"), "{error}");
+        let answer = answer_command(
+            &store,
+            Some(&machines),
+            &command(Some(Role::Api), "machine.allocate", allocation()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(asked.await.ok().flatten().as_deref(), Some("u-1"));
+        let text = answer.to_string();
+        assert!(
+            !text.contains("key@x") && text.contains("secrets_sha256"),
+            "{text}"
+        );
+        let error = answer_command(
+            &store,
+            None,
+            &command(
+                Some(Role::Api),
+                "machine.free",
+                serde_json::json!({"uuid": "u-1"}),
+            ),
+        )
+        .await
+        .unwrap_err();
+        assert!(error.contains("no machines"), "{error}");
+    }
 }

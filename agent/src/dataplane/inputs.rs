@@ -1,5 +1,6 @@
 //! The dataplane's three inputs merged into the intents it renders: the
-//! operator's (the intents file), the routed ports of allocated machines,
+//! tenant networks (the intents file, then the API's network records, see
+//! [`super::networks`]), the routed ports of allocated machines,
 //! and the tenant routes learned over BGP (EVPN type 5). Each source is a
 //! watch; the merged intents are sent only when they change.
 

@@ -8,6 +8,7 @@ pub mod inputs;
 pub mod intent;
 pub mod kernel;
 pub mod mode;
+pub mod networks;
 pub mod reconcile;
 
 pub use desired::{KernelMode, Object, Plan, diff, render};

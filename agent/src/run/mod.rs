@@ -97,16 +97,38 @@ impl Agent {
             );
         }
 
-        // The dataplane renders the operator's intents plus allocated
-        // machines' ports.
+        // The dataplane renders the tenant networks (the operator's intents
+        // file, then the API's network records) plus allocated machines'
+        // ports and routes learned over BGP.
         let (intents_tx, operator_intents) = watch::channel(initial_intents.clone());
+        let (networks_tx, networks_rx) = watch::channel(Vec::new());
+        let networks_tx = Arc::new(networks_tx);
+        {
+            let store = store.clone();
+            supervisor.spawn("networks", move |cancel| {
+                crate::dataplane::networks::follow(store.clone(), Arc::clone(&networks_tx), cancel)
+            });
+        }
+        let (tenant_tx, tenant_rx) = watch::channel(initial_intents.clone());
+        let tenant_tx = Arc::new(tenant_tx);
+        {
+            let tenant_tx = Arc::clone(&tenant_tx);
+            supervisor.spawn("tenant-intents", move |cancel| {
+                crate::dataplane::networks::combine(
+                    operator_intents.clone(),
+                    networks_rx.clone(),
+                    Arc::clone(&tenant_tx),
+                    cancel,
+                )
+            });
+        }
         let (machine_ports_tx, machine_ports) = channels.machine_ports;
         let (merged_tx, intents_rx) = watch::channel(initial_intents);
         let merged_tx = Arc::new(merged_tx);
         let (learned_tx, learned_rx) = watch::channel(Vec::new());
         supervisor.spawn("intents", move |cancel| {
             crate::dataplane::inputs::run(
-                operator_intents.clone(),
+                tenant_rx.clone(),
                 machine_ports.clone(),
                 learned_rx.clone(),
                 Arc::clone(&merged_tx),
@@ -146,7 +168,7 @@ impl Agent {
                     pxe: pxe_rx,
                     commands: machine_commands_rx,
                     lldp: lldp_rx.clone(),
-                    intents: intents_tx.subscribe(),
+                    intents: tenant_tx.subscribe(),
                 };
                 crate::machines::task::spawn(&mut supervisor, task, inputs);
                 Some(machine_commands_tx)
@@ -177,6 +199,7 @@ impl Agent {
                 credentials,
                 store.clone(),
                 view.clone(),
+                machine_commands.clone(),
             );
         }
         crate::mesh::spawn_publisher(

@@ -153,6 +153,8 @@ pub struct MeshHealth {
 #[derive(Debug)]
 pub struct Command {
     pub from: String,
+    /// The sender's role, from its certificate: what a handler decides on.
+    pub role: Option<crate::trust::Role>,
     pub op: String,
     pub body: serde_json::Value,
     pub reply: oneshot::Sender<Result<serde_json::Value, String>>,
@@ -913,7 +915,7 @@ async fn serve_connection(
             }
             stream = connection.accept_bi() => {
                 let (send, receive) = match stream { Ok(s) => s, Err(_) => return };
-                tracker.spawn(answer_command(name.clone(), send, receive, commands.clone()));
+                tracker.spawn(answer_command(name.clone(), facts.role, send, receive, commands.clone()));
             }
         }
     }
@@ -921,6 +923,7 @@ async fn serve_connection(
 
 async fn answer_command(
     from: String,
+    role: Option<crate::trust::Role>,
     mut send: quinn::SendStream,
     mut receive: quinn::RecvStream,
     commands: mpsc::Sender<Command>,
@@ -936,6 +939,7 @@ async fn answer_command(
         commands
             .send(Command {
                 from: from.clone(),
+                role,
                 op: frame.op,
                 body: frame.body,
                 reply,
