@@ -539,6 +539,7 @@ async fn machine_command(admin: &AdminClient, command: MachineCommand) -> anyhow
                 None => String::new(),
             };
             let allocation = metalmesh_inventory::model::AllocateRequest {
+                project: None,
                 image,
                 ip,
                 hostname,

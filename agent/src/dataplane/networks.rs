@@ -160,6 +160,7 @@ mod tests {
     fn a_network_record_becomes_a_vrf_or_a_reason() {
         let network = model::Network {
             id: "n-1".into(),
+            name: "web".into(),
             project: Some("p".into()),
             prefixes: vec!["10.0.4.0/24".into()],
             vni: 104,

@@ -173,6 +173,7 @@ mod tests {
         let mut record = MachineRecord::new("u-1", "leaf1");
         record.machine.allocation = Some(ExecutedAllocation {
             request: AllocateRequest {
+                project: None,
                 image: "debian".into(),
                 ip: "10.0.1.5"
                     .parse()

@@ -113,6 +113,9 @@ pub enum Liveliness {
 /// What an allocation asks of a machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllocateRequest {
+    /// The project the machine is allocated to (set by the API node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     pub image: String,
     pub ip: Ipv4Addr,
     pub hostname: String,
