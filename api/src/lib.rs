@@ -1,5 +1,9 @@
-//! metalmesh's API node and the `metalmesh` CLI. The REST server joins the
-//! inventory mesh and forwards decisions to rack agents; today the crate
-//! holds the CLI's mesh CA commands (`metalmesh ca init|issue`).
+//! metalmesh's API node and the `metalmesh` CLI.
+//!
+//! - [`node`]: the API node (`metalmesh-api`): REST over HTTPS with OIDC,
+//!   a member of the inventory mesh with the `api` role.
+//! - [`cli`]: the `metalmesh` command line (the mesh CA, and the API's
+//!   nouns and verbs).
 
 pub mod cli;
+pub mod node;

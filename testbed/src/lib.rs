@@ -20,6 +20,7 @@ mod build;
 mod daemon;
 mod error;
 mod frr;
+pub mod issuer;
 mod plan;
 mod qemu;
 mod state;

@@ -1,3 +1,4 @@
 //! The `metalmesh` command line. One module per noun.
 
 pub mod ca;
+pub mod client;

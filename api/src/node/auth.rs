@@ -132,7 +132,10 @@ impl Verifier {
             .ok_or_else(|| AuthError::Invalid("the token names no key (kid)".into()))?;
         let key = self.key(&kid).await?;
         let mut validation = Validation::new(header.alg);
-        validation.set_issuer(&[self.config.issuer.as_str(), &format!("{}/", self.config.issuer)]);
+        validation.set_issuer(&[
+            self.config.issuer.as_str(),
+            &format!("{}/", self.config.issuer),
+        ]);
         validation.set_audience(&[self.config.audience.as_str()]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = LEEWAY_SECS;

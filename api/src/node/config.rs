@@ -142,7 +142,10 @@ impl ApiConfig {
             message,
         };
         if !metalmesh_inventory::pki::valid_node_name(&wire.name) {
-            return Err(invalid("name", format!("{:?} is not a mesh node name", wire.name)));
+            return Err(invalid(
+                "name",
+                format!("{:?} is not a mesh node name", wire.name),
+            ));
         }
         let issuer = wire.oidc.issuer.trim_end_matches('/').to_string();
         if !(issuer.starts_with("https://")
@@ -165,7 +168,10 @@ impl ApiConfig {
             .iter()
             .map(|seed| {
                 seed.parse::<SocketAddr>()
-                    .or_else(|_| seed.parse::<Ipv4Addr>().map(|ip| SocketAddr::from((ip, MESH_PORT))))
+                    .or_else(|_| {
+                        seed.parse::<Ipv4Addr>()
+                            .map(|ip| SocketAddr::from((ip, MESH_PORT)))
+                    })
                     .map_err(|_| invalid("mesh.seeds", format!("{seed:?} is not an address")))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -215,7 +221,10 @@ fn tenant(wire: &WireTenant) -> Result<TenantConfig, (&'static str, String)> {
         .split_once('/')
         .and_then(|(a, l)| Some((a.parse::<Ipv4Addr>().ok()?, l.parse::<u8>().ok()?)))
         .filter(|(a, l)| *l <= 32 && u32::from(*a) & !mask(*l) == 0)
-        .ok_or(("tenant.super_network", format!("{text:?} is not an IPv4 network")))?;
+        .ok_or((
+            "tenant.super_network",
+            format!("{text:?} is not an IPv4 network"),
+        ))?;
     let prefix_length = wire.prefix_length.unwrap_or(24);
     if !(length..=30).contains(&prefix_length) {
         return Err((
@@ -226,7 +235,10 @@ fn tenant(wire: &WireTenant) -> Result<TenantConfig, (&'static str, String)> {
     let range = |value: Option<[u32; 2]>, key, default: (u32, u32)| {
         let (low, high) = value.map_or(default, |[l, h]| (l, h));
         if low == 0 || low > high {
-            Err((key, format!("[{low}, {high}] is not a range of positive numbers")))
+            Err((
+                key,
+                format!("[{low}, {high}] is not a range of positive numbers"),
+            ))
         } else {
             Ok((low, high))
         }
@@ -240,7 +252,11 @@ fn tenant(wire: &WireTenant) -> Result<TenantConfig, (&'static str, String)> {
 }
 
 pub fn mask(length: u8) -> u32 {
-    if length == 0 { 0 } else { u32::MAX << (32 - u32::from(length)) }
+    if length == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(length))
+    }
 }
 
 #[cfg(test)]
@@ -260,7 +276,8 @@ seeds = ["10.255.0.1", "10.255.0.2:7946"]
 
     #[test]
     fn a_good_file_gets_its_defaults() {
-        let config = ApiConfig::parse(GOOD, Path::new("api.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let config =
+            ApiConfig::parse(GOOD, Path::new("api.toml")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.oidc.issuer, "https://login.example.com");
         assert_eq!(config.listen.port(), DEFAULT_PORT);
         assert_eq!(config.mesh.seeds.len(), 2);
@@ -273,12 +290,20 @@ seeds = ["10.255.0.1", "10.255.0.2:7946"]
         let cases = [
             (GOOD.replace("https://login", "http://login"), "oidc.issuer"),
             (GOOD.replace("\"10.255.0.1\"", "\"leaf1\""), "mesh.seeds"),
-            (format!("{GOOD}[tenant]\nsuper_network = \"10.64.0.1/12\"\n"), "tenant.super_network"),
-            (format!("{GOOD}[tenant]\nprefix_length = 8\n"), "tenant.prefix_length"),
+            (
+                format!("{GOOD}[tenant]\nsuper_network = \"10.64.0.1/12\"\n"),
+                "tenant.super_network",
+            ),
+            (
+                format!("{GOOD}[tenant]\nprefix_length = 8\n"),
+                "tenant.prefix_length",
+            ),
             (GOOD.replace("audience", "audiences"), "unknown field"),
         ];
         for (text, key) in cases {
-            let error = ApiConfig::parse(&text, Path::new("api.toml")).unwrap_err().to_string();
+            let error = ApiConfig::parse(&text, Path::new("api.toml"))
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(key) && error.contains("api.toml"), "{error}");
         }
     }

@@ -1,0 +1,561 @@
+//! What the API does, without HTTP: reads come from the node's mesh replica
+//! (never a fan-out), API-owned records are written to it (signed with the
+//! node's `api` certificate, spread by the mesh), and each allocation or
+//! release is asked of the machine's own agent, which commits it.
+
+use crate::node::auth::{Principal, UserRole};
+use crate::node::config::{TenantConfig, mask};
+use crate::node::journal::Journal;
+use metalmesh_inventory::mesh::service::MeshView;
+use metalmesh_inventory::model::{self, AllocateRequest, Machine};
+use metalmesh_inventory::{RecordKind, Store};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+/// How long an agent has to answer an allocation or release.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Candidates tried per allocation before giving up.
+const MAX_CANDIDATES: usize = 8;
+
+/// An error with the HTTP status it maps to and, for bad input, the field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: u16,
+    pub error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, error: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            error: error.into(),
+            field: None,
+        }
+    }
+
+    pub fn field(field: &str, error: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 400,
+            error: error.into(),
+            field: Some(field.to_string()),
+        }
+    }
+
+    fn forbidden(what: &str) -> ApiError {
+        ApiError::new(403, format!("not allowed to {what}"))
+    }
+
+    fn not_found(what: &str) -> ApiError {
+        ApiError::new(404, format!("{what} not found"))
+    }
+
+    fn internal(error: impl std::fmt::Display) -> ApiError {
+        ApiError::new(500, error.to_string())
+    }
+}
+
+/// The API's state: the mesh replica, the mesh, and the local journal.
+#[derive(Debug)]
+pub struct Api {
+    pub store: Store,
+    pub mesh: MeshView,
+    pub journal: Journal,
+    pub tenant: TenantConfig,
+    /// One allocation decides at a time: no IP or machine is chosen twice.
+    decisions: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProject {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewNetwork {
+    pub project: String,
+    pub name: String,
+}
+
+/// `POST /v1/machines/allocate`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocationRequest {
+    /// A given machine; default: any Waiting machine (in `rack`, if given).
+    #[serde(default)]
+    pub machine: Option<String>,
+    #[serde(default)]
+    pub rack: Option<String>,
+    pub project: String,
+    pub network: String,
+    /// Default: the network's next free address.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    pub hostname: String,
+    pub image: String,
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    #[serde(default)]
+    pub user_data: String,
+}
+
+/// A machine as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineView {
+    pub uuid: String,
+    pub rack: String,
+    pub switch: String,
+    pub port: Option<String>,
+    pub state: String,
+    pub liveliness: String,
+    pub project: Option<String>,
+    pub hostname: Option<String>,
+    pub ip: Option<Ipv4Addr>,
+    pub network: Option<String>,
+    pub hardware: Option<model::Hardware>,
+    pub flags: Vec<String>,
+    pub events: Vec<model::Event>,
+}
+
+impl Api {
+    pub fn new(store: Store, mesh: MeshView, journal: Journal, tenant: TenantConfig) -> Api {
+        Api {
+            store,
+            mesh,
+            journal,
+            tenant,
+            decisions: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn records<T: for<'de> Deserialize<'de>>(&self, kind: RecordKind) -> Result<Vec<T>, ApiError> {
+        let records = self.store.list(Some(kind)).map_err(ApiError::internal)?;
+        Ok(records
+            .into_iter()
+            .filter_map(|record| record.value)
+            .filter_map(|value| serde_json::from_str(&value).ok())
+            .collect())
+    }
+
+    fn racks(&self) -> Result<std::collections::HashMap<String, String>, ApiError> {
+        Ok(self
+            .records::<model::Switch>(RecordKind::Switch)?
+            .into_iter()
+            .map(|switch| (switch.name, switch.rack))
+            .collect())
+    }
+
+    /// Machines the caller may see: unallocated ones, and allocated ones of
+    /// its projects (all for an admin).
+    pub fn machines(&self, who: &Principal) -> Result<Vec<MachineView>, ApiError> {
+        let racks = self.racks()?;
+        let mut machines: Vec<MachineView> = self
+            .records::<Machine>(RecordKind::Machine)?
+            .into_iter()
+            .map(|machine| view(machine, &racks))
+            .filter(|machine| machine.project.as_deref().is_none_or(|p| who.sees(p)))
+            .collect();
+        machines.sort_by(|a, b| (&a.rack, &a.uuid).cmp(&(&b.rack, &b.uuid)));
+        Ok(machines)
+    }
+
+    pub fn machine(&self, who: &Principal, uuid: &str) -> Result<MachineView, ApiError> {
+        self.machines(who)?
+            .into_iter()
+            .find(|m| m.uuid == uuid.to_lowercase())
+            .ok_or_else(|| ApiError::not_found(&format!("machine {uuid}")))
+    }
+
+    pub fn switches(&self) -> Result<Vec<model::Switch>, ApiError> {
+        self.records(RecordKind::Switch)
+    }
+
+    pub fn projects(&self, who: &Principal) -> Result<Vec<model::Project>, ApiError> {
+        Ok(self
+            .records::<model::Project>(RecordKind::Project)?
+            .into_iter()
+            .filter(|p| who.sees(&p.id))
+            .collect())
+    }
+
+    pub fn create_project(
+        &self,
+        who: &Principal,
+        new: NewProject,
+    ) -> Result<model::Project, ApiError> {
+        if who.role != UserRole::Admin {
+            return Err(ApiError::forbidden("create projects (admins only)"));
+        }
+        if !valid_name(&new.name) {
+            return Err(ApiError::field(
+                "name",
+                "1-32 lowercase letters, digits and '-'",
+            ));
+        }
+        if self.exists(RecordKind::Project, &new.name)? {
+            return Err(ApiError::new(409, format!("project {} exists", new.name)));
+        }
+        let project = model::Project {
+            id: new.name.clone(),
+            name: new.name,
+            description: new.description,
+        };
+        self.put(RecordKind::Project, &project.id, &project)?;
+        self.journal
+            .record(who, "project.create", &project.id, "ok");
+        Ok(project)
+    }
+
+    pub fn networks(&self, who: &Principal) -> Result<Vec<model::Network>, ApiError> {
+        Ok(self
+            .records::<model::Network>(RecordKind::Network)?
+            .into_iter()
+            .filter(|n| n.project.as_deref().is_none_or(|p| who.sees(p)))
+            .collect())
+    }
+
+    /// A private network: the next free prefix of the tenant super-network,
+    /// the next free VNI and table id.
+    pub async fn create_network(
+        &self,
+        who: &Principal,
+        new: NewNetwork,
+    ) -> Result<model::Network, ApiError> {
+        if !who.may_change(&new.project) {
+            return Err(ApiError::forbidden(&format!(
+                "change project {}",
+                new.project
+            )));
+        }
+        if !self.exists(RecordKind::Project, &new.project)? {
+            return Err(ApiError::field(
+                "project",
+                format!("no project {}", new.project),
+            ));
+        }
+        if !valid_name(&new.name) {
+            return Err(ApiError::field(
+                "name",
+                "1-32 lowercase letters, digits and '-'",
+            ));
+        }
+        let _decision = self.decisions.lock().await;
+        let networks: Vec<model::Network> = self.records(RecordKind::Network)?;
+        if networks
+            .iter()
+            .any(|n| n.project.as_deref() == Some(&new.project) && n.name == new.name)
+        {
+            return Err(ApiError::new(
+                409,
+                format!("network {} exists in {}", new.name, new.project),
+            ));
+        }
+        let taken: Vec<(u32, u32)> = networks
+            .iter()
+            .flat_map(|n| n.prefixes.iter())
+            .filter_map(|p| parse_prefix(p))
+            .collect();
+        let (base, length) = self.tenant.super_network;
+        let size = 1u64 << (32 - self.tenant.prefix_length);
+        let count = 1u64 << (self.tenant.prefix_length - length);
+        let prefix = (0..count)
+            .map(|i| (u32::from(base) as u64 + i * size) as u32)
+            .find(|start| {
+                let end = start + (size as u32 - 1);
+                !taken.iter().any(|(s, e)| start <= e && end >= *s)
+            })
+            .ok_or_else(|| ApiError::new(409, "the tenant super-network is exhausted"))?;
+        let next = |used: BTreeSet<u32>, (low, high): (u32, u32), what: &str| {
+            (low..=high)
+                .find(|v| !used.contains(v))
+                .ok_or_else(|| ApiError::new(409, format!("no {what} left")))
+        };
+        let vni = next(
+            networks.iter().map(|n| n.vni).collect(),
+            self.tenant.vnis,
+            "VNI",
+        )?;
+        let table = next(
+            networks.iter().map(|n| n.vrf).collect(),
+            self.tenant.tables,
+            "table id",
+        )?;
+        let network = model::Network {
+            // A VRF device name too: at most 15 characters.
+            id: format!("net{vni}"),
+            name: new.name,
+            project: Some(new.project),
+            prefixes: vec![format!(
+                "{}/{}",
+                Ipv4Addr::from(prefix),
+                self.tenant.prefix_length
+            )],
+            vni,
+            vrf: table,
+        };
+        self.put(RecordKind::Network, &network.id, &network)?;
+        self.journal
+            .record(who, "network.create", &network.id, "ok");
+        Ok(network)
+    }
+
+    /// Picks a Waiting machine and asks its agent to take the allocation;
+    /// on a refusal tries the next one.
+    pub async fn allocate(
+        &self,
+        who: &Principal,
+        request: AllocationRequest,
+    ) -> Result<MachineView, ApiError> {
+        if !who.may_change(&request.project) {
+            return Err(ApiError::forbidden(&format!(
+                "change project {}",
+                request.project
+            )));
+        }
+        let network = self
+            .records::<model::Network>(RecordKind::Network)?
+            .into_iter()
+            .find(|n| {
+                n.id == request.network
+                    || n.name == request.network && n.project.as_deref() == Some(&request.project)
+            })
+            .ok_or_else(|| ApiError::field("network", format!("no network {}", request.network)))?;
+        if network
+            .project
+            .as_deref()
+            .is_some_and(|p| p != request.project)
+        {
+            return Err(ApiError::field(
+                "network",
+                "the network belongs to another project",
+            ));
+        }
+        if request.hostname.is_empty() || request.hostname.len() > 63 {
+            return Err(ApiError::field("hostname", "1-63 characters"));
+        }
+        let _decision = self.decisions.lock().await;
+        let ip = self.address(&network, request.ip)?;
+        let racks = self.racks()?;
+        let mut candidates: Vec<MachineView> = self
+            .records::<Machine>(RecordKind::Machine)?
+            .into_iter()
+            .map(|machine| view(machine, &racks))
+            .filter(|m| m.state == "Waiting" && m.project.is_none() && m.flags.is_empty())
+            .filter(|m| {
+                request
+                    .machine
+                    .as_ref()
+                    .is_none_or(|u| m.uuid == u.to_lowercase())
+            })
+            .filter(|m| request.rack.as_ref().is_none_or(|r| &m.rack == r))
+            .collect();
+        candidates.sort_by(|a, b| a.uuid.cmp(&b.uuid));
+        if candidates.is_empty() {
+            return Err(ApiError::new(409, "no machine available"));
+        }
+        let allocation = AllocateRequest {
+            project: Some(request.project.clone()),
+            image: request.image.clone(),
+            ip,
+            hostname: request.hostname.clone(),
+            ssh_keys: request.ssh_keys.clone(),
+            user_data: request.user_data.clone(),
+            vrf: Some(network.id.clone()),
+        };
+        let mut refusals = Vec::new();
+        for candidate in candidates.iter().take(MAX_CANDIDATES) {
+            let body = serde_json::json!({ "uuid": candidate.uuid, "allocation": allocation });
+            match self
+                .mesh
+                .request(&candidate.switch, "machine.allocate", body, AGENT_TIMEOUT)
+                .await
+            {
+                Ok(answer) => {
+                    let machine: Machine =
+                        serde_json::from_value(answer).map_err(ApiError::internal)?;
+                    self.put(
+                        RecordKind::Ip,
+                        &ip.to_string(),
+                        &model::Ip {
+                            address: ip.to_string(),
+                            network: network.id.clone(),
+                            project: request.project.clone(),
+                            machine: Some(machine.uuid.clone()),
+                        },
+                    )?;
+                    self.journal
+                        .record(who, "machine.allocate", &machine.uuid, "ok");
+                    return Ok(view(machine, &racks));
+                }
+                Err(error) => {
+                    tracing::info!(machine = %candidate.uuid, %error, "allocation refused; next candidate");
+                    refusals.push(format!("{}: {error}", candidate.uuid));
+                }
+            }
+        }
+        self.journal.record(
+            who,
+            "machine.allocate",
+            request.machine.as_deref().unwrap_or("-"),
+            "refused",
+        );
+        Err(ApiError::new(
+            409,
+            format!("no machine took the allocation ({})", refusals.join("; ")),
+        ))
+    }
+
+    pub async fn free(&self, who: &Principal, uuid: &str) -> Result<MachineView, ApiError> {
+        let machine = self.machine(who, uuid)?;
+        let project = machine
+            .project
+            .clone()
+            .ok_or_else(|| ApiError::new(409, format!("machine {uuid} is not allocated")))?;
+        if !who.may_change(&project) {
+            return Err(ApiError::forbidden(&format!("change project {project}")));
+        }
+        let answer = self
+            .mesh
+            .request(
+                &machine.switch,
+                "machine.free",
+                serde_json::json!({ "uuid": machine.uuid }),
+                AGENT_TIMEOUT,
+            )
+            .await
+            .map_err(|e| ApiError::new(502, e.to_string()))?;
+        if let Some(ip) = machine.ip {
+            // The address returns to the pool once the agent let it go.
+            let key = ip.to_string();
+            self.store
+                .put_local(RecordKind::Ip, &key, None)
+                .map_err(ApiError::internal)?;
+        }
+        self.journal
+            .record(who, "machine.free", &machine.uuid, "ok");
+        let racks = self.racks()?;
+        let machine: Machine = serde_json::from_value(answer).map_err(ApiError::internal)?;
+        Ok(view(machine, &racks))
+    }
+
+    /// `wanted`, or the network's lowest address no machine and no IP
+    /// record holds (allocations made rack-locally while the API was down
+    /// count: they are in the machine records).
+    fn address(
+        &self,
+        network: &model::Network,
+        wanted: Option<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, ApiError> {
+        let mut used: BTreeSet<Ipv4Addr> = self
+            .records::<Machine>(RecordKind::Machine)?
+            .iter()
+            .flat_map(|m| [&m.allocation, &m.reclaiming])
+            .flatten()
+            .map(|executed| executed.request.ip)
+            .collect();
+        used.extend(
+            self.records::<model::Ip>(RecordKind::Ip)?
+                .iter()
+                .filter_map(|ip| ip.address.parse::<Ipv4Addr>().ok()),
+        );
+        let ranges: Vec<(u32, u32)> = network
+            .prefixes
+            .iter()
+            .filter_map(|p| parse_prefix(p))
+            .collect();
+        if let Some(ip) = wanted {
+            let inside = ranges
+                .iter()
+                .any(|(s, e)| (*s + 1..*e).contains(&u32::from(ip)));
+            if !inside {
+                return Err(ApiError::field(
+                    "ip",
+                    format!("{ip} is not a host address of {}", network.id),
+                ));
+            }
+            if used.contains(&ip) {
+                return Err(ApiError::new(409, format!("{ip} is in use")));
+            }
+            return Ok(ip);
+        }
+        ranges
+            .iter()
+            .flat_map(|(s, e)| (s + 1)..*e)
+            .map(Ipv4Addr::from)
+            .find(|ip| !used.contains(ip))
+            .ok_or_else(|| {
+                ApiError::new(409, format!("network {} has no free address", network.id))
+            })
+    }
+
+    fn exists(&self, kind: RecordKind, key: &str) -> Result<bool, ApiError> {
+        Ok(self
+            .store
+            .get(&metalmesh_inventory::RecordKey::new(kind, key))
+            .map_err(ApiError::internal)?
+            .is_some_and(|r| r.value.is_some()))
+    }
+
+    fn put<T: Serialize>(&self, kind: RecordKind, key: &str, value: &T) -> Result<(), ApiError> {
+        self.store
+            .put_local_json(kind, key, value)
+            .map(|_| ())
+            .map_err(ApiError::internal)
+    }
+}
+
+fn view(machine: Machine, racks: &std::collections::HashMap<String, String>) -> MachineView {
+    let allocation = machine.allocation.as_ref();
+    let mut flags = Vec::new();
+    for (set, name) in [
+        (machine.crash_loop, "crash_loop"),
+        (machine.failed_machine_reclaim, "failed_reclaim"),
+        (machine.install_stalled, "install_stalled"),
+    ] {
+        if set {
+            flags.push(name.to_string());
+        }
+    }
+    MachineView {
+        rack: racks
+            .get(&machine.switch)
+            .cloned()
+            .unwrap_or_else(|| machine.switch.clone()),
+        uuid: machine.uuid.clone(),
+        switch: machine.switch.clone(),
+        port: machine.port.clone(),
+        state: machine.state.clone(),
+        liveliness: machine.liveliness.clone(),
+        project: allocation.and_then(|a| a.request.project.clone()),
+        hostname: allocation.map(|a| a.request.hostname.clone()),
+        ip: allocation.map(|a| a.request.ip),
+        network: allocation.map(|a| a.vrf.clone()),
+        hardware: machine.hardware.clone(),
+        flags,
+        events: machine.events,
+    }
+}
+
+/// `a.b.c.d/len` as its first and last address.
+fn parse_prefix(text: &str) -> Option<(u32, u32)> {
+    let (address, length) = text.split_once('/')?;
+    let start = u32::from(address.parse::<Ipv4Addr>().ok()?);
+    let length: u8 = length.parse().ok().filter(|l| *l <= 32)?;
+    Some((start & mask(length), (start & mask(length)) | !mask(length)))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
