@@ -2,11 +2,16 @@
 
 use clap::{Parser, Subcommand};
 use metalmesh_api::cli::ca::{self, CaCommand};
+use metalmesh_api::cli::resources::{
+    self, Connection, MachineCommand, NetworkCommand, ProjectCommand, SwitchCommand,
+};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
 #[command(name = "metalmesh", version, about = "metalmesh command line")]
 struct Cli {
+    #[command(flatten)]
+    connection: Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -18,18 +23,43 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Machines: list, describe, allocate, free.
+    Machine {
+        #[command(subcommand)]
+        command: MachineCommand,
+    },
+    Project {
+        #[command(subcommand)]
+        command: ProjectCommand,
+    },
+    Network {
+        #[command(subcommand)]
+        command: NetworkCommand,
+    },
+    Switch {
+        #[command(subcommand)]
+        command: SwitchCommand,
+    },
+    /// Who the API takes you for.
+    Whoami,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let connection = &cli.connection;
     let result = match cli.command {
         Command::Ca { command } => ca::run(command),
+        Command::Machine { command } => resources::machine(connection, command),
+        Command::Project { command } => resources::project(connection, command),
+        Command::Network { command } => resources::network(connection, command),
+        Command::Switch { command } => resources::switch(connection, command),
+        Command::Whoami => resources::whoami(connection),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("metalmesh: {error:#}");
-            ExitCode::FAILURE
+            ExitCode::from(resources::exit_code(&error))
         }
     }
 }
