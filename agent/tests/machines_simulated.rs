@@ -12,25 +12,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::AGENT;
+use common::{DISK_BYTES, uuid};
 use metalmesh_testbed::Testbed;
-use metalmesh_testbed::testing::{Guard, cli, eventually, ok, run, script, spawn_detached_in};
-const DISK_BYTES: u64 = 64 * 1024 * 1024;
-
-fn installer() -> PathBuf {
-    let path = Path::new(AGENT).with_file_name("metalmesh-installer");
-    assert!(
-        path.is_file(),
-        "metalmesh-installer not built at {}",
-        path.display()
-    );
-    path
-}
-
-fn uuid(rack: u32, index: u32) -> String {
-    format!("6d6d0000-0000-4000-8000-{rack:06x}{index:06x}")
-}
-
+use metalmesh_testbed::testing::{Guard, cli, eventually, ok, run, script};
 fn up(guard: &Guard, machines: u32) -> Testbed {
     script("build-os-image", &[]);
     let testbed = metalmesh_testbed::testing::up(&guard.run_dir, 1, machines, 0);
@@ -42,35 +26,8 @@ fn agent(guard: &Guard, args: &[&str]) -> std::process::Output {
     common::agent(&guard.run_dir, args)
 }
 
-/// A disk file with a recognisable pattern everywhere.
-fn disk(guard: &Guard, name: &str) -> PathBuf {
-    let path = guard.scratch.join(format!("{name}.disk"));
-    std::fs::write(&path, vec![0xa5u8; DISK_BYTES as usize]).unwrap();
-    path
-}
-
 fn start_installer(guard: &Guard, index: u32) -> PathBuf {
-    let name = format!("m1-{index}");
-    let disk = disk(guard, &name);
-    let work = guard.scratch.join(format!("{name}.work"));
-    let uuid = uuid(1, index);
-    spawn_detached_in(
-        &format!("mm-{name}"),
-        &[
-            installer().as_os_str(),
-            "--simulate".as_ref(),
-            "--uuid".as_ref(),
-            uuid.as_ref(),
-            "--disk".as_ref(),
-            disk.as_os_str(),
-            "--work-dir".as_ref(),
-            work.as_os_str(),
-            "--heartbeat-ms".as_ref(),
-            "500".as_ref(),
-        ],
-        &guard.scratch.join(format!("{name}.log")),
-    );
-    disk
+    common::start_installer(&guard.scratch, 1, index)
 }
 
 fn machines(guard: &Guard) -> Vec<serde_json::Value> {

@@ -37,7 +37,7 @@ pub(crate) fn cli_binary() -> Result<PathBuf, Error> {
     )
 }
 
-fn find_binary(name: &str, env: &str, package: &'static str) -> Result<PathBuf, Error> {
+pub(crate) fn find_binary(name: &str, env: &str, package: &'static str) -> Result<PathBuf, Error> {
     if let Some(path) = std::env::var_os(env) {
         let path = PathBuf::from(path);
         return if path.is_file() {

@@ -85,7 +85,7 @@ pub(crate) fn up(
 
     let agent_binary = crate::agent::binary()?;
     let plan = Plan::new(topology);
-    let daemons = daemon_specs(&plan, &run, &agent_binary);
+    let daemons = daemon_specs(&plan, &run, &agent_binary)?;
     let state = State {
         version: STATE_VERSION,
         plan,
@@ -112,7 +112,7 @@ fn daemon_specs(
     plan: &Plan,
     run: &RunDir,
     agent_binary: &std::path::Path,
-) -> BTreeMap<String, Vec<DaemonSpec>> {
+) -> Result<BTreeMap<String, Vec<DaemonSpec>>, Error> {
     let mut daemons: BTreeMap<String, Vec<DaemonSpec>> = BTreeMap::new();
     for node in plan.nodes.iter().filter(|n| n.runs_frr()) {
         daemons.insert(node.name.clone(), frr::daemons(node, run));
@@ -135,7 +135,12 @@ fn daemon_specs(
             )],
         );
     }
-    daemons
+    if plan.topology.api {
+        for node in plan.nodes.iter().filter(|n| n.role == Role::Api) {
+            daemons.insert(node.name.clone(), crate::api::daemons(node, run)?);
+        }
+    }
+    Ok(daemons)
 }
 
 fn build(testbed: &Testbed, progress: &mut dyn Progress) -> Result<(), Error> {
@@ -270,6 +275,9 @@ fn build(testbed: &Testbed, progress: &mut dyn Progress) -> Result<(), Error> {
     let leaves: Vec<_> = plan.nodes.iter().filter(|n| n.role == Role::Leaf).collect();
     if !leaves.is_empty() {
         issue_mesh_certificates(run, &leaves)?;
+    }
+    if plan.topology.api {
+        crate::api::prepare(plan, run)?;
     }
     for leaf in &leaves {
         let dir = crate::agent::dir(run, &leaf.name);

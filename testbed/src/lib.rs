@@ -16,6 +16,7 @@
 //! ```
 
 mod agent;
+pub mod api;
 mod build;
 mod daemon;
 mod error;

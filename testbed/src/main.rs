@@ -48,6 +48,9 @@ enum Command {
         /// TOML topology file; flags given on the command line override it.
         #[arg(long)]
         topology: Option<PathBuf>,
+        /// Also run the API node and the development OIDC issuer in `mm-api`.
+        #[arg(long)]
+        api: bool,
         /// Return as soon as everything is started, without waiting for BGP.
         #[arg(long)]
         no_wait: bool,
@@ -57,6 +60,33 @@ enum Command {
     },
     /// Remove everything the testbed created. Succeeds when nothing is up.
     Down,
+    /// A token of the testbed's development OIDC issuer, for the API.
+    Token {
+        #[arg(long)]
+        subject: String,
+        /// admin, edit or view.
+        #[arg(long)]
+        role: String,
+        /// A project the subject is a member of (repeatable).
+        #[arg(long = "project")]
+        projects: Vec<String>,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 3600)]
+        lifetime: i64,
+    },
+    /// The `export` lines that point the `metalmesh` CLI at the testbed's API
+    /// (run the CLI in the API's namespace: `metalmesh-testbed exec api -- …`).
+    Env,
+    /// Serve the development OIDC issuer (run by `up --api` in `mm-api`).
+    #[command(hide = true)]
+    Issuer {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        pidfile: PathBuf,
+    },
     /// Show nodes, daemons, BGP sessions and machines.
     Status {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
@@ -138,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             vm_machines,
             bgp,
             topology,
+            api,
             no_wait,
             timeout,
         } => {
@@ -147,6 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 machines_per_rack,
                 vm_machines,
                 leaf_bgp: bgp,
+                api,
             };
             let topology = Topology::load(topology.as_deref(), &overrides)?;
             Stderr.step(&format!(
@@ -164,6 +196,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Stderr.step(&format!("up in {:.1} s", started.elapsed().as_secs_f64()));
             print!("{}", testbed.status().to_table());
+        }
+        Command::Token {
+            subject,
+            role,
+            projects,
+            lifetime,
+        } => {
+            let token = metalmesh_testbed::issuer::token(
+                &metalmesh_testbed::api::issuer_dir(&run_dir),
+                &metalmesh_testbed::issuer::TokenRequest {
+                    subject,
+                    role,
+                    projects,
+                    audience: metalmesh_testbed::issuer::AUDIENCE.into(),
+                    lifetime_secs: lifetime,
+                },
+            )?;
+            println!("{token}");
+        }
+        Command::Env => {
+            for (name, value) in metalmesh_testbed::api::cli_env(&run_dir) {
+                println!("export {name}={value}");
+            }
+        }
+        Command::Issuer {
+            dir,
+            listen,
+            pidfile,
+        } => {
+            std::fs::write(&pidfile, format!("{}\n", std::process::id()))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            runtime.block_on(metalmesh_testbed::issuer::serve(dir, listen))?;
         }
         Command::Down => {
             let report = Testbed::down(&run_dir, &mut Stderr)?;

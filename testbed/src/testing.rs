@@ -85,8 +85,8 @@ pub fn testbed_binary() -> PathBuf {
 /// Brings up a testbed of `racks` leaves with `machines` namespace and
 /// `vms` qemu machines per rack, and waits for the fabric to converge.
 pub fn up(run_dir: &Path, racks: u32, machines: u32, vms: u32) -> crate::Testbed {
-    let topology = crate::Topology::load(
-        None,
+    up_with(
+        run_dir,
         &crate::Overrides {
             racks: Some(racks),
             machines_per_rack: Some(machines),
@@ -94,7 +94,11 @@ pub fn up(run_dir: &Path, racks: u32, machines: u32, vms: u32) -> crate::Testbed
             ..crate::Overrides::default()
         },
     )
-    .unwrap();
+}
+
+/// [`up`] with any overrides (e.g. `api: true` for the API node).
+pub fn up_with(run_dir: &Path, overrides: &crate::Overrides) -> crate::Testbed {
+    let topology = crate::Topology::load(None, overrides).unwrap();
     let testbed = crate::Testbed::up(run_dir, &topology, &mut Quiet).unwrap();
     testbed
         .wait_converged(Duration::from_secs(60), &mut Quiet)

@@ -46,6 +46,9 @@ pub(crate) struct TopologyFile {
     pub vm_machines: Option<Spanned<u32>>,
     pub vm_memory_mb: Option<Spanned<u32>>,
     pub fabric_mtu: Option<Spanned<u32>>,
+    /// Run the API node and the development OIDC issuer in `mm-api`.
+    #[serde(default)]
+    pub api: bool,
     #[serde(default)]
     pub leaves: BTreeMap<String, Spanned<LeafSettings>>,
 }
@@ -67,6 +70,9 @@ pub struct Topology {
     pub fabric_mtu: u32,
     /// BGP implementation per leaf, indexed by rack number minus one.
     pub leaf_bgp: Vec<LeafBgp>,
+    /// The API node and the development OIDC issuer run in `mm-api`.
+    #[serde(default)]
+    pub api: bool,
 }
 
 impl Default for Topology {
@@ -79,6 +85,7 @@ impl Default for Topology {
             vm_memory_mb: 512,
             fabric_mtu: 9000,
             leaf_bgp: vec![LeafBgp::default(); 2],
+            api: false,
         }
     }
 }
@@ -119,6 +126,8 @@ pub struct Overrides {
     pub vm_machines: Option<u32>,
     /// Every leaf's BGP implementation (over `[leaves.leafN] bgp`).
     pub leaf_bgp: Option<LeafBgp>,
+    /// Start the API node (over `api`).
+    pub api: bool,
 }
 
 /// Where a setting came from, for error messages.
@@ -257,7 +266,9 @@ impl Topology {
         if let Some(bgp) = overrides.leaf_bgp {
             leaf_bgp.iter_mut().for_each(|b| *b = bgp);
         }
+        let api = overrides.api || file.api;
         Ok(Topology {
+            api,
             racks,
             spines,
             machines_per_rack,

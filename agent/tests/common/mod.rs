@@ -39,3 +39,54 @@ pub(crate) fn events(run_dir: &Path, uuid: &str) -> Vec<String> {
         .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
         .collect()
 }
+
+/// Size of a namespace machine's disk file.
+pub(crate) const DISK_BYTES: u64 = 64 * 1024 * 1024;
+
+pub(crate) fn installer() -> std::path::PathBuf {
+    let path = Path::new(AGENT).with_file_name("metalmesh-installer");
+    assert!(
+        path.is_file(),
+        "metalmesh-installer not built at {}",
+        path.display()
+    );
+    path
+}
+
+/// The UUID namespace machine `m<rack>-<index>` announces.
+pub(crate) fn uuid(rack: u32, index: u32) -> String {
+    format!("6d6d0000-0000-4000-8000-{rack:06x}{index:06x}")
+}
+
+/// A disk file with a recognisable pattern everywhere.
+pub(crate) fn disk(scratch: &Path, name: &str) -> std::path::PathBuf {
+    let path = scratch.join(format!("{name}.disk"));
+    std::fs::write(&path, vec![0xa5u8; DISK_BYTES as usize]).unwrap();
+    path
+}
+
+/// Starts `metalmesh-installer --simulate` in namespace machine
+/// `m<rack>-<index>`; returns its disk file.
+pub(crate) fn start_installer(scratch: &Path, rack: u32, index: u32) -> std::path::PathBuf {
+    let name = format!("m{rack}-{index}");
+    let disk = disk(scratch, &name);
+    let work = scratch.join(format!("{name}.work"));
+    let uuid = uuid(rack, index);
+    metalmesh_testbed::testing::spawn_detached_in(
+        &format!("mm-{name}"),
+        &[
+            installer().as_os_str(),
+            "--simulate".as_ref(),
+            "--uuid".as_ref(),
+            uuid.as_ref(),
+            "--disk".as_ref(),
+            disk.as_os_str(),
+            "--work-dir".as_ref(),
+            work.as_os_str(),
+            "--heartbeat-ms".as_ref(),
+            "500".as_ref(),
+        ],
+        &scratch.join(format!("{name}.log")),
+    );
+    disk
+}

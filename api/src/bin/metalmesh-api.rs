@@ -19,6 +19,9 @@ enum Command {
     Run {
         #[arg(long, default_value = "/etc/metalmesh/api.toml")]
         config: PathBuf,
+        /// Write this process's id here (removed on exit).
+        #[arg(long)]
+        pidfile: Option<PathBuf>,
     },
     /// Check the configuration and exit.
     CheckConfig {
@@ -37,7 +40,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::CheckConfig { config } => ApiConfig::load(&config).map(|_| ()).map_err(Into::into),
-        Command::Run { config } => run(&config),
+        Command::Run { config, pidfile } => run(&config, pidfile.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -49,8 +52,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
+fn run(path: &std::path::Path, pidfile: Option<&std::path::Path>) -> anyhow::Result<()> {
     let config = ApiConfig::load(path)?;
+    if let Some(pidfile) = pidfile {
+        std::fs::write(pidfile, format!("{}\n", std::process::id()))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", pidfile.display()))?;
+    }
+    let result = serve(config);
+    if let Some(pidfile) = pidfile {
+        let _ = std::fs::remove_file(pidfile);
+    }
+    result
+}
+
+fn serve(config: ApiConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -18,6 +18,9 @@ use std::time::Duration;
 const AGENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Candidates tried per allocation before giving up.
 const MAX_CANDIDATES: usize = 8;
+/// Times a candidate is asked again while its leaf does not know the
+/// network yet (half a second apart).
+const NETWORK_ARRIVAL_TRIES: usize = 10;
 
 /// An error with the HTTP status it maps to and, for bad input, the field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -373,11 +376,27 @@ impl Api {
         let mut refusals = Vec::new();
         for candidate in candidates.iter().take(MAX_CANDIDATES) {
             let body = serde_json::json!({ "uuid": candidate.uuid, "allocation": allocation });
-            match self
-                .mesh
-                .request(&candidate.switch, "machine.allocate", body, AGENT_TIMEOUT)
-                .await
-            {
+            let mut answer = Err(metalmesh_inventory::mesh::service::MeshError::Stopped);
+            // A network created a moment ago may not have reached the
+            // machine's leaf yet: its agent then knows no such VRF.
+            for _ in 0..NETWORK_ARRIVAL_TRIES {
+                answer = self
+                    .mesh
+                    .request(
+                        &candidate.switch,
+                        "machine.allocate",
+                        body.clone(),
+                        AGENT_TIMEOUT,
+                    )
+                    .await;
+                match &answer {
+                    Err(error) if error.to_string().contains("no VRF") => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    _ => break,
+                }
+            }
+            match answer {
                 Ok(answer) => {
                     let machine: Machine =
                         serde_json::from_value(answer).map_err(ApiError::internal)?;

@@ -1,0 +1,178 @@
+//! The user's story through the API node, with the real binaries: a
+//! testbed of two racks with the API node and the development OIDC issuer
+//! in `mm-api`; a namespace machine per rack running the installer. Through
+//! the `metalmesh` CLI only: an admin creates a project, its member a
+//! private network; one machine is allocated in each rack, both phone home
+//! and ping each other across racks over EVPN; another project's member
+//! sees neither and cannot free them; freeing one returns it to Waiting.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{AGENT, start_installer, uuid};
+use metalmesh_testbed::testing::{Guard, eventually, ok, ping, run, script};
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+/// `metalmesh ARGS` run in the API's namespace, as the token's holder.
+fn metalmesh(run_dir: &Path, token: &str, args: &[&str]) -> Output {
+    let cli = Path::new(AGENT).with_file_name("metalmesh");
+    let mut argv: Vec<String> = vec!["netns".into(), "exec".into(), "mm-api".into(), "env".into()];
+    for (name, value) in metalmesh_testbed::api::cli_env(run_dir) {
+        argv.push(format!("{name}={value}"));
+    }
+    argv.push(format!("METALMESH_TOKEN={token}"));
+    argv.push(cli.display().to_string());
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    run("ip", &argv)
+}
+
+fn token(run_dir: &Path, subject: &str, role: &str, project: Option<&str>) -> String {
+    let testbed = Path::new(AGENT).with_file_name("metalmesh-testbed");
+    let mut args = vec![
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+        "token",
+        "--subject",
+        subject,
+        "--role",
+        role,
+    ];
+    if let Some(project) = project {
+        args.extend(["--project", project]);
+    }
+    let out = run(testbed.to_str().unwrap(), &args);
+    ok(&out);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn machines(run_dir: &Path, token: &str) -> Vec<serde_json::Value> {
+    let out = metalmesh(run_dir, token, &["machine", "ls", "-o", "json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    ok(out);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn a_project_allocates_a_machine_per_rack_through_the_api_and_they_talk() {
+    let guard = Guard::new();
+    let run_dir = &guard.run_dir;
+    script("build-os-image", &[]);
+    let _testbed = metalmesh_testbed::testing::up_with(
+        run_dir,
+        &metalmesh_testbed::Overrides {
+            racks: Some(2),
+            machines_per_rack: Some(1),
+            api: true,
+            ..metalmesh_testbed::Overrides::default()
+        },
+    );
+    for rack in [1, 2] {
+        start_installer(&guard.scratch, rack, 1);
+    }
+    let admin = token(run_dir, "ada", "admin", None);
+    let alice = token(run_dir, "alice", "edit", Some("alpha"));
+    let bob = token(run_dir, "bob", "edit", Some("beta"));
+
+    assert!(
+        eventually(Duration::from_secs(90), || {
+            let all = machines(run_dir, &admin);
+            all.len() == 2 && all.iter().all(|m| m["state"] == "Waiting")
+        }),
+        "machines not Waiting through the API: {:?}",
+        machines(run_dir, &admin)
+    );
+    ok(&metalmesh(run_dir, &admin, &["project", "create", "alpha"]));
+    ok(&metalmesh(run_dir, &admin, &["project", "create", "beta"]));
+    let network = json(&metalmesh(
+        run_dir,
+        &alice,
+        &[
+            "network",
+            "create",
+            "web",
+            "--project",
+            "alpha",
+            "-o",
+            "json",
+        ],
+    ));
+    assert!(
+        network["prefixes"][0].as_str().unwrap().ends_with("/24"),
+        "{network}"
+    );
+
+    let mut addresses = Vec::new();
+    for rack in ["rack1", "rack2"] {
+        let out = metalmesh(
+            run_dir,
+            &alice,
+            &[
+                "machine",
+                "allocate",
+                "--project",
+                "alpha",
+                "--network",
+                "web",
+                "--rack",
+                rack,
+                "--hostname",
+                &format!("web-{rack}"),
+                "--image",
+                "testbed-default",
+                "--ssh-key",
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIApiTestKey alice@alpha",
+                "--wait",
+                "--timeout-secs",
+                "180",
+                "-o",
+                "json",
+            ],
+        );
+        let machine = json(&out);
+        assert_eq!(machine["state"], "Phoned Home", "{machine}");
+        assert_eq!(machine["rack"], rack);
+        addresses.push(machine["ip"].as_str().unwrap().to_string());
+    }
+    // The machines (configured by their installers) reach each other
+    // across racks: EVPN type 5 between the leaves' native speakers.
+    assert!(
+        eventually(Duration::from_secs(30), || ping("m1-1", &addresses[1])),
+        "m1-1 cannot reach {} in rack 2",
+        addresses[1]
+    );
+
+    // Another project's member sees neither and cannot free them.
+    let seen_by_bob = machines(run_dir, &bob);
+    assert!(
+        seen_by_bob.iter().all(|m| m["project"].is_null()),
+        "{seen_by_bob:?}"
+    );
+    let out = metalmesh(run_dir, &bob, &["machine", "free", &uuid(1, 1)]);
+    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // Freed, the machine is wiped and returns to Waiting; its address is
+    // free again.
+    ok(&metalmesh(
+        run_dir,
+        &alice,
+        &["machine", "free", &uuid(1, 1)],
+    ));
+    assert!(
+        eventually(Duration::from_secs(90), || machines(run_dir, &alice)
+            .iter()
+            .any(|m| m["uuid"] == uuid(1, 1)
+                && m["state"] == "Waiting"
+                && m["project"].is_null())),
+        "not back to Waiting: {:?}",
+        machines(run_dir, &alice)
+    );
+}

@@ -1,0 +1,158 @@
+//! The API node and the development OIDC issuer of a testbed (`up --api`):
+//! both run in `mm-api` as testbed daemons (`kill api` / `start api`), the
+//! API node with an `api` mesh certificate of the testbed's CA, which also
+//! serves its HTTPS.
+
+use crate::daemon::DaemonSpec;
+use crate::error::Error;
+use crate::plan::{API_ADDRESS, Node, Plan, Role, RunDir};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The API's HTTPS port.
+pub const API_PORT: u16 = 8443;
+/// The development issuer's HTTP port.
+pub const ISSUER_PORT: u16 = 8080;
+
+/// Where the development issuer keeps its keys.
+pub fn issuer_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("issuer")
+}
+
+fn dir(run: &RunDir) -> PathBuf {
+    run.node_dir("api").join("api")
+}
+
+pub fn url() -> String {
+    format!("https://{API_ADDRESS}:{API_PORT}")
+}
+
+/// What `metalmesh-testbed env` prints.
+pub fn cli_env(run_dir: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("METALMESH_API", url()),
+        (
+            "METALMESH_CA",
+            run_dir.join("mesh-ca").join("ca.pem").display().to_string(),
+        ),
+    ]
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// `api.toml` of the testbed's API node.
+pub(crate) fn config(plan: &Plan, run: &RunDir) -> String {
+    let seeds: Vec<String> = plan
+        .nodes
+        .iter()
+        .filter(|n| n.role == Role::Leaf)
+        .map(|n| format!("\"{}\"", n.loopback))
+        .collect();
+    let dir = dir(run);
+    let mut conf = String::new();
+    let _ = writeln!(
+        conf,
+        "# metalmesh-api of the testbed (written by metalmesh-testbed)"
+    );
+    let _ = writeln!(conf, "name = \"api\"");
+    let _ = writeln!(conf, "state_dir = {:?}", path(&dir.join("state")));
+    let _ = writeln!(conf, "\n[http]\nlisten = \"{API_ADDRESS}:{API_PORT}\"");
+    let _ = writeln!(
+        conf,
+        "\n[oidc]\nissuer = \"http://{API_ADDRESS}:{ISSUER_PORT}\"\naudience = \"{}\"\n# The development issuer serves plain HTTP; never in production.\nallow_http_issuer = true",
+        crate::issuer::AUDIENCE
+    );
+    let _ = writeln!(conf, "\n[mesh]\nadvertise = \"{API_ADDRESS}:7946\"");
+    let _ = writeln!(conf, "seeds = [{}]", seeds.join(", "));
+    let _ = writeln!(
+        conf,
+        "ca = {:?}",
+        path(&crate::agent::mesh_ca_dir(run).join("ca.pem"))
+    );
+    let _ = writeln!(conf, "cert = {:?}", path(&dir.join("mesh/api.pem")));
+    let _ = writeln!(conf, "key = {:?}", path(&dir.join("mesh/api.key")));
+    conf
+}
+
+/// The issuer and the API node.
+pub(crate) fn daemons(node: &Node, run: &RunDir) -> Result<Vec<DaemonSpec>, Error> {
+    let api = crate::agent::find_binary(
+        "metalmesh-api",
+        "METALMESH_API_BIN",
+        "metalmesh-api: cargo build --bin metalmesh-api",
+    )?;
+    let testbed = crate::agent::find_binary(
+        "metalmesh-testbed",
+        "METALMESH_TESTBED_BIN",
+        "metalmesh-testbed: cargo build --bin metalmesh-testbed",
+    )?;
+    let dir = dir(run);
+    Ok(vec![
+        DaemonSpec {
+            name: "issuer".into(),
+            namespace: node.namespace(),
+            argv: vec![
+                path(&testbed),
+                "issuer".into(),
+                "--dir".into(),
+                path(&issuer_dir(&run.root)),
+                "--listen".into(),
+                format!("{API_ADDRESS}:{ISSUER_PORT}"),
+                "--pidfile".into(),
+                path(&dir.join("issuer.pid")),
+            ],
+            pidfile: dir.join("issuer.pid"),
+            output: dir.join("issuer.log"),
+            detach: true,
+        },
+        DaemonSpec {
+            name: "api".into(),
+            namespace: node.namespace(),
+            argv: vec![
+                path(&api),
+                "run".into(),
+                "--config".into(),
+                path(&dir.join("api.toml")),
+                "--pidfile".into(),
+                path(&dir.join("api.pid")),
+            ],
+            pidfile: dir.join("api.pid"),
+            output: dir.join("api.log"),
+            detach: true,
+        },
+    ])
+}
+
+/// The issuer's keys, the API's certificate (made with the `metalmesh`
+/// CLI as an operator would) and its configuration.
+pub(crate) fn prepare(plan: &Plan, run: &RunDir) -> Result<(), Error> {
+    let dir = dir(run);
+    std::fs::create_dir_all(dir.join("mesh")).map_err(|e| Error::io(&dir, e))?;
+    crate::issuer::create(
+        &issuer_dir(&run.root),
+        &format!("http://{API_ADDRESS}:{ISSUER_PORT}"),
+    )
+    .map_err(|e| Error::io(&issuer_dir(&run.root), std::io::Error::other(e.to_string())))?;
+    let cli = crate::agent::cli_binary()?;
+    crate::sys::run(
+        &path(&cli),
+        &[
+            "ca",
+            "issue",
+            "--node",
+            "api",
+            "--role",
+            "api",
+            "--address",
+            &API_ADDRESS.to_string(),
+            "--ca-dir",
+            &path(&crate::agent::mesh_ca_dir(run)),
+            "--out",
+            &path(&dir.join("mesh")),
+        ],
+    )?;
+    let config_path = dir.join("api.toml");
+    std::fs::write(&config_path, config(plan, run)).map_err(|e| Error::io(&config_path, e))
+}
