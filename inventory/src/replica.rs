@@ -56,17 +56,39 @@ pub fn admit(
     record: &Record,
     now: Version,
     origin_records: u64,
-) -> Result<crate::trust::Learned, String> {
+) -> Result<crate::trust::Learned, Refused> {
     if let Some(reason) = refusal(stored, record, now) {
-        return Err(reason.to_string());
+        return Err(Refused::Rule(reason));
     }
     let learned = keyring
         .check(record, origin_records)
-        .map_err(|refusal| refusal.to_string())?;
+        .map_err(Refused::Trust)?;
     if !record.id.kind.is_known() {
         keyring.count_opaque();
     }
     Ok(learned)
+}
+
+/// Why [`admit`] refused a record.
+#[cfg(feature = "node")]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("{0}")]
+    Rule(&'static str),
+    #[error(transparent)]
+    Trust(crate::trust::Refusal),
+}
+
+#[cfg(feature = "node")]
+impl Refused {
+    /// Expected while a node joins (its node record not here yet), or a
+    /// peer's copy predates a key change: anti-entropy brings the rest.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Refused::Trust(crate::trust::Refusal::UnknownSigner { .. })
+        )
+    }
 }
 
 /// Orders a batch so the records that teach keys (node records, then

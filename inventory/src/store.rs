@@ -395,6 +395,10 @@ impl Store {
                     // Learned at once: the batch's next records may be
                     // signed by the key a node record brings.
                     Ok(lesson) => trust.keyring.learn(lesson),
+                    Err(reason) if reason.is_transient() => {
+                        tracing::debug!(record = %record.id, origin = %record.origin, %reason, "received record refused");
+                        continue;
+                    }
                     Err(reason) => {
                         tracing::warn!(record = %record.id, origin = %record.origin, %reason, "received record refused");
                         continue;
