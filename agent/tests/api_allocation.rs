@@ -176,3 +176,168 @@ fn a_project_allocates_a_machine_per_rack_through_the_api_and_they_talk() {
         machines(run_dir, &alice)
     );
 }
+
+/// `metalmesh-agent ARGS` on a leaf.
+fn agent_on(run_dir: &Path, leaf: &str, args: &[&str]) -> Output {
+    metalmesh_testbed::testing::agent_on(run_dir, AGENT, leaf, args)
+}
+
+fn testbed(run_dir: &Path, args: &[&str]) -> Output {
+    let binary = Path::new(AGENT).with_file_name("metalmesh-testbed");
+    let mut argv = vec!["--run-dir", run_dir.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    run(binary.to_str().unwrap(), &argv)
+}
+
+#[test]
+fn racks_keep_working_while_the_api_is_down_and_it_sees_all_of_it_after() {
+    let guard = Guard::new();
+    let run_dir = &guard.run_dir;
+    script("build-os-image", &[]);
+    let _testbed = metalmesh_testbed::testing::up_with(
+        run_dir,
+        &metalmesh_testbed::Overrides {
+            racks: Some(1),
+            machines_per_rack: Some(3),
+            api: true,
+            ..metalmesh_testbed::Overrides::default()
+        },
+    );
+    let admin = token(run_dir, "ada", "admin", None);
+    let alice = token(run_dir, "alice", "edit", Some("alpha"));
+    start_installer(&guard.scratch, 1, 1);
+    assert!(
+        eventually(Duration::from_secs(90), || machines(run_dir, &admin)
+            .iter()
+            .any(|m| m["state"] == "Waiting")),
+        "no machine Waiting through the API"
+    );
+    ok(&metalmesh(run_dir, &admin, &["project", "create", "alpha"]));
+    let network = json(&metalmesh(
+        run_dir,
+        &alice,
+        &[
+            "network",
+            "create",
+            "web",
+            "--project",
+            "alpha",
+            "-o",
+            "json",
+        ],
+    ));
+    let allocated = json(&metalmesh(
+        run_dir,
+        &alice,
+        &[
+            "machine",
+            "allocate",
+            "--project",
+            "alpha",
+            "--network",
+            "web",
+            "--hostname",
+            "a1",
+            "--image",
+            "testbed-default",
+            "--wait",
+            "--timeout-secs",
+            "180",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(allocated["state"], "Phoned Home");
+
+    // The API goes down. A new machine boots, registers and waits; the
+    // allocated one is freed and reclaimed; a rack-local allocation takes
+    // the address the API would have handed out next.
+    ok(&testbed(run_dir, &["kill", "api"]));
+    assert!(
+        !metalmesh(run_dir, &admin, &["machine", "ls"])
+            .status
+            .success()
+    );
+    start_installer(&guard.scratch, 1, 2);
+    let waiting = |uuid: &str| {
+        let out = agent_on(run_dir, "leaf1", &["machines", "-o", "json"]);
+        let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        all.iter()
+            .any(|m| m["uuid"] == uuid && m["state"] == "Waiting")
+    };
+    assert!(
+        eventually(Duration::from_secs(90), || waiting(&uuid(1, 2))),
+        "a machine did not reach Waiting with the API down"
+    );
+    ok(&agent_on(
+        run_dir,
+        "leaf1",
+        &["machine", "free", &uuid(1, 1)],
+    ));
+    assert!(
+        eventually(Duration::from_secs(90), || waiting(&uuid(1, 1))),
+        "a freed machine was not reclaimed with the API down"
+    );
+    let prefix = network["prefixes"][0].as_str().unwrap();
+    let base: std::net::Ipv4Addr = prefix.split('/').next().unwrap().parse().unwrap();
+    let taken = std::net::Ipv4Addr::from(u32::from(base) + 2).to_string();
+    ok(&agent_on(
+        run_dir,
+        "leaf1",
+        &[
+            "machine",
+            "allocate",
+            &uuid(1, 2),
+            "--image",
+            "testbed-default",
+            "--ip",
+            &taken,
+            "--hostname",
+            "local-1",
+        ],
+    ));
+
+    // Back up, the API shows all of it and does not hand out that address.
+    ok(&testbed(run_dir, &["start", "api"]));
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let all = machines(run_dir, &admin);
+            all.iter()
+                .any(|m| m["uuid"] == uuid(1, 2) && m["ip"] == taken.as_str())
+                && all.iter().any(|m| {
+                    m["uuid"] == uuid(1, 1) && m["state"] == "Waiting" && m["project"].is_null()
+                })
+        }),
+        "the API does not show what happened while it was down: {:?}",
+        machines(run_dir, &admin)
+    );
+    let again = json(&metalmesh(
+        run_dir,
+        &alice,
+        &[
+            "machine",
+            "allocate",
+            "--project",
+            "alpha",
+            "--network",
+            "web",
+            "--hostname",
+            "a2",
+            "--image",
+            "testbed-default",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(again["uuid"], uuid(1, 1).as_str());
+    assert_ne!(
+        again["ip"],
+        taken.as_str(),
+        "the API handed out an address taken meanwhile"
+    );
+    let first = allocated["ip"].as_str().unwrap();
+    assert_eq!(
+        again["ip"], first,
+        "the freed address should be the lowest free one"
+    );
+}

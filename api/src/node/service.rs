@@ -71,7 +71,13 @@ pub struct Api {
     pub tenant: TenantConfig,
     /// One allocation decides at a time: no IP or machine is chosen twice.
     decisions: tokio::sync::Mutex<()>,
+    /// Addresses this node handed out lately, held until the machine's
+    /// record shows them (leaves' clocks may lag behind this node's).
+    recent: std::sync::Mutex<std::collections::HashMap<Ipv4Addr, std::time::Instant>>,
 }
+
+/// How long an address handed out stays held regardless of the records.
+const RECENT_HOLD: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -136,6 +142,7 @@ impl Api {
             journal,
             tenant,
             decisions: tokio::sync::Mutex::new(()),
+            recent: std::sync::Mutex::default(),
         }
     }
 
@@ -400,6 +407,10 @@ impl Api {
                 Ok(answer) => {
                     let machine: Machine =
                         serde_json::from_value(answer).map_err(ApiError::internal)?;
+                    self.recent
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(ip, std::time::Instant::now());
                     self.put(
                         RecordKind::Ip,
                         &ip.to_string(),
@@ -453,6 +464,10 @@ impl Api {
             .map_err(|e| ApiError::new(502, e.to_string()))?;
         if let Some(ip) = machine.ip {
             // The address returns to the pool once the agent let it go.
+            self.recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&ip);
             let key = ip.to_string();
             self.store
                 .put_local(RecordKind::Ip, &key, None)
@@ -473,18 +488,15 @@ impl Api {
         network: &model::Network,
         wanted: Option<Ipv4Addr>,
     ) -> Result<Ipv4Addr, ApiError> {
-        let mut used: BTreeSet<Ipv4Addr> = self
-            .records::<Machine>(RecordKind::Machine)?
-            .iter()
-            .flat_map(|m| [&m.allocation, &m.reclaiming])
-            .flatten()
-            .map(|executed| executed.request.ip)
-            .collect();
-        used.extend(
-            self.records::<model::Ip>(RecordKind::Ip)?
-                .iter()
-                .filter_map(|ip| ip.address.parse::<Ipv4Addr>().ok()),
-        );
+        let mut used = self.addresses_in_use()?;
+        {
+            let mut recent = self
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            recent.retain(|_, at| at.elapsed() < RECENT_HOLD);
+            used.extend(recent.keys().copied());
+        }
         let ranges: Vec<(u32, u32)> = network
             .prefixes
             .iter()
@@ -513,6 +525,64 @@ impl Api {
             .ok_or_else(|| {
                 ApiError::new(409, format!("network {} has no free address", network.id))
             })
+    }
+
+    /// Addresses held: every address of a machine's allocation (or of one
+    /// being reclaimed), and every IP record — except one naming a machine
+    /// whose record changed after it and no longer holds the address (it
+    /// was freed, possibly rack-locally while the API was down).
+    fn addresses_in_use(&self) -> Result<BTreeSet<Ipv4Addr>, ApiError> {
+        let mut used = BTreeSet::new();
+        let mut machines: std::collections::HashMap<String, (u64, BTreeSet<Ipv4Addr>)> =
+            std::collections::HashMap::new();
+        for record in self
+            .store
+            .list(Some(RecordKind::Machine))
+            .map_err(ApiError::internal)?
+        {
+            let Some(machine) = record
+                .value
+                .as_deref()
+                .and_then(|v| serde_json::from_str::<Machine>(v).ok())
+            else {
+                continue;
+            };
+            let held: BTreeSet<Ipv4Addr> = [&machine.allocation, &machine.reclaiming]
+                .into_iter()
+                .flatten()
+                .map(|executed| executed.request.ip)
+                .collect();
+            used.extend(held.iter().copied());
+            let entry = machines.entry(machine.uuid).or_default();
+            if record.version > entry.0 {
+                *entry = (record.version, held);
+            }
+        }
+        for record in self
+            .store
+            .list(Some(RecordKind::Ip))
+            .map_err(ApiError::internal)?
+        {
+            let Some(ip) = record
+                .value
+                .as_deref()
+                .and_then(|v| serde_json::from_str::<model::Ip>(v).ok())
+            else {
+                continue;
+            };
+            let Ok(address) = ip.address.parse::<Ipv4Addr>() else {
+                continue;
+            };
+            let stale = ip.machine.as_ref().is_some_and(|uuid| {
+                machines.get(uuid).is_some_and(|(version, held)| {
+                    *version > record.version && !held.contains(&address)
+                })
+            });
+            if !stale {
+                used.insert(address);
+            }
+        }
+        Ok(used)
     }
 
     fn exists(&self, kind: RecordKind, key: &str) -> Result<bool, ApiError> {
