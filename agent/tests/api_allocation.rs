@@ -341,3 +341,109 @@ fn racks_keep_working_while_the_api_is_down_and_it_sees_all_of_it_after() {
         "the freed address should be the lowest free one"
     );
 }
+
+#[test]
+fn a_hundred_concurrent_allocations_share_fifty_machines_exactly() {
+    let guard = Guard::new();
+    let run_dir = &guard.run_dir;
+    script("build-os-image", &[]);
+    let per_rack = 25;
+    let _testbed = metalmesh_testbed::testing::up_with(
+        run_dir,
+        &metalmesh_testbed::Overrides {
+            racks: Some(2),
+            machines_per_rack: Some(per_rack),
+            api: true,
+            ..metalmesh_testbed::Overrides::default()
+        },
+    );
+    for rack in [1, 2] {
+        for index in 1..=per_rack {
+            start_installer(&guard.scratch, rack, index);
+        }
+    }
+    let admin = token(run_dir, "ada", "admin", None);
+    let alice = token(run_dir, "alice", "edit", Some("alpha"));
+    assert!(
+        eventually(Duration::from_secs(180), || {
+            let all = machines(run_dir, &admin);
+            all.iter().filter(|m| m["state"] == "Waiting").count() == 50
+        }),
+        "not 50 machines Waiting: {}",
+        machines(run_dir, &admin).len()
+    );
+    ok(&metalmesh(run_dir, &admin, &["project", "create", "alpha"]));
+    ok(&metalmesh(
+        run_dir,
+        &alice,
+        &["network", "create", "web", "--project", "alpha"],
+    ));
+    let outcomes: Vec<Output> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..100)
+            .map(|i| {
+                let alice = &alice;
+                scope.spawn(move || {
+                    metalmesh(
+                        run_dir,
+                        alice,
+                        &[
+                            "machine",
+                            "allocate",
+                            "--project",
+                            "alpha",
+                            "--network",
+                            "web",
+                            "--hostname",
+                            &format!("n{i}"),
+                            "--image",
+                            "testbed-default",
+                            "-o",
+                            "json",
+                        ],
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let (won, lost): (Vec<&Output>, Vec<&Output>) =
+        outcomes.iter().partition(|out| out.status.success());
+    assert_eq!(won.len(), 50, "{} allocations succeeded", won.len());
+    let api_log =
+        std::fs::read_to_string(run_dir.join("nodes/api/api/api.log")).unwrap_or_default();
+    for out in &lost {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !stderr.contains("no machine available") {
+            let tail: Vec<&str> = api_log.lines().rev().take(60).collect();
+            eprintln!("API log (newest first):\n{}", tail.join("\n"));
+        }
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("no machine available"), "{stderr}");
+    }
+    let allocated: Vec<serde_json::Value> = won.iter().map(|out| json(out)).collect();
+    let uuids: std::collections::BTreeSet<&str> = allocated
+        .iter()
+        .map(|m| m["uuid"].as_str().unwrap())
+        .collect();
+    let ips: std::collections::BTreeSet<&str> = allocated
+        .iter()
+        .map(|m| m["ip"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (uuids.len(), ips.len()),
+        (50, 50),
+        "a machine or an address twice"
+    );
+    // The replica agrees: 50 machines of alpha, 50 distinct addresses.
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let all = machines(run_dir, &alice);
+            let mine: Vec<&serde_json::Value> =
+                all.iter().filter(|m| m["project"] == "alpha").collect();
+            let addresses: std::collections::BTreeSet<String> =
+                mine.iter().map(|m| m["ip"].to_string()).collect();
+            mine.len() == 50 && addresses.len() == 50
+        }),
+        "the replica does not show 50 distinct allocations"
+    );
+}

@@ -204,19 +204,20 @@ pub fn machine(connection: &Connection, command: MachineCommand) -> anyhow::Resu
                 text(&allocated["rack"]),
                 text(&allocated["ip"])
             );
-            if wait {
+            // Without waiting, the allocation as the agent committed it (the
+            // API's replica may not show it yet).
+            let shown = if wait {
                 wait_for(
                     &api,
                     &uuid,
                     "Phoned Home",
                     Duration::from_secs(timeout_secs),
                 )?;
-            }
-            show(
-                connection,
-                &api.get(&format!("/v1/machines/{uuid}"))?,
-                &MACHINE_COLUMNS,
-            );
+                api.get(&format!("/v1/machines/{uuid}"))?
+            } else {
+                allocated
+            };
+            show(connection, &shown, &MACHINE_COLUMNS);
         }
         MachineCommand::Free { uuid } => {
             let freed = api.post(&format!("/v1/machines/{uuid}/free"), &json!({}))?;

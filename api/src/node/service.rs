@@ -71,9 +71,15 @@ pub struct Api {
     pub tenant: TenantConfig,
     /// One allocation decides at a time: no IP or machine is chosen twice.
     decisions: tokio::sync::Mutex<()>,
-    /// Addresses this node handed out lately, held until the machine's
-    /// record shows them (leaves' clocks may lag behind this node's).
-    recent: std::sync::Mutex<std::collections::HashMap<Ipv4Addr, std::time::Instant>>,
+    /// What this node handed out lately, held until the machines' records
+    /// show it: the replica lags behind the agents' answers.
+    holds: std::sync::Mutex<Holds>,
+}
+
+#[derive(Debug, Default)]
+struct Holds {
+    ips: std::collections::HashMap<Ipv4Addr, std::time::Instant>,
+    machines: std::collections::HashMap<String, std::time::Instant>,
 }
 
 /// How long an address handed out stays held regardless of the records.
@@ -142,7 +148,7 @@ impl Api {
             journal,
             tenant,
             decisions: tokio::sync::Mutex::new(()),
-            recent: std::sync::Mutex::default(),
+            holds: std::sync::Mutex::default(),
         }
     }
 
@@ -354,11 +360,20 @@ impl Api {
         let _decision = self.decisions.lock().await;
         let ip = self.address(&network, request.ip)?;
         let racks = self.racks()?;
-        let mut candidates: Vec<MachineView> = self
-            .records::<Machine>(RecordKind::Machine)?
+        // One snapshot of the replica for candidates and holds alike: a
+        // record arriving between two reads must not free a hold while the
+        // candidates still show the machine unallocated.
+        let snapshot = self.records::<Machine>(RecordKind::Machine)?;
+        let shown: BTreeSet<String> = snapshot
+            .iter()
+            .filter(|m| m.allocation.is_some())
+            .map(|m| m.uuid.clone())
+            .collect();
+        let mut candidates: Vec<MachineView> = snapshot
             .into_iter()
+            .filter(|machine| machine.allocation.is_none() && machine.reclaiming.is_none())
             .map(|machine| view(machine, &racks))
-            .filter(|m| m.state == "Waiting" && m.project.is_none() && m.flags.is_empty())
+            .filter(|m| m.state == "Waiting" && m.flags.is_empty())
             .filter(|m| {
                 request
                     .machine
@@ -367,6 +382,15 @@ impl Api {
             })
             .filter(|m| request.rack.as_ref().is_none_or(|r| &m.rack == r))
             .collect();
+        {
+            // A machine handed out is held until its record shows the
+            // allocation.
+            let mut holds = self.holds();
+            holds
+                .machines
+                .retain(|uuid, at| at.elapsed() < RECENT_HOLD && !shown.contains(uuid));
+            candidates.retain(|m| !holds.machines.contains_key(&m.uuid));
+        }
         candidates.sort_by(|a, b| a.uuid.cmp(&b.uuid));
         if candidates.is_empty() {
             return Err(ApiError::new(409, "no machine available"));
@@ -407,10 +431,13 @@ impl Api {
                 Ok(answer) => {
                     let machine: Machine =
                         serde_json::from_value(answer).map_err(ApiError::internal)?;
-                    self.recent
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(ip, std::time::Instant::now());
+                    {
+                        let mut holds = self.holds();
+                        holds.ips.insert(ip, std::time::Instant::now());
+                        holds
+                            .machines
+                            .insert(machine.uuid.clone(), std::time::Instant::now());
+                    }
                     self.put(
                         RecordKind::Ip,
                         &ip.to_string(),
@@ -426,6 +453,12 @@ impl Api {
                     return Ok(view(machine, &racks));
                 }
                 Err(error) => {
+                    if error.to_string().contains("already allocated") {
+                        // The replica has not caught up with its agent yet.
+                        self.holds()
+                            .machines
+                            .insert(candidate.uuid.clone(), std::time::Instant::now());
+                    }
                     tracing::info!(machine = %candidate.uuid, %error, "allocation refused; next candidate");
                     refusals.push(format!("{}: {error}", candidate.uuid));
                 }
@@ -464,10 +497,7 @@ impl Api {
             .map_err(|e| ApiError::new(502, e.to_string()))?;
         if let Some(ip) = machine.ip {
             // The address returns to the pool once the agent let it go.
-            self.recent
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&ip);
+            self.holds().ips.remove(&ip);
             let key = ip.to_string();
             self.store
                 .put_local(RecordKind::Ip, &key, None)
@@ -490,12 +520,13 @@ impl Api {
     ) -> Result<Ipv4Addr, ApiError> {
         let mut used = self.addresses_in_use()?;
         {
-            let mut recent = self
-                .recent
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            recent.retain(|_, at| at.elapsed() < RECENT_HOLD);
-            used.extend(recent.keys().copied());
+            let mut holds = self.holds();
+            // Shown by a machine record now (so in `used`), or too old.
+            let shown = used.clone();
+            holds
+                .ips
+                .retain(|ip, at| at.elapsed() < RECENT_HOLD && !shown.contains(ip));
+            used.extend(holds.ips.keys().copied());
         }
         let ranges: Vec<(u32, u32)> = network
             .prefixes
@@ -583,6 +614,12 @@ impl Api {
             }
         }
         Ok(used)
+    }
+
+    fn holds(&self) -> std::sync::MutexGuard<'_, Holds> {
+        self.holds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn exists(&self, kind: RecordKind, key: &str) -> Result<bool, ApiError> {
