@@ -28,7 +28,7 @@ const ACCEPTED: [Algorithm; 7] = [
 ];
 
 /// What a user may do; ordered, each includes the ones before.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UserRole {
     View,
@@ -48,7 +48,7 @@ impl UserRole {
 }
 
 /// An authenticated caller.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Principal {
     pub subject: String,
     pub role: UserRole,

@@ -28,7 +28,7 @@ pub struct Journal {
 }
 
 /// One audit entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Entry {
     /// Milliseconds since the Unix epoch.
     pub time: u64,

@@ -4,7 +4,11 @@
 //! nothing available) and 5xx for ours.
 
 use crate::node::auth::{AuthError, Principal, UserRole, Verifier};
-use crate::node::service::{AllocationRequest, Api, ApiError, NewNetwork, NewProject};
+use crate::node::journal::Entry;
+use crate::node::service::{
+    AllocationRequest, Api, ApiError, MachineView, NetworkView, NewNetwork, NewProject,
+    ProjectView, SwitchView,
+};
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
@@ -14,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 use std::sync::Arc;
+use utoipa::OpenApi as _;
 
 #[derive(Debug)]
 pub struct AppState {
@@ -30,8 +35,43 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The OpenAPI document, generated from the routes and types below.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "metalmesh API", description = "Bare-metal machines, networks and projects; every route needs an OIDC bearer token."),
+    paths(whoami, machines, machine, allocate, free, switches, projects, create_project, networks, create_network, audit),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// `GET /v1/openapi.json` (no token needed: it describes, it reveals nothing).
+async fn openapi() -> Response {
+    Json(ApiDoc::openapi()).into_response()
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/whoami", get(whoami))
         .route("/v1/machines", get(machines))
         .route("/v1/machines/allocate", post(allocate))
@@ -74,15 +114,47 @@ fn json<T: Serialize>(value: T) -> Response {
     Json(value).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/whoami",
+    responses(
+        (status = 200, body = Principal),
+        (status = 401, description = "no or bad token", body = ApiError),
+        (status = 403, description = "not allowed", body = ApiError),
+        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+    )
+)]
 async fn whoami(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     Ok(json(principal(&state, &headers).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/machines",
+    responses(
+        (status = 200, body = Vec<MachineView>),
+        (status = 401, description = "no or bad token", body = ApiError),
+        (status = 403, description = "not allowed", body = ApiError),
+        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+    )
+)]
 async fn machines(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     let who = principal(&state, &headers).await?;
     Ok(json(state.api.machines(&who)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/machines/{uuid}",
+    params(("uuid" = String, Path, description = "machine UUID")),
+    responses(
+        (status = 200, body = MachineView),
+        (status = 404, description = "not found", body = ApiError),
+        (status = 401, description = "no or bad token", body = ApiError),
+        (status = 403, description = "not allowed", body = ApiError),
+        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+    )
+)]
 async fn machine(
     State(state): Shared,
     headers: HeaderMap,
@@ -92,6 +164,21 @@ async fn machine(
     Ok(json(state.api.machine(&who, &uuid)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/machines/allocate",
+    request_body = AllocationRequest,
+    responses(
+        (status = 200, body = MachineView),
+        (status = 404, description = "no such network", body = ApiError),
+        (status = 400, description = "malformed body or bad value", body = ApiError),
+        (status = 409, description = "conflict or nothing available", body = ApiError),
+        (status = 502, description = "the machine's agent did not answer", body = ApiError),
+        (status = 401, description = "no or bad token", body = ApiError),
+        (status = 403, description = "not allowed", body = ApiError),
+        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+    )
+)]
 async fn allocate(
     State(state): Shared,
     headers: HeaderMap,
@@ -102,6 +189,20 @@ async fn allocate(
     Ok(json(state.api.allocate(&who, request).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/machines/{uuid}/free",
+    params(("uuid" = String, Path, description = "machine UUID")),
+    responses(
+        (status = 200, body = MachineView),
+        (status = 404, description = "not found", body = ApiError),
+        (status = 409, description = "conflict or nothing available", body = ApiError),
+        (status = 502, description = "the machine's agent did not answer", body = ApiError),
+        (status = 401, description = "no or bad token", body = ApiError),
+        (status = 403, description = "not allowed", body = ApiError),
+        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+    )
+)]
 async fn free(
     State(state): Shared,
     headers: HeaderMap,
@@ -111,16 +212,49 @@ async fn free(
     Ok(json(state.api.free(&who, &uuid).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/switches",
+    responses(
+        (status = 200, body = Vec<SwitchView>),
+        (status = 401, description = "no or bad token", body = ApiError),
+        (status = 403, description = "not allowed", body = ApiError),
+        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+    )
+)]
 async fn switches(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     principal(&state, &headers).await?;
     Ok(json(state.api.switches()?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/projects",
+    responses(
+        (status = 200, body = Vec<ProjectView>),
+        (status = 401, description = "no or bad token", body = ApiError),
+        (status = 403, description = "not allowed", body = ApiError),
+        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+    )
+)]
 async fn projects(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     let who = principal(&state, &headers).await?;
     Ok(json(state.api.projects(&who)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/projects",
+    request_body = NewProject,
+    responses(
+        (status = 201, body = ProjectView),
+        (status = 400, description = "malformed body or bad value", body = ApiError),
+        (status = 409, description = "conflict or nothing available", body = ApiError),
+        (status = 401, description = "no or bad token", body = ApiError),
+        (status = 403, description = "not allowed", body = ApiError),
+        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+    )
+)]
 async fn create_project(
     State(state): Shared,
     headers: HeaderMap,
@@ -132,11 +266,35 @@ async fn create_project(
     Ok((StatusCode::CREATED, Json(project)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/networks",
+    responses(
+        (status = 200, body = Vec<NetworkView>),
+        (status = 401, description = "no or bad token", body = ApiError),
+        (status = 403, description = "not allowed", body = ApiError),
+        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+    )
+)]
 async fn networks(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     let who = principal(&state, &headers).await?;
     Ok(json(state.api.networks(&who)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/networks",
+    request_body = NewNetwork,
+    responses(
+        (status = 201, body = NetworkView),
+        (status = 404, description = "no such project", body = ApiError),
+        (status = 400, description = "malformed body or bad value", body = ApiError),
+        (status = 409, description = "conflict or nothing available", body = ApiError),
+        (status = 401, description = "no or bad token", body = ApiError),
+        (status = 403, description = "not allowed", body = ApiError),
+        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+    )
+)]
 async fn create_network(
     State(state): Shared,
     headers: HeaderMap,
@@ -148,6 +306,16 @@ async fn create_network(
     Ok((StatusCode::CREATED, Json(network)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    responses(
+        (status = 200, body = Vec<Entry>),
+        (status = 401, description = "no or bad token", body = ApiError),
+        (status = 403, description = "not allowed", body = ApiError),
+        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+    )
+)]
 async fn audit(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     let who = principal(&state, &headers).await?;
     if who.role != UserRole::Admin {

@@ -23,7 +23,7 @@ const MAX_CANDIDATES: usize = 8;
 const NETWORK_ARRIVAL_TRIES: usize = 10;
 
 /// An error with the HTTP status it maps to and, for bad input, the field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApiError {
     #[serde(skip)]
     pub status: u16,
@@ -85,23 +85,26 @@ struct Holds {
 /// How long an address handed out stays held regardless of the records.
 const RECENT_HOLD: Duration = Duration::from_secs(600);
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProject {
+    #[schema(pattern = "^[a-z0-9-]{1,32}$", min_length = 1, max_length = 32)]
     pub name: String,
     #[serde(default)]
     pub description: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewNetwork {
+    #[schema(pattern = "^[a-z0-9-]{1,32}$", min_length = 1, max_length = 32)]
     pub project: String,
+    #[schema(pattern = "^[a-z0-9-]{1,32}$", min_length = 1, max_length = 32)]
     pub name: String,
 }
 
 /// `POST /v1/machines/allocate`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AllocationRequest {
     /// A given machine; default: any Waiting machine (in `rack`, if given).
@@ -110,10 +113,13 @@ pub struct AllocationRequest {
     #[serde(default)]
     pub rack: Option<String>,
     pub project: String,
+    /// The network's id or, within the project, its name.
     pub network: String,
     /// Default: the network's next free address.
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub ip: Option<Ipv4Addr>,
+    #[schema(min_length = 1, max_length = 63)]
     pub hostname: String,
     pub image: String,
     #[serde(default)]
@@ -123,7 +129,7 @@ pub struct AllocationRequest {
 }
 
 /// A machine as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MachineView {
     pub uuid: String,
     pub rack: String,
@@ -133,11 +139,81 @@ pub struct MachineView {
     pub liveliness: String,
     pub project: Option<String>,
     pub hostname: Option<String>,
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub ip: Option<Ipv4Addr>,
     pub network: Option<String>,
+    /// CPUs, memory, disks and NICs as the installer found them.
+    #[schema(value_type = Option<Object>)]
     pub hardware: Option<model::Hardware>,
     pub flags: Vec<String>,
+    /// The newest events, newest first.
+    #[schema(value_type = Vec<Object>)]
     pub events: Vec<model::Event>,
+}
+
+/// A project.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ProjectView {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+}
+
+impl From<model::Project> for ProjectView {
+    fn from(p: model::Project) -> ProjectView {
+        ProjectView {
+            id: p.id,
+            name: p.name,
+            description: p.description,
+        }
+    }
+}
+
+/// A tenant network.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NetworkView {
+    pub id: String,
+    pub name: String,
+    pub project: Option<String>,
+    pub prefixes: Vec<String>,
+    pub vni: u32,
+    /// The routing table id on the leaves.
+    pub table: u32,
+}
+
+impl From<model::Network> for NetworkView {
+    fn from(n: model::Network) -> NetworkView {
+        NetworkView {
+            id: n.id,
+            name: n.name,
+            project: n.project,
+            prefixes: n.prefixes,
+            vni: n.vni,
+            table: n.vrf,
+        }
+    }
+}
+
+/// A leaf switch.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SwitchView {
+    pub name: String,
+    pub rack: String,
+    pub partition: String,
+    pub loopback: String,
+    pub asn: u32,
+}
+
+impl From<model::Switch> for SwitchView {
+    fn from(s: model::Switch) -> SwitchView {
+        SwitchView {
+            name: s.name,
+            rack: s.rack,
+            partition: s.partition,
+            loopback: s.loopback,
+            asn: s.asn,
+        }
+    }
 }
 
 impl Api {
@@ -190,15 +266,20 @@ impl Api {
             .ok_or_else(|| ApiError::not_found(&format!("machine {uuid}")))
     }
 
-    pub fn switches(&self) -> Result<Vec<model::Switch>, ApiError> {
-        self.records(RecordKind::Switch)
+    pub fn switches(&self) -> Result<Vec<SwitchView>, ApiError> {
+        Ok(self
+            .records::<model::Switch>(RecordKind::Switch)?
+            .into_iter()
+            .map(SwitchView::from)
+            .collect())
     }
 
-    pub fn projects(&self, who: &Principal) -> Result<Vec<model::Project>, ApiError> {
+    pub fn projects(&self, who: &Principal) -> Result<Vec<ProjectView>, ApiError> {
         Ok(self
             .records::<model::Project>(RecordKind::Project)?
             .into_iter()
             .filter(|p| who.sees(&p.id))
+            .map(ProjectView::from)
             .collect())
     }
 
@@ -206,7 +287,7 @@ impl Api {
         &self,
         who: &Principal,
         new: NewProject,
-    ) -> Result<model::Project, ApiError> {
+    ) -> Result<ProjectView, ApiError> {
         if who.role != UserRole::Admin {
             return Err(ApiError::forbidden("create projects (admins only)"));
         }
@@ -227,14 +308,15 @@ impl Api {
         self.put(RecordKind::Project, &project.id, &project)?;
         self.journal
             .record(who, "project.create", &project.id, "ok");
-        Ok(project)
+        Ok(project.into())
     }
 
-    pub fn networks(&self, who: &Principal) -> Result<Vec<model::Network>, ApiError> {
+    pub fn networks(&self, who: &Principal) -> Result<Vec<NetworkView>, ApiError> {
         Ok(self
             .records::<model::Network>(RecordKind::Network)?
             .into_iter()
             .filter(|n| n.project.as_deref().is_none_or(|p| who.sees(p)))
+            .map(NetworkView::from)
             .collect())
     }
 
@@ -244,7 +326,7 @@ impl Api {
         &self,
         who: &Principal,
         new: NewNetwork,
-    ) -> Result<model::Network, ApiError> {
+    ) -> Result<NetworkView, ApiError> {
         if !who.may_change(&new.project) {
             return Err(ApiError::forbidden(&format!(
                 "change project {}",
@@ -252,10 +334,10 @@ impl Api {
             )));
         }
         if !self.exists(RecordKind::Project, &new.project)? {
-            return Err(ApiError::field(
-                "project",
-                format!("no project {}", new.project),
-            ));
+            return Err(ApiError {
+                status: 404,
+                ..ApiError::field("project", format!("no project {}", new.project))
+            });
         }
         if !valid_name(&new.name) {
             return Err(ApiError::field(
@@ -320,7 +402,7 @@ impl Api {
         self.put(RecordKind::Network, &network.id, &network)?;
         self.journal
             .record(who, "network.create", &network.id, "ok");
-        Ok(network)
+        Ok(network.into())
     }
 
     /// Picks a Waiting machine and asks its agent to take the allocation;
@@ -343,7 +425,10 @@ impl Api {
                 n.id == request.network
                     || n.name == request.network && n.project.as_deref() == Some(&request.project)
             })
-            .ok_or_else(|| ApiError::field("network", format!("no network {}", request.network)))?;
+            .ok_or_else(|| ApiError {
+                status: 404,
+                ..ApiError::field("network", format!("no network {}", request.network))
+            })?;
         if network
             .project
             .as_deref()
@@ -538,10 +623,15 @@ impl Api {
                 .iter()
                 .any(|(s, e)| (*s + 1..*e).contains(&u32::from(ip)));
             if !inside {
-                return Err(ApiError::field(
-                    "ip",
-                    format!("{ip} is not a host address of {}", network.id),
-                ));
+                // A conflict with the network's prefix rather than a
+                // malformed value: the address itself is well formed.
+                return Err(ApiError {
+                    status: 409,
+                    ..ApiError::field(
+                        "ip",
+                        format!("{ip} is not a host address of {}", network.id),
+                    )
+                });
             }
             if used.contains(&ip) {
                 return Err(ApiError::new(409, format!("{ip} is in use")));
