@@ -72,6 +72,31 @@ impl ApiClient {
         self.call(self.http.get(&self.url(path)), None)
     }
 
+    /// The answer's bytes as they came (for measuring the API without this
+    /// client's JSON parsing).
+    pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(path);
+        let response = self
+            .http
+            .get(&url)
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .call()
+            .map_err(|error| ClientError::Transport {
+                url: url.clone(),
+                detail: error.to_string(),
+            })?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(response.into_reader(), 256 * 1024 * 1024),
+            &mut bytes,
+        )
+        .map_err(|error| ClientError::Transport {
+            url,
+            detail: error.to_string(),
+        })?;
+        Ok(bytes)
+    }
+
     pub fn post(
         &self,
         path: &str,

@@ -7,6 +7,7 @@
 //! - [`auth`]: OIDC tokens → who is calling.
 //! - [`service`]: what the API does, without HTTP.
 //! - [`routes`]: the REST surface.
+//! - [`index`]: the replica's machines, parsed once.
 //! - [`journal`]: the audit log.
 //!
 //! Who may reach it: HTTPS on `http.listen` (8443) from anyone with a token
@@ -15,6 +16,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod index;
 pub mod journal;
 pub mod routes;
 pub mod service;
@@ -87,8 +89,10 @@ pub async fn run(config: ApiConfig, cancel: CancellationToken) -> anyhow::Result
             mesh::run(settings, credentials, store, view, commands_tx, cancel).await
         })
     };
+    let api = service::Api::new(store.clone(), view, journal, config.tenant.clone());
+    api.index.follow(store, cancel.clone());
     let state = Arc::new(routes::AppState {
-        api: service::Api::new(store, view, journal, config.tenant.clone()),
+        api,
         verifier: auth::Verifier::new(config.oidc.clone()),
     });
     let served = serve(&config, routes::router(state), cancel.clone()).await;

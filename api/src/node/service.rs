@@ -5,6 +5,7 @@
 
 use crate::node::auth::{Principal, UserRole};
 use crate::node::config::{TenantConfig, mask};
+use crate::node::index::{Indexed, MachineIndex};
 use crate::node::journal::Journal;
 use metalmesh_inventory::mesh::service::MeshView;
 use metalmesh_inventory::model::{self, AllocateRequest, Machine};
@@ -66,6 +67,8 @@ impl ApiError {
 #[derive(Debug)]
 pub struct Api {
     pub store: Store,
+    /// The replica's machines, parsed once.
+    pub index: std::sync::Arc<MachineIndex>,
     pub mesh: MeshView,
     pub journal: Journal,
     pub tenant: TenantConfig,
@@ -218,7 +221,9 @@ impl From<model::Switch> for SwitchView {
 
 impl Api {
     pub fn new(store: Store, mesh: MeshView, journal: Journal, tenant: TenantConfig) -> Api {
+        let index = std::sync::Arc::new(MachineIndex::default());
         Api {
+            index,
             store,
             mesh,
             journal,
@@ -238,11 +243,7 @@ impl Api {
     }
 
     fn racks(&self) -> Result<std::collections::HashMap<String, String>, ApiError> {
-        Ok(self
-            .records::<model::Switch>(RecordKind::Switch)?
-            .into_iter()
-            .map(|switch| (switch.name, switch.rack))
-            .collect())
+        Ok(self.index.racks())
     }
 
     /// Machines the caller may see: unallocated ones, and allocated ones of
@@ -250,9 +251,10 @@ impl Api {
     pub fn machines(&self, who: &Principal) -> Result<Vec<MachineView>, ApiError> {
         let racks = self.racks()?;
         let mut machines: Vec<MachineView> = self
-            .records::<Machine>(RecordKind::Machine)?
+            .index
+            .snapshot()
             .into_iter()
-            .map(|machine| view(machine, &racks))
+            .map(|indexed| view(Machine::clone(&indexed.machine), &racks))
             .filter(|machine| machine.project.as_deref().is_none_or(|p| who.sees(p)))
             .collect();
         machines.sort_by(|a, b| (&a.rack, &a.uuid).cmp(&(&b.rack, &b.uuid)));
@@ -442,44 +444,53 @@ impl Api {
         if request.hostname.is_empty() || request.hostname.len() > 63 {
             return Err(ApiError::field("hostname", "1-63 characters"));
         }
-        let _decision = self.decisions.lock().await;
-        let ip = self.address(&network, request.ip)?;
         let racks = self.racks()?;
-        // One snapshot of the replica for candidates and holds alike: a
-        // record arriving between two reads must not free a hold while the
-        // candidates still show the machine unallocated.
-        let snapshot = self.records::<Machine>(RecordKind::Machine)?;
-        let shown: BTreeSet<String> = snapshot
-            .iter()
-            .filter(|m| m.allocation.is_some())
-            .map(|m| m.uuid.clone())
-            .collect();
-        let mut candidates: Vec<MachineView> = snapshot
-            .into_iter()
-            .filter(|machine| machine.allocation.is_none() && machine.reclaiming.is_none())
-            .map(|machine| view(machine, &racks))
-            .filter(|m| m.state == "Waiting" && m.flags.is_empty())
-            .filter(|m| {
-                request
-                    .machine
-                    .as_ref()
-                    .is_none_or(|u| m.uuid == u.to_lowercase())
-            })
-            .filter(|m| request.rack.as_ref().is_none_or(|r| &m.rack == r))
-            .collect();
-        {
+        // Decided under the lock, on one snapshot of the replica: the
+        // address (held at once) and the candidates. The agents are asked
+        // outside it; each candidate is claimed first, so concurrent
+        // allocations never ask for the same machine.
+        let (ip, candidates) = {
+            let _decision = self.decisions.lock().await;
+            let snapshot = self.index.snapshot();
+            let ip = self.address(&snapshot, &network, request.ip)?;
+            let shown: BTreeSet<&str> = snapshot
+                .iter()
+                .filter(|m| m.machine.allocation.is_some())
+                .map(|m| m.machine.uuid.as_str())
+                .collect();
+            let mut candidates: Vec<(String, String)> = snapshot
+                .iter()
+                .map(|indexed| &indexed.machine)
+                .filter(|m| m.allocation.is_none() && m.reclaiming.is_none())
+                .filter(|m| m.state == "Waiting" && flags(m).is_empty())
+                .filter(|m| {
+                    request
+                        .machine
+                        .as_ref()
+                        .is_none_or(|u| m.uuid == u.to_lowercase())
+                })
+                .filter(|m| {
+                    request
+                        .rack
+                        .as_ref()
+                        .is_none_or(|r| racks.get(&m.switch).unwrap_or(&m.switch) == r)
+                })
+                .map(|m| (m.uuid.clone(), m.switch.clone()))
+                .collect();
+            let mut holds = self.holds();
             // A machine handed out is held until its record shows the
             // allocation.
-            let mut holds = self.holds();
             holds
                 .machines
-                .retain(|uuid, at| at.elapsed() < RECENT_HOLD && !shown.contains(uuid));
-            candidates.retain(|m| !holds.machines.contains_key(&m.uuid));
-        }
-        candidates.sort_by(|a, b| a.uuid.cmp(&b.uuid));
-        if candidates.is_empty() {
-            return Err(ApiError::new(409, "no machine available"));
-        }
+                .retain(|uuid, at| at.elapsed() < RECENT_HOLD && !shown.contains(uuid.as_str()));
+            candidates.retain(|(uuid, _)| !holds.machines.contains_key(uuid));
+            if candidates.is_empty() {
+                return Err(ApiError::new(409, "no machine available"));
+            }
+            holds.ips.insert(ip, std::time::Instant::now());
+            candidates.sort();
+            (ip, candidates)
+        };
         let allocation = AllocateRequest {
             project: Some(request.project.clone()),
             image: request.image.clone(),
@@ -490,20 +501,28 @@ impl Api {
             vrf: Some(network.id.clone()),
         };
         let mut refusals = Vec::new();
-        for candidate in candidates.iter().take(MAX_CANDIDATES) {
-            let body = serde_json::json!({ "uuid": candidate.uuid, "allocation": allocation });
+        for (uuid, switch) in &candidates {
+            if refusals.len() >= MAX_CANDIDATES {
+                break;
+            }
+            {
+                // Claimed by a concurrent allocation since the decision.
+                let mut holds = self.holds();
+                if holds.machines.contains_key(uuid) {
+                    continue;
+                }
+                holds
+                    .machines
+                    .insert(uuid.clone(), std::time::Instant::now());
+            }
+            let body = serde_json::json!({ "uuid": uuid, "allocation": allocation });
             let mut answer = Err(metalmesh_inventory::mesh::service::MeshError::Stopped);
             // A network created a moment ago may not have reached the
             // machine's leaf yet: its agent then knows no such VRF.
             for _ in 0..NETWORK_ARRIVAL_TRIES {
                 answer = self
                     .mesh
-                    .request(
-                        &candidate.switch,
-                        "machine.allocate",
-                        body.clone(),
-                        AGENT_TIMEOUT,
-                    )
+                    .request(switch, "machine.allocate", body.clone(), AGENT_TIMEOUT)
                     .await;
                 match &answer {
                     Err(error) if error.to_string().contains("no VRF") => {
@@ -516,13 +535,6 @@ impl Api {
                 Ok(answer) => {
                     let machine: Machine =
                         serde_json::from_value(answer).map_err(ApiError::internal)?;
-                    {
-                        let mut holds = self.holds();
-                        holds.ips.insert(ip, std::time::Instant::now());
-                        holds
-                            .machines
-                            .insert(machine.uuid.clone(), std::time::Instant::now());
-                    }
                     self.put(
                         RecordKind::Ip,
                         &ip.to_string(),
@@ -538,23 +550,26 @@ impl Api {
                     return Ok(view(machine, &racks));
                 }
                 Err(error) => {
-                    if error.to_string().contains("already allocated") {
-                        // The replica has not caught up with its agent yet.
-                        self.holds()
-                            .machines
-                            .insert(candidate.uuid.clone(), std::time::Instant::now());
+                    // Refused: free for others again, unless its agent says
+                    // it is taken (the replica has not caught up yet).
+                    if !error.to_string().contains("already allocated") {
+                        self.holds().machines.remove(uuid);
                     }
-                    tracing::info!(machine = %candidate.uuid, %error, "allocation refused; next candidate");
-                    refusals.push(format!("{}: {error}", candidate.uuid));
+                    tracing::info!(machine = %uuid, %error, "allocation refused; next candidate");
+                    refusals.push(format!("{uuid}: {error}"));
                 }
             }
         }
+        self.holds().ips.remove(&ip);
         self.journal.record(
             who,
             "machine.allocate",
             request.machine.as_deref().unwrap_or("-"),
             "refused",
         );
+        if refusals.is_empty() {
+            return Err(ApiError::new(409, "no machine available"));
+        }
         Err(ApiError::new(
             409,
             format!("no machine took the allocation ({})", refusals.join("; ")),
@@ -600,10 +615,11 @@ impl Api {
     /// count: they are in the machine records).
     fn address(
         &self,
+        snapshot: &[Indexed],
         network: &model::Network,
         wanted: Option<Ipv4Addr>,
     ) -> Result<Ipv4Addr, ApiError> {
-        let mut used = self.addresses_in_use()?;
+        let mut used = self.addresses_in_use(snapshot)?;
         {
             let mut holds = self.holds();
             // Shown by a machine record now (so in `used`), or too old.
@@ -652,31 +668,21 @@ impl Api {
     /// being reclaimed), and every IP record — except one naming a machine
     /// whose record changed after it and no longer holds the address (it
     /// was freed, possibly rack-locally while the API was down).
-    fn addresses_in_use(&self) -> Result<BTreeSet<Ipv4Addr>, ApiError> {
+    fn addresses_in_use(&self, snapshot: &[Indexed]) -> Result<BTreeSet<Ipv4Addr>, ApiError> {
         let mut used = BTreeSet::new();
-        let mut machines: std::collections::HashMap<String, (u64, BTreeSet<Ipv4Addr>)> =
+        let mut machines: std::collections::HashMap<&str, (u64, BTreeSet<Ipv4Addr>)> =
             std::collections::HashMap::new();
-        for record in self
-            .store
-            .list(Some(RecordKind::Machine))
-            .map_err(ApiError::internal)?
-        {
-            let Some(machine) = record
-                .value
-                .as_deref()
-                .and_then(|v| serde_json::from_str::<Machine>(v).ok())
-            else {
-                continue;
-            };
+        for indexed in snapshot {
+            let machine = &indexed.machine;
             let held: BTreeSet<Ipv4Addr> = [&machine.allocation, &machine.reclaiming]
                 .into_iter()
                 .flatten()
                 .map(|executed| executed.request.ip)
                 .collect();
             used.extend(held.iter().copied());
-            let entry = machines.entry(machine.uuid).or_default();
-            if record.version > entry.0 {
-                *entry = (record.version, held);
+            let entry = machines.entry(machine.uuid.as_str()).or_default();
+            if indexed.version > entry.0 {
+                *entry = (indexed.version, held);
             }
         }
         for record in self
@@ -694,7 +700,7 @@ impl Api {
             let Ok(address) = ip.address.parse::<Ipv4Addr>() else {
                 continue;
             };
-            let stale = ip.machine.as_ref().is_some_and(|uuid| {
+            let stale = ip.machine.as_deref().is_some_and(|uuid| {
                 machines.get(uuid).is_some_and(|(version, held)| {
                     *version > record.version && !held.contains(&address)
                 })
@@ -728,18 +734,22 @@ impl Api {
     }
 }
 
-fn view(machine: Machine, racks: &std::collections::HashMap<String, String>) -> MachineView {
-    let allocation = machine.allocation.as_ref();
-    let mut flags = Vec::new();
-    for (set, name) in [
+/// The flags that keep a machine from being allocated.
+fn flags(machine: &Machine) -> Vec<String> {
+    [
         (machine.crash_loop, "crash_loop"),
         (machine.failed_machine_reclaim, "failed_reclaim"),
         (machine.install_stalled, "install_stalled"),
-    ] {
-        if set {
-            flags.push(name.to_string());
-        }
-    }
+    ]
+    .into_iter()
+    .filter(|(set, _)| *set)
+    .map(|(_, name)| name.to_string())
+    .collect()
+}
+
+fn view(machine: Machine, racks: &std::collections::HashMap<String, String>) -> MachineView {
+    let allocation = machine.allocation.as_ref();
+    let flags = flags(&machine);
     MachineView {
         rack: racks
             .get(&machine.switch)
