@@ -341,8 +341,12 @@ seeds = ["127.0.0.152:17946"]
     );
     let admin_token = token(&issuer_dir, "ada", "admin", &[]);
     let ca_path = ca_file.display().to_string();
+    let scratch = root.join("schemathesis");
+    std::fs::create_dir_all(&scratch).unwrap();
     let output = call(move || {
+        // Run in the scratch directory: it keeps a cache where it runs.
         std::process::Command::new(schemathesis)
+            .current_dir(&scratch)
             .args([
                 "run",
                 "https://127.0.0.151:18443/v1/openapi.json",
