@@ -326,6 +326,59 @@ seeds = ["127.0.0.152:17946"]
         "{actions:?}"
     );
 
+    // The CLI: `login` saves a context (owner-only), later commands use it.
+    let home = root.join("home");
+    let cli = move |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_metalmesh"));
+        for name in [
+            "METALMESH_API",
+            "METALMESH_TOKEN",
+            "METALMESH_CA",
+            "METALMESH_CONTEXT",
+            "XDG_CONFIG_HOME",
+        ] {
+            command.env_remove(name);
+        }
+        command.env("HOME", &home).args(args).output().unwrap()
+    };
+    let alice_token = token(&issuer_dir, "al", "edit", &["alpha"]);
+    let ca_arg = ca_file.display().to_string();
+    let (login, networks, unknown) = call(move || {
+        let login = cli(&[
+            "login",
+            "--api",
+            "https://127.0.0.151:18443",
+            "--ca",
+            &ca_arg,
+            "--token",
+            &alice_token,
+            "--as",
+            "lab",
+        ]);
+        let networks = cli(&["network", "ls", "-o", "json"]);
+        let unknown = cli(&["--context", "nope", "whoami"]);
+        (login, networks, unknown)
+    })
+    .await;
+    assert!(
+        login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    assert!(String::from_utf8_lossy(&login.stdout).contains("as al (edit)"));
+    let listed: serde_json::Value = serde_json::from_slice(&networks.stdout).unwrap();
+    assert_eq!(listed[0]["name"], "web", "{listed}");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no context \"nope\""));
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let config = root.join("home/.config/metalmesh/config");
+        assert_eq!(
+            std::fs::metadata(config).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
     // The OpenAPI document, and a property-based client driven by it:
     // no 5xx, every status and body as documented.
     let document = {

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use metalmesh_api::cli::ca::{self, CaCommand};
 use metalmesh_api::cli::resources::{
-    self, Connection, MachineCommand, NetworkCommand, ProjectCommand, SwitchCommand,
+    self, Connection, ContextCommand, MachineCommand, NetworkCommand, ProjectCommand, SwitchCommand,
 };
 use std::process::ExitCode;
 
@@ -42,6 +42,17 @@ enum Command {
     },
     /// Who the API takes you for.
     Whoami,
+    /// Save `--api`, `--ca` and `--token` as a context (checked against the
+    /// API first) and make it the current one.
+    Login {
+        #[arg(long = "as", default_value = "default")]
+        name: String,
+    },
+    /// Saved contexts.
+    Context {
+        #[command(subcommand)]
+        command: ContextCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +65,8 @@ fn main() -> ExitCode {
         Command::Network { command } => resources::network(connection, command),
         Command::Switch { command } => resources::switch(connection, command),
         Command::Whoami => resources::whoami(connection),
+        Command::Login { name } => resources::login(connection, &name),
+        Command::Context { command } => resources::context(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

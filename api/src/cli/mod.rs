@@ -2,4 +2,5 @@
 
 pub mod ca;
 pub mod client;
+pub mod contexts;
 pub mod resources;

@@ -20,6 +20,9 @@ pub struct Connection {
     /// The CA that signed the API's certificate (default: the system's).
     #[arg(long, env = "METALMESH_CA", global = true)]
     pub ca: Option<PathBuf>,
+    /// A saved context (`metalmesh login --context NAME`); default: the current one.
+    #[arg(long, env = "METALMESH_CONTEXT", global = true)]
+    pub context: Option<String>,
     #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
 }
@@ -95,16 +98,99 @@ pub enum SwitchCommand {
     Ls,
 }
 
+/// The client for `connection`: flags and `METALMESH_*` first, then the
+/// saved context.
 fn client(connection: &Connection) -> anyhow::Result<ApiClient> {
+    let config = crate::cli::contexts::CliConfig::load(&crate::cli::contexts::path()?)?;
+    let saved = config.context(connection.context.as_deref());
+    if let (Some(name), None) = (&connection.context, saved) {
+        anyhow::bail!("no context {name:?} (metalmesh login --context {name} …)");
+    }
     let api = connection
         .api
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("no API given (--api or METALMESH_API)"))?;
+        .clone()
+        .or_else(|| saved.map(|c| c.api.clone()))
+        .ok_or_else(|| anyhow::anyhow!("no API given (metalmesh login, --api or METALMESH_API)"))?;
     let token = connection
         .token
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("no token given (--token or METALMESH_TOKEN)"))?;
-    Ok(ApiClient::new(api, token, connection.ca.as_deref())?)
+        .clone()
+        .or_else(|| saved.map(|c| c.token.clone()))
+        .ok_or_else(|| {
+            anyhow::anyhow!("no token given (metalmesh login, --token or METALMESH_TOKEN)")
+        })?;
+    let ca = connection
+        .ca
+        .clone()
+        .or_else(|| saved.and_then(|c| c.ca.clone()));
+    Ok(ApiClient::new(&api, &token, ca.as_deref())?)
+}
+
+/// `metalmesh login`: checks the token against the API, then saves the
+/// context and makes it the current one.
+pub fn login(connection: &Connection, name: &str) -> anyhow::Result<()> {
+    let api = connection
+        .api
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("login needs --api (or METALMESH_API)"))?;
+    let token = connection
+        .token
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("login needs --token (or METALMESH_TOKEN)"))?;
+    let ca = match &connection.ca {
+        Some(path) => Some(
+            std::fs::canonicalize(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let me = ApiClient::new(&api, &token, ca.as_deref())?.get("/v1/whoami")?;
+    let path = crate::cli::contexts::path()?;
+    let mut config = crate::cli::contexts::CliConfig::load(&path)?;
+    config.contexts.insert(
+        name.to_string(),
+        crate::cli::contexts::Context { api, ca, token },
+    );
+    config.current = Some(name.to_string());
+    config.save(&path)?;
+    println!(
+        "logged in to context {name} as {} ({})",
+        text(&me["subject"]),
+        text(&me["role"])
+    );
+    Ok(())
+}
+
+/// `metalmesh context ls|use`.
+pub fn context(command: ContextCommand) -> anyhow::Result<()> {
+    let path = crate::cli::contexts::path()?;
+    let mut config = crate::cli::contexts::CliConfig::load(&path)?;
+    match command {
+        ContextCommand::Ls => {
+            for (name, context) in &config.contexts {
+                let mark = if config.current.as_deref() == Some(name) {
+                    "*"
+                } else {
+                    " "
+                };
+                println!("{mark} {name:<16} {}", context.api);
+            }
+        }
+        ContextCommand::Use { name } => {
+            if !config.contexts.contains_key(&name) {
+                anyhow::bail!("no context {name:?}");
+            }
+            config.current = Some(name);
+            config.save(&path)?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// Saved contexts; `*` marks the current one.
+    Ls,
+    /// Make a saved context the current one.
+    Use { name: String },
 }
 
 fn text(value: &Value) -> String {
