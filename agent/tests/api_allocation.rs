@@ -60,20 +60,45 @@ fn json(out: &Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// A testbed with the API node, `racks` racks of `machines` namespace
+/// machines each, and the OS images the installers write.
+fn up_with_api(run_dir: &Path, racks: u32, machines: u32) -> metalmesh_testbed::Testbed {
+    script("build-os-image", &[]);
+    metalmesh_testbed::testing::up_with(
+        run_dir,
+        &metalmesh_testbed::Overrides {
+            racks: Some(racks),
+            machines_per_rack: Some(machines),
+            api: true,
+            ..metalmesh_testbed::Overrides::default()
+        },
+    )
+}
+
+/// Project `alpha`, made by the admin, and its network `web`, made by its
+/// member; the network as the API answered.
+fn alpha_and_web(run_dir: &Path, admin: &str, member: &str) -> serde_json::Value {
+    ok(&metalmesh(run_dir, admin, &["project", "create", "alpha"]));
+    json(&metalmesh(
+        run_dir,
+        member,
+        &[
+            "network",
+            "create",
+            "web",
+            "--project",
+            "alpha",
+            "-o",
+            "json",
+        ],
+    ))
+}
+
 #[test]
 fn a_project_allocates_a_machine_per_rack_through_the_api_and_they_talk() {
     let guard = Guard::new();
     let run_dir = &guard.run_dir;
-    script("build-os-image", &[]);
-    let _testbed = metalmesh_testbed::testing::up_with(
-        run_dir,
-        &metalmesh_testbed::Overrides {
-            racks: Some(2),
-            machines_per_rack: Some(1),
-            api: true,
-            ..metalmesh_testbed::Overrides::default()
-        },
-    );
+    let _testbed = up_with_api(run_dir, 2, 1);
     for rack in [1, 2] {
         start_installer(&guard.scratch, rack, 1);
     }
@@ -89,21 +114,8 @@ fn a_project_allocates_a_machine_per_rack_through_the_api_and_they_talk() {
         "machines not Waiting through the API: {:?}",
         machines(run_dir, &admin)
     );
-    ok(&metalmesh(run_dir, &admin, &["project", "create", "alpha"]));
+    let network = alpha_and_web(run_dir, &admin, &alice);
     ok(&metalmesh(run_dir, &admin, &["project", "create", "beta"]));
-    let network = json(&metalmesh(
-        run_dir,
-        &alice,
-        &[
-            "network",
-            "create",
-            "web",
-            "--project",
-            "alpha",
-            "-o",
-            "json",
-        ],
-    ));
     assert!(
         network["prefixes"][0].as_str().unwrap().ends_with("/24"),
         "{network}"
@@ -193,16 +205,7 @@ fn testbed(run_dir: &Path, args: &[&str]) -> Output {
 fn racks_keep_working_while_the_api_is_down_and_it_sees_all_of_it_after() {
     let guard = Guard::new();
     let run_dir = &guard.run_dir;
-    script("build-os-image", &[]);
-    let _testbed = metalmesh_testbed::testing::up_with(
-        run_dir,
-        &metalmesh_testbed::Overrides {
-            racks: Some(1),
-            machines_per_rack: Some(3),
-            api: true,
-            ..metalmesh_testbed::Overrides::default()
-        },
-    );
+    let _testbed = up_with_api(run_dir, 1, 3);
     let admin = token(run_dir, "ada", "admin", None);
     let alice = token(run_dir, "alice", "edit", Some("alpha"));
     start_installer(&guard.scratch, 1, 1);
@@ -212,20 +215,7 @@ fn racks_keep_working_while_the_api_is_down_and_it_sees_all_of_it_after() {
             .any(|m| m["state"] == "Waiting")),
         "no machine Waiting through the API"
     );
-    ok(&metalmesh(run_dir, &admin, &["project", "create", "alpha"]));
-    let network = json(&metalmesh(
-        run_dir,
-        &alice,
-        &[
-            "network",
-            "create",
-            "web",
-            "--project",
-            "alpha",
-            "-o",
-            "json",
-        ],
-    ));
+    let network = alpha_and_web(run_dir, &admin, &alice);
     let allocated = json(&metalmesh(
         run_dir,
         &alice,
@@ -346,17 +336,8 @@ fn racks_keep_working_while_the_api_is_down_and_it_sees_all_of_it_after() {
 fn a_hundred_concurrent_allocations_share_fifty_machines_exactly() {
     let guard = Guard::new();
     let run_dir = &guard.run_dir;
-    script("build-os-image", &[]);
     let per_rack = 25;
-    let _testbed = metalmesh_testbed::testing::up_with(
-        run_dir,
-        &metalmesh_testbed::Overrides {
-            racks: Some(2),
-            machines_per_rack: Some(per_rack),
-            api: true,
-            ..metalmesh_testbed::Overrides::default()
-        },
-    );
+    let _testbed = up_with_api(run_dir, 2, per_rack);
     for rack in [1, 2] {
         for index in 1..=per_rack {
             start_installer(&guard.scratch, rack, index);
@@ -372,12 +353,7 @@ fn a_hundred_concurrent_allocations_share_fifty_machines_exactly() {
         "not 50 machines Waiting: {}",
         machines(run_dir, &admin).len()
     );
-    ok(&metalmesh(run_dir, &admin, &["project", "create", "alpha"]));
-    ok(&metalmesh(
-        run_dir,
-        &alice,
-        &["network", "create", "web", "--project", "alpha"],
-    ));
+    alpha_and_web(run_dir, &admin, &alice);
     let outcomes: Vec<Output> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..100)
             .map(|i| {

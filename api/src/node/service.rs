@@ -242,14 +242,10 @@ impl Api {
             .collect())
     }
 
-    fn racks(&self) -> Result<std::collections::HashMap<String, String>, ApiError> {
-        Ok(self.index.racks())
-    }
-
     /// Machines the caller may see: unallocated ones, and allocated ones of
     /// its projects (all for an admin).
     pub fn machines(&self, who: &Principal) -> Result<Vec<MachineView>, ApiError> {
-        let racks = self.racks()?;
+        let racks = self.index.racks();
         let mut machines: Vec<MachineView> = self
             .index
             .snapshot()
@@ -261,10 +257,18 @@ impl Api {
         Ok(machines)
     }
 
+    /// One machine, viewed from the index without building the whole list
+    /// (of several records of one UUID, the first by rack, as in the list).
     pub fn machine(&self, who: &Principal, uuid: &str) -> Result<MachineView, ApiError> {
-        self.machines(who)?
+        let wanted = uuid.to_lowercase();
+        let racks = self.index.racks();
+        self.index
+            .snapshot()
             .into_iter()
-            .find(|m| m.uuid == uuid.to_lowercase())
+            .filter(|indexed| indexed.machine.uuid == wanted)
+            .map(|indexed| view(Machine::clone(&indexed.machine), &racks))
+            .filter(|machine| machine.project.as_deref().is_none_or(|p| who.sees(p)))
+            .min_by(|a, b| a.rack.cmp(&b.rack))
             .ok_or_else(|| ApiError::not_found(&format!("machine {uuid}")))
     }
 
@@ -329,12 +333,7 @@ impl Api {
         who: &Principal,
         new: NewNetwork,
     ) -> Result<NetworkView, ApiError> {
-        if !who.may_change(&new.project) {
-            return Err(ApiError::forbidden(&format!(
-                "change project {}",
-                new.project
-            )));
-        }
+        may_change(who, &new.project)?;
         if !self.exists(RecordKind::Project, &new.project)? {
             return Err(ApiError {
                 status: 404,
@@ -414,12 +413,7 @@ impl Api {
         who: &Principal,
         request: AllocationRequest,
     ) -> Result<MachineView, ApiError> {
-        if !who.may_change(&request.project) {
-            return Err(ApiError::forbidden(&format!(
-                "change project {}",
-                request.project
-            )));
-        }
+        may_change(who, &request.project)?;
         let network = self
             .records::<model::Network>(RecordKind::Network)?
             .into_iter()
@@ -444,7 +438,7 @@ impl Api {
         if request.hostname.is_empty() || request.hostname.len() > 63 {
             return Err(ApiError::field("hostname", "1-63 characters"));
         }
-        let racks = self.racks()?;
+        let racks = self.index.racks();
         // Decided under the lock, on one snapshot of the replica: the
         // address (held at once) and the candidates. The agents are asked
         // outside it; each candidate is claimed first, so concurrent
@@ -582,9 +576,7 @@ impl Api {
             .project
             .clone()
             .ok_or_else(|| ApiError::new(409, format!("machine {uuid} is not allocated")))?;
-        if !who.may_change(&project) {
-            return Err(ApiError::forbidden(&format!("change project {project}")));
-        }
+        may_change(who, &project)?;
         let answer = self
             .mesh
             .request(
@@ -605,7 +597,7 @@ impl Api {
         }
         self.journal
             .record(who, "machine.free", &machine.uuid, "ok");
-        let racks = self.racks()?;
+        let racks = self.index.racks();
         let machine: Machine = serde_json::from_value(answer).map_err(ApiError::internal)?;
         Ok(view(machine, &racks))
     }
@@ -731,6 +723,15 @@ impl Api {
             .put_local_json(kind, key, value)
             .map(|_| ())
             .map_err(ApiError::internal)
+    }
+}
+
+/// 403 unless `who` may change objects of `project`.
+fn may_change(who: &Principal, project: &str) -> Result<(), ApiError> {
+    if who.may_change(project) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(&format!("change project {project}")))
     }
 }
 
