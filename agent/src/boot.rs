@@ -31,7 +31,7 @@ pub fn spawn(
     supervisor: &mut Supervisor,
     boot: &BootConfig,
     leaf: &str,
-    lease_db: &Path,
+    state_dir: &Path,
     shared: DhcpShared,
     machines: Option<metalmesh_provisioning::http::installer_api::InstallerSender>,
     pxe: Option<mpsc::Sender<String>>,
@@ -54,7 +54,7 @@ pub fn spawn(
         settings: boot.dhcp_settings(),
         interface: boot.interface.clone(),
         port: boot.dhcp_port,
-        lease_db: lease_db.to_path_buf(),
+        lease_db: state_dir.join("leases.db"),
         index: shared.leases.clone(),
     };
     let dhcp_counters = shared.counters;
@@ -116,6 +116,7 @@ pub fn spawn(
         listen: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), boot.http_port),
         machines,
         root: boot.http_root.clone(),
+        image_cache: Some(boot.image_cache(state_dir)),
         ipxe: IpxeSettings {
             base_url: boot.http_base(),
             kernel: boot.kernel.clone(),

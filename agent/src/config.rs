@@ -290,6 +290,17 @@ pub struct BootConfig {
     pub cmdline: String,
     #[serde(default = "default_max_transfers")]
     pub max_tftp_transfers: usize,
+    /// Where images downloaded from their URL are kept (by checksum,
+    /// served at `/images/`); default `<state_dir>/images`.
+    #[serde(default)]
+    pub image_cache_dir: Option<PathBuf>,
+    /// The largest OS image this leaf downloads from an image's URL.
+    #[serde(default = "default_image_max_bytes")]
+    pub image_max_bytes: u64,
+}
+
+fn default_image_max_bytes() -> u64 {
+    32 << 30
 }
 
 fn default_lease_secs() -> u32 {
@@ -356,6 +367,13 @@ impl BootConfig {
                 http_base: self.http_base(),
             },
         }
+    }
+
+    /// The directory of downloaded images.
+    pub fn image_cache(&self, state_dir: &Path) -> PathBuf {
+        self.image_cache_dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("images"))
     }
 
     pub fn http_base(&self) -> String {

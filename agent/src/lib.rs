@@ -12,6 +12,7 @@ pub mod bgp;
 pub mod boot;
 pub mod config;
 pub mod dataplane;
+pub mod images;
 pub mod lldp;
 pub mod machines;
 pub mod mesh;

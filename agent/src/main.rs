@@ -546,6 +546,7 @@ async fn machine_command(admin: &AdminClient, command: MachineCommand) -> anyhow
                 ssh_keys,
                 user_data,
                 vrf,
+                tags: Vec::new(),
             };
             (
                 admin.machine_allocate(uuid, allocation).await?,

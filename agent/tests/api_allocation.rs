@@ -75,9 +75,23 @@ fn up_with_api(run_dir: &Path, racks: u32, machines: u32) -> metalmesh_testbed::
     )
 }
 
+/// The OS image in the API: leaves download it from the testbed's image
+/// server on first use and check its checksum.
+const IMAGE: &str = "testbed-os";
+
+fn define_image(run_dir: &Path, admin: &str) {
+    let (url, sha256) = metalmesh_testbed::api::os_image().unwrap();
+    ok(&metalmesh(
+        run_dir,
+        admin,
+        &["image", "create", IMAGE, "--url", &url, "--sha256", &sha256],
+    ));
+}
+
 /// Project `alpha`, made by the admin, and its network `web`, made by its
 /// member; the network as the API answered.
 fn alpha_and_web(run_dir: &Path, admin: &str, member: &str) -> serde_json::Value {
+    define_image(run_dir, admin);
     ok(&metalmesh(run_dir, admin, &["project", "create", "alpha"]));
     json(&metalmesh(
         run_dir,
@@ -138,7 +152,7 @@ fn a_project_allocates_a_machine_per_rack_through_the_api_and_they_talk() {
                 "--hostname",
                 &format!("web-{rack}"),
                 "--image",
-                "testbed-default",
+                IMAGE,
                 "--ssh-key",
                 "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIApiTestKey alice@alpha",
                 "--wait",
@@ -160,6 +174,24 @@ fn a_project_allocates_a_machine_per_rack_through_the_api_and_they_talk() {
         "m1-1 cannot reach {} in rack 2",
         addresses[1]
     );
+
+    // Each leaf downloaded the image from the image server, checked it,
+    // and its installer fetched it from the leaf's cache by checksum.
+    let (_, sha256) = metalmesh_testbed::api::os_image().unwrap();
+    for (leaf, rack) in [("leaf1", 1), ("leaf2", 2)] {
+        let described = json(&agent_on(
+            run_dir,
+            leaf,
+            &["machine", "describe", &uuid(rack, 1), "-o", "json"],
+        ));
+        let url = described["allocation"]["image_url"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            url.ends_with(&format!("/images/{sha256}.img")),
+            "{described}"
+        );
+    }
 
     // Another project's member sees neither and cannot free them.
     let seen_by_bob = machines(run_dir, &bob);
@@ -229,7 +261,7 @@ fn racks_keep_working_while_the_api_is_down_and_it_sees_all_of_it_after() {
             "--hostname",
             "a1",
             "--image",
-            "testbed-default",
+            IMAGE,
             "--wait",
             "--timeout-secs",
             "180",
@@ -314,7 +346,7 @@ fn racks_keep_working_while_the_api_is_down_and_it_sees_all_of_it_after() {
             "--hostname",
             "a2",
             "--image",
-            "testbed-default",
+            IMAGE,
             "-o",
             "json",
         ],
@@ -372,7 +404,7 @@ fn a_hundred_concurrent_allocations_share_fifty_machines_exactly() {
                             "--hostname",
                             &format!("n{i}"),
                             "--image",
-                            "testbed-default",
+                            IMAGE,
                             "-o",
                             "json",
                         ],

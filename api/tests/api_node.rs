@@ -283,6 +283,13 @@ seeds = ["127.0.0.152:17946"]
     };
     assert_eq!(projects_of_beta.as_array().unwrap().len(), 1);
     // Nothing to allocate yet: a clear 409.
+    {
+        let admin = admin.clone();
+        let image = json!({"name": "debian", "url": "http://images.example/debian.img", "sha256": "0".repeat(64)});
+        call(move || admin.post("/v1/images", &image))
+            .await
+            .unwrap();
+    }
     let result = {
         let c = alpha_editor.clone();
         let body =

@@ -78,6 +78,12 @@ pub struct Network {
     pub prefixes: Vec<String>,
     pub vni: u32,
     pub vrf: u32,
+    /// Admin-defined and open to every project (its `project` is empty).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+    /// Admin-defined, leading out of the data center (internet, storage).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
 }
 
 /// An IP address allocated from a network (API-owned; key = address).
@@ -88,23 +94,73 @@ pub struct Ip {
     pub project: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<String>,
+    /// Acquired on its own (kept when its machine is freed); otherwise it
+    /// came with an allocation and goes with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub acquired: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
 }
 
-/// An OS image machines can be installed with (API-owned; key = image id).
+/// An OS image machines can be installed with (API-owned; key = image id):
+/// leaves download it from `url` on first use and keep it by checksum.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
     pub id: String,
     pub url: String,
     pub sha256: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
 }
 
-/// A machine size (API-owned; key = size id).
+/// A machine size (API-owned; key = size id): the hardware a machine of
+/// this size has, each bound inclusive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Size {
     pub id: String,
     pub min_cpus: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpus: Option<u32>,
     pub min_memory_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_bytes: Option<u64>,
+    /// The sum of the machine's disks.
     pub min_disk_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_disk_bytes: Option<u64>,
+}
+
+impl Size {
+    /// Whether hardware fits this size.
+    pub fn fits(&self, hardware: &Hardware) -> bool {
+        let disk: u64 = hardware.disks.iter().map(|d| d.size_bytes).sum();
+        let within = |value: u64, min: u64, max: Option<u64>| {
+            value >= min && max.is_none_or(|max| value <= max)
+        };
+        within(
+            u64::from(hardware.cpus),
+            u64::from(self.min_cpus),
+            self.max_cpus.map(u64::from),
+        ) && within(
+            hardware.memory_bytes,
+            self.min_memory_bytes,
+            self.max_memory_bytes,
+        ) && within(disk, self.min_disk_bytes, self.max_disk_bytes)
+    }
+}
+
+/// An admin's hold on a machine (API-owned; key = machine UUID): a locked
+/// machine is neither allocated nor freed; a reserved one goes only to its
+/// project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub machine: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub locked: bool,
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// A partition: one mesh, one failure domain (API-owned; key = partition id).

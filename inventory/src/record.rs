@@ -36,6 +36,8 @@ pub enum RecordKind {
     Size,
     Partition,
     AllocationIntent,
+    /// An admin's hold on a machine: locked, or kept for one project.
+    Reservation,
     // Mesh trust: a node's certificates (written by that node), and a
     // revocation (signed by the mesh CA).
     Node,
@@ -86,7 +88,7 @@ impl fmt::Debug for KindName {
 
 impl RecordKind {
     /// The kinds this build knows.
-    pub const ALL: [RecordKind; 13] = [
+    pub const ALL: [RecordKind; 14] = [
         RecordKind::Switch,
         RecordKind::Port,
         RecordKind::Machine,
@@ -98,6 +100,7 @@ impl RecordKind {
         RecordKind::Size,
         RecordKind::Partition,
         RecordKind::AllocationIntent,
+        RecordKind::Reservation,
         RecordKind::Node,
         RecordKind::Revocation,
     ];
@@ -115,6 +118,7 @@ impl RecordKind {
             RecordKind::Size => "size",
             RecordKind::Partition => "partition",
             RecordKind::AllocationIntent => "allocation-intent",
+            RecordKind::Reservation => "reservation",
             RecordKind::Node => "node",
             RecordKind::Revocation => "revocation",
             RecordKind::Other(name) => name.as_str(),

@@ -13,6 +13,15 @@ use std::path::{Path, PathBuf};
 pub const API_PORT: u16 = 8443;
 /// The development issuer's HTTP port.
 pub const ISSUER_PORT: u16 = 8080;
+/// The image server's HTTP port: a plain static web server (Python's) in
+/// front of the testbed's images directory, standing for wherever an
+/// operator keeps OS images. Leaves download from it on first use.
+pub const IMAGE_PORT: u16 = 8081;
+
+/// The URL of image file `file` on the testbed's image server.
+pub fn image_url(file: &str) -> String {
+    format!("http://{API_ADDRESS}:{IMAGE_PORT}/{file}")
+}
 
 /// Where the development issuer keeps its keys.
 pub fn issuer_dir(run_dir: &Path) -> PathBuf {
@@ -27,9 +36,28 @@ pub fn url() -> String {
     format!("https://{API_ADDRESS}:{API_PORT}")
 }
 
-/// What `metalmesh-testbed env` prints.
+/// The testbed's OS image as the API defines it: its URL on the image
+/// server and its SHA-256 (from `scripts/build-os-image`).
+pub fn os_image() -> Result<(String, String), Error> {
+    let file = crate::agent::boot_dir()
+        .join("images")
+        .join("testbed-default.img.sha256");
+    let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+    let sha256 = text
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Ok((image_url("testbed-default.img"), sha256))
+}
+
+/// What `metalmesh-testbed env` prints: where the CLI finds the API, and
+/// the OS image to define in it (`metalmesh image create`).
 pub fn cli_env(run_dir: &Path) -> Vec<(&'static str, String)> {
+    let (image_url, image_sha256) = os_image().unwrap_or_default();
     vec![
+        ("METALMESH_TESTBED_IMAGE_URL", image_url),
+        ("METALMESH_TESTBED_IMAGE_SHA256", image_sha256),
         ("METALMESH_API", url()),
         (
             "METALMESH_CA",
@@ -105,6 +133,28 @@ pub(crate) fn daemons(node: &Node, run: &RunDir) -> Result<Vec<DaemonSpec>, Erro
             ],
             pidfile: dir.join("issuer.pid"),
             output: dir.join("issuer.log"),
+            detach: true,
+        },
+        DaemonSpec {
+            name: "images".into(),
+            namespace: node.namespace(),
+            // Python's standard library server; the pid file path is in its
+            // command line, which is how the testbed recognises its daemons.
+            argv: vec![
+                "python3".into(),
+                "-c".into(),
+                "import functools, http.server, os, sys\n\
+                 open(sys.argv[1], 'w').write(str(os.getpid()))\n\
+                 handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[2])\n\
+                 http.server.ThreadingHTTPServer((sys.argv[3], int(sys.argv[4])), handler).serve_forever()"
+                    .into(),
+                path(&dir.join("images.pid")),
+                path(&crate::agent::boot_dir().join("images")),
+                API_ADDRESS.to_string(),
+                IMAGE_PORT.to_string(),
+            ],
+            pidfile: dir.join("images.pid"),
+            output: dir.join("images.log"),
             detach: true,
         },
         DaemonSpec {

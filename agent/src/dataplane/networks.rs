@@ -165,6 +165,8 @@ mod tests {
             prefixes: vec!["10.0.4.0/24".into()],
             vni: 104,
             vrf: 1004,
+            shared: false,
+            external: false,
         };
         let vrf = vrf_of(&network).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((vrf.vni, vrf.table, vrf.prefixes.len()), (104, 1004, 1));

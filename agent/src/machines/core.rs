@@ -102,7 +102,7 @@ pub enum Command {
     },
     Allocate {
         uuid: String,
-        request: AllocateRequest,
+        request: Box<AllocateRequest>,
         image: ImageFact,
     },
     Free {
@@ -836,7 +836,7 @@ impl MachineCore {
                 uuid,
                 request,
                 image,
-            } => self.allocate(step, &uuid, request, image),
+            } => self.allocate(step, &uuid, *request, image),
             Command::Free { uuid } => {
                 let thresholds = self.settings.thresholds;
                 let machine = self

@@ -182,6 +182,7 @@ mod tests {
                 ssh_keys: vec!["ssh-ed25519 AAAA key@x".into()],
                 user_data: "#cloud-config\n".into(),
                 vrf: None,
+                tags: Vec::new(),
             },
             vrf: "tenant".into(),
             port: "swp1".into(),

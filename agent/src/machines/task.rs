@@ -61,6 +61,10 @@ pub struct ImageSource {
     pub dir: PathBuf,
     /// `http://<server_ip>:<port>/boot/images`.
     pub base_url: String,
+    /// Images downloaded from their record's URL, by checksum.
+    pub cache_dir: PathBuf,
+    /// `http://<server_ip>:<port>/images`.
+    pub cache_url: String,
 }
 
 #[derive(Debug, Clone)]
@@ -173,7 +177,11 @@ struct ImageCatalog {
 }
 
 impl ImageCatalog {
-    fn lookup(&mut self, source: Option<&ImageSource>, name: &str) -> ImageFact {
+    /// An image the API defines (its `image` record) is served from the
+    /// download cache once the gate fetched it; a name without a record is
+    /// a rack-local image in the images directory. The API's record wins a
+    /// clash: users chose the image by its record's checksum.
+    fn lookup(&mut self, source: Option<&ImageSource>, store: &Store, name: &str) -> ImageFact {
         let Some(source) = source else {
             return ImageFact::Missing {
                 reason: "this leaf serves no images (no [boot] section)".into(),
@@ -184,6 +192,26 @@ impl ImageCatalog {
             return ImageFact::Missing {
                 reason: format!("`{name}` is not an image name"),
             };
+        }
+        match crate::images::image_record(store, name) {
+            Err(error) => {
+                return ImageFact::Missing {
+                    reason: error.to_string(),
+                };
+            }
+            Ok(Some(image)) => {
+                return if crate::images::cached_path(&source.cache_dir, &image.sha256).exists() {
+                    ImageFact::Found {
+                        url: format!("{}/{}.img", source.cache_url, image.sha256),
+                        sha256: image.sha256,
+                    }
+                } else {
+                    ImageFact::Missing {
+                        reason: format!("image `{name}` is not downloaded to this leaf yet"),
+                    }
+                };
+            }
+            Ok(None) => {}
         }
         let path = source.dir.join(format!("{name}.img.sha256"));
         let missing = || ImageFact::Missing {
@@ -389,11 +417,11 @@ impl MachinesTask {
             OperatorCommand::Allocate { uuid, request } => {
                 let image = blocking(|| {
                     self.images
-                        .lookup(self.settings.images.as_ref(), &request.image)
+                        .lookup(self.settings.images.as_ref(), &self.store, &request.image)
                 });
                 Command::Allocate {
                     uuid,
-                    request,
+                    request: Box::new(request),
                     image,
                 }
             }

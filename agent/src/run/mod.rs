@@ -90,7 +90,7 @@ impl Agent {
                 &mut supervisor,
                 boot,
                 &name,
-                &lease_db,
+                &config.state_dir,
                 dhcp.clone(),
                 Some(installer_tx),
                 Some(pxe_tx),
@@ -155,9 +155,12 @@ impl Agent {
                     images: Some(crate::machines::task::ImageSource {
                         dir: boot.http_root.join("images"),
                         base_url: format!("{}/boot/images", boot.http_base()),
+                        cache_dir: boot.image_cache(&config.state_dir),
+                        cache_url: format!("{}/images", boot.http_base()),
                     }),
                     leases: Some(dhcp.leases.clone()),
                 };
+                let (core_commands_tx, core_commands_rx) = tokio::sync::mpsc::channel(64);
                 let task = crate::machines::task::MachinesTask::load(
                     settings,
                     store.clone(),
@@ -166,11 +169,23 @@ impl Agent {
                 let inputs = crate::machines::task::Inputs {
                     installer: installer_rx,
                     pxe: pxe_rx,
-                    commands: machine_commands_rx,
+                    commands: core_commands_rx,
                     lldp: lldp_rx.clone(),
                     intents: tenant_tx.subscribe(),
                 };
                 crate::machines::task::spawn(&mut supervisor, task, inputs);
+                // Callers' allocations wait for their image here, never
+                // in the core's task.
+                crate::images::spawn_gate(
+                    &mut supervisor,
+                    crate::images::ImageCache::new(
+                        boot.image_cache(&config.state_dir),
+                        store.clone(),
+                        boot.image_max_bytes,
+                    ),
+                    machine_commands_rx,
+                    core_commands_tx,
+                );
                 Some(machine_commands_tx)
             }
         };

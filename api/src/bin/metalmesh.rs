@@ -3,7 +3,8 @@
 use clap::{Parser, Subcommand};
 use metalmesh_api::cli::ca::{self, CaCommand};
 use metalmesh_api::cli::resources::{
-    self, Connection, ContextCommand, MachineCommand, NetworkCommand, ProjectCommand, SwitchCommand,
+    self, Connection, ContextCommand, ImageCommand, IpCommand, MachineCommand, NetworkCommand,
+    PartitionCommand, ProjectCommand, SizeCommand, SwitchCommand,
 };
 use std::process::ExitCode;
 
@@ -23,10 +24,10 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
-    /// Machines: list, describe, allocate, free.
+    /// Machines: list, describe, events, allocate, free, reserve.
     Machine {
         #[command(subcommand)]
-        command: MachineCommand,
+        command: Box<MachineCommand>,
     },
     Project {
         #[command(subcommand)]
@@ -36,9 +37,28 @@ enum Command {
         #[command(subcommand)]
         command: NetworkCommand,
     },
+    /// Addresses acquired on their own.
+    Ip {
+        #[command(subcommand)]
+        command: IpCommand,
+    },
+    /// OS images (leaves download them from their URL).
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Machine sizes (hardware bounds).
+    Size {
+        #[command(subcommand)]
+        command: SizeCommand,
+    },
     Switch {
         #[command(subcommand)]
         command: SwitchCommand,
+    },
+    Partition {
+        #[command(subcommand)]
+        command: PartitionCommand,
     },
     /// Who the API takes you for.
     Whoami,
@@ -60,10 +80,14 @@ fn main() -> ExitCode {
     let connection = &cli.connection;
     let result = match cli.command {
         Command::Ca { command } => ca::run(command),
-        Command::Machine { command } => resources::machine(connection, command),
+        Command::Machine { command } => resources::machine(connection, *command),
         Command::Project { command } => resources::project(connection, command),
         Command::Network { command } => resources::network(connection, command),
+        Command::Ip { command } => resources::ip(connection, command),
+        Command::Image { command } => resources::image(connection, command),
+        Command::Size { command } => resources::size(connection, command),
         Command::Switch { command } => resources::switch(connection, command),
+        Command::Partition { command } => resources::partition(connection, command),
         Command::Whoami => resources::whoami(connection),
         Command::Login { name } => resources::login(connection, &name),
         Command::Context { command } => resources::context(command),

@@ -105,6 +105,33 @@ impl ApiClient {
         self.call(self.http.post(&self.url(path)), Some(body))
     }
 
+    /// A POST carrying an `Idempotency-Key`: a retry with the same key
+    /// gets the first attempt's answer.
+    pub fn post_idempotent(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        key: Option<&str>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut request = self.http.post(&self.url(path));
+        if let Some(key) = key {
+            request = request.set("Idempotency-Key", key);
+        }
+        self.call(request, Some(body))
+    }
+
+    pub fn put(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.call(self.http.put(&self.url(path)), Some(body))
+    }
+
+    pub fn delete(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(self.http.delete(&self.url(path)), None)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -1,6 +1,7 @@
 //! The API's nouns and verbs on the command line: `machine`, `project`,
-//! `network`, `switch`, `whoami`. Tables by default, `-o json` for
-//! machines; the API's error message is printed as it is.
+//! `network`, `ip`, `image`, `size`, `switch`, `partition`, `whoami`.
+//! Tables by default (`-o wide` for more columns), `-o json|yaml` for
+//! scripts; the API's error message is printed as it is.
 
 use crate::cli::client::{ApiClient, ClientError};
 use clap::{Args, Subcommand, ValueEnum};
@@ -30,17 +31,34 @@ pub struct Connection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
+    /// A table with more columns.
+    Wide,
     Json,
+    Yaml,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum MachineCommand {
     /// Machines: unallocated ones, and those of your projects.
-    Ls,
-    Describe {
-        uuid: String,
+    Ls {
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        partition: Option<String>,
+        #[arg(long)]
+        rack: Option<String>,
+        #[arg(long)]
+        size: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
     },
-    /// Allocate a machine (any Waiting one, or `--machine`).
+    /// Hardware, rack, port, state, liveliness, flags, allocation, events.
+    Describe { uuid: String },
+    /// A machine's events, newest first.
+    Events { uuid: String },
+    /// Allocate a machine (any Waiting one that fits, or `--machine`).
     Allocate {
         #[arg(long)]
         project: String,
@@ -53,13 +71,25 @@ pub enum MachineCommand {
         #[arg(long)]
         machine: Option<String>,
         #[arg(long)]
+        partition: Option<String>,
+        #[arg(long)]
         rack: Option<String>,
+        #[arg(long)]
+        size: Option<String>,
         #[arg(long)]
         ip: Option<std::net::Ipv4Addr>,
         #[arg(long = "ssh-key")]
         ssh_keys: Vec<String>,
         #[arg(long)]
         user_data: Option<PathBuf>,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Spread machines with this tag across racks.
+        #[arg(long = "placement-tag")]
+        placement_tags: Vec<String>,
+        /// A retry with the same key returns the same machine.
+        #[arg(long)]
+        idempotency_key: Option<String>,
         /// Wait until the machine phoned home, showing its progress.
         #[arg(long)]
         wait: bool,
@@ -67,9 +97,115 @@ pub enum MachineCommand {
         timeout_secs: u64,
     },
     /// Free a machine: it is wiped and returns to Waiting.
-    Free {
+    Free { uuid: String },
+    /// Keep a machine for one project, or lock it (admins).
+    Reserve {
         uuid: String,
+        #[arg(long)]
+        project: Option<String>,
+        /// Neither allocated nor freed until unreserved.
+        #[arg(long)]
+        lock: bool,
+        #[arg(long, default_value = "")]
+        reason: String,
     },
+    /// Drop a machine's reservation or lock (admins).
+    Unreserve { uuid: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    Ls,
+    /// Define an image (admins): leaves download it from URL on first use.
+    Create {
+        name: String,
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        sha256: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    Rm {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SizeCommand {
+    Ls,
+    /// Define a size (admins); memory and disk as bytes or with a unit
+    /// (`64GiB`, `2TB`); disk is the sum of a machine's disks.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 0)]
+        min_cpus: u32,
+        #[arg(long)]
+        max_cpus: Option<u32>,
+        #[arg(long, value_parser = parse_bytes, default_value = "0")]
+        min_memory: u64,
+        #[arg(long, value_parser = parse_bytes)]
+        max_memory: Option<u64>,
+        #[arg(long, value_parser = parse_bytes, default_value = "0")]
+        min_disk: u64,
+        #[arg(long, value_parser = parse_bytes)]
+        max_disk: Option<u64>,
+    },
+    Rm {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IpCommand {
+    Ls,
+    /// Acquire an address of a network for a project (kept until released).
+    Acquire {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        network: String,
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    Release {
+        address: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PartitionCommand {
+    /// Partitions and their racks, from the switches.
+    Ls,
+}
+
+/// `123`, `4KiB`, `64GiB`, `2TB` as bytes.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 64GiB)"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => return Err(format!("unknown unit {other:?} (B, KiB…TiB, KB…TB)")),
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,17 +221,28 @@ pub enum ProjectCommand {
 #[derive(Debug, Subcommand)]
 pub enum NetworkCommand {
     Ls,
-    /// A private network: prefix, VNI and table chosen by the API.
+    /// A private network (prefix, VNI and table chosen by the API), or, by
+    /// an admin, a shared or external one.
     Create {
         name: String,
         #[arg(long)]
-        project: String,
+        project: Option<String>,
+        #[arg(long)]
+        shared: bool,
+        #[arg(long)]
+        external: bool,
+        #[arg(long)]
+        prefix: Option<String>,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum SwitchCommand {
     Ls,
+    /// A switch's ports, their LLDP neighbours and machines.
+    Describe {
+        name: String,
+    },
 }
 
 /// The client for `connection`: flags and `METALMESH_*` first, then the
@@ -226,19 +373,79 @@ fn table(rows: &[Value], columns: &[(&str, &str)]) -> String {
     out
 }
 
-fn show(connection: &Connection, value: &Value, columns: &[(&str, &str)]) {
+/// Prints `value`: a table of `columns` (`-o wide`: with `wide` after
+/// them), or JSON or YAML.
+fn show(connection: &Connection, value: &Value, columns: &[(&str, &str)], wide: &[(&str, &str)]) {
     match connection.output {
         Output::Json => println!(
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_default()
         ),
-        Output::Table => {
+        Output::Yaml => print!("{}", yaml(value, 0)),
+        Output::Table | Output::Wide => {
             let rows = match value {
                 Value::Array(rows) => rows.clone(),
                 one => vec![one.clone()],
             };
-            print!("{}", table(&rows, columns));
+            let mut all = columns.to_vec();
+            if connection.output == Output::Wide {
+                all.extend_from_slice(wide);
+            }
+            print!("{}", table(&rows, &all));
         }
+    }
+}
+
+/// `value` as YAML (strings quoted as JSON strings, which YAML reads).
+fn yaml(value: &Value, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    let scalar = |v: &Value| match v {
+        Value::Null => "null".to_string(),
+        other => other.to_string(),
+    };
+    let mut out = String::new();
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (key, item) in map {
+                match item {
+                    Value::Object(inner) if !inner.is_empty() => {
+                        out.push_str(&format!("{pad}{key}:\n{}", yaml(item, indent + 2)));
+                    }
+                    Value::Array(inner) if !inner.is_empty() => {
+                        out.push_str(&format!("{pad}{key}:\n{}", yaml(item, indent)));
+                    }
+                    other => out.push_str(&format!(
+                        "{pad}{key}: {}\n",
+                        scalar_or_empty(other, &scalar)
+                    )),
+                }
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for item in items {
+                let nested = yaml(item, indent + 2);
+                match item {
+                    Value::Object(inner) if !inner.is_empty() => {
+                        // The first key on the dash's line.
+                        out.push_str(&format!("{pad}- {}", nested.trim_start()));
+                    }
+                    Value::Array(inner) if !inner.is_empty() => {
+                        out.push_str(&format!("{pad}-\n{nested}"));
+                    }
+                    other => out.push_str(&format!("{pad}- {}\n", scalar_or_empty(other, &scalar))),
+                }
+            }
+        }
+        other => out.push_str(&format!("{pad}{}\n", scalar_or_empty(other, &scalar))),
+    }
+    out
+}
+
+fn scalar_or_empty(value: &Value, scalar: &dyn Fn(&Value) -> String) -> String {
+    match value {
+        Value::Object(_) => "{}".into(),
+        Value::Array(_) => "[]".into(),
+        other => scalar(other),
     }
 }
 
@@ -253,13 +460,74 @@ const MACHINE_COLUMNS: [(&str, &str); 8] = [
     ("IP", "ip"),
 ];
 
+const MACHINE_WIDE: [(&str, &str); 6] = [
+    ("SIZE", "size"),
+    ("PARTITION", "partition"),
+    ("NETWORK", "network"),
+    ("IMAGE", "image"),
+    ("TAGS", "tags"),
+    ("FLAGS", "flags"),
+];
+
+const EVENT_COLUMNS: [(&str, &str); 3] =
+    [("TIME", "time"), ("EVENT", "event"), ("MESSAGE", "message")];
+
+/// `key=value&…` of the given filters.
+fn query(pairs: &[(&str, &Option<String>)]) -> String {
+    let encoded: Vec<String> = pairs
+        .iter()
+        .filter_map(|(key, value)| value.as_ref().map(|v| format!("{key}={}", percent(v))))
+        .collect();
+    if encoded.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", encoded.join("&"))
+    }
+}
+
+fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
 pub fn machine(connection: &Connection, command: MachineCommand) -> anyhow::Result<()> {
     let api = client(connection)?;
+    let show_machine = |machine: &Value| show(connection, machine, &MACHINE_COLUMNS, &MACHINE_WIDE);
     match command {
-        MachineCommand::Ls => show(connection, &api.get("/v1/machines")?, &MACHINE_COLUMNS),
+        MachineCommand::Ls {
+            project,
+            partition,
+            rack,
+            size,
+            state,
+            tag,
+        } => {
+            let filter = query(&[
+                ("project", &project),
+                ("partition", &partition),
+                ("rack", &rack),
+                ("size", &size),
+                ("state", &state),
+                ("tag", &tag),
+            ]);
+            show_machine(&api.get(&format!("/v1/machines{filter}"))?);
+        }
         MachineCommand::Describe { uuid } => {
-            let machine = api.get(&format!("/v1/machines/{uuid}"))?;
-            println!("{}", serde_json::to_string_pretty(&machine)?);
+            let machine = api.get(&format!("/v1/machines/{}", percent(&uuid)))?;
+            match connection.output {
+                Output::Json | Output::Yaml => show_machine(&machine),
+                Output::Table | Output::Wide => print!("{}", describe(&machine)),
+            }
+        }
+        MachineCommand::Events { uuid } => {
+            let machine = api.get(&format!("/v1/machines/{}", percent(&uuid)))?;
+            show(connection, &machine["events"], &EVENT_COLUMNS, &[]);
         }
         MachineCommand::Allocate {
             project,
@@ -267,10 +535,15 @@ pub fn machine(connection: &Connection, command: MachineCommand) -> anyhow::Resu
             hostname,
             image,
             machine,
+            partition,
             rack,
+            size,
             ip,
             ssh_keys,
             user_data,
+            tags,
+            placement_tags,
+            idempotency_key,
             wait,
             timeout_secs,
         } => {
@@ -281,9 +554,12 @@ pub fn machine(connection: &Connection, command: MachineCommand) -> anyhow::Resu
             };
             let body = json!({
                 "project": project, "network": network, "hostname": hostname, "image": image,
-                "machine": machine, "rack": rack, "ip": ip, "ssh_keys": ssh_keys, "user_data": user_data,
+                "machine": machine, "partition": partition, "rack": rack, "size": size, "ip": ip,
+                "ssh_keys": ssh_keys, "user_data": user_data, "tags": tags,
+                "placement_tags": placement_tags,
             });
-            let allocated = api.post("/v1/machines/allocate", &body)?;
+            let allocated =
+                api.post_idempotent("/v1/machines/allocate", &body, idempotency_key.as_deref())?;
             let uuid = text(&allocated["uuid"]);
             eprintln!(
                 "allocated {uuid} in rack {} with {}",
@@ -303,14 +579,90 @@ pub fn machine(connection: &Connection, command: MachineCommand) -> anyhow::Resu
             } else {
                 allocated
             };
-            show(connection, &shown, &MACHINE_COLUMNS);
+            show_machine(&shown);
         }
         MachineCommand::Free { uuid } => {
-            let freed = api.post(&format!("/v1/machines/{uuid}/free"), &json!({}))?;
-            show(connection, &freed, &MACHINE_COLUMNS);
+            show_machine(&api.post(&format!("/v1/machines/{}/free", percent(&uuid)), &json!({}))?);
+        }
+        MachineCommand::Reserve {
+            uuid,
+            project,
+            lock,
+            reason,
+        } => {
+            let body = json!({"project": project, "locked": lock, "reason": reason});
+            show_machine(&api.put(
+                &format!("/v1/machines/{}/reservation", percent(&uuid)),
+                &body,
+            )?);
+        }
+        MachineCommand::Unreserve { uuid } => {
+            show_machine(&api.delete(&format!("/v1/machines/{}/reservation", percent(&uuid)))?);
         }
     }
     Ok(())
+}
+
+/// A machine for people: its fields, hardware and newest events.
+fn describe(machine: &Value) -> String {
+    let mut out = String::new();
+    for (label, field) in [
+        ("UUID", "uuid"),
+        ("Partition", "partition"),
+        ("Rack", "rack"),
+        ("Switch", "switch"),
+        ("Port", "port"),
+        ("State", "state"),
+        ("Liveliness", "liveliness"),
+        ("Size", "size"),
+        ("Flags", "flags"),
+        ("Reservation", "reservation"),
+        ("Project", "project"),
+        ("Hostname", "hostname"),
+        ("Network", "network"),
+        ("IP", "ip"),
+        ("Image", "image"),
+        ("Tags", "tags"),
+    ] {
+        out.push_str(&format!("{label:<12} {}\n", text(&machine[field])));
+    }
+    let hardware = &machine["hardware"];
+    if !hardware.is_null() {
+        let disks: Vec<String> = hardware["disks"]
+            .as_array()
+            .map(|disks| {
+                disks
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "{} {} GiB",
+                            text(&d["name"]),
+                            d["size_bytes"].as_u64().unwrap_or(0) >> 30
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let nics: Vec<String> = hardware["nics"]
+            .as_array()
+            .map(|nics| nics.iter().map(|n| text(&n["mac"])).collect())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{:<12} {} CPUs, {} MiB memory, disks: {}, NICs: {}\n",
+            "Hardware",
+            text(&hardware["cpus"]),
+            hardware["memory_bytes"].as_u64().unwrap_or(0) >> 20,
+            disks.join(", "),
+            nics.join(", ")
+        ));
+    }
+    let events: Vec<Value> = machine["events"]
+        .as_array()
+        .map(|e| e.iter().take(10).cloned().collect())
+        .unwrap_or_default();
+    out.push_str("Events (newest first):\n");
+    out.push_str(&table(&events, &EVENT_COLUMNS));
+    out
 }
 
 /// Polls a machine until its state is `state`, printing each new state.
@@ -337,17 +689,14 @@ fn wait_for(api: &ApiClient, uuid: &str, state: &str, timeout: Duration) -> anyh
 pub fn project(connection: &Connection, command: ProjectCommand) -> anyhow::Result<()> {
     let api = client(connection)?;
     let columns = [("ID", "id"), ("DESCRIPTION", "description")];
-    match command {
-        ProjectCommand::Ls => show(connection, &api.get("/v1/projects")?, &columns),
-        ProjectCommand::Create { name, description } => show(
-            connection,
-            &api.post(
-                "/v1/projects",
-                &json!({"name": name, "description": description}),
-            )?,
-            &columns,
-        ),
-    }
+    let shown = match command {
+        ProjectCommand::Ls => api.get("/v1/projects")?,
+        ProjectCommand::Create { name, description } => api.post(
+            "/v1/projects",
+            &json!({"name": name, "description": description}),
+        )?,
+    };
+    show(connection, &shown, &columns, &[]);
     Ok(())
 }
 
@@ -360,12 +709,121 @@ pub fn network(connection: &Connection, command: NetworkCommand) -> anyhow::Resu
         ("PREFIXES", "prefixes"),
         ("VNI", "vni"),
     ];
+    let wide = [
+        ("TABLE", "table"),
+        ("SHARED", "shared"),
+        ("EXTERNAL", "external"),
+    ];
+    let shown = match command {
+        NetworkCommand::Ls => api.get("/v1/networks")?,
+        NetworkCommand::Create {
+            name,
+            project,
+            shared,
+            external,
+            prefix,
+        } => api.post(
+            "/v1/networks",
+            &json!({"name": name, "project": project, "shared": shared, "external": external, "prefix": prefix}),
+        )?,
+    };
+    show(connection, &shown, &columns, &wide);
+    Ok(())
+}
+
+pub fn ip(connection: &Connection, command: IpCommand) -> anyhow::Result<()> {
+    let api = client(connection)?;
+    let columns = [
+        ("ADDRESS", "address"),
+        ("NETWORK", "network"),
+        ("PROJECT", "project"),
+        ("NAME", "name"),
+        ("MACHINE", "machine"),
+    ];
+    let shown = match command {
+        IpCommand::Ls => api.get("/v1/ips")?,
+        IpCommand::Acquire {
+            project,
+            network,
+            ip,
+            name,
+        } => api.post(
+            "/v1/ips",
+            &json!({"project": project, "network": network, "ip": ip, "name": name}),
+        )?,
+        IpCommand::Release { address } => api.delete(&format!("/v1/ips/{}", percent(&address)))?,
+    };
+    show(connection, &shown, &columns, &[("ACQUIRED", "acquired")]);
+    Ok(())
+}
+
+pub fn image(connection: &Connection, command: ImageCommand) -> anyhow::Result<()> {
+    let api = client(connection)?;
+    let columns = [
+        ("NAME", "name"),
+        ("URL", "url"),
+        ("DESCRIPTION", "description"),
+    ];
+    let shown = match command {
+        ImageCommand::Ls => api.get("/v1/images")?,
+        ImageCommand::Create {
+            name,
+            url,
+            sha256,
+            description,
+        } => api.post(
+            "/v1/images",
+            &json!({"name": name, "url": url, "sha256": sha256, "description": description}),
+        )?,
+        ImageCommand::Rm { name } => api.delete(&format!("/v1/images/{}", percent(&name)))?,
+    };
+    show(connection, &shown, &columns, &[("SHA256", "sha256")]);
+    Ok(())
+}
+
+pub fn size(connection: &Connection, command: SizeCommand) -> anyhow::Result<()> {
+    let api = client(connection)?;
+    let columns = [
+        ("NAME", "name"),
+        ("MIN CPUS", "min_cpus"),
+        ("MAX CPUS", "max_cpus"),
+        ("MIN MEMORY", "min_memory_bytes"),
+        ("MAX MEMORY", "max_memory_bytes"),
+        ("MIN DISK", "min_disk_bytes"),
+        ("MAX DISK", "max_disk_bytes"),
+    ];
+    let shown = match command {
+        SizeCommand::Ls => api.get("/v1/sizes")?,
+        SizeCommand::Create {
+            name,
+            min_cpus,
+            max_cpus,
+            min_memory,
+            max_memory,
+            min_disk,
+            max_disk,
+        } => api.post(
+            "/v1/sizes",
+            &json!({
+                "name": name, "min_cpus": min_cpus, "max_cpus": max_cpus,
+                "min_memory_bytes": min_memory, "max_memory_bytes": max_memory,
+                "min_disk_bytes": min_disk, "max_disk_bytes": max_disk,
+            }),
+        )?,
+        SizeCommand::Rm { name } => api.delete(&format!("/v1/sizes/{}", percent(&name)))?,
+    };
+    show(connection, &shown, &columns, &[]);
+    Ok(())
+}
+
+pub fn partition(connection: &Connection, command: PartitionCommand) -> anyhow::Result<()> {
+    let api = client(connection)?;
     match command {
-        NetworkCommand::Ls => show(connection, &api.get("/v1/networks")?, &columns),
-        NetworkCommand::Create { name, project } => show(
+        PartitionCommand::Ls => show(
             connection,
-            &api.post("/v1/networks", &json!({"name": name, "project": project}))?,
-            &columns,
+            &api.get("/v1/partitions")?,
+            &[("NAME", "name"), ("RACKS", "racks")],
+            &[],
         ),
     }
     Ok(())
@@ -373,17 +831,41 @@ pub fn network(connection: &Connection, command: NetworkCommand) -> anyhow::Resu
 
 pub fn switch(connection: &Connection, command: SwitchCommand) -> anyhow::Result<()> {
     let api = client(connection)?;
+    let columns = [
+        ("NAME", "name"),
+        ("RACK", "rack"),
+        ("LOOPBACK", "loopback"),
+        ("ASN", "asn"),
+    ];
     match command {
         SwitchCommand::Ls => show(
             connection,
             &api.get("/v1/switches")?,
-            &[
-                ("NAME", "name"),
-                ("RACK", "rack"),
-                ("LOOPBACK", "loopback"),
-                ("ASN", "asn"),
-            ],
+            &columns,
+            &[("PARTITION", "partition")],
         ),
+        SwitchCommand::Describe { name } => {
+            let switch = api.get(&format!("/v1/switches/{}", percent(&name)))?;
+            match connection.output {
+                Output::Json | Output::Yaml => show(connection, &switch, &columns, &[]),
+                Output::Table | Output::Wide => {
+                    print!("{}", table(std::slice::from_ref(&switch), &columns));
+                    println!();
+                    print!(
+                        "{}",
+                        table(
+                            switch["ports"].as_array().map_or(&[][..], Vec::as_slice),
+                            &[
+                                ("PORT", "name"),
+                                ("UP", "up"),
+                                ("NEIGHBORS", "neighbors"),
+                                ("MACHINE", "machine"),
+                            ],
+                        )
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }

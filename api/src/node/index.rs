@@ -1,8 +1,9 @@
-//! The machines (and the switches' racks) of the replica, parsed once and kept current from the
-//! store's change feed: listing, picking candidates and finding addresses
-//! in use then cost a walk over memory, not 10,000 JSON documents.
+//! The machines, IP records and switches' racks of the replica, parsed
+//! once and kept current from the store's change feed: listing, picking
+//! candidates and finding addresses in use then cost a walk over memory,
+//! not 10,000 JSON documents.
 
-use metalmesh_inventory::model::Machine;
+use metalmesh_inventory::model::{Ip, Machine};
 use metalmesh_inventory::{Record, RecordKind, Store, Version};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -22,6 +23,8 @@ pub struct MachineIndex {
     by_key: RwLock<HashMap<String, Indexed>>,
     /// Switch name → rack, from the switch records.
     racks: RwLock<HashMap<String, String>>,
+    /// IP records by address, with their versions.
+    ips: RwLock<HashMap<String, (Version, Ip)>>,
 }
 
 impl MachineIndex {
@@ -41,6 +44,35 @@ impl MachineIndex {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Every IP record now, with its version.
+    pub fn ips(&self) -> Vec<(Version, Ip)> {
+        self.ips
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn apply_ip(&self, record: &Record) {
+        let mut ips = self
+            .ips
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match record
+            .value
+            .as_deref()
+            .and_then(|v| serde_json::from_str::<Ip>(v).ok())
+        {
+            Some(ip) => {
+                ips.insert(record.id.key.clone(), (record.version, ip));
+            }
+            None => {
+                ips.remove(&record.id.key);
+            }
+        }
     }
 
     fn apply_switch(&self, record: &Record) {
@@ -91,6 +123,13 @@ impl MachineIndex {
         for record in store.list(Some(RecordKind::Switch))? {
             self.apply_switch(&record);
         }
+        self.ips
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        for record in store.list(Some(RecordKind::Ip))? {
+            self.apply_ip(&record);
+        }
         let records = store.list(Some(RecordKind::Machine))?;
         let mut fresh = HashMap::with_capacity(records.len());
         for record in records {
@@ -134,6 +173,7 @@ impl MachineIndex {
                     Ok(record) if record.id.kind == RecordKind::Switch => {
                         index.apply_switch(&record)
                     }
+                    Ok(record) if record.id.kind == RecordKind::Ip => index.apply_ip(&record),
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         let reloaded =

@@ -1,6 +1,7 @@
 //! The API node's own file (`<state_dir>/api.db`, SQLite): the audit log of
-//! every change — who, what, when, result. Everything else the API knows
-//! is in the mesh replica, so a replaced node rebuilds from the mesh.
+//! every change — who, what, when, result — and the idempotency keys of
+//! allocations. Everything else the API knows is in the mesh replica, so a
+//! replaced node rebuilds from the mesh.
 
 use crate::node::auth::Principal;
 use rusqlite::{Connection, params};
@@ -8,7 +9,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -72,6 +73,22 @@ impl Journal {
                 )
                 .map_err(sqlite)?;
         }
+        if found < 2 {
+            connection
+                .execute_batch(
+                    "BEGIN;
+                     CREATE TABLE idempotency (
+                         subject TEXT NOT NULL,
+                         key TEXT NOT NULL,
+                         machine TEXT NOT NULL,
+                         time INTEGER NOT NULL,
+                         PRIMARY KEY (subject, key)
+                     );
+                     PRAGMA user_version = 2;
+                     COMMIT;",
+                )
+                .map_err(sqlite)?;
+        }
         Ok(Journal {
             path: path.to_path_buf(),
             connection: Mutex::new(connection),
@@ -98,6 +115,39 @@ impl Journal {
             tracing::error!(path = %self.path.display(), %error, %action, %target, "audit entry not written");
         }
         tracing::info!(subject = %who.subject, %action, %target, %result, "audit");
+    }
+
+    /// The machine an allocation with idempotency key `key` of `subject`
+    /// gave (keys are per subject: one user cannot replay another's).
+    pub fn idempotent(&self, subject: &str, key: &str) -> Result<Option<String>, JournalError> {
+        use rusqlite::OptionalExtension as _;
+        self.lock()
+            .query_row(
+                "SELECT machine FROM idempotency WHERE subject = ?1 AND key = ?2",
+                params![subject, key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|source| JournalError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    pub fn remember(&self, subject: &str, key: &str, machine: &str) -> Result<(), JournalError> {
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.lock()
+            .execute(
+                "INSERT OR REPLACE INTO idempotency (subject, key, machine, time) VALUES (?1, ?2, ?3, ?4)",
+                params![subject, key, machine, time],
+            )
+            .map(|_| ())
+            .map_err(|source| JournalError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     /// The newest `limit` entries, newest first.

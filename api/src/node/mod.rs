@@ -15,9 +15,12 @@
 //! the mesh CA (see `metalmesh_inventory::mesh`).
 
 pub mod auth;
+pub mod catalog;
 pub mod config;
 pub mod index;
+pub mod ipam;
 pub mod journal;
+pub mod machines;
 pub mod routes;
 pub mod service;
 

@@ -4,18 +4,18 @@
 //! nothing available) and 5xx for ours.
 
 use crate::node::auth::{AuthError, Principal, UserRole, Verifier};
+use crate::node::catalog::{ImageView, NewImage, NewSize, PartitionView, SizeView, SwitchView};
+use crate::node::ipam::{IpView, NewIp};
 use crate::node::journal::Entry;
-use crate::node::service::{
-    AllocationRequest, Api, ApiError, MachineView, NetworkView, NewNetwork, NewProject,
-    ProjectView, SwitchView,
-};
+use crate::node::machines::{AllocationRequest, MachineFilter, MachineView, NewReservation};
+use crate::node::service::{Api, ApiError, NetworkView, NewNetwork, NewProject, ProjectView};
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde::Serialize;
 use std::sync::Arc;
 use utoipa::OpenApi as _;
@@ -39,7 +39,11 @@ impl IntoResponse for ApiError {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "metalmesh API", description = "Bare-metal machines, networks and projects; every route needs an OIDC bearer token."),
-    paths(whoami, machines, machine, allocate, free, switches, projects, create_project, networks, create_network, audit),
+    paths(
+        whoami, machines, machine, allocate, free, reserve, unreserve, switches, switch,
+        partitions, projects, create_project, networks, create_network, images, create_image,
+        delete_image, sizes, create_size, delete_size, ips, acquire_ip, release_ip, audit
+    ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -77,9 +81,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/machines/allocate", post(allocate))
         .route("/v1/machines/{uuid}", get(machine))
         .route("/v1/machines/{uuid}/free", post(free))
+        .route(
+            "/v1/machines/{uuid}/reservation",
+            put(reserve).delete(unreserve),
+        )
         .route("/v1/switches", get(switches))
+        .route("/v1/switches/{name}", get(switch))
+        .route("/v1/partitions", get(partitions))
         .route("/v1/projects", get(projects).post(create_project))
         .route("/v1/networks", get(networks).post(create_network))
+        .route("/v1/images", get(images).post(create_image))
+        .route("/v1/images/{name}", axum::routing::delete(delete_image))
+        .route("/v1/sizes", get(sizes).post(create_size))
+        .route("/v1/sizes/{name}", axum::routing::delete(delete_size))
+        .route("/v1/ips", get(ips).post(acquire_ip))
+        .route("/v1/ips/{address}", axum::routing::delete(release_ip))
         .route("/v1/audit", get(audit))
         .fallback(|| async { ApiError::new(404, "no such route") })
         .with_state(state)
@@ -114,16 +130,26 @@ fn json<T: Serialize>(value: T) -> Response {
     Json(value).into_response()
 }
 
-#[utoipa::path(
-    get,
-    path = "/v1/whoami",
-    responses(
-        (status = 200, body = Principal),
-        (status = 401, description = "no or bad token", body = ApiError),
-        (status = 403, description = "not allowed", body = ApiError),
-        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
-    )
-)]
+fn created<T: Serialize>(value: T) -> Response {
+    (StatusCode::CREATED, Json(value)).into_response()
+}
+
+/// What every route may answer besides its own: the caller's token.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum Refused {
+    /// No, malformed, forged, expired, wrong-audience or wrong-issuer token.
+    #[response(status = 401)]
+    Unauthenticated(ApiError),
+    /// Not allowed to the caller's role or projects.
+    #[response(status = 403)]
+    Forbidden(ApiError),
+    /// The identity provider cannot be reached.
+    #[response(status = 503)]
+    ProviderDown(ApiError),
+}
+
+#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = Principal), Refused))]
 async fn whoami(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     Ok(json(principal(&state, &headers).await?))
 }
@@ -131,16 +157,21 @@ async fn whoami(State(state): Shared, headers: HeaderMap) -> Result<Response, Ap
 #[utoipa::path(
     get,
     path = "/v1/machines",
+    params(MachineFilter),
     responses(
         (status = 200, body = Vec<MachineView>),
-        (status = 401, description = "no or bad token", body = ApiError),
-        (status = 403, description = "not allowed", body = ApiError),
-        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+        (status = 400, description = "unknown filter", body = ApiError),
+        Refused,
     )
 )]
-async fn machines(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn machines(
+    State(state): Shared,
+    headers: HeaderMap,
+    filter: Result<Query<MachineFilter>, QueryRejection>,
+) -> Result<Response, ApiError> {
     let who = principal(&state, &headers).await?;
-    Ok(json(state.api.machines(&who)?))
+    let Query(filter) = filter.map_err(|rejection| ApiError::new(400, rejection.body_text()))?;
+    Ok(json(state.api.machines(&who, &filter)?))
 }
 
 #[utoipa::path(
@@ -150,9 +181,7 @@ async fn machines(State(state): Shared, headers: HeaderMap) -> Result<Response, 
     responses(
         (status = 200, body = MachineView),
         (status = 404, description = "not found", body = ApiError),
-        (status = 401, description = "no or bad token", body = ApiError),
-        (status = 403, description = "not allowed", body = ApiError),
-        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+        Refused,
     )
 )]
 async fn machine(
@@ -168,15 +197,14 @@ async fn machine(
     post,
     path = "/v1/machines/allocate",
     request_body = AllocationRequest,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "a retry with the same key (by the same caller) returns the same machine")),
     responses(
         (status = 200, body = MachineView),
-        (status = 404, description = "no such network", body = ApiError),
+        (status = 404, description = "no such network, image, size or partition", body = ApiError),
         (status = 400, description = "malformed body or bad value", body = ApiError),
         (status = 409, description = "conflict or nothing available", body = ApiError),
         (status = 502, description = "the machine's agent did not answer", body = ApiError),
-        (status = 401, description = "no or bad token", body = ApiError),
-        (status = 403, description = "not allowed", body = ApiError),
-        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+        Refused,
     )
 )]
 async fn allocate(
@@ -186,7 +214,15 @@ async fn allocate(
 ) -> Result<Response, ApiError> {
     let who = principal(&state, &headers).await?;
     let request = body(request)?;
-    Ok(json(state.api.allocate(&who, request).await?))
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::field("Idempotency-Key", "1-255 printable characters"))?,
+        ),
+    };
+    Ok(json(state.api.allocate(&who, request, key).await?))
 }
 
 #[utoipa::path(
@@ -196,11 +232,9 @@ async fn allocate(
     responses(
         (status = 200, body = MachineView),
         (status = 404, description = "not found", body = ApiError),
-        (status = 409, description = "conflict or nothing available", body = ApiError),
+        (status = 409, description = "not allocated, or locked", body = ApiError),
         (status = 502, description = "the machine's agent did not answer", body = ApiError),
-        (status = 401, description = "no or bad token", body = ApiError),
-        (status = 403, description = "not allowed", body = ApiError),
-        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+        Refused,
     )
 )]
 async fn free(
@@ -213,15 +247,48 @@ async fn free(
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/switches",
+    put,
+    path = "/v1/machines/{uuid}/reservation",
+    params(("uuid" = String, Path, description = "machine UUID")),
+    request_body = NewReservation,
     responses(
-        (status = 200, body = Vec<SwitchView>),
-        (status = 401, description = "no or bad token", body = ApiError),
-        (status = 403, description = "not allowed", body = ApiError),
-        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+        (status = 200, body = MachineView),
+        (status = 400, description = "malformed body or bad value", body = ApiError),
+        (status = 404, description = "no such machine or project", body = ApiError),
+        Refused,
     )
 )]
+async fn reserve(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(uuid): Path<String>,
+    new: Result<Json<NewReservation>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let who = principal(&state, &headers).await?;
+    let new = body(new)?;
+    Ok(json(state.api.reserve(&who, &uuid, new)?))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/machines/{uuid}/reservation",
+    params(("uuid" = String, Path, description = "machine UUID")),
+    responses(
+        (status = 200, body = MachineView),
+        (status = 404, description = "no such machine or no reservation", body = ApiError),
+        Refused,
+    )
+)]
+async fn unreserve(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(uuid): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = principal(&state, &headers).await?;
+    Ok(json(state.api.unreserve(&who, &uuid)?))
+}
+
+#[utoipa::path(get, path = "/v1/switches", responses((status = 200, body = Vec<SwitchView>), Refused))]
 async fn switches(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     principal(&state, &headers).await?;
     Ok(json(state.api.switches()?))
@@ -229,14 +296,30 @@ async fn switches(State(state): Shared, headers: HeaderMap) -> Result<Response, 
 
 #[utoipa::path(
     get,
-    path = "/v1/projects",
+    path = "/v1/switches/{name}",
+    params(("name" = String, Path, description = "switch name")),
     responses(
-        (status = 200, body = Vec<ProjectView>),
-        (status = 401, description = "no or bad token", body = ApiError),
-        (status = 403, description = "not allowed", body = ApiError),
-        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+        (status = 200, body = SwitchView),
+        (status = 404, description = "not found", body = ApiError),
+        Refused,
     )
 )]
+async fn switch(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    principal(&state, &headers).await?;
+    Ok(json(state.api.switch(&name)?))
+}
+
+#[utoipa::path(get, path = "/v1/partitions", responses((status = 200, body = Vec<PartitionView>), Refused))]
+async fn partitions(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
+    principal(&state, &headers).await?;
+    Ok(json(state.api.partitions()?))
+}
+
+#[utoipa::path(get, path = "/v1/projects", responses((status = 200, body = Vec<ProjectView>), Refused))]
 async fn projects(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     let who = principal(&state, &headers).await?;
     Ok(json(state.api.projects(&who)?))
@@ -249,10 +332,8 @@ async fn projects(State(state): Shared, headers: HeaderMap) -> Result<Response, 
     responses(
         (status = 201, body = ProjectView),
         (status = 400, description = "malformed body or bad value", body = ApiError),
-        (status = 409, description = "conflict or nothing available", body = ApiError),
-        (status = 401, description = "no or bad token", body = ApiError),
-        (status = 403, description = "not allowed", body = ApiError),
-        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+        (status = 409, description = "exists", body = ApiError),
+        Refused,
     )
 )]
 async fn create_project(
@@ -262,20 +343,10 @@ async fn create_project(
 ) -> Result<Response, ApiError> {
     let who = principal(&state, &headers).await?;
     let new = body(new)?;
-    let project = state.api.create_project(&who, new)?;
-    Ok((StatusCode::CREATED, Json(project)).into_response())
+    Ok(created(state.api.create_project(&who, new)?))
 }
 
-#[utoipa::path(
-    get,
-    path = "/v1/networks",
-    responses(
-        (status = 200, body = Vec<NetworkView>),
-        (status = 401, description = "no or bad token", body = ApiError),
-        (status = 403, description = "not allowed", body = ApiError),
-        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
-    )
-)]
+#[utoipa::path(get, path = "/v1/networks", responses((status = 200, body = Vec<NetworkView>), Refused))]
 async fn networks(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     let who = principal(&state, &headers).await?;
     Ok(json(state.api.networks(&who)?))
@@ -289,10 +360,8 @@ async fn networks(State(state): Shared, headers: HeaderMap) -> Result<Response, 
         (status = 201, body = NetworkView),
         (status = 404, description = "no such project", body = ApiError),
         (status = 400, description = "malformed body or bad value", body = ApiError),
-        (status = 409, description = "conflict or nothing available", body = ApiError),
-        (status = 401, description = "no or bad token", body = ApiError),
-        (status = 403, description = "not allowed", body = ApiError),
-        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+        (status = 409, description = "exists, overlaps, or nothing left", body = ApiError),
+        Refused,
     )
 )]
 async fn create_network(
@@ -302,20 +371,151 @@ async fn create_network(
 ) -> Result<Response, ApiError> {
     let who = principal(&state, &headers).await?;
     let new = body(new)?;
-    let network = state.api.create_network(&who, new).await?;
-    Ok((StatusCode::CREATED, Json(network)).into_response())
+    Ok(created(state.api.create_network(&who, new).await?))
+}
+
+#[utoipa::path(get, path = "/v1/images", responses((status = 200, body = Vec<ImageView>), Refused))]
+async fn images(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
+    principal(&state, &headers).await?;
+    Ok(json(state.api.images()?))
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/audit",
+    post,
+    path = "/v1/images",
+    request_body = NewImage,
     responses(
-        (status = 200, body = Vec<Entry>),
-        (status = 401, description = "no or bad token", body = ApiError),
-        (status = 403, description = "not allowed", body = ApiError),
-        (status = 503, description = "the identity provider cannot be reached", body = ApiError),
+        (status = 201, body = ImageView),
+        (status = 400, description = "malformed body or bad value", body = ApiError),
+        (status = 409, description = "exists", body = ApiError),
+        Refused,
     )
 )]
+async fn create_image(
+    State(state): Shared,
+    headers: HeaderMap,
+    new: Result<Json<NewImage>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let who = principal(&state, &headers).await?;
+    let new = body(new)?;
+    Ok(created(state.api.create_image(&who, new)?))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/images/{name}",
+    params(("name" = String, Path, description = "image name")),
+    responses(
+        (status = 200, body = ImageView),
+        (status = 404, description = "not found", body = ApiError),
+        Refused,
+    )
+)]
+async fn delete_image(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = principal(&state, &headers).await?;
+    Ok(json(state.api.delete_image(&who, &name)?))
+}
+
+#[utoipa::path(get, path = "/v1/sizes", responses((status = 200, body = Vec<SizeView>), Refused))]
+async fn sizes(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
+    principal(&state, &headers).await?;
+    let sizes: Vec<SizeView> = state.api.sizes()?.into_iter().map(SizeView::from).collect();
+    Ok(json(sizes))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/sizes",
+    request_body = NewSize,
+    responses(
+        (status = 201, body = SizeView),
+        (status = 400, description = "malformed body or bad value", body = ApiError),
+        (status = 409, description = "exists", body = ApiError),
+        Refused,
+    )
+)]
+async fn create_size(
+    State(state): Shared,
+    headers: HeaderMap,
+    new: Result<Json<NewSize>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let who = principal(&state, &headers).await?;
+    let new = body(new)?;
+    Ok(created(state.api.create_size(&who, new)?))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/sizes/{name}",
+    params(("name" = String, Path, description = "size name")),
+    responses(
+        (status = 200, body = SizeView),
+        (status = 404, description = "not found", body = ApiError),
+        Refused,
+    )
+)]
+async fn delete_size(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = principal(&state, &headers).await?;
+    Ok(json(state.api.delete_size(&who, &name)?))
+}
+
+#[utoipa::path(get, path = "/v1/ips", responses((status = 200, body = Vec<IpView>), Refused))]
+async fn ips(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
+    let who = principal(&state, &headers).await?;
+    Ok(json(state.api.ips(&who)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/ips",
+    request_body = NewIp,
+    responses(
+        (status = 201, body = IpView),
+        (status = 400, description = "malformed body or bad value", body = ApiError),
+        (status = 404, description = "no such network", body = ApiError),
+        (status = 409, description = "in use, outside the network, or none left", body = ApiError),
+        Refused,
+    )
+)]
+async fn acquire_ip(
+    State(state): Shared,
+    headers: HeaderMap,
+    new: Result<Json<NewIp>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let who = principal(&state, &headers).await?;
+    let new = body(new)?;
+    Ok(created(state.api.acquire_ip(&who, new).await?))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/ips/{address}",
+    params(("address" = String, Path, description = "the address")),
+    responses(
+        (status = 200, body = IpView),
+        (status = 404, description = "not found", body = ApiError),
+        (status = 409, description = "a machine holds it", body = ApiError),
+        Refused,
+    )
+)]
+async fn release_ip(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(address): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = principal(&state, &headers).await?;
+    Ok(json(state.api.release_ip(&who, &address)?))
+}
+
+#[utoipa::path(get, path = "/v1/audit", responses((status = 200, body = Vec<Entry>), Refused))]
 async fn audit(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     let who = principal(&state, &headers).await?;
     if who.role != UserRole::Admin {

@@ -5,23 +5,16 @@
 
 use crate::node::auth::{Principal, UserRole};
 use crate::node::config::{TenantConfig, mask};
-use crate::node::index::{Indexed, MachineIndex};
+use crate::node::index::MachineIndex;
 use crate::node::journal::Journal;
 use metalmesh_inventory::mesh::service::MeshView;
-use metalmesh_inventory::model::{self, AllocateRequest, Machine};
-use metalmesh_inventory::{RecordKind, Store};
+use metalmesh_inventory::model;
+use metalmesh_inventory::{RecordKey, RecordKind, Store};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
-use std::time::Duration;
-
-/// How long an agent has to answer an allocation or release.
-const AGENT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Candidates tried per allocation before giving up.
-const MAX_CANDIDATES: usize = 8;
-/// Times a candidate is asked again while its leaf does not know the
-/// network yet (half a second apart).
-const NETWORK_ARRIVAL_TRIES: usize = 10;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// An error with the HTTP status it maps to and, for bad input, the field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -54,10 +47,6 @@ impl ApiError {
         ApiError::new(403, format!("not allowed to {what}"))
     }
 
-    fn not_found(what: &str) -> ApiError {
-        ApiError::new(404, format!("{what} not found"))
-    }
-
     fn internal(error: impl std::fmt::Display) -> ApiError {
         ApiError::new(500, error.to_string())
     }
@@ -73,20 +62,34 @@ pub struct Api {
     pub journal: Journal,
     pub tenant: TenantConfig,
     /// One allocation decides at a time: no IP or machine is chosen twice.
-    decisions: tokio::sync::Mutex<()>,
-    /// What this node handed out lately, held until the machines' records
-    /// show it: the replica lags behind the agents' answers.
+    pub(crate) decisions: tokio::sync::Mutex<()>,
+    /// What this node handed out lately, held until the records show it:
+    /// the replica lags behind the agents' answers.
     holds: std::sync::Mutex<Holds>,
+    /// Allocations in flight by `<subject>\n<idempotency key>`.
+    pub(crate) idempotency: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug, Default)]
-struct Holds {
-    ips: std::collections::HashMap<Ipv4Addr, std::time::Instant>,
-    machines: std::collections::HashMap<String, std::time::Instant>,
+pub(crate) struct Holds {
+    pub ips: HashMap<Ipv4Addr, Instant>,
+    pub machines: HashMap<String, Held>,
 }
 
-/// How long an address handed out stays held regardless of the records.
-const RECENT_HOLD: Duration = Duration::from_secs(600);
+/// A machine handed out: when, in which rack, with which tags (placement
+/// counts it before its record shows the allocation), and what its agent
+/// took (a free right after the allocation knows it before the replica).
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub at: Instant,
+    pub rack: String,
+    pub tags: Vec<String>,
+    /// Once its agent took it: the project and address.
+    pub taken: Option<(String, Ipv4Addr)>,
+}
+
+/// How long a hand-out stays held regardless of the records.
+pub(crate) const RECENT_HOLD: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -97,61 +100,30 @@ pub struct NewProject {
     pub description: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+/// `POST /v1/networks`: a project's private network (prefix carved from
+/// the tenant super-network), or, by an admin, a shared or external
+/// network with no project and usually a given prefix.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewNetwork {
+    /// Required for a private network; none for a shared or external one.
+    #[serde(default)]
     #[schema(pattern = "^[a-z0-9-]{1,32}$", min_length = 1, max_length = 32)]
-    pub project: String,
+    pub project: Option<String>,
     #[schema(pattern = "^[a-z0-9-]{1,32}$", min_length = 1, max_length = 32)]
     pub name: String,
-}
-
-/// `POST /v1/machines/allocate`.
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AllocationRequest {
-    /// A given machine; default: any Waiting machine (in `rack`, if given).
+    /// Open to every project (admins).
     #[serde(default)]
-    pub machine: Option<String>,
+    pub shared: bool,
+    /// Leads out of the data center (admins).
     #[serde(default)]
-    pub rack: Option<String>,
-    pub project: String,
-    /// The network's id or, within the project, its name.
-    pub network: String,
-    /// Default: the network's next free address.
+    pub external: bool,
+    /// `a.b.c.d/len` (admins); default: carved from the super-network.
     #[serde(default)]
-    #[schema(value_type = Option<String>, format = Ipv4)]
-    pub ip: Option<Ipv4Addr>,
-    #[schema(min_length = 1, max_length = 63)]
-    pub hostname: String,
-    pub image: String,
-    #[serde(default)]
-    pub ssh_keys: Vec<String>,
-    #[serde(default)]
-    pub user_data: String,
-}
-
-/// A machine as the API shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct MachineView {
-    pub uuid: String,
-    pub rack: String,
-    pub switch: String,
-    pub port: Option<String>,
-    pub state: String,
-    pub liveliness: String,
-    pub project: Option<String>,
-    pub hostname: Option<String>,
-    #[schema(value_type = Option<String>, format = Ipv4)]
-    pub ip: Option<Ipv4Addr>,
-    pub network: Option<String>,
-    /// CPUs, memory, disks and NICs as the installer found them.
-    #[schema(value_type = Option<Object>)]
-    pub hardware: Option<model::Hardware>,
-    pub flags: Vec<String>,
-    /// The newest events, newest first.
-    #[schema(value_type = Vec<Object>)]
-    pub events: Vec<model::Event>,
+    #[schema(
+        pattern = "^((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])/([89]|[12][0-9]|30)$"
+    )]
+    pub prefix: Option<String>,
 }
 
 /// A project.
@@ -182,6 +154,8 @@ pub struct NetworkView {
     pub vni: u32,
     /// The routing table id on the leaves.
     pub table: u32,
+    pub shared: bool,
+    pub external: bool,
 }
 
 impl From<model::Network> for NetworkView {
@@ -193,28 +167,8 @@ impl From<model::Network> for NetworkView {
             prefixes: n.prefixes,
             vni: n.vni,
             table: n.vrf,
-        }
-    }
-}
-
-/// A leaf switch.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct SwitchView {
-    pub name: String,
-    pub rack: String,
-    pub partition: String,
-    pub loopback: String,
-    pub asn: u32,
-}
-
-impl From<model::Switch> for SwitchView {
-    fn from(s: model::Switch) -> SwitchView {
-        SwitchView {
-            name: s.name,
-            rack: s.rack,
-            partition: s.partition,
-            loopback: s.loopback,
-            asn: s.asn,
+            shared: n.shared,
+            external: n.external,
         }
     }
 }
@@ -230,53 +184,19 @@ impl Api {
             tenant,
             decisions: tokio::sync::Mutex::new(()),
             holds: std::sync::Mutex::default(),
+            idempotency: std::sync::Mutex::default(),
         }
     }
 
-    fn records<T: for<'de> Deserialize<'de>>(&self, kind: RecordKind) -> Result<Vec<T>, ApiError> {
+    pub(crate) fn records<T: for<'de> Deserialize<'de>>(
+        &self,
+        kind: RecordKind,
+    ) -> Result<Vec<T>, ApiError> {
         let records = self.store.list(Some(kind)).map_err(ApiError::internal)?;
         Ok(records
             .into_iter()
             .filter_map(|record| record.value)
             .filter_map(|value| serde_json::from_str(&value).ok())
-            .collect())
-    }
-
-    /// Machines the caller may see: unallocated ones, and allocated ones of
-    /// its projects (all for an admin).
-    pub fn machines(&self, who: &Principal) -> Result<Vec<MachineView>, ApiError> {
-        let racks = self.index.racks();
-        let mut machines: Vec<MachineView> = self
-            .index
-            .snapshot()
-            .into_iter()
-            .map(|indexed| view(Machine::clone(&indexed.machine), &racks))
-            .filter(|machine| machine.project.as_deref().is_none_or(|p| who.sees(p)))
-            .collect();
-        machines.sort_by(|a, b| (&a.rack, &a.uuid).cmp(&(&b.rack, &b.uuid)));
-        Ok(machines)
-    }
-
-    /// One machine, viewed from the index without building the whole list
-    /// (of several records of one UUID, the first by rack, as in the list).
-    pub fn machine(&self, who: &Principal, uuid: &str) -> Result<MachineView, ApiError> {
-        let wanted = uuid.to_lowercase();
-        let racks = self.index.racks();
-        self.index
-            .snapshot()
-            .into_iter()
-            .filter(|indexed| indexed.machine.uuid == wanted)
-            .map(|indexed| view(Machine::clone(&indexed.machine), &racks))
-            .filter(|machine| machine.project.as_deref().is_none_or(|p| who.sees(p)))
-            .min_by(|a, b| a.rack.cmp(&b.rack))
-            .ok_or_else(|| ApiError::not_found(&format!("machine {uuid}")))
-    }
-
-    pub fn switches(&self) -> Result<Vec<SwitchView>, ApiError> {
-        Ok(self
-            .records::<model::Switch>(RecordKind::Switch)?
-            .into_iter()
-            .map(SwitchView::from)
             .collect())
     }
 
@@ -326,19 +246,43 @@ impl Api {
             .collect())
     }
 
-    /// A private network: the next free prefix of the tenant super-network,
-    /// the next free VNI and table id.
+    /// A network: for a project, the next free prefix of the tenant
+    /// super-network; shared or external ones (admins) with the given
+    /// prefix. Never overlapping another network; the next free VNI and
+    /// table id.
     pub async fn create_network(
         &self,
         who: &Principal,
         new: NewNetwork,
     ) -> Result<NetworkView, ApiError> {
-        may_change(who, &new.project)?;
-        if !self.exists(RecordKind::Project, &new.project)? {
-            return Err(ApiError {
-                status: 404,
-                ..ApiError::field("project", format!("no project {}", new.project))
-            });
+        let by_admin = new.shared || new.external || new.prefix.is_some();
+        if by_admin && who.role != UserRole::Admin {
+            return Err(ApiError::forbidden(
+                "define shared or external networks or choose a prefix (admins only)",
+            ));
+        }
+        // Fields that are each well formed but contradict: a conflict.
+        let conflict = |error: &str| ApiError {
+            status: 409,
+            ..ApiError::field("project", error)
+        };
+        match (&new.project, new.shared || new.external) {
+            (Some(_), true) => {
+                return Err(conflict(
+                    "a shared or external network belongs to no project",
+                ));
+            }
+            (None, false) => return Err(conflict("a private network needs a project")),
+            (Some(project), false) => {
+                may_change(who, project)?;
+                if !self.exists(RecordKind::Project, project)? {
+                    return Err(ApiError {
+                        status: 404,
+                        ..ApiError::field("project", format!("no project {project}"))
+                    });
+                }
+            }
+            (None, true) => {}
         }
         if !valid_name(&new.name) {
             return Err(ApiError::field(
@@ -346,32 +290,64 @@ impl Api {
                 "1-32 lowercase letters, digits and '-'",
             ));
         }
+        let given = match &new.prefix {
+            None => None,
+            Some(text) => Some(
+                parse_prefix(text)
+                    .filter(|(s, e)| e - s >= 3 && e - s < (1 << 24))
+                    .ok_or_else(|| {
+                        ApiError::field("prefix", "a.b.c.d/len with len between 8 and 30")
+                    })?,
+            ),
+        };
         let _decision = self.decisions.lock().await;
         let networks: Vec<model::Network> = self.records(RecordKind::Network)?;
         if networks
             .iter()
-            .any(|n| n.project.as_deref() == Some(&new.project) && n.name == new.name)
+            .any(|n| n.project == new.project && n.name == new.name)
         {
             return Err(ApiError::new(
                 409,
-                format!("network {} exists in {}", new.name, new.project),
+                format!(
+                    "network {} exists in {}",
+                    new.name,
+                    new.project.as_deref().unwrap_or("the shared networks")
+                ),
             ));
         }
-        let taken: Vec<(u32, u32)> = networks
+        let taken: Vec<(u32, u32, &str)> = networks
             .iter()
-            .flat_map(|n| n.prefixes.iter())
-            .filter_map(|p| parse_prefix(p))
+            .flat_map(|n| n.prefixes.iter().map(move |p| (p, n.id.as_str())))
+            .filter_map(|(p, id)| parse_prefix(p).map(|(s, e)| (s, e, id)))
             .collect();
-        let (base, length) = self.tenant.super_network;
-        let size = 1u64 << (32 - self.tenant.prefix_length);
-        let count = 1u64 << (self.tenant.prefix_length - length);
-        let prefix = (0..count)
-            .map(|i| (u32::from(base) as u64 + i * size) as u32)
-            .find(|start| {
-                let end = start + (size as u32 - 1);
-                !taken.iter().any(|(s, e)| start <= e && end >= *s)
-            })
-            .ok_or_else(|| ApiError::new(409, "the tenant super-network is exhausted"))?;
+        let prefix = match given {
+            Some((start, end)) => {
+                if let Some((_, _, id)) = taken.iter().find(|(s, e, _)| start <= *e && end >= *s) {
+                    return Err(ApiError {
+                        status: 409,
+                        ..ApiError::field("prefix", format!("overlaps network {id}"))
+                    });
+                }
+                format!(
+                    "{}/{}",
+                    Ipv4Addr::from(start),
+                    32 - (end - start + 1).trailing_zeros()
+                )
+            }
+            None => {
+                let (base, length) = self.tenant.super_network;
+                let size = 1u64 << (32 - self.tenant.prefix_length);
+                let count = 1u64 << (self.tenant.prefix_length - length);
+                let start = (0..count)
+                    .map(|i| (u32::from(base) as u64 + i * size) as u32)
+                    .find(|start| {
+                        let end = start + (size as u32 - 1);
+                        !taken.iter().any(|(s, e, _)| start <= e && end >= *s)
+                    })
+                    .ok_or_else(|| ApiError::new(409, "the tenant super-network is exhausted"))?;
+                format!("{}/{}", Ipv4Addr::from(start), self.tenant.prefix_length)
+            }
+        };
         let next = |used: BTreeSet<u32>, (low, high): (u32, u32), what: &str| {
             (low..=high)
                 .find(|v| !used.contains(v))
@@ -391,14 +367,12 @@ impl Api {
             // A VRF device name too: at most 15 characters.
             id: format!("net{vni}"),
             name: new.name,
-            project: Some(new.project),
-            prefixes: vec![format!(
-                "{}/{}",
-                Ipv4Addr::from(prefix),
-                self.tenant.prefix_length
-            )],
+            project: new.project,
+            prefixes: vec![prefix],
             vni,
             vrf: table,
+            shared: new.shared,
+            external: new.external,
         };
         self.put(RecordKind::Network, &network.id, &network)?;
         self.journal
@@ -406,305 +380,71 @@ impl Api {
         Ok(network.into())
     }
 
-    /// Picks a Waiting machine and asks its agent to take the allocation;
-    /// on a refusal tries the next one.
-    pub async fn allocate(
+    /// The network an object of `project` may use: the project's own (by
+    /// id or name) or a shared or external one.
+    pub(crate) fn network_for(
         &self,
-        who: &Principal,
-        request: AllocationRequest,
-    ) -> Result<MachineView, ApiError> {
-        may_change(who, &request.project)?;
+        project: &str,
+        wanted: &str,
+    ) -> Result<model::Network, ApiError> {
         let network = self
             .records::<model::Network>(RecordKind::Network)?
             .into_iter()
-            .find(|n| {
-                n.id == request.network
-                    || n.name == request.network && n.project.as_deref() == Some(&request.project)
-            })
+            .filter(|n| n.project.as_deref().is_none_or(|p| p == project))
+            .find(|n| n.id == wanted || n.name == wanted)
             .ok_or_else(|| ApiError {
                 status: 404,
-                ..ApiError::field("network", format!("no network {}", request.network))
+                ..ApiError::field(
+                    "network",
+                    format!("no network {wanted} in project {project}"),
+                )
             })?;
-        if network
-            .project
-            .as_deref()
-            .is_some_and(|p| p != request.project)
-        {
-            return Err(ApiError::field(
-                "network",
-                "the network belongs to another project",
-            ));
-        }
-        if request.hostname.is_empty() || request.hostname.len() > 63 {
-            return Err(ApiError::field("hostname", "1-63 characters"));
-        }
-        let racks = self.index.racks();
-        // Decided under the lock, on one snapshot of the replica: the
-        // address (held at once) and the candidates. The agents are asked
-        // outside it; each candidate is claimed first, so concurrent
-        // allocations never ask for the same machine.
-        let (ip, candidates) = {
-            let _decision = self.decisions.lock().await;
-            let snapshot = self.index.snapshot();
-            let ip = self.address(&snapshot, &network, request.ip)?;
-            let shown: BTreeSet<&str> = snapshot
-                .iter()
-                .filter(|m| m.machine.allocation.is_some())
-                .map(|m| m.machine.uuid.as_str())
-                .collect();
-            let mut candidates: Vec<(String, String)> = snapshot
-                .iter()
-                .map(|indexed| &indexed.machine)
-                .filter(|m| m.allocation.is_none() && m.reclaiming.is_none())
-                .filter(|m| m.state == "Waiting" && flags(m).is_empty())
-                .filter(|m| {
-                    request
-                        .machine
-                        .as_ref()
-                        .is_none_or(|u| m.uuid == u.to_lowercase())
-                })
-                .filter(|m| {
-                    request
-                        .rack
-                        .as_ref()
-                        .is_none_or(|r| racks.get(&m.switch).unwrap_or(&m.switch) == r)
-                })
-                .map(|m| (m.uuid.clone(), m.switch.clone()))
-                .collect();
-            let mut holds = self.holds();
-            // A machine handed out is held until its record shows the
-            // allocation.
-            holds
-                .machines
-                .retain(|uuid, at| at.elapsed() < RECENT_HOLD && !shown.contains(uuid.as_str()));
-            candidates.retain(|(uuid, _)| !holds.machines.contains_key(uuid));
-            if candidates.is_empty() {
-                return Err(ApiError::new(409, "no machine available"));
-            }
-            holds.ips.insert(ip, std::time::Instant::now());
-            candidates.sort();
-            (ip, candidates)
-        };
-        let allocation = AllocateRequest {
-            project: Some(request.project.clone()),
-            image: request.image.clone(),
-            ip,
-            hostname: request.hostname.clone(),
-            ssh_keys: request.ssh_keys.clone(),
-            user_data: request.user_data.clone(),
-            vrf: Some(network.id.clone()),
-        };
-        let mut refusals = Vec::new();
-        for (uuid, switch) in &candidates {
-            if refusals.len() >= MAX_CANDIDATES {
-                break;
-            }
-            {
-                // Claimed by a concurrent allocation since the decision.
-                let mut holds = self.holds();
-                if holds.machines.contains_key(uuid) {
-                    continue;
-                }
-                holds
-                    .machines
-                    .insert(uuid.clone(), std::time::Instant::now());
-            }
-            let body = serde_json::json!({ "uuid": uuid, "allocation": allocation });
-            let mut answer = Err(metalmesh_inventory::mesh::service::MeshError::Stopped);
-            // A network created a moment ago may not have reached the
-            // machine's leaf yet: its agent then knows no such VRF.
-            for _ in 0..NETWORK_ARRIVAL_TRIES {
-                answer = self
-                    .mesh
-                    .request(switch, "machine.allocate", body.clone(), AGENT_TIMEOUT)
-                    .await;
-                match &answer {
-                    Err(error) if error.to_string().contains("no VRF") => {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    _ => break,
-                }
-            }
-            match answer {
-                Ok(answer) => {
-                    let machine: Machine =
-                        serde_json::from_value(answer).map_err(ApiError::internal)?;
-                    self.put(
-                        RecordKind::Ip,
-                        &ip.to_string(),
-                        &model::Ip {
-                            address: ip.to_string(),
-                            network: network.id.clone(),
-                            project: request.project.clone(),
-                            machine: Some(machine.uuid.clone()),
-                        },
-                    )?;
-                    self.journal
-                        .record(who, "machine.allocate", &machine.uuid, "ok");
-                    return Ok(view(machine, &racks));
-                }
-                Err(error) => {
-                    // Refused: free for others again, unless its agent says
-                    // it is taken (the replica has not caught up yet).
-                    if !error.to_string().contains("already allocated") {
-                        self.holds().machines.remove(uuid);
-                    }
-                    tracing::info!(machine = %uuid, %error, "allocation refused; next candidate");
-                    refusals.push(format!("{uuid}: {error}"));
-                }
-            }
-        }
+        Ok(network)
+    }
+
+    /// Addresses handed out lately and not shown by the records yet
+    /// (`shown`), and not older than [`RECENT_HOLD`].
+    pub(crate) fn held_ips(&self, shown: impl Fn(&Ipv4Addr) -> bool) -> Vec<Ipv4Addr> {
+        let mut holds = self.holds();
+        holds
+            .ips
+            .retain(|ip, at| at.elapsed() < RECENT_HOLD && !shown(ip));
+        holds.ips.keys().copied().collect()
+    }
+
+    pub(crate) fn hold_ip(&self, ip: Ipv4Addr) {
+        self.holds().ips.insert(ip, Instant::now());
+    }
+
+    pub(crate) fn release_hold(&self, ip: Ipv4Addr) {
         self.holds().ips.remove(&ip);
-        self.journal.record(
-            who,
-            "machine.allocate",
-            request.machine.as_deref().unwrap_or("-"),
-            "refused",
-        );
-        if refusals.is_empty() {
-            return Err(ApiError::new(409, "no machine available"));
-        }
-        Err(ApiError::new(
-            409,
-            format!("no machine took the allocation ({})", refusals.join("; ")),
-        ))
     }
 
-    pub async fn free(&self, who: &Principal, uuid: &str) -> Result<MachineView, ApiError> {
-        let machine = self.machine(who, uuid)?;
-        let project = machine
-            .project
-            .clone()
-            .ok_or_else(|| ApiError::new(409, format!("machine {uuid} is not allocated")))?;
-        may_change(who, &project)?;
-        let answer = self
-            .mesh
-            .request(
-                &machine.switch,
-                "machine.free",
-                serde_json::json!({ "uuid": machine.uuid }),
-                AGENT_TIMEOUT,
-            )
-            .await
-            .map_err(|e| ApiError::new(502, e.to_string()))?;
-        if let Some(ip) = machine.ip {
-            // The address returns to the pool once the agent let it go.
-            self.holds().ips.remove(&ip);
-            let key = ip.to_string();
-            self.store
-                .put_local(RecordKind::Ip, &key, None)
-                .map_err(ApiError::internal)?;
-        }
-        self.journal
-            .record(who, "machine.free", &machine.uuid, "ok");
-        let racks = self.index.racks();
-        let machine: Machine = serde_json::from_value(answer).map_err(ApiError::internal)?;
-        Ok(view(machine, &racks))
-    }
-
-    /// `wanted`, or the network's lowest address no machine and no IP
-    /// record holds (allocations made rack-locally while the API was down
-    /// count: they are in the machine records).
-    fn address(
+    pub(crate) fn record<T: for<'de> Deserialize<'de>>(
         &self,
-        snapshot: &[Indexed],
-        network: &model::Network,
-        wanted: Option<Ipv4Addr>,
-    ) -> Result<Ipv4Addr, ApiError> {
-        let mut used = self.addresses_in_use(snapshot)?;
-        {
-            let mut holds = self.holds();
-            // Shown by a machine record now (so in `used`), or too old.
-            let shown = used.clone();
-            holds
-                .ips
-                .retain(|ip, at| at.elapsed() < RECENT_HOLD && !shown.contains(ip));
-            used.extend(holds.ips.keys().copied());
-        }
-        let ranges: Vec<(u32, u32)> = network
-            .prefixes
-            .iter()
-            .filter_map(|p| parse_prefix(p))
-            .collect();
-        if let Some(ip) = wanted {
-            let inside = ranges
-                .iter()
-                .any(|(s, e)| (*s + 1..*e).contains(&u32::from(ip)));
-            if !inside {
-                // A conflict with the network's prefix rather than a
-                // malformed value: the address itself is well formed.
-                return Err(ApiError {
-                    status: 409,
-                    ..ApiError::field(
-                        "ip",
-                        format!("{ip} is not a host address of {}", network.id),
-                    )
-                });
-            }
-            if used.contains(&ip) {
-                return Err(ApiError::new(409, format!("{ip} is in use")));
-            }
-            return Ok(ip);
-        }
-        ranges
-            .iter()
-            .flat_map(|(s, e)| (s + 1)..*e)
-            .map(Ipv4Addr::from)
-            .find(|ip| !used.contains(ip))
-            .ok_or_else(|| {
-                ApiError::new(409, format!("network {} has no free address", network.id))
-            })
-    }
-
-    /// Addresses held: every address of a machine's allocation (or of one
-    /// being reclaimed), and every IP record — except one naming a machine
-    /// whose record changed after it and no longer holds the address (it
-    /// was freed, possibly rack-locally while the API was down).
-    fn addresses_in_use(&self, snapshot: &[Indexed]) -> Result<BTreeSet<Ipv4Addr>, ApiError> {
-        let mut used = BTreeSet::new();
-        let mut machines: std::collections::HashMap<&str, (u64, BTreeSet<Ipv4Addr>)> =
-            std::collections::HashMap::new();
-        for indexed in snapshot {
-            let machine = &indexed.machine;
-            let held: BTreeSet<Ipv4Addr> = [&machine.allocation, &machine.reclaiming]
-                .into_iter()
-                .flatten()
-                .map(|executed| executed.request.ip)
-                .collect();
-            used.extend(held.iter().copied());
-            let entry = machines.entry(machine.uuid.as_str()).or_default();
-            if indexed.version > entry.0 {
-                *entry = (indexed.version, held);
-            }
-        }
-        for record in self
+        kind: RecordKind,
+        key: &str,
+    ) -> Result<Option<T>, ApiError> {
+        let record = self
             .store
-            .list(Some(RecordKind::Ip))
-            .map_err(ApiError::internal)?
-        {
-            let Some(ip) = record
-                .value
-                .as_deref()
-                .and_then(|v| serde_json::from_str::<model::Ip>(v).ok())
-            else {
-                continue;
-            };
-            let Ok(address) = ip.address.parse::<Ipv4Addr>() else {
-                continue;
-            };
-            let stale = ip.machine.as_deref().is_some_and(|uuid| {
-                machines.get(uuid).is_some_and(|(version, held)| {
-                    *version > record.version && !held.contains(&address)
-                })
-            });
-            if !stale {
-                used.insert(address);
-            }
+            .get(&RecordKey::new(kind, key))
+            .map_err(ApiError::internal)?;
+        match record.and_then(|r| r.value) {
+            None => Ok(None),
+            Some(value) => serde_json::from_str(&value)
+                .map(Some)
+                .map_err(ApiError::internal),
         }
-        Ok(used)
     }
 
-    fn holds(&self) -> std::sync::MutexGuard<'_, Holds> {
+    pub(crate) fn delete(&self, kind: RecordKind, key: &str) -> Result<(), ApiError> {
+        self.store
+            .put_local(kind, key, None)
+            .map(|_| ())
+            .map_err(ApiError::internal)
+    }
+
+    pub(crate) fn holds(&self) -> std::sync::MutexGuard<'_, Holds> {
         self.holds
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -713,12 +453,17 @@ impl Api {
     fn exists(&self, kind: RecordKind, key: &str) -> Result<bool, ApiError> {
         Ok(self
             .store
-            .get(&metalmesh_inventory::RecordKey::new(kind, key))
+            .get(&RecordKey::new(kind, key))
             .map_err(ApiError::internal)?
             .is_some_and(|r| r.value.is_some()))
     }
 
-    fn put<T: Serialize>(&self, kind: RecordKind, key: &str, value: &T) -> Result<(), ApiError> {
+    pub(crate) fn put<T: Serialize>(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        value: &T,
+    ) -> Result<(), ApiError> {
         self.store
             .put_local_json(kind, key, value)
             .map(|_| ())
@@ -727,7 +472,7 @@ impl Api {
 }
 
 /// 403 unless `who` may change objects of `project`.
-fn may_change(who: &Principal, project: &str) -> Result<(), ApiError> {
+pub(crate) fn may_change(who: &Principal, project: &str) -> Result<(), ApiError> {
     if who.may_change(project) {
         Ok(())
     } else {
@@ -735,51 +480,15 @@ fn may_change(who: &Principal, project: &str) -> Result<(), ApiError> {
     }
 }
 
-/// The flags that keep a machine from being allocated.
-fn flags(machine: &Machine) -> Vec<String> {
-    [
-        (machine.crash_loop, "crash_loop"),
-        (machine.failed_machine_reclaim, "failed_reclaim"),
-        (machine.install_stalled, "install_stalled"),
-    ]
-    .into_iter()
-    .filter(|(set, _)| *set)
-    .map(|(_, name)| name.to_string())
-    .collect()
-}
-
-fn view(machine: Machine, racks: &std::collections::HashMap<String, String>) -> MachineView {
-    let allocation = machine.allocation.as_ref();
-    let flags = flags(&machine);
-    MachineView {
-        rack: racks
-            .get(&machine.switch)
-            .cloned()
-            .unwrap_or_else(|| machine.switch.clone()),
-        uuid: machine.uuid.clone(),
-        switch: machine.switch.clone(),
-        port: machine.port.clone(),
-        state: machine.state.clone(),
-        liveliness: machine.liveliness.clone(),
-        project: allocation.and_then(|a| a.request.project.clone()),
-        hostname: allocation.map(|a| a.request.hostname.clone()),
-        ip: allocation.map(|a| a.request.ip),
-        network: allocation.map(|a| a.vrf.clone()),
-        hardware: machine.hardware.clone(),
-        flags,
-        events: machine.events,
-    }
-}
-
 /// `a.b.c.d/len` as its first and last address.
-fn parse_prefix(text: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_prefix(text: &str) -> Option<(u32, u32)> {
     let (address, length) = text.split_once('/')?;
     let start = u32::from(address.parse::<Ipv4Addr>().ok()?);
     let length: u8 = length.parse().ok().filter(|l| *l <= 32)?;
     Some((start & mask(length), (start & mask(length)) | !mask(length)))
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 32
         && name

@@ -126,6 +126,9 @@ pub struct AllocateRequest {
     /// The tenant VRF; default: the one whose prefixes contain `ip`.
     #[serde(default)]
     pub vrf: Option<String>,
+    /// The user's labels (placement spreads machines sharing one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// An allocation as the machine's leaf executed it.

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | switch | leaf | the leaf's own name |
 //! | port, machine, lease | leaf | `<leaf>/…` |
-//! | project, network, ip, image, size, partition, allocation-intent | api | free |
+//! | project, network, ip, image, size, partition, allocation-intent, reservation | api | free |
 //! | node | any node | the node's own name |
 //! | revocation | the mesh CA (origin [`CA_ORIGIN`]) | the revoked node's name |
 //!
@@ -101,7 +101,8 @@ pub fn writers(kind: RecordKind) -> Option<Writers> {
         | RecordKind::Image
         | RecordKind::Size
         | RecordKind::Partition
-        | RecordKind::AllocationIntent => node(API_ONLY, KeyRule::Free),
+        | RecordKind::AllocationIntent
+        | RecordKind::Reservation => node(API_ONLY, KeyRule::Free),
         RecordKind::Node => node(ANY_NODE, KeyRule::IsOrigin),
         RecordKind::Revocation => Some(Writers {
             roles: &[],

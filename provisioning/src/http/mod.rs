@@ -29,6 +29,9 @@ pub struct HttpBootConfig {
     pub listen: SocketAddr,
     /// Directory behind `/boot/…`.
     pub root: PathBuf,
+    /// Directory behind `/images/…`: the images this leaf downloaded,
+    /// named by checksum.
+    pub image_cache: Option<PathBuf>,
     pub ipxe: IpxeSettings,
     /// Where installer API calls go; `None`: the API answers 503.
     pub machines: Option<installer_api::InstallerSender>,
@@ -47,7 +50,16 @@ pub fn router(config: &HttpBootConfig) -> Router {
         ipxe: config.ipxe.clone(),
         machines: config.machines.clone(),
     });
-    Router::new()
+    let images = config.image_cache.as_ref().map(|cache| {
+        Router::new()
+            .route("/images/{*path}", get(files::serve))
+            .with_state(Arc::new(AppState {
+                root: cache.clone(),
+                ipxe: config.ipxe.clone(),
+                machines: None,
+            }))
+    });
+    let boot = Router::new()
         .route("/v1/machines/register", post(installer_api::register))
         .route(
             "/v1/machines/{uuid}/heartbeat",
@@ -64,8 +76,10 @@ pub fn router(config: &HttpBootConfig) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             metalmesh_installer::api::MAX_BODY_BYTES,
         ))
+        .with_state(state);
+    images
+        .map_or(boot.clone(), |images| boot.merge(images))
         .layer(middleware::from_fn(access_log))
-        .with_state(state)
 }
 
 /// Serves until cancelled; open connections are dropped then.
@@ -167,6 +181,7 @@ mod tests {
         let config = HttpBootConfig {
             listen,
             root: std::env::temp_dir(),
+            image_cache: None,
             ipxe: IpxeSettings {
                 base_url: format!("http://{listen}"),
                 kernel: "vmlinuz".into(),
