@@ -69,8 +69,23 @@ fn main() {
             fail("machine ls did not return every machine");
         }
     }
+    let first = latencies[0];
+    if std::env::var_os("BENCH_TRACE").is_some() {
+        let trace: Vec<String> = latencies.iter().map(|l| format!("{l:.0}")).collect();
+        println!("machine ls latencies in order (ms): {}", trace.join(" "));
+    }
     latencies.sort_by(f64::total_cmp);
     let (p50, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
+    let slowest: Vec<String> = latencies
+        .iter()
+        .rev()
+        .take(5)
+        .map(|l| format!("{l:.1}"))
+        .collect();
+    println!(
+        "machine ls: first request {first:.1} ms; slowest five {} ms",
+        slowest.join(", ")
+    );
     println!(
         "machine ls ({machines} machines):  p50 {p50:.1} ms  p99 {p99:.1} ms  (100 requests; target p99 <= 50 ms -> {})",
         if p99 <= 50.0 { "met" } else { "NOT met" }

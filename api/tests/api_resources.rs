@@ -185,8 +185,10 @@ async fn resources_and_allocation_rules_hold() {
     assert_eq!(status(&inverted), 409, "{inverted:?}");
 
     // Machines carry their size and partition; filters combine.
-    let big = get(&alice, "/v1/machines?size=big".into()).await;
-    assert_eq!(big.as_array().unwrap().len(), 3, "{big}");
+    until(&alice, "/v1/machines?size=big", |m| {
+        m.as_array().unwrap().len() == 3
+    })
+    .await;
     let p2 = get(&alice, "/v1/machines?partition=p2&size=small".into()).await;
     assert_eq!(p2.as_array().unwrap().len(), 1, "{p2}");
     let unknown = on(&alice, |c| c.get("/v1/machines?colour=red")).await;

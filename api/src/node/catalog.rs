@@ -242,10 +242,8 @@ impl Api {
         Ok(image.into())
     }
 
-    pub fn sizes(&self) -> Result<Vec<model::Size>, ApiError> {
-        let mut sizes: Vec<model::Size> = self.records(RecordKind::Size)?;
-        sizes.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(sizes)
+    pub fn sizes(&self) -> Vec<model::Size> {
+        self.context().sizes
     }
 
     pub fn create_size(&self, who: &Principal, new: NewSize) -> Result<SizeView, ApiError> {
@@ -309,7 +307,7 @@ impl Api {
 
     pub fn partitions(&self) -> Result<Vec<PartitionView>, ApiError> {
         let mut partitions: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
-        for switch in self.records::<model::Switch>(RecordKind::Switch)? {
+        for switch in self.index.small::<model::Switch>(RecordKind::Switch) {
             partitions
                 .entry(switch.partition)
                 .or_default()
@@ -327,7 +325,8 @@ impl Api {
         let ports: Vec<model::Port> = self.records(RecordKind::Port)?;
         let machines = self.index.snapshot();
         let mut switches: Vec<SwitchView> = self
-            .records::<model::Switch>(RecordKind::Switch)?
+            .index
+            .small::<model::Switch>(RecordKind::Switch)
             .into_iter()
             .map(|switch| {
                 let mut ports: Vec<PortView> = ports

@@ -1,11 +1,14 @@
-//! The machines, IP records and switches' racks of the replica, parsed
-//! once and kept current from the store's change feed: listing, picking
-//! candidates and finding addresses in use then cost a walk over memory,
-//! not 10,000 JSON documents.
+//! The records the API reads on every request, kept current from the
+//! store's change feed: machines and IP records parsed once, and the small
+//! kinds a view or a decision needs (switches, sizes, reservations,
+//! networks, images, projects) as their JSON. Listing, picking candidates
+//! and finding addresses in use then cost a walk over memory, not 10,000
+//! JSON documents or an SQLite query.
 
 use metalmesh_inventory::model::{Ip, Machine};
 use metalmesh_inventory::{Record, RecordKind, Store, Version};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -13,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 /// One machine record: its version and value.
 #[derive(Debug, Clone)]
 pub struct Indexed {
+    /// The record key (`<switch>/<uuid>`).
+    pub key: Arc<str>,
     pub version: Version,
     pub machine: Arc<Machine>,
 }
@@ -21,11 +26,24 @@ pub struct Indexed {
 pub struct MachineIndex {
     /// By record key (`<switch>/<uuid>`).
     by_key: RwLock<HashMap<String, Indexed>>,
-    /// Switch name → rack, from the switch records.
-    racks: RwLock<HashMap<String, String>>,
     /// IP records by address, with their versions.
     ips: RwLock<HashMap<String, (Version, Ip)>>,
+    /// The small kinds by key: their JSON.
+    small: RwLock<HashMap<RecordKind, HashMap<String, Arc<str>>>>,
+    /// Bumped on every change to a small kind (views of machines depend on
+    /// switches, sizes and reservations).
+    generation: AtomicU64,
 }
+
+/// The kinds kept as JSON in [`MachineIndex::small`].
+const SMALL_KINDS: [RecordKind; 6] = [
+    RecordKind::Switch,
+    RecordKind::Size,
+    RecordKind::Reservation,
+    RecordKind::Network,
+    RecordKind::Image,
+    RecordKind::Project,
+];
 
 impl MachineIndex {
     /// Every machine record now.
@@ -38,12 +56,43 @@ impl MachineIndex {
             .collect()
     }
 
-    /// Switch name → rack.
-    pub fn racks(&self) -> HashMap<String, String> {
-        self.racks
+    /// Every record of a small kind, parsed (unreadable ones left out).
+    pub fn small<T: for<'de> serde::Deserialize<'de>>(&self, kind: RecordKind) -> Vec<T> {
+        self.small
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .get(&kind)
+            .map(|records| {
+                records
+                    .values()
+                    .filter_map(|value| serde_json::from_str(value).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Changes whenever a small kind changed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    fn apply_small(&self, record: &Record) {
+        {
+            let mut small = self
+                .small
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let records = small.entry(record.id.kind).or_default();
+            match &record.value {
+                Some(value) => {
+                    records.insert(record.id.key.clone(), Arc::from(value.as_str()));
+                }
+                None => {
+                    records.remove(&record.id.key);
+                }
+            }
+        }
+        self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Every IP record now, with its version.
@@ -75,25 +124,6 @@ impl MachineIndex {
         }
     }
 
-    fn apply_switch(&self, record: &Record) {
-        let mut racks = self
-            .racks
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match record
-            .value
-            .as_deref()
-            .and_then(|v| serde_json::from_str::<metalmesh_inventory::model::Switch>(v).ok())
-        {
-            Some(switch) => {
-                racks.insert(switch.name, switch.rack);
-            }
-            None => {
-                racks.remove(&record.id.key);
-            }
-        }
-    }
-
     fn apply(&self, record: &Record) {
         let mut map = self
             .by_key
@@ -108,6 +138,7 @@ impl MachineIndex {
                 map.insert(
                     record.id.key.clone(),
                     Indexed {
+                        key: Arc::from(record.id.key.as_str()),
                         version: record.version,
                         machine: Arc::new(machine),
                     },
@@ -120,8 +151,10 @@ impl MachineIndex {
     }
 
     fn reload(&self, store: &Store) -> Result<(), metalmesh_inventory::StoreError> {
-        for record in store.list(Some(RecordKind::Switch))? {
-            self.apply_switch(&record);
+        for kind in SMALL_KINDS {
+            for record in store.list(Some(kind))? {
+                self.apply_small(&record);
+            }
         }
         self.ips
             .write()
@@ -141,6 +174,7 @@ impl MachineIndex {
                 fresh.insert(
                     record.id.key.clone(),
                     Indexed {
+                        key: Arc::from(record.id.key.as_str()),
                         version: record.version,
                         machine: Arc::new(machine),
                     },
@@ -170,8 +204,8 @@ impl MachineIndex {
                 };
                 match change {
                     Ok(record) if record.id.kind == RecordKind::Machine => index.apply(&record),
-                    Ok(record) if record.id.kind == RecordKind::Switch => {
-                        index.apply_switch(&record)
+                    Ok(record) if SMALL_KINDS.contains(&record.id.kind) => {
+                        index.apply_small(&record)
                     }
                     Ok(record) if record.id.kind == RecordKind::Ip => index.apply_ip(&record),
                     Ok(_) => {}

@@ -196,22 +196,34 @@ impl Api {
 
     pub(crate) fn taken(&self, snapshot: &[Indexed]) -> Taken {
         let mut taken = Taken::default();
-        // The newest record of each machine: what it holds now.
+        let ips = self.index.ips();
+        // The machines IP records name: their newest record tells whether
+        // they still hold the address. Only those are looked at closely.
+        let named: std::collections::HashSet<&str> = ips
+            .iter()
+            .filter_map(|(_, ip)| ip.machine.as_deref())
+            .collect();
         let mut machines: HashMap<&str, (u64, BTreeSet<Ipv4Addr>)> = HashMap::new();
         for indexed in snapshot {
             let machine = &indexed.machine;
+            let holds = machine.allocation.is_some() || machine.reclaiming.is_some();
+            if !holds && !named.contains(machine.uuid.as_str()) {
+                continue;
+            }
             let held: BTreeSet<Ipv4Addr> = [&machine.allocation, &machine.reclaiming]
                 .into_iter()
                 .flatten()
                 .map(|executed| executed.request.ip)
                 .collect();
             taken.by_machines.extend(held.iter().copied());
-            let entry = machines.entry(machine.uuid.as_str()).or_default();
-            if indexed.version > entry.0 {
-                *entry = (indexed.version, held);
+            if named.contains(machine.uuid.as_str()) {
+                let entry = machines.entry(machine.uuid.as_str()).or_default();
+                if indexed.version > entry.0 {
+                    *entry = (indexed.version, held);
+                }
             }
         }
-        for (version, ip) in self.index.ips() {
+        for (version, ip) in ips {
             let Ok(address) = ip.address.parse::<Ipv4Addr>() else {
                 continue;
             };

@@ -11,6 +11,7 @@ use metalmesh_inventory::model::{self, AllocateRequest, Machine};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long an agent has to take an allocation: the first allocation of
@@ -125,12 +126,47 @@ pub struct MachineView {
     pub events: Vec<model::Event>,
 }
 
+/// A machine's view and its JSON, kept while its record and the small
+/// kinds it depends on are unchanged: listing 10,000 machines serialises
+/// only what changed since the last listing.
+#[derive(Debug)]
+pub struct Rendered {
+    version: u64,
+    generation: u64,
+    pub view: MachineView,
+    pub json: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct RenderCache(std::sync::Mutex<HashMap<Arc<str>, Arc<Rendered>>>);
+
+/// `GET /v1/machines`'s answer: rendered machines, sorted by rack and UUID.
+#[derive(Debug)]
+pub struct MachineList(pub Vec<Arc<Rendered>>);
+
+impl MachineList {
+    /// The JSON array, joined from the machines' kept JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        let length: usize = self.0.iter().map(|r| r.json.len() + 1).sum();
+        let mut out = Vec::with_capacity(length + 2);
+        out.push(b'[');
+        for (i, rendered) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&rendered.json);
+        }
+        out.push(b']');
+        out
+    }
+}
+
 /// What a view needs besides the machine record.
 #[derive(Debug, Default)]
 pub(crate) struct Context {
     /// Switch → (rack, partition).
     switches: HashMap<String, (String, String)>,
-    sizes: Vec<model::Size>,
+    pub(crate) sizes: Vec<model::Size>,
     reservations: HashMap<String, model::Reservation>,
 }
 
@@ -144,47 +180,81 @@ impl Context {
 }
 
 impl Api {
-    pub(crate) fn context(&self) -> Result<Context, ApiError> {
-        Ok(Context {
+    /// What views need, from the index (no store query per request).
+    pub(crate) fn context(&self) -> Context {
+        let mut sizes: Vec<model::Size> = self.index.small(RecordKind::Size);
+        sizes.sort_by(|a, b| a.id.cmp(&b.id));
+        Context {
             switches: self
-                .records::<model::Switch>(RecordKind::Switch)?
+                .index
+                .small::<model::Switch>(RecordKind::Switch)
                 .into_iter()
                 .map(|s| (s.name, (s.rack, s.partition)))
                 .collect(),
-            sizes: self.sizes()?,
+            sizes,
             reservations: self
-                .records::<model::Reservation>(RecordKind::Reservation)?
+                .index
+                .small::<model::Reservation>(RecordKind::Reservation)
                 .into_iter()
                 .map(|r| (r.machine.clone(), r))
                 .collect(),
-        })
+        }
     }
 
     /// Machines the caller may see (unallocated ones, and allocated ones of
     /// its projects; all for an admin) that match the filter.
-    pub fn machines(
-        &self,
-        who: &Principal,
-        filter: &MachineFilter,
-    ) -> Result<Vec<MachineView>, ApiError> {
-        let context = self.context()?;
-        let mut machines: Vec<MachineView> = self
-            .index
-            .snapshot()
-            .into_iter()
-            .filter(|indexed| visible(who, &indexed.machine))
-            .map(|indexed| view(&indexed.machine, &context))
-            .filter(|m| matches(m, filter))
-            .collect();
-        machines.sort_by(|a, b| (&a.rack, &a.uuid).cmp(&(&b.rack, &b.uuid)));
-        Ok(machines)
+    pub fn machines(&self, who: &Principal, filter: &MachineFilter) -> MachineList {
+        let snapshot = self.index.snapshot();
+        let generation = self.index.generation();
+        let mut context = None;
+        let mut cache = self
+            .rendered
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut rows: Vec<Arc<Rendered>> = Vec::new();
+        for indexed in &snapshot {
+            if !visible(who, &indexed.machine) {
+                continue;
+            }
+            let fresh = cache
+                .get(&indexed.key)
+                .filter(|r| r.version == indexed.version && r.generation == generation)
+                .cloned();
+            let rendered = match fresh {
+                Some(rendered) => rendered,
+                None => {
+                    let context = context.get_or_insert_with(|| self.context());
+                    let view = view(&indexed.machine, context);
+                    let rendered = Arc::new(Rendered {
+                        version: indexed.version,
+                        generation,
+                        json: serde_json::to_vec(&view).unwrap_or_default(),
+                        view,
+                    });
+                    cache.insert(Arc::clone(&indexed.key), Arc::clone(&rendered));
+                    rendered
+                }
+            };
+            if matches(&rendered.view, filter) {
+                rows.push(rendered);
+            }
+        }
+        if cache.len() > snapshot.len() {
+            // Machines whose records went away.
+            let current: BTreeSet<&str> = snapshot.iter().map(|m| &*m.key).collect();
+            cache.retain(|key, _| current.contains(&**key));
+        }
+        drop(cache);
+        rows.sort_by(|a, b| (&a.view.rack, &a.view.uuid).cmp(&(&b.view.rack, &b.view.uuid)));
+        MachineList(rows)
     }
 
     /// One machine (of several records of one UUID, the first by rack, as
     /// in the list).
     pub fn machine(&self, who: &Principal, uuid: &str) -> Result<MachineView, ApiError> {
         let wanted = uuid.to_lowercase();
-        let context = self.context()?;
+        let context = self.context();
         self.index
             .snapshot()
             .into_iter()
@@ -264,7 +334,7 @@ impl Api {
                 format!("at most {MAX_TAGS} tags of 1-{MAX_TAG_LEN} characters"),
             ));
         }
-        let context = self.context()?;
+        let context = self.context();
         let size = match &request.size {
             None => None,
             Some(name) => Some(
@@ -445,7 +515,7 @@ impl Api {
                 }
             }
         }
-        let mut candidates: Vec<(usize, String, String, String)> = snapshot
+        let mut candidates: Vec<(usize, String, &str, &str)> = snapshot
             .iter()
             .map(|indexed| &indexed.machine)
             .filter(|m| m.allocation.is_none() && m.reclaiming.is_none())
@@ -469,14 +539,20 @@ impl Api {
                     && request.partition.as_ref().is_none_or(|p| p == &partition);
                 fits.then(|| {
                     let load = spread.get(&rack).copied().unwrap_or(0);
-                    (load, rack, m.uuid.clone(), m.switch.clone())
+                    (load, rack, m.uuid.as_str(), m.switch.as_str())
                 })
             })
             .collect();
-        candidates.sort();
+        // Only the best few are ever asked: no need to sort them all.
+        let wanted = MAX_CANDIDATES * 4;
+        if candidates.len() > wanted {
+            candidates.select_nth_unstable(wanted);
+            candidates.truncate(wanted);
+        }
+        candidates.sort_unstable();
         candidates
             .into_iter()
-            .map(|(_, rack, uuid, switch)| (uuid, switch, rack))
+            .map(|(_, rack, uuid, switch)| (uuid.to_string(), switch.to_string(), rack))
             .collect()
     }
 
@@ -542,7 +618,7 @@ impl Api {
             .record(who, "machine.free", &machine.uuid, "ok");
         let machine: Machine =
             serde_json::from_value(answer).map_err(|e| ApiError::new(500, e.to_string()))?;
-        Ok(view(&machine, &self.context()?))
+        Ok(view(&machine, &self.context()))
     }
 
     /// Reserves or locks a machine (admins): the record travels in the

@@ -138,6 +138,11 @@ async fn serve(
                 }
             },
         };
+        // Answers leave at once: with Nagle's algorithm, a response's last
+        // segment waits for the client's delayed ACK (40 ms on Linux).
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "TCP_NODELAY not set");
+        }
         let (acceptor, router) = (acceptor.clone(), router.clone());
         connections.spawn(async move {
             let stream = match tokio::time::timeout(

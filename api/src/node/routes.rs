@@ -171,7 +171,12 @@ async fn machines(
 ) -> Result<Response, ApiError> {
     let who = principal(&state, &headers).await?;
     let Query(filter) = filter.map_err(|rejection| ApiError::new(400, rejection.body_text()))?;
-    Ok(json(state.api.machines(&who, &filter)?))
+    let list = state.api.machines(&who, &filter);
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        list.to_json(),
+    )
+        .into_response())
 }
 
 #[utoipa::path(
@@ -423,7 +428,7 @@ async fn delete_image(
 #[utoipa::path(get, path = "/v1/sizes", responses((status = 200, body = Vec<SizeView>), Refused))]
 async fn sizes(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     principal(&state, &headers).await?;
-    let sizes: Vec<SizeView> = state.api.sizes()?.into_iter().map(SizeView::from).collect();
+    let sizes: Vec<SizeView> = state.api.sizes().into_iter().map(SizeView::from).collect();
     Ok(json(sizes))
 }
 

@@ -66,6 +66,8 @@ pub struct Api {
     /// What this node handed out lately, held until the records show it:
     /// the replica lags behind the agents' answers.
     holds: std::sync::Mutex<Holds>,
+    /// Machine views kept for listing.
+    pub(crate) rendered: crate::node::machines::RenderCache,
     /// Allocations in flight by `<subject>\n<idempotency key>`.
     pub(crate) idempotency: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -185,6 +187,7 @@ impl Api {
             decisions: tokio::sync::Mutex::new(()),
             holds: std::sync::Mutex::default(),
             idempotency: std::sync::Mutex::default(),
+            rendered: crate::node::machines::RenderCache::default(),
         }
     }
 
@@ -387,18 +390,24 @@ impl Api {
         project: &str,
         wanted: &str,
     ) -> Result<model::Network, ApiError> {
-        let network = self
-            .records::<model::Network>(RecordKind::Network)?
-            .into_iter()
-            .filter(|n| n.project.as_deref().is_none_or(|p| p == project))
-            .find(|n| n.id == wanted || n.name == wanted)
-            .ok_or_else(|| ApiError {
-                status: 404,
-                ..ApiError::field(
-                    "network",
-                    format!("no network {wanted} in project {project}"),
-                )
-            })?;
+        let find = |networks: Vec<model::Network>| {
+            networks
+                .into_iter()
+                .filter(|n| n.project.as_deref().is_none_or(|p| p == project))
+                .find(|n| n.id == wanted || n.name == wanted)
+        };
+        // The index, or the store for a network created a moment ago.
+        let network = match find(self.index.small(RecordKind::Network)) {
+            Some(network) => Some(network),
+            None => find(self.records(RecordKind::Network)?),
+        };
+        let network = network.ok_or_else(|| ApiError {
+            status: 404,
+            ..ApiError::field(
+                "network",
+                format!("no network {wanted} in project {project}"),
+            )
+        })?;
         Ok(network)
     }
 
