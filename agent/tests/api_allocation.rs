@@ -16,10 +16,11 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-/// `metalmesh ARGS` run in the API's namespace, as the token's holder.
+/// `metalmesh ARGS` run on the host (which reaches the testbed's API over
+/// its own link), as the token's holder.
 fn metalmesh(run_dir: &Path, token: &str, args: &[&str]) -> Output {
     let cli = Path::new(AGENT).with_file_name("metalmesh");
-    let mut argv: Vec<String> = vec!["netns".into(), "exec".into(), "mm-api".into(), "env".into()];
+    let mut argv: Vec<String> = Vec::new();
     for (name, value) in metalmesh_testbed::api::cli_env(run_dir) {
         argv.push(format!("{name}={value}"));
     }
@@ -27,7 +28,7 @@ fn metalmesh(run_dir: &Path, token: &str, args: &[&str]) -> Output {
     argv.push(cli.display().to_string());
     argv.extend(args.iter().map(|a| a.to_string()));
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    run("ip", &argv)
+    run("env", &argv)
 }
 
 fn token(run_dir: &Path, subject: &str, role: &str, project: Option<&str>) -> String {

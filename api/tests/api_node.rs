@@ -386,6 +386,63 @@ seeds = ["127.0.0.152:17946"]
         );
     }
 
+    // `login --device`: the CLI shows a code; once the issuer's user
+    // approves it, the CLI saves the token it got and uses it.
+    let device_home = root.join("device-home");
+    let mut login = std::process::Command::new(env!("CARGO_BIN_EXE_metalmesh"))
+        .env_remove("METALMESH_TOKEN")
+        .env("HOME", &device_home)
+        .args([
+            "login",
+            "--device",
+            "--timeout-secs",
+            "30",
+            "--api",
+            "https://127.0.0.151:18443",
+            "--ca",
+            &ca_file.display().to_string(),
+            "--as",
+            "dev",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let prompt = {
+        use std::io::BufRead as _;
+        let stderr = login.stderr.take().unwrap();
+        call(move || {
+            let mut line = String::new();
+            std::io::BufReader::new(stderr)
+                .read_line(&mut line)
+                .map(|_| line)
+        })
+        .await
+        .unwrap()
+    };
+    let code = prompt.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(prompt.contains("enter the code"), "{prompt}");
+    // A wrong code is refused; the right one lets the CLI finish.
+    assert!(issuer::device::approve(&issuer_dir, "BCDF-GHJK", "dee", "edit", &[]).is_err());
+    issuer::device::approve(&issuer_dir, &code, "dee", "edit", &["alpha".into()]).unwrap();
+    let done = call(move || login.wait_with_output()).await.unwrap();
+    assert!(done.status.success(), "{done:?}");
+    assert!(
+        String::from_utf8_lossy(&done.stdout).contains("as dee (edit)"),
+        "{done:?}"
+    );
+    let me = std::process::Command::new(env!("CARGO_BIN_EXE_metalmesh"))
+        .env_remove("METALMESH_TOKEN")
+        .env_remove("METALMESH_API")
+        .env("HOME", &device_home)
+        .args(["whoami"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&me.stdout).contains("\"dee\""),
+        "{me:?}"
+    );
+
     // The OpenAPI document, and a property-based client driven by it:
     // no 5xx, every status and body as documented.
     let document = {

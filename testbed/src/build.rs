@@ -6,8 +6,8 @@ use std::time::Duration;
 use crate::daemon::{DaemonSpec, kill_all_in_netns};
 use crate::error::Error;
 use crate::plan::{
-    BENCH_NAMESPACE_PREFIX, MachineKind, NAMESPACE_PREFIX, PROVISIONING_BRIDGE, Plan, Role, RunDir,
-    namespace_of,
+    API_SIDE, BENCH_NAMESPACE_PREFIX, HOST_LINK, HOST_SIDE, MachineKind, NAMESPACE_PREFIX,
+    PROVISIONING_BRIDGE, Plan, Role, RunDir, namespace_of,
 };
 use crate::state::{STATE_VERSION, State};
 use crate::sys::{have_program, in_netns, ip_batch, list_netns};
@@ -217,6 +217,30 @@ fn build(testbed: &Testbed, progress: &mut dyn Progress) -> Result<(), Error> {
                 crate::plan::EXIT_API_ADDRESS
             ));
         }
+        if node.role == Role::Api {
+            // The host reaches the API, the issuer and the image server
+            // (all on the API's address) over a link of its own, so the
+            // `metalmesh` CLI runs on the host as it would on a laptop.
+            // Nothing else of the data center is routed to the host.
+            // A link left by a testbed that was not taken down.
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", HOST_LINK])
+                .stderr(std::process::Stdio::null())
+                .status();
+            ip_batch(
+                None,
+                &[
+                    format!(
+                        "link add {HOST_LINK} type veth peer name host netns {}",
+                        node.namespace()
+                    ),
+                    format!("address add {HOST_SIDE}/30 dev {HOST_LINK}"),
+                    format!("link set {HOST_LINK} up"),
+                ],
+            )?;
+            cmds.push(format!("address add {API_SIDE}/30 dev host"));
+            cmds.push("link set host up".to_string());
+        }
         if let Some((address, len)) = node.provisioning {
             cmds.push(format!(
                 "link add {PROVISIONING_BRIDGE} type bridge stp_state 0 forward_delay 0"
@@ -227,6 +251,16 @@ fn build(testbed: &Testbed, progress: &mut dyn Progress) -> Result<(), Error> {
             cmds.push(format!("link set {PROVISIONING_BRIDGE} up"));
         }
         ip_batch(Some(&node.namespace()), &cmds)?;
+    }
+
+    if plan.nodes.iter().any(|n| n.role == Role::Api) {
+        ip_batch(
+            None,
+            &[format!(
+                "route replace {}/32 via {API_SIDE} dev {HOST_LINK}",
+                crate::plan::API_ADDRESS
+            )],
+        )?;
     }
 
     if !plan.machines.is_empty() {

@@ -79,6 +79,18 @@ enum Command {
     Env,
     /// Serve the development OIDC issuer (run by `up --api` in `mm-api`).
     #[command(hide = true)]
+    /// Approve a pending `metalmesh login --device` by its user code, as
+    /// the testbed issuer's login page would.
+    Approve {
+        user_code: String,
+        #[arg(long)]
+        subject: String,
+        /// admin, edit or view.
+        #[arg(long)]
+        role: String,
+        #[arg(long = "project")]
+        projects: Vec<String>,
+    },
     Issuer {
         #[arg(long)]
         dir: PathBuf,
@@ -219,6 +231,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for (name, value) in metalmesh_testbed::api::cli_env(&run_dir) {
                 println!("export {name}={value}");
             }
+        }
+        Command::Approve {
+            user_code,
+            subject,
+            role,
+            projects,
+        } => {
+            metalmesh_testbed::issuer::device::approve(
+                &metalmesh_testbed::api::issuer_dir(&run_dir),
+                &user_code,
+                &subject,
+                &role,
+                &projects,
+            )?;
+            println!(
+                "approved {} as {subject} ({role})",
+                user_code.to_uppercase()
+            );
         }
         Command::Issuer {
             dir,

@@ -144,6 +144,11 @@ pub struct Plan {
 pub(crate) const EXIT_API_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 254, 0, 1);
 /// Address of the API node (on its link to the exit router).
 pub(crate) const API_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 254, 0, 2);
+/// The host's own link to the API node (root namespace side, its address,
+/// and the API side's address): the host reaches `API_ADDRESS` through it.
+pub(crate) const HOST_LINK: &str = "mm-api-host";
+pub(crate) const HOST_SIDE: Ipv4Addr = Ipv4Addr::new(10, 254, 1, 1);
+pub(crate) const API_SIDE: Ipv4Addr = Ipv4Addr::new(10, 254, 1, 2);
 
 impl Plan {
     pub fn new(topology: &Topology) -> Plan {

@@ -62,11 +62,19 @@ enum Command {
     },
     /// Who the API takes you for.
     Whoami,
-    /// Save `--api`, `--ca` and `--token` as a context (checked against the
-    /// API first) and make it the current one.
+    /// Save `--api`, `--ca` and a token (`--token`, or `--device` to log in
+    /// with the identity provider) as a context, checked against the API
+    /// first, and make it the current one.
     Login {
         #[arg(long = "as", default_value = "default")]
         name: String,
+        /// Log in with the identity provider's device flow: open the page
+        /// shown, enter the code, and the CLI gets the token.
+        #[arg(long)]
+        device: bool,
+        /// The longest wait for the approval (with --device).
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
     },
     /// Saved contexts.
     Context {
@@ -89,7 +97,15 @@ fn main() -> ExitCode {
         Command::Switch { command } => resources::switch(connection, command),
         Command::Partition { command } => resources::partition(connection, command),
         Command::Whoami => resources::whoami(connection),
-        Command::Login { name } => resources::login(connection, &name),
+        Command::Login {
+            name,
+            device,
+            timeout_secs,
+        } => resources::login(
+            connection,
+            &name,
+            device.then(|| std::time::Duration::from_secs(timeout_secs)),
+        ),
         Command::Context { command } => resources::context(command),
     };
     match result {

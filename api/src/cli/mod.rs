@@ -3,4 +3,5 @@
 pub mod ca;
 pub mod client;
 pub mod contexts;
+pub mod device_login;
 pub mod resources;

@@ -272,22 +272,25 @@ fn client(connection: &Connection) -> anyhow::Result<ApiClient> {
     Ok(ApiClient::new(&api, &token, ca.as_deref())?)
 }
 
-/// `metalmesh login`: checks the token against the API, then saves the
-/// context and makes it the current one.
-pub fn login(connection: &Connection, name: &str) -> anyhow::Result<()> {
+/// `metalmesh login`: takes the token given, or gets one with the device
+/// flow (`device`: the longest wait for approval), checks it against the
+/// API, then saves the context and makes it the current one.
+pub fn login(connection: &Connection, name: &str, device: Option<Duration>) -> anyhow::Result<()> {
     let api = connection
         .api
         .clone()
         .ok_or_else(|| anyhow::anyhow!("login needs --api (or METALMESH_API)"))?;
-    let token = connection
-        .token
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("login needs --token (or METALMESH_TOKEN)"))?;
     let ca = match &connection.ca {
         Some(path) => Some(
             std::fs::canonicalize(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
         ),
         None => None,
+    };
+    let token = match device {
+        Some(timeout) => crate::cli::device_login::device_token(&api, ca.as_deref(), timeout)?,
+        None => connection.token.clone().ok_or_else(|| {
+            anyhow::anyhow!("login needs --device or --token (or METALMESH_TOKEN)")
+        })?,
     };
     let me = ApiClient::new(&api, &token, ca.as_deref())?.get("/v1/whoami")?;
     let path = crate::cli::contexts::path()?;

@@ -100,7 +100,24 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
+/// `GET /v1/auth`: where the CLI logs in (public: it names, it grants
+/// nothing).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LoginInfo {
+    pub issuer: String,
+    pub client_id: String,
+    pub audience: String,
+}
+
 impl Verifier {
+    pub fn login_info(&self) -> LoginInfo {
+        LoginInfo {
+            issuer: self.config.issuer.clone(),
+            client_id: self.config.cli_client_id.clone(),
+            audience: self.config.audience.clone(),
+        }
+    }
+
     pub fn new(config: OidcConfig) -> Verifier {
         Verifier {
             config,

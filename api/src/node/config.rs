@@ -53,6 +53,7 @@ struct WireOidc {
     audience: String,
     roles_claim: Option<String>,
     projects_claim: Option<String>,
+    cli_client_id: Option<String>,
     #[serde(default)]
     allow_http_issuer: bool,
 }
@@ -98,6 +99,9 @@ pub struct OidcConfig {
     pub audience: String,
     pub roles_claim: String,
     pub projects_claim: String,
+    /// The client id `metalmesh login --device` asks the issuer for;
+    /// default: the audience.
+    pub cli_client_id: String,
 }
 
 #[derive(Debug, Clone)]
@@ -199,6 +203,10 @@ impl ApiConfig {
             state_dir: wire.state_dir,
             oidc: OidcConfig {
                 issuer,
+                cli_client_id: wire
+                    .oidc
+                    .cli_client_id
+                    .unwrap_or_else(|| wire.oidc.audience.clone()),
                 audience: wire.oidc.audience,
                 roles_claim: wire
                     .oidc

@@ -3,7 +3,7 @@
 //! mistakes (401 no or bad token, 403 not allowed, 404, 409 conflict or
 //! nothing available) and 5xx for ours.
 
-use crate::node::auth::{AuthError, Principal, UserRole, Verifier};
+use crate::node::auth::{AuthError, LoginInfo, Principal, UserRole, Verifier};
 use crate::node::catalog::{ImageView, NewImage, NewSize, PartitionView, SizeView, SwitchView};
 use crate::node::ipam::{IpView, NewIp};
 use crate::node::journal::Entry;
@@ -40,7 +40,7 @@ impl IntoResponse for ApiError {
 #[openapi(
     info(title = "metalmesh API", description = "Bare-metal machines, networks and projects; every route needs an OIDC bearer token."),
     paths(
-        whoami, machines, machine, allocate, free, reserve, unreserve, switches, switch,
+        login_info, whoami, machines, machine, allocate, free, reserve, unreserve, switches, switch,
         partitions, projects, create_project, networks, create_network, images, create_image,
         delete_image, sizes, create_size, delete_size, ips, acquire_ip, release_ip, audit
     ),
@@ -76,6 +76,7 @@ async fn openapi() -> Response {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/auth", get(login_info))
         .route("/v1/whoami", get(whoami))
         .route("/v1/machines", get(machines))
         .route("/v1/machines/allocate", post(allocate))
@@ -147,6 +148,12 @@ enum Refused {
     /// The identity provider cannot be reached.
     #[response(status = 503)]
     ProviderDown(ApiError),
+}
+
+/// `GET /v1/auth` (no token needed: the CLI asks where to log in).
+#[utoipa::path(get, path = "/v1/auth", security(()), responses((status = 200, body = LoginInfo)))]
+async fn login_info(State(state): Shared) -> Response {
+    json(state.verifier.login_info())
 }
 
 #[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = Principal), Refused))]

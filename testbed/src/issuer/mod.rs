@@ -3,9 +3,14 @@
 //! one directory. `rotate` adds a key (tokens are then signed with it; the
 //! JWKS keeps the older ones), as a real provider rotates.
 //!
+//! It also answers the device authorization grant ([`device`]) for
+//! `metalmesh login --device`.
+//!
 //! It is for testbeds only: its keys sit in a plain directory and it serves
 //! plain HTTP (the API node accepts an `http://` issuer only with
 //! `allow_http_issuer = true`).
+
+pub mod device;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -56,7 +61,7 @@ pub struct TokenRequest {
     pub lifetime_secs: i64,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IssuerError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IssuerError + '_ {
     move |source| IssuerError::Io {
         path: path.to_path_buf(),
         source,
@@ -189,6 +194,9 @@ pub async fn serve(dir: PathBuf, listen: SocketAddr) -> Result<(), IssuerError> 
                         Ok(url) => axum::Json(serde_json::json!({
                             "issuer": url,
                             "jwks_uri": format!("{url}/jwks.json"),
+                            "device_authorization_endpoint": format!("{url}/device/authorize"),
+                            "token_endpoint": format!("{url}/token"),
+                            "grant_types_supported": ["urn:ietf:params:oauth:grant-type:device_code"],
                             "id_token_signing_alg_values_supported": ["ES256"],
                             "response_types_supported": ["id_token"],
                             "subject_types_supported": ["public"],
@@ -196,6 +204,26 @@ pub async fn serve(dir: PathBuf, listen: SocketAddr) -> Result<(), IssuerError> 
                         .into_response(),
                         Err(error) => error_response(&error),
                     }
+                }
+            }),
+        )
+        .route(
+            "/device/authorize",
+            axum::routing::post({
+                let dir = dir.clone();
+                move |form: axum::Form<std::collections::HashMap<String, String>>| {
+                    let dir = dir.clone();
+                    async move { device_authorize(&dir, &form) }
+                }
+            }),
+        )
+        .route(
+            "/token",
+            axum::routing::post({
+                let dir = dir.clone();
+                move |form: axum::Form<std::collections::HashMap<String, String>>| {
+                    let dir = dir.clone();
+                    async move { device_token(&dir, &form) }
                 }
             }),
         )
@@ -226,6 +254,55 @@ pub async fn serve(dir: PathBuf, listen: SocketAddr) -> Result<(), IssuerError> 
 }
 
 use axum::response::IntoResponse as _;
+
+/// An OAuth error answer (RFC 6749 §5.2).
+fn oauth_error(code: &str) -> axum::response::Response {
+    (
+        axum::http::StatusCode::BAD_REQUEST,
+        axum::Json(serde_json::json!({ "error": code })),
+    )
+        .into_response()
+}
+
+fn device_authorize(
+    dir: &Path,
+    form: &std::collections::HashMap<String, String>,
+) -> axum::response::Response {
+    let client_id = form
+        .get("client_id")
+        .map(String::as_str)
+        .unwrap_or_default();
+    if client_id != AUDIENCE {
+        return oauth_error("invalid_client");
+    }
+    match url(dir).and_then(|url| device::authorize(dir, &url, client_id)) {
+        Ok(answer) => axum::Json(answer).into_response(),
+        Err(error) => error_response(&error),
+    }
+}
+
+fn device_token(
+    dir: &Path,
+    form: &std::collections::HashMap<String, String>,
+) -> axum::response::Response {
+    if form.get("grant_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:grant-type:device_code")
+    {
+        return oauth_error("unsupported_grant_type");
+    }
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
+    match device::poll(dir, field("device_code"), field("client_id"), AUDIENCE) {
+        Ok(device::Poll::Token(token)) => axum::Json(serde_json::json!({
+            "access_token": token,
+            "id_token": token,
+            "token_type": "Bearer",
+            "expires_in": 3600,
+        }))
+        .into_response(),
+        Ok(device::Poll::Refused(code)) => oauth_error(code),
+        Err(error) => error_response(&error),
+    }
+}
 
 fn error_response(error: &IssuerError) -> axum::response::Response {
     (
