@@ -176,6 +176,25 @@ fn a_project_allocates_a_machine_per_rack_through_the_api_and_they_talk() {
         addresses[1]
     );
 
+    // The table shows hardware, state, liveliness, rack and IP.
+    let table = metalmesh(run_dir, &alice, &["machine", "ls"]);
+    ok(&table);
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    for expected in [
+        "HARDWARE",
+        " CPU ",
+        "Phoned Home",
+        "Alive",
+        "rack1",
+        "rack2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(addresses.iter().cloned())
+    {
+        assert!(table.contains(&expected), "{expected} missing:\n{table}");
+    }
+
     // Each leaf downloaded the image from the image server, checked it,
     // and its installer fetched it from the leaf's cache by checksum.
     let (_, sha256) = metalmesh_testbed::api::os_image().unwrap();

@@ -452,16 +452,52 @@ fn scalar_or_empty(value: &Value, scalar: &dyn Fn(&Value) -> String) -> String {
     }
 }
 
-const MACHINE_COLUMNS: [(&str, &str); 8] = [
+const MACHINE_COLUMNS: [(&str, &str); 9] = [
     ("UUID", "uuid"),
     ("RACK", "rack"),
     ("PORT", "port"),
+    ("HARDWARE", "hardware_summary"),
     ("STATE", "state"),
     ("LIVELINESS", "liveliness"),
     ("PROJECT", "project"),
     ("HOSTNAME", "hostname"),
     ("IP", "ip"),
 ];
+
+/// `4 CPU 16G 500G`: CPUs, memory and the sum of the disks, for tables.
+fn hardware_summary(machine: &Value) -> Value {
+    let hardware = &machine["hardware"];
+    if hardware.is_null() {
+        return Value::Null;
+    }
+    let gib = |bytes: u64| format!("{}G", (bytes + (1 << 29)) >> 30);
+    let disks: u64 = hardware["disks"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|d| d["size_bytes"].as_u64()).sum())
+        .unwrap_or(0);
+    Value::String(format!(
+        "{} CPU {} {}",
+        text(&hardware["cpus"]),
+        gib(hardware["memory_bytes"].as_u64().unwrap_or(0)),
+        gib(disks)
+    ))
+}
+
+/// Machines with their hardware summarised for tables.
+fn with_hardware_summary(machines: &Value) -> Value {
+    let add = |m: &Value| {
+        let mut m = m.clone();
+        if let Some(object) = m.as_object_mut() {
+            let summary = hardware_summary(&Value::Object(object.clone()));
+            object.insert("hardware_summary".into(), summary);
+        }
+        m
+    };
+    match machines {
+        Value::Array(rows) => Value::Array(rows.iter().map(add).collect()),
+        one => add(one),
+    }
+}
 
 const MACHINE_WIDE: [(&str, &str); 6] = [
     ("SIZE", "size"),
@@ -501,7 +537,15 @@ fn percent(text: &str) -> String {
 
 pub fn machine(connection: &Connection, command: MachineCommand) -> anyhow::Result<()> {
     let api = client(connection)?;
-    let show_machine = |machine: &Value| show(connection, machine, &MACHINE_COLUMNS, &MACHINE_WIDE);
+    let show_machine = |machine: &Value| match connection.output {
+        Output::Table | Output::Wide => show(
+            connection,
+            &with_hardware_summary(machine),
+            &MACHINE_COLUMNS,
+            &MACHINE_WIDE,
+        ),
+        Output::Json | Output::Yaml => show(connection, machine, &MACHINE_COLUMNS, &MACHINE_WIDE),
+    };
     match command {
         MachineCommand::Ls {
             project,
