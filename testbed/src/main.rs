@@ -191,14 +191,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 vm_machines,
                 leaf_bgp: bgp,
                 api,
+                rack_vm_machines: Vec::new(),
             };
             let topology = Topology::load(topology.as_deref(), &overrides)?;
             Stderr.step(&format!(
-                "bringing up {} racks, {} spines, {} namespace + {} qemu machines per rack in {}",
+                "bringing up {} racks, {} spines, {} namespace machines per rack, qemu machines {:?} (by rack) in {}",
                 topology.racks,
                 topology.spines,
                 topology.machines_per_rack,
-                topology.vm_machines,
+                topology.leaf_vm_machines,
                 run_dir.display()
             ));
             let started = std::time::Instant::now();

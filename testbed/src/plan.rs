@@ -194,7 +194,12 @@ impl Plan {
                     addresses: None,
                 });
             }
-            let total = topology.machines_per_rack + topology.vm_machines;
+            let vms = topology
+                .leaf_vm_machines
+                .get(i)
+                .copied()
+                .unwrap_or(topology.vm_machines);
+            let total = topology.machines_per_rack + vms;
             for index in 1..=total {
                 let kind = if index <= topology.machines_per_rack {
                     MachineKind::Netns

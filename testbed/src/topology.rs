@@ -34,6 +34,9 @@ pub(crate) struct LeafSettings {
     /// BGP implementation of this leaf.
     #[serde(default)]
     pub bgp: LeafBgp,
+    /// qemu machines in this rack (over the file's `vm_machines`).
+    #[serde(default)]
+    pub vm_machines: Option<u32>,
 }
 
 /// The topology file as written.
@@ -70,6 +73,10 @@ pub struct Topology {
     pub fabric_mtu: u32,
     /// BGP implementation per leaf, indexed by rack number minus one.
     pub leaf_bgp: Vec<LeafBgp>,
+    /// qemu machines of each leaf (`vm_machines`, or the leaf's own),
+    /// indexed by rack number minus one.
+    #[serde(default)]
+    pub leaf_vm_machines: Vec<u32>,
     /// The API node and the development OIDC issuer run in `mm-api`.
     #[serde(default)]
     pub api: bool,
@@ -85,6 +92,7 @@ impl Default for Topology {
             vm_memory_mb: 512,
             fabric_mtu: 9000,
             leaf_bgp: vec![LeafBgp::default(); 2],
+            leaf_vm_machines: vec![0; 2],
             api: false,
         }
     }
@@ -126,6 +134,8 @@ pub struct Overrides {
     pub vm_machines: Option<u32>,
     /// Every leaf's BGP implementation (over `[leaves.leafN] bgp`).
     pub leaf_bgp: Option<LeafBgp>,
+    /// qemu machines of one rack, `(rack, count)` (over `vm_machines`).
+    pub rack_vm_machines: Vec<(u32, u32)>,
     /// Start the API node (over `api`).
     pub api: bool,
 }
@@ -247,13 +257,19 @@ impl Topology {
         )?;
 
         let mut leaf_bgp = vec![LeafBgp::default(); racks as usize];
+        let mut leaf_vm_machines = vec![vm_machines; racks as usize];
         for (name, settings) in &file.leaves {
             let index = name
                 .strip_prefix("leaf")
                 .and_then(|n| n.parse::<u32>().ok())
                 .filter(|n| (1..=racks).contains(n));
             match index {
-                Some(n) => leaf_bgp[(n - 1) as usize] = settings.get_ref().bgp,
+                Some(n) => {
+                    leaf_bgp[(n - 1) as usize] = settings.get_ref().bgp;
+                    if let Some(vms) = settings.get_ref().vm_machines {
+                        leaf_vm_machines[(n - 1) as usize] = vms;
+                    }
+                }
                 None => {
                     return Err(TopologyError::UnknownLeaf {
                         origin: origin(path, text, Some(settings.span())),
@@ -266,6 +282,23 @@ impl Topology {
         if let Some(bgp) = overrides.leaf_bgp {
             leaf_bgp.iter_mut().for_each(|b| *b = bgp);
         }
+        for (rack, vms) in &overrides.rack_vm_machines {
+            if let Some(slot) = leaf_vm_machines.get_mut((*rack as usize).wrapping_sub(1)) {
+                *slot = *vms;
+            }
+        }
+        if let Some(total) = leaf_vm_machines
+            .iter()
+            .map(|vms| machines_per_rack + vms)
+            .find(|total| *total > MAX_MACHINES_PER_RACK)
+        {
+            return Err(TopologyError::OutOfRange {
+                origin: origin(path, text, None),
+                key: "machines_per_rack + a leaf's vm_machines",
+                value: total,
+                range: format!("0..={MAX_MACHINES_PER_RACK}"),
+            });
+        }
         let api = overrides.api || file.api;
         Ok(Topology {
             api,
@@ -276,6 +309,7 @@ impl Topology {
             vm_memory_mb,
             fabric_mtu,
             leaf_bgp,
+            leaf_vm_machines,
         })
     }
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the agent's testbed tests of the machine lifecycle.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub(crate) mod api;
+
 use std::path::Path;
 use std::process::Output;
 

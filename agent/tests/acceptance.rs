@@ -1,0 +1,234 @@
+//! The user story end to end, as `scripts/demo` tells it, in the testbed:
+//! two racks, a qemu machine that really PXE-boots (iPXE firmware, the
+//! installer initramfs, the OS image downloaded by its leaf from the image
+//! server) and a namespace machine per rack; through the `metalmesh` CLI
+//! only: an image, projects, a private network, allocations in both racks,
+//! the route on the remote leaf, tenant traffic over EVPN, another
+//! project's machine kept out; then the API node killed while the qemu
+//! machine is freed rack-locally and PXE-boots back to Waiting, and the API,
+//! started again, showing all of it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::api::{IMAGE, agent_on, alpha_and_web, json, machines, metalmesh, testbed, token};
+use common::{start_installer, uuid};
+use metalmesh_testbed::testing::{Guard, eventually, ok, ping, script};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The machine's state as the API shows it.
+fn state(run_dir: &Path, token: &str, uuid: &str) -> String {
+    machines(run_dir, token)
+        .iter()
+        .find(|m| m["uuid"] == uuid)
+        .and_then(|m| m["state"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Whether `leaf`'s routing table `table` has a route to `ip`.
+fn routed(leaf: &str, table: u64, ip: &str) -> bool {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &format!("mm-{leaf}"), "route", "show", "table"])
+        .arg(table.to_string())
+        .arg(ip)
+        .output()
+        .unwrap();
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
+
+fn console(run_dir: &Path, machine: &str) -> String {
+    std::fs::read_to_string(run_dir.join(format!("machines/{machine}/console.log")))
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_user_story_from_power_on_to_tenant_traffic_and_with_the_api_down() {
+    let guard = Guard::new();
+    let run_dir = &guard.run_dir;
+    script("build-boot", &[]);
+    let _testbed = metalmesh_testbed::testing::up_with(
+        run_dir,
+        &metalmesh_testbed::Overrides {
+            racks: Some(2),
+            machines_per_rack: Some(1),
+            rack_vm_machines: vec![(1, 1)],
+            api: true,
+            ..metalmesh_testbed::Overrides::default()
+        },
+    );
+    let powered = Instant::now();
+    for rack in [1, 2] {
+        start_installer(&guard.scratch, rack, 1);
+    }
+    let vm = uuid(1, 2);
+    let admin = token(run_dir, "ada", "admin", None);
+    let alice = token(run_dir, "alice", "edit", Some("alpha"));
+    let bob = token(run_dir, "bob", "edit", Some("beta"));
+
+    // Power-on → Waiting, the qemu machine through its firmware's PXE boot.
+    assert!(
+        eventually(Duration::from_secs(240), || {
+            let all = machines(run_dir, &admin);
+            all.len() == 3 && all.iter().all(|m| m["state"] == "Waiting")
+        }),
+        "not all Waiting: {:?}\n{}",
+        machines(run_dir, &admin),
+        console(run_dir, "m1-2")
+    );
+    eprintln!(
+        "power-on -> Waiting (all three): {:.1} s",
+        powered.elapsed().as_secs_f64()
+    );
+    let network = alpha_and_web(run_dir, &admin, &alice);
+    let table = network["table"].as_u64().unwrap();
+
+    // The qemu machine in rack 1 and the namespace machine in rack 2.
+    let mut addresses = Vec::new();
+    for (machine, name) in [(vm.clone(), "web-vm"), (uuid(2, 1), "web-ns")] {
+        let allocated = Instant::now();
+        let out = metalmesh(
+            run_dir,
+            &alice,
+            &[
+                "machine",
+                "allocate",
+                "--project",
+                "alpha",
+                "--network",
+                "web",
+                "--machine",
+                &machine,
+                "--hostname",
+                name,
+                "--image",
+                IMAGE,
+                "--wait",
+                "--timeout-secs",
+                "240",
+                "-o",
+                "json",
+            ],
+        );
+        let shown = json(&out);
+        assert_eq!(
+            shown["state"],
+            "Phoned Home",
+            "{shown}\n{}",
+            console(run_dir, "m1-2")
+        );
+        eprintln!(
+            "{name}: allocate -> Phoned Home {:.1} s",
+            allocated.elapsed().as_secs_f64()
+        );
+        addresses.push(shown["ip"].as_str().unwrap().to_string());
+    }
+    // Each machine's route reached the other rack's leaf (EVPN type 5).
+    assert!(
+        eventually(Duration::from_secs(30), || routed(
+            "leaf2",
+            table,
+            &addresses[0]
+        ) && routed(
+            "leaf1",
+            table,
+            &addresses[1]
+        )),
+        "routes missing on the remote leaves"
+    );
+    assert!(
+        console(run_dir, "m1-2").contains(&format!("web-vm running with {}/32", addresses[0])),
+        "{}",
+        console(run_dir, "m1-2")
+    );
+    // Tenant traffic between the racks; another project's machine is out.
+    assert!(
+        eventually(Duration::from_secs(30), || ping("m2-1", &addresses[0])),
+        "the namespace machine in rack 2 cannot reach the qemu machine"
+    );
+    ok(&metalmesh(run_dir, &admin, &["project", "create", "beta"]));
+    ok(&metalmesh(
+        run_dir,
+        &bob,
+        &["network", "create", "db", "--project", "beta"],
+    ));
+    let out = metalmesh(
+        run_dir,
+        &bob,
+        &[
+            "machine",
+            "allocate",
+            "--project",
+            "beta",
+            "--network",
+            "db",
+            "--machine",
+            &uuid(1, 1),
+            "--hostname",
+            "db-1",
+            "--image",
+            IMAGE,
+            "--wait",
+            "--timeout-secs",
+            "240",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(json(&out)["state"], "Phoned Home");
+    assert!(
+        !ping("m1-1", &addresses[0]),
+        "beta's machine reaches alpha's"
+    );
+    assert!(
+        !ping("m1-1", &addresses[1]),
+        "beta's machine reaches alpha's"
+    );
+
+    // The API node down: the qemu machine is freed rack-locally, wiped,
+    // PXE-boots again and waits; the racks need no API for it.
+    ok(&testbed(run_dir, &["kill", "api"]));
+    ok(&agent_on(run_dir, "leaf1", &["machine", "free", &vm]));
+    assert!(
+        eventually(Duration::from_secs(240), || {
+            let out = agent_on(
+                run_dir,
+                "leaf1",
+                &["machine", "describe", &vm, "-o", "json"],
+            );
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|m| m["state"] == "Waiting" && m["allocation"].is_null())
+        }),
+        "the freed qemu machine did not come back to Waiting\n{}",
+        console(run_dir, "m1-2")
+    );
+    ok(&testbed(run_dir, &["start", "api"]));
+    assert!(
+        eventually(Duration::from_secs(60), || state(run_dir, &admin, &vm)
+            == "Waiting"
+            && machines(run_dir, &admin)
+                .iter()
+                .any(|m| m["uuid"] == vm.as_str() && m["project"].is_null())),
+        "the API does not show the reclaimed machine: {:?}",
+        machines(run_dir, &admin)
+    );
+    // Its address is free again: the next allocation of alpha gets it.
+    let out = metalmesh(
+        run_dir,
+        &alice,
+        &[
+            "ip",
+            "acquire",
+            "--project",
+            "alpha",
+            "--network",
+            "web",
+            "--ip",
+            &addresses[0],
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(json(&out)["address"], addresses[0].as_str());
+}

@@ -1,0 +1,115 @@
+//! Helpers of the testbed tests that go through the API node: the
+//! `metalmesh` CLI on the host, testbed tokens, the OS image defined in the
+//! API, and a project with a network.
+
+use std::path::Path;
+use std::process::Output;
+
+use metalmesh_testbed::testing::{ok, run, script};
+
+use super::AGENT;
+
+/// `metalmesh ARGS` run on the host (which reaches the testbed's API over
+/// its own link), as the token's holder.
+pub(crate) fn metalmesh(run_dir: &Path, token: &str, args: &[&str]) -> Output {
+    let cli = Path::new(AGENT).with_file_name("metalmesh");
+    let mut argv: Vec<String> = Vec::new();
+    for (name, value) in metalmesh_testbed::api::cli_env(run_dir) {
+        argv.push(format!("{name}={value}"));
+    }
+    argv.push(format!("METALMESH_TOKEN={token}"));
+    argv.push(cli.display().to_string());
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    run("env", &argv)
+}
+
+pub(crate) fn token(run_dir: &Path, subject: &str, role: &str, project: Option<&str>) -> String {
+    let testbed = Path::new(AGENT).with_file_name("metalmesh-testbed");
+    let mut args = vec![
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+        "token",
+        "--subject",
+        subject,
+        "--role",
+        role,
+    ];
+    if let Some(project) = project {
+        args.extend(["--project", project]);
+    }
+    let out = run(testbed.to_str().unwrap(), &args);
+    ok(&out);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub(crate) fn machines(run_dir: &Path, token: &str) -> Vec<serde_json::Value> {
+    let out = metalmesh(run_dir, token, &["machine", "ls", "-o", "json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+pub(crate) fn json(out: &Output) -> serde_json::Value {
+    ok(out);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A testbed with the API node, `racks` racks of `machines` namespace
+/// machines each, and the OS images the installers write.
+pub(crate) fn up_with_api(run_dir: &Path, racks: u32, machines: u32) -> metalmesh_testbed::Testbed {
+    script("build-os-image", &[]);
+    metalmesh_testbed::testing::up_with(
+        run_dir,
+        &metalmesh_testbed::Overrides {
+            racks: Some(racks),
+            machines_per_rack: Some(machines),
+            api: true,
+            ..metalmesh_testbed::Overrides::default()
+        },
+    )
+}
+
+/// The OS image in the API: leaves download it from the testbed's image
+/// server on first use and check its checksum.
+pub(crate) const IMAGE: &str = "testbed-os";
+
+pub(crate) fn define_image(run_dir: &Path, admin: &str) {
+    let (url, sha256) = metalmesh_testbed::api::os_image().unwrap();
+    ok(&metalmesh(
+        run_dir,
+        admin,
+        &["image", "create", IMAGE, "--url", &url, "--sha256", &sha256],
+    ));
+}
+
+/// Project `alpha`, made by the admin, and its network `web`, made by its
+/// member; the network as the API answered.
+pub(crate) fn alpha_and_web(run_dir: &Path, admin: &str, member: &str) -> serde_json::Value {
+    define_image(run_dir, admin);
+    ok(&metalmesh(run_dir, admin, &["project", "create", "alpha"]));
+    json(&metalmesh(
+        run_dir,
+        member,
+        &[
+            "network",
+            "create",
+            "web",
+            "--project",
+            "alpha",
+            "-o",
+            "json",
+        ],
+    ))
+}
+
+/// `metalmesh-agent ARGS` on a leaf.
+pub(crate) fn agent_on(run_dir: &Path, leaf: &str, args: &[&str]) -> Output {
+    metalmesh_testbed::testing::agent_on(run_dir, AGENT, leaf, args)
+}
+
+pub(crate) fn testbed(run_dir: &Path, args: &[&str]) -> Output {
+    let binary = Path::new(AGENT).with_file_name("metalmesh-testbed");
+    let mut argv = vec!["--run-dir", run_dir.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    run(binary.to_str().unwrap(), &argv)
+}
