@@ -464,13 +464,20 @@ const MACHINE_COLUMNS: [(&str, &str); 9] = [
     ("IP", "ip"),
 ];
 
-/// `4 CPU 16G 500G`: CPUs, memory and the sum of the disks, for tables.
+/// `4 CPU 16G 500G`: CPUs, memory and the sum of the disks (`512M` below a
+/// GiB), for tables.
 fn hardware_summary(machine: &Value) -> Value {
     let hardware = &machine["hardware"];
     if hardware.is_null() {
         return Value::Null;
     }
-    let gib = |bytes: u64| format!("{}G", (bytes + (1 << 29)) >> 30);
+    let gib = |bytes: u64| {
+        if bytes >= 1 << 30 {
+            format!("{}G", (bytes + (1 << 29)) >> 30)
+        } else {
+            format!("{}M", (bytes + (1 << 19)) >> 20)
+        }
+    };
     let disks: u64 = hardware["disks"]
         .as_array()
         .map(|d| d.iter().filter_map(|d| d["size_bytes"].as_u64()).sum())
