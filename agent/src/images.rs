@@ -28,6 +28,9 @@ use crate::supervisor::Supervisor;
 /// Time to connect to the image server, and the longest wait for one read.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// After a minute, a download slower than this on average is given up: a
+/// server trickling bytes must not hold the image's download for ever.
+const MIN_BYTES_PER_SEC: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -103,6 +106,7 @@ pub struct ImageCache {
 
 impl ImageCache {
     pub fn new(cache_dir: PathBuf, store: Store, max_bytes: u64) -> ImageCache {
+        remove_partial_downloads(&cache_dir);
         ImageCache {
             cache_dir,
             store,
@@ -167,15 +171,20 @@ fn download(image: &model::Image, path: &Path, max_bytes: u64) -> Result<u64, Im
         reason,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    // One partial file per process: leaves sharing a directory (the
-    // testbed's) never write into each other's download.
-    let partial = path.with_extension(format!("img.part.{}", std::process::id()));
+    // Written beside the served directory, never in it: a half download is
+    // never handed out; one file per process.
+    let partial = partial_dir(dir).join(format!(
+        "{}.{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("image"),
+        std::process::id()
+    ));
     let write_error = |error: std::io::Error| ImageError::Write {
         name: name.clone(),
         path: partial.display().to_string(),
         reason: error.to_string(),
     };
     std::fs::create_dir_all(dir).map_err(write_error)?;
+    std::fs::create_dir_all(partial_dir(dir)).map_err(write_error)?;
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(CONNECT_TIMEOUT)
         .timeout_read(READ_TIMEOUT)
@@ -200,7 +209,18 @@ fn download(image: &model::Image, path: &Path, max_bytes: u64) -> Result<u64, Im
         let mut hasher = sha2::Sha256::new();
         let mut buffer = vec![0u8; 1 << 16];
         let mut total = 0u64;
+        let started = std::time::Instant::now();
         loop {
+            let elapsed = started.elapsed();
+            if elapsed > Duration::from_secs(60)
+                && total < elapsed.as_secs().saturating_mul(MIN_BYTES_PER_SEC)
+            {
+                return Err(fetch_error(format!(
+                    "{total} bytes in {} s: slower than {} KiB/s",
+                    elapsed.as_secs(),
+                    MIN_BYTES_PER_SEC >> 10
+                )));
+            }
             let n = body
                 .read(&mut buffer)
                 .map_err(|e| fetch_error(e.to_string()))?;
@@ -241,6 +261,22 @@ fn download(image: &model::Image, path: &Path, max_bytes: u64) -> Result<u64, Im
         let _ = std::fs::remove_file(&partial);
     }
     result
+}
+
+/// Where downloads in progress are written: beside the cache directory.
+fn partial_dir(cache_dir: &Path) -> PathBuf {
+    let mut name = cache_dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    cache_dir.with_file_name(name)
+}
+
+/// Removes downloads a stopped agent left half done.
+pub fn remove_partial_downloads(cache_dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(partial_dir(cache_dir)) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -330,7 +366,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let body = b"an operating system".to_vec();
         let good = image(serve_once(body.clone(), body.len()), &body);
-        let path = cached_path(dir.path(), &good.sha256);
+        let path = cached_path(&dir.path().join("images"), &good.sha256);
         assert_eq!(
             download(&good, &path, 1 << 20).ok(),
             Some(body.len() as u64)
@@ -340,12 +376,14 @@ mod tests {
         // The server hands out something else than the record names.
         let mut tampered = image(serve_once(b"tampered bytes".to_vec(), 14), &body);
         tampered.sha256 = hex(&sha2::Sha256::digest(b"another image"));
-        let path = cached_path(dir.path(), &tampered.sha256);
+        let path = cached_path(&dir.path().join("images"), &tampered.sha256);
         let error = download(&tampered, &path, 1 << 20).unwrap_err();
         assert!(matches!(error, ImageError::Checksum { .. }), "{error}");
         assert!(!path.exists());
         assert_eq!(
-            std::fs::read_dir(dir.path()).map(|d| d.count()).ok(),
+            std::fs::read_dir(dir.path().join("images"))
+                .map(|d| d.count())
+                .ok(),
             Some(1)
         );
     }
@@ -355,7 +393,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let body = vec![7u8; 4096];
         let truncated = image(serve_once(body[..100].to_vec(), body.len()), &body);
-        let path = cached_path(dir.path(), &truncated.sha256);
+        let path = cached_path(&dir.path().join("images"), &truncated.sha256);
         let error = download(&truncated, &path, 1 << 20).unwrap_err();
         assert!(matches!(error, ImageError::Download { .. }), "{error}");
         assert!(!path.exists());
@@ -368,7 +406,7 @@ mod tests {
         let error = download(&bad, &path, 1000).unwrap_err();
         assert!(matches!(error, ImageError::BadUrl { .. }), "{error}");
         assert_eq!(
-            std::fs::read_dir(dir.path())
+            std::fs::read_dir(dir.path().join("images"))
                 .map(|d| d.count())
                 .unwrap_or(0),
             0

@@ -10,6 +10,61 @@
 
 mod support;
 
+/// Runs a Prometheus server scraping `target` every second and returns
+/// its answer to `metalmesh_api_requests_total` once it has one (at most
+/// 30 s); fails when the target is not `up`.
+async fn scrape_with_prometheus(dir: &std::path::Path, target: &str) -> String {
+    let target = target
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: api\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let listen = "127.0.17.5:19090";
+    let mut server = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={listen}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus (scripts/setup installs Debian's package)");
+    let query = move |q: &str| {
+        let url = format!("http://{listen}/api/v1/query?query={q}");
+        ureq::get(&url)
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .unwrap_or_default()
+    };
+    let mut answer = String::new();
+    for _ in 0..60 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        answer = tokio::task::spawn_blocking(move || query("metalmesh_api_requests_total"))
+            .await
+            .unwrap();
+        if answer.contains("/v1/") {
+            break;
+        }
+    }
+    let up = tokio::task::spawn_blocking(move || query("up"))
+        .await
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(up.contains("\"1\"]"), "the target is not up: {up}");
+    answer
+}
+
 use metalmesh_api::cli::client::{ApiClient, ClientError};
 use metalmesh_inventory::model::{Disk, Hardware};
 use serde_json::{Value, json};
@@ -399,16 +454,17 @@ async fn resources_and_allocation_rules_hold() {
         .await
         .unwrap();
     }
-    let ips = get(&alice, "/v1/ips".into()).await;
-    let kept: Vec<&Value> = ips
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|ip| ip["address"] == address.as_str())
-        .collect();
-    assert_eq!(kept.len(), 1, "{ips}");
-    assert_eq!(kept[0]["acquired"], true);
-    assert!(kept[0]["machine"].is_null(), "{ips}");
+    // Kept for the project, attached to nothing.
+    until(&alice, "/v1/ips", |ips| {
+        let kept: Vec<&Value> = ips
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|ip| ip["address"] == address.as_str())
+            .collect();
+        kept.len() == 1 && kept[0]["acquired"] == true && kept[0]["machine"].is_null()
+    })
+    .await;
     {
         let address = address.clone();
         on(&alice, move |c| c.delete(&format!("/v1/ips/{address}")))
@@ -434,6 +490,38 @@ async fn resources_and_allocation_rules_hold() {
     .await;
     assert_eq!(status(&full), 409, "{full:?}");
     assert!(field(&full).contains("no free address"));
+
+    // The metrics count what happened, by route template, and Prometheus's
+    // own checker accepts the exposition.
+    let exposition = {
+        let url = deployment.metrics_url.clone();
+        tokio::task::spawn_blocking(move || ureq::get(&url).call().unwrap().into_string().unwrap())
+            .await
+            .unwrap()
+    };
+    for expected in [
+        "metalmesh_api_requests_total{route=\"/v1/machines/allocate\",method=\"POST\",status=\"200\"}",
+        "metalmesh_api_requests_total{route=\"/v1/machines/allocate\",method=\"POST\",status=\"404\"}",
+        "metalmesh_api_request_duration_seconds_bucket{",
+        "metalmesh_api_machines{state=\"Waiting\",liveliness=\"Alive\"}",
+        "metalmesh_api_machines_allocated ",
+    ] {
+        assert!(
+            exposition.contains(expected),
+            "{expected} missing:\n{exposition}"
+        );
+    }
+    assert!(
+        !exposition.contains("/v1/machines/0000"),
+        "a raw path became a label:\n{exposition}"
+    );
+    // Prometheus itself (Debian's package, installed by scripts/setup)
+    // scrapes the endpoint and answers queries over what it took.
+    let scraped = scrape_with_prometheus(dir.path(), &deployment.metrics_url).await;
+    assert!(
+        scraped.contains("\"/v1/machines/allocate\""),
+        "Prometheus has no allocate requests: {scraped}"
+    );
 
     // Every change is in the audit log.
     let audit = get(&admin, "/v1/audit".into()).await;

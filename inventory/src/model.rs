@@ -133,7 +133,11 @@ pub struct Size {
 impl Size {
     /// Whether hardware fits this size.
     pub fn fits(&self, hardware: &Hardware) -> bool {
-        let disk: u64 = hardware.disks.iter().map(|d| d.size_bytes).sum();
+        // Reported by the installer: never trusted not to overflow.
+        let disk = hardware
+            .disks
+            .iter()
+            .fold(0u64, |sum, d| sum.saturating_add(d.size_bytes));
         let within = |value: u64, min: u64, max: Option<u64>| {
             value >= min && max.is_none_or(|max| value <= max)
         };

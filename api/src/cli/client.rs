@@ -39,7 +39,11 @@ impl ApiClient {
     /// `ca`: the PEM file of the CA to trust for the API's certificate
     /// (without: the system's roots).
     pub fn new(base: &str, token: &str, ca: Option<&Path>) -> Result<ApiClient, ClientError> {
-        let mut builder = ureq::AgentBuilder::new().timeout(Duration::from_secs(60));
+        // Longer than the API waits for an agent (120 s, a first image
+        // download): the answer of a slow allocation is not lost.
+        let mut builder = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(15))
+            .timeout(Duration::from_secs(180));
         if let Some(path) = ca {
             let ca_error = |detail: String| ClientError::Ca {
                 path: path.display().to_string(),

@@ -89,16 +89,20 @@ pub fn device_token(api: &str, ca: Option<&Path>, timeout: Duration) -> anyhow::
             .unwrap_or(&device.verification_uri),
         device.user_code
     );
-    let deadline = Instant::now() + timeout.min(Duration::from_secs(device.expires_in));
-    let mut interval = Duration::from_secs(device.interval.max(1));
+    // The issuer's numbers are bounded: at most an hour, polls 1-60 s apart.
+    let deadline = Instant::now()
+        + timeout
+            .min(Duration::from_secs(device.expires_in))
+            .min(Duration::from_secs(3600));
+    let mut interval = Duration::from_secs(device.interval.clamp(1, 60));
     loop {
+        std::thread::sleep(interval.min(deadline.saturating_duration_since(Instant::now())));
         if Instant::now() >= deadline {
             anyhow::bail!(
                 "the login was not approved in time (code {})",
                 device.user_code
             );
         }
-        std::thread::sleep(interval);
         let answer = http.post(&token_endpoint).send_form(&[
             ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
             ("device_code", &device.device_code),
@@ -120,7 +124,9 @@ pub fn device_token(api: &str, ca: Option<&Path>, timeout: Duration) -> anyhow::
                     .ok_or_else(|| anyhow::anyhow!("{token_endpoint} answered no token"));
             }
             Some("authorization_pending") => {}
-            Some("slow_down") => interval += Duration::from_secs(5),
+            Some("slow_down") => {
+                interval = (interval + Duration::from_secs(5)).min(Duration::from_secs(60));
+            }
             Some(other) => anyhow::bail!("the login was refused: {other}"),
         }
     }

@@ -8,7 +8,7 @@ use crate::node::service::{Api, ApiError, valid_name};
 use metalmesh_inventory::RecordKind;
 use metalmesh_inventory::model::{self, Hardware};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// `POST /v1/images` (admins).
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
@@ -321,9 +321,26 @@ impl Api {
             .collect())
     }
 
-    pub fn switches(&self) -> Result<Vec<SwitchView>, ApiError> {
+    /// The leaves with their ports; a port's machine and LLDP neighbours
+    /// are shown only when the caller may see that machine (its
+    /// neighbours are its hostname, when its OS runs LLDP).
+    pub fn switches(&self, who: &Principal) -> Result<Vec<SwitchView>, ApiError> {
         let ports: Vec<model::Port> = self.records(RecordKind::Port)?;
-        let machines = self.index.snapshot();
+        let mut on_port: HashMap<(String, String), (String, bool)> = HashMap::new();
+        for indexed in self.index.snapshot() {
+            let machine = &indexed.machine;
+            if let Some(port) = &machine.port {
+                let visible = machine
+                    .allocation
+                    .as_ref()
+                    .and_then(|a| a.request.project.as_deref())
+                    .is_none_or(|p| who.sees(p));
+                on_port.insert(
+                    (machine.switch.clone(), port.clone()),
+                    (machine.uuid.clone(), visible),
+                );
+            }
+        }
         let mut switches: Vec<SwitchView> = self
             .index
             .small::<model::Switch>(RecordKind::Switch)
@@ -332,25 +349,28 @@ impl Api {
                 let mut ports: Vec<PortView> = ports
                     .iter()
                     .filter(|port| port.switch == switch.name)
-                    .map(|port| PortView {
-                        name: port.name.clone(),
-                        up: port.up,
-                        neighbors: port
-                            .neighbors
-                            .iter()
-                            .map(|n| {
-                                n.system_name
-                                    .clone()
-                                    .unwrap_or_else(|| n.chassis_id.clone())
-                            })
-                            .collect(),
-                        machine: machines
-                            .iter()
-                            .find(|m| {
-                                m.machine.switch == switch.name
-                                    && m.machine.port.as_deref() == Some(port.name.as_str())
-                            })
-                            .map(|m| m.machine.uuid.clone()),
+                    .map(|port| {
+                        let machine = on_port.get(&(switch.name.clone(), port.name.clone()));
+                        let hidden = machine.is_some_and(|(_, visible)| !visible);
+                        PortView {
+                            name: port.name.clone(),
+                            up: port.up,
+                            neighbors: if hidden {
+                                Vec::new()
+                            } else {
+                                port.neighbors
+                                    .iter()
+                                    .map(|n| {
+                                        n.system_name
+                                            .clone()
+                                            .unwrap_or_else(|| n.chassis_id.clone())
+                                    })
+                                    .collect()
+                            },
+                            machine: machine
+                                .filter(|(_, visible)| *visible)
+                                .map(|(uuid, _)| uuid.clone()),
+                        }
                     })
                     .collect();
                 ports.sort_by(|a, b| a.name.cmp(&b.name));
@@ -368,8 +388,8 @@ impl Api {
         Ok(switches)
     }
 
-    pub fn switch(&self, name: &str) -> Result<SwitchView, ApiError> {
-        self.switches()?
+    pub fn switch(&self, who: &Principal, name: &str) -> Result<SwitchView, ApiError> {
+        self.switches(who)?
             .into_iter()
             .find(|s| s.name == name)
             .ok_or_else(|| ApiError::new(404, format!("switch {name} not found")))

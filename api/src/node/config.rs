@@ -36,6 +36,14 @@ struct Wire {
     mesh: WireMesh,
     #[serde(default)]
     tenant: WireTenant,
+    #[serde(default)]
+    metrics: WireMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireMetrics {
+    listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +98,8 @@ pub struct ApiConfig {
     pub oidc: OidcConfig,
     pub mesh: MeshConfig,
     pub tenant: TenantConfig,
+    /// Where `/metrics` is served (plain HTTP); default 127.0.0.1:9470.
+    pub metrics_listen: SocketAddr,
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +229,10 @@ impl ApiConfig {
             },
             mesh,
             tenant,
+            metrics_listen: wire
+                .metrics
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9470))),
         })
     }
 }

@@ -151,18 +151,35 @@ impl MachineIndex {
     }
 
     fn reload(&self, store: &Store) -> Result<(), metalmesh_inventory::StoreError> {
+        // Fresh maps swapped in whole: a reader never sees them half full.
+        let mut small: HashMap<RecordKind, HashMap<String, Arc<str>>> = HashMap::new();
         for kind in SMALL_KINDS {
+            let records = small.entry(kind).or_default();
             for record in store.list(Some(kind))? {
-                self.apply_small(&record);
+                if let Some(value) = &record.value {
+                    records.insert(record.id.key.clone(), Arc::from(value.as_str()));
+                }
             }
         }
-        self.ips
+        *self
+            .small
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = small;
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        let mut ips = HashMap::new();
         for record in store.list(Some(RecordKind::Ip))? {
-            self.apply_ip(&record);
+            if let Some(ip) = record
+                .value
+                .as_deref()
+                .and_then(|v| serde_json::from_str::<Ip>(v).ok())
+            {
+                ips.insert(record.id.key.clone(), (record.version, ip));
+            }
         }
+        *self
+            .ips
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ips;
         let records = store.list(Some(RecordKind::Machine))?;
         let mut fresh = HashMap::with_capacity(records.len());
         for record in records {

@@ -10,7 +10,7 @@
 
 use crate::node::auth::Principal;
 use crate::node::index::Indexed;
-use crate::node::service::{Api, ApiError, may_change, parse_prefix};
+use crate::node::service::{Api, ApiError, IpHold, may_change, parse_prefix};
 use metalmesh_inventory::RecordKind;
 use metalmesh_inventory::model;
 use serde::{Deserialize, Serialize};
@@ -65,15 +65,19 @@ impl From<model::Ip> for IpView {
 /// The taken addresses, by why they are taken.
 #[derive(Debug, Default)]
 pub(crate) struct Taken {
-    /// Held by a machine record or a recent hand-out.
+    /// Held by a machine record.
     pub by_machines: BTreeSet<Ipv4Addr>,
     /// Named by an IP record that still counts.
     pub by_records: HashMap<Ipv4Addr, model::Ip>,
+    /// Handed out by this node a moment ago, not shown by the records yet.
+    pub held: HashMap<Ipv4Addr, IpHold>,
 }
 
 impl Taken {
     fn contains(&self, ip: &Ipv4Addr) -> bool {
-        self.by_machines.contains(ip) || self.by_records.contains_key(ip)
+        self.by_machines.contains(ip)
+            || self.by_records.contains_key(ip)
+            || self.held.contains_key(ip)
     }
 }
 
@@ -113,7 +117,7 @@ impl Api {
         if taken.contains(&ip) {
             return Err(ApiError::new(409, format!("{ip} is in use")));
         }
-        self.hold_ip(ip);
+        self.hold_ip(ip, IpHold::Acquired);
         let record = model::Ip {
             address: ip.to_string(),
             network: network.id.clone(),
@@ -168,8 +172,8 @@ impl Api {
     }
 
     /// The address an allocation of `project` gets in `network`: `wanted`
-    /// (free, or acquired by the project and not attached), or the lowest
-    /// free one.
+    /// (free, or acquired by the project and attached to no machine), or
+    /// the lowest free one.
     pub(crate) fn choose_address(
         &self,
         snapshot: &[Indexed],
@@ -179,19 +183,37 @@ impl Api {
     ) -> Result<Chosen, ApiError> {
         let taken = self.taken(snapshot);
         let ip = pick(&taken, network, wanted)?;
-        if taken.by_machines.contains(&ip) {
-            return Err(ApiError::new(409, format!("{ip} is in use")));
+        let in_use = || ApiError::new(409, format!("{ip} is in use"));
+        if wanted.is_none() {
+            return Ok(Chosen { ip, acquired: None });
         }
-        let acquired = match taken.by_records.get(&ip) {
-            None => None,
+        if taken.by_machines.contains(&ip) || taken.held.get(&ip) == Some(&IpHold::Allocation) {
+            return Err(in_use());
+        }
+        // The store, not the index: this node's own writes of a moment ago
+        // count (an address acquired just now is not free).
+        let record = self.record::<model::Ip>(RecordKind::Ip, &ip.to_string())?;
+        let stale = record
+            .as_ref()
+            .is_some_and(|r| !taken.by_records.contains_key(&ip) && r.machine.is_some());
+        match record {
+            None if taken.held.contains_key(&ip) => Err(in_use()),
+            None => Ok(Chosen { ip, acquired: None }),
             Some(record)
-                if record.acquired && record.project == project && record.network == network.id =>
+                if record.acquired
+                    && record.project == project
+                    && record.network == network.id
+                    && (record.machine.is_none() || stale) =>
             {
-                Some(record.clone())
+                Ok(Chosen {
+                    ip,
+                    acquired: Some(record),
+                })
             }
-            Some(_) => return Err(ApiError::new(409, format!("{ip} is in use"))),
-        };
-        Ok(Chosen { ip, acquired })
+            // Came with an allocation whose machine let it go.
+            Some(record) if !record.acquired && stale => Ok(Chosen { ip, acquired: None }),
+            Some(_) => Err(in_use()),
+        }
     }
 
     pub(crate) fn taken(&self, snapshot: &[Indexed]) -> Taken {
@@ -240,9 +262,13 @@ impl Api {
             }
         }
         // Hand-outs the records show now need no hold any more.
-        let held =
-            self.held_ips(|ip| taken.by_machines.contains(ip) || taken.by_records.contains_key(ip));
-        taken.by_machines.extend(held);
+        taken.held = self
+            .held_ips(
+                |ip| taken.by_machines.contains(ip),
+                |ip| taken.by_records.contains_key(ip),
+            )
+            .into_iter()
+            .collect();
         taken
     }
 }

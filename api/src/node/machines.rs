@@ -5,8 +5,9 @@
 use crate::node::auth::{Principal, UserRole};
 use crate::node::catalog::size_of;
 use crate::node::index::Indexed;
-use crate::node::service::{Api, ApiError, Held, may_change};
+use crate::node::service::{Api, ApiError, Held, IpHold, may_change};
 use metalmesh_inventory::RecordKind;
+use metalmesh_inventory::mesh::service::MeshError;
 use metalmesh_inventory::model::{self, AllocateRequest, Machine};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -334,7 +335,13 @@ impl Api {
                 format!("at most {MAX_TAGS} tags of 1-{MAX_TAG_LEN} characters"),
             ));
         }
-        let context = self.context();
+        let mut context = self.context();
+        // Reservations from the store: one set a moment ago holds at once.
+        context.reservations = self
+            .records::<model::Reservation>(RecordKind::Reservation)?
+            .into_iter()
+            .map(|r| (r.machine.clone(), r))
+            .collect();
         let size = match &request.size {
             None => None,
             Some(name) => Some(
@@ -369,7 +376,7 @@ impl Api {
             if candidates.is_empty() {
                 return Err(ApiError::new(409, "no machine available"));
             }
-            self.hold_ip(chosen.ip);
+            self.hold_ip(chosen.ip, IpHold::Allocation);
             (chosen, candidates)
         };
         let ip = chosen.ip;
@@ -383,9 +390,9 @@ impl Api {
             vrf: Some(network.id.clone()),
             tags: request.tags.clone(),
         };
-        let mut refusals = Vec::new();
+        let (mut refusals, mut unreachable) = (Vec::new(), Vec::new());
         for (uuid, switch, rack) in &candidates {
-            if refusals.len() >= MAX_CANDIDATES {
+            if refusals.len() + unreachable.len() >= MAX_CANDIDATES {
                 break;
             }
             {
@@ -405,7 +412,7 @@ impl Api {
                 );
             }
             let body = serde_json::json!({ "uuid": uuid, "allocation": allocation });
-            let mut answer = Err(metalmesh_inventory::mesh::service::MeshError::Stopped);
+            let mut answer = Err(MeshError::Stopped);
             // A network created a moment ago may not have reached the
             // machine's leaf yet: its agent then knows no such VRF.
             for _ in 0..NETWORK_ARRIVAL_TRIES {
@@ -420,33 +427,22 @@ impl Api {
                     _ => break,
                 }
             }
-            match answer {
-                Ok(answer) => {
-                    let machine: Machine = serde_json::from_value(answer)
-                        .map_err(|e| ApiError::new(500, e.to_string()))?;
-                    if let Some(held) = self.holds().machines.get_mut(uuid) {
-                        held.taken = Some((request.project.clone(), ip));
-                    }
-                    let record = match chosen.acquired {
-                        Some(acquired) => model::Ip {
-                            machine: Some(machine.uuid.clone()),
-                            ..acquired
-                        },
-                        None => model::Ip {
-                            address: ip.to_string(),
-                            network: network.id.clone(),
-                            project: request.project.clone(),
-                            machine: Some(machine.uuid.clone()),
-                            acquired: false,
-                            name: String::new(),
-                        },
-                    };
-                    self.put(RecordKind::Ip, &record.address, &record)?;
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(MeshError::TimedOut { peer, after }) => {
+                    // The agent may still commit (a first download of a
+                    // large image): the machine and the address stay held,
+                    // and no other machine is asked with this address.
                     self.journal
-                        .record(who, "machine.allocate", &machine.uuid, "ok");
-                    return Ok(view(&machine, &context));
+                        .record(who, "machine.allocate", uuid, "no answer");
+                    return Err(ApiError::new(
+                        504,
+                        format!(
+                            "{peer} did not answer within {after:?}; machine {uuid} may still be allocated with {ip}: see `machine describe {uuid}`"
+                        ),
+                    ));
                 }
-                Err(error) => {
+                Err(error @ MeshError::Refused { .. }) => {
                     // Refused: free for others again, unless its agent says
                     // it is taken (the replica has not caught up yet).
                     if !error.to_string().contains("already allocated") {
@@ -454,8 +450,55 @@ impl Api {
                     }
                     tracing::info!(machine = %uuid, %error, "allocation refused; next candidate");
                     refusals.push(format!("{uuid}: {error}"));
+                    continue;
                 }
+                Err(error) => {
+                    // Not delivered (no connection, unknown member): the
+                    // agent never saw it.
+                    self.holds().machines.remove(uuid);
+                    tracing::warn!(machine = %uuid, %error, "agent not reached; next candidate");
+                    unreachable.push(format!("{uuid}: {error}"));
+                    continue;
+                }
+            };
+            // Committed by the agent: what follows must not lose it.
+            let machine = match serde_json::from_value::<Machine>(answer) {
+                Ok(machine) => machine,
+                Err(error) => {
+                    tracing::error!(machine = %uuid, %error, "unreadable answer of a committed allocation");
+                    return Err(ApiError::new(
+                        502,
+                        format!(
+                            "machine {uuid} was allocated with {ip}, but its agent's answer is unreadable: {error}"
+                        ),
+                    ));
+                }
+            };
+            if let Some(held) = self.holds().machines.get_mut(uuid) {
+                held.taken = Some((request.project.clone(), ip));
             }
+            let record = match chosen.acquired {
+                Some(acquired) => model::Ip {
+                    machine: Some(machine.uuid.clone()),
+                    ..acquired
+                },
+                None => model::Ip {
+                    address: ip.to_string(),
+                    network: network.id.clone(),
+                    project: request.project.clone(),
+                    machine: Some(machine.uuid.clone()),
+                    acquired: false,
+                    name: String::new(),
+                },
+            };
+            // The machine record holds the address anyway; an IP record
+            // that could not be written costs only its name.
+            if let Err(error) = self.put(RecordKind::Ip, &record.address, &record) {
+                tracing::error!(ip = %record.address, error = %error.error, "IP record not written");
+            }
+            self.journal
+                .record(who, "machine.allocate", &machine.uuid, "ok");
+            return Ok(view(&machine, &context));
         }
         self.release_hold(ip);
         self.journal.record(
@@ -464,9 +507,16 @@ impl Api {
             request.machine.as_deref().unwrap_or("-"),
             "refused",
         );
+        if refusals.is_empty() && !unreachable.is_empty() {
+            return Err(ApiError::new(
+                502,
+                format!("no agent could be reached ({})", unreachable.join("; ")),
+            ));
+        }
         if refusals.is_empty() {
             return Err(ApiError::new(409, "no machine available"));
         }
+        refusals.extend(unreachable);
         Err(ApiError::new(
             409,
             format!("no machine took the allocation ({})", refusals.join("; ")),
@@ -576,7 +626,10 @@ impl Api {
             .clone()
             .ok_or_else(|| ApiError::new(409, format!("machine {uuid} is not allocated")))?;
         may_change(who, &project)?;
-        if let Some(reservation) = machine.reservation.as_ref().filter(|r| r.locked) {
+        // The store, not the index: a lock set a moment ago holds at once.
+        let reservation =
+            self.record::<model::Reservation>(RecordKind::Reservation, &machine.uuid)?;
+        if let Some(reservation) = reservation.as_ref().filter(|r| r.locked) {
             return Err(ApiError::new(
                 409,
                 format!(

@@ -8,7 +8,8 @@
 //! - [`service`]: what the API does, without HTTP.
 //! - [`routes`]: the REST surface.
 //! - [`index`]: the replica's machines, parsed once.
-//! - [`journal`]: the audit log.
+//! - [`journal`]: the audit log and idempotency keys.
+//! - [`metrics`]: Prometheus metrics.
 //!
 //! Who may reach it: HTTPS on `http.listen` (8443) from anyone with a token
 //! of the configured issuer and audience; the mesh port only from nodes of
@@ -21,6 +22,7 @@ pub mod index;
 pub mod ipam;
 pub mod journal;
 pub mod machines;
+pub mod metrics;
 pub mod routes;
 pub mod service;
 
@@ -94,11 +96,32 @@ pub async fn run(config: ApiConfig, cancel: CancellationToken) -> anyhow::Result
     };
     let api = service::Api::new(store.clone(), view, journal, config.tenant.clone());
     api.index.follow(store, cancel.clone());
+    let metrics = Arc::new(metrics::ApiMetrics::new(Arc::clone(&api.index)));
+    let metrics_task = {
+        let (metrics, cancel, listen) =
+            (Arc::clone(&metrics), cancel.clone(), config.metrics_listen);
+        tokio::spawn(async move { metrics::serve(listen, metrics, cancel).await })
+    };
     let state = Arc::new(routes::AppState {
         api,
         verifier: auth::Verifier::new(config.oidc.clone()),
     });
-    let served = serve(&config, routes::router(state), cancel.clone()).await;
+    let router = routes::router(state).layer(axum::middleware::from_fn_with_state(
+        metrics,
+        metrics::count,
+    ));
+    let served = serve(&config, router, cancel.clone()).await;
+    cancel.cancel();
+    match metrics_task.await {
+        Ok(Err(error)) => {
+            return Err(anyhow::anyhow!(
+                "metrics on {}: {error}",
+                config.metrics_listen
+            ));
+        }
+        Err(error) => return Err(error.into()),
+        Ok(Ok(())) => {}
+    }
     cancel.cancel();
     mesh_task.await.context("mesh task")??;
     served

@@ -215,7 +215,8 @@ async fn machine(
         (status = 404, description = "no such network, image, size or partition", body = ApiError),
         (status = 400, description = "malformed body or bad value", body = ApiError),
         (status = 409, description = "conflict or nothing available", body = ApiError),
-        (status = 502, description = "the machine's agent did not answer", body = ApiError),
+        (status = 502, description = "no agent could be reached", body = ApiError),
+        (status = 504, description = "the agent did not answer in time; the allocation may still complete", body = ApiError),
         Refused,
     )
 )]
@@ -231,10 +232,17 @@ async fn allocate(
         Some(value) => Some(
             value
                 .to_str()
-                .map_err(|_| ApiError::field("Idempotency-Key", "1-255 printable characters"))?,
+                .map_err(|_| ApiError::field("Idempotency-Key", "1-255 printable characters"))?
+                .to_string(),
         ),
     };
-    Ok(json(state.api.allocate(&who, request, key).await?))
+    // On its own task: a client that hangs up does not cancel an
+    // allocation half way (after its agent committed).
+    let task = tokio::spawn(async move { state.api.allocate(&who, request, key.as_deref()).await });
+    match task.await {
+        Ok(answer) => Ok(json(answer?)),
+        Err(error) => Err(ApiError::new(500, error.to_string())),
+    }
 }
 
 #[utoipa::path(
@@ -302,8 +310,8 @@ async fn unreserve(
 
 #[utoipa::path(get, path = "/v1/switches", responses((status = 200, body = Vec<SwitchView>), Refused))]
 async fn switches(State(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
-    principal(&state, &headers).await?;
-    Ok(json(state.api.switches()?))
+    let who = principal(&state, &headers).await?;
+    Ok(json(state.api.switches(&who)?))
 }
 
 #[utoipa::path(
@@ -321,8 +329,8 @@ async fn switch(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    principal(&state, &headers).await?;
-    Ok(json(state.api.switch(&name)?))
+    let who = principal(&state, &headers).await?;
+    Ok(json(state.api.switch(&who, &name)?))
 }
 
 #[utoipa::path(get, path = "/v1/partitions", responses((status = 200, body = Vec<PartitionView>), Refused))]

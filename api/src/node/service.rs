@@ -74,7 +74,10 @@ pub struct Api {
 
 #[derive(Debug, Default)]
 pub(crate) struct Holds {
-    pub ips: HashMap<Ipv4Addr, Instant>,
+    /// Addresses handed out: when, and whether to an allocation (shown
+    /// once a machine record holds it) or acquired (shown once its IP
+    /// record is in the index).
+    pub ips: HashMap<Ipv4Addr, (Instant, IpHold)>,
     pub machines: HashMap<String, Held>,
 }
 
@@ -88,6 +91,13 @@ pub(crate) struct Held {
     pub tags: Vec<String>,
     /// Once its agent took it: the project and address.
     pub taken: Option<(String, Ipv4Addr)>,
+}
+
+/// What an address was handed out for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IpHold {
+    Allocation,
+    Acquired,
 }
 
 /// How long a hand-out stays held regardless of the records.
@@ -390,11 +400,29 @@ impl Api {
         project: &str,
         wanted: &str,
     ) -> Result<model::Network, ApiError> {
+        // An id first, then the project's own name, then a shared or
+        // external network's name: a name never picks at random.
         let find = |networks: Vec<model::Network>| {
-            networks
+            let usable: Vec<model::Network> = networks
                 .into_iter()
                 .filter(|n| n.project.as_deref().is_none_or(|p| p == project))
-                .find(|n| n.id == wanted || n.name == wanted)
+                .collect();
+            let rank = |n: &model::Network| {
+                if n.id == wanted {
+                    Some(0)
+                } else if n.name == wanted && n.project.is_some() {
+                    Some(1)
+                } else if n.name == wanted {
+                    Some(2)
+                } else {
+                    None
+                }
+            };
+            usable
+                .into_iter()
+                .filter_map(|n| rank(&n).map(|r| (r, n)))
+                .min_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)))
+                .map(|(_, n)| n)
         };
         // The index, or the store for a network created a moment ago.
         let network = match find(self.index.small(RecordKind::Network)) {
@@ -411,18 +439,32 @@ impl Api {
         Ok(network)
     }
 
-    /// Addresses handed out lately and not shown by the records yet
-    /// (`shown`), and not older than [`RECENT_HOLD`].
-    pub(crate) fn held_ips(&self, shown: impl Fn(&Ipv4Addr) -> bool) -> Vec<Ipv4Addr> {
+    /// Addresses handed out lately and not shown by the records yet, and
+    /// not older than [`RECENT_HOLD`]: an allocation's until a machine
+    /// record holds it (`by_machine`), an acquired one until its IP record
+    /// is indexed (`by_record`).
+    pub(crate) fn held_ips(
+        &self,
+        by_machine: impl Fn(&Ipv4Addr) -> bool,
+        by_record: impl Fn(&Ipv4Addr) -> bool,
+    ) -> Vec<(Ipv4Addr, IpHold)> {
         let mut holds = self.holds();
+        holds.ips.retain(|ip, (at, hold)| {
+            at.elapsed() < RECENT_HOLD
+                && match hold {
+                    IpHold::Allocation => !by_machine(ip),
+                    IpHold::Acquired => !by_record(ip),
+                }
+        });
         holds
             .ips
-            .retain(|ip, at| at.elapsed() < RECENT_HOLD && !shown(ip));
-        holds.ips.keys().copied().collect()
+            .iter()
+            .map(|(ip, (_, hold))| (*ip, *hold))
+            .collect()
     }
 
-    pub(crate) fn hold_ip(&self, ip: Ipv4Addr) {
-        self.holds().ips.insert(ip, Instant::now());
+    pub(crate) fn hold_ip(&self, ip: Ipv4Addr, hold: IpHold) {
+        self.holds().ips.insert(ip, (Instant::now(), hold));
     }
 
     pub(crate) fn release_hold(&self, ip: Ipv4Addr) {

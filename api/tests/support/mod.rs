@@ -60,6 +60,8 @@ pub struct Deployment {
     pub issuer_dir: PathBuf,
     pub ca_file: PathBuf,
     pub api_url: String,
+    /// `http://<api>:19470/metrics`.
+    pub metrics_url: String,
     pub racks: Vec<Store>,
     pub cancel: CancellationToken,
 }
@@ -261,7 +263,7 @@ pub async fn start(
         .collect();
     let config = ApiConfig::parse(
         &format!(
-            "name = \"api\"\nstate_dir = {:?}\n[http]\nlisten = \"{api_ip}:18443\"\n[oidc]\nissuer = \"http://{}\"\naudience = \"{AUDIENCE}\"\nallow_http_issuer = true\n[mesh]\nlisten = \"{api_ip}:17946\"\nadvertise = \"{api_ip}:17946\"\nseeds = [{}]\n[tenant]\n{tenant}\n",
+            "name = \"api\"\nstate_dir = {:?}\n[http]\nlisten = \"{api_ip}:18443\"\n[oidc]\nissuer = \"http://{}\"\naudience = \"{AUDIENCE}\"\nallow_http_issuer = true\n[mesh]\nlisten = \"{api_ip}:17946\"\nadvertise = \"{api_ip}:17946\"\nseeds = [{}]\n[metrics]\nlisten = \"{api_ip}:19470\"\n[tenant]\n{tenant}\n",
             api_dir.display().to_string(),
             addresses.issuer(),
             seeds.join(", "),
@@ -280,6 +282,7 @@ pub async fn start(
         issuer_dir,
         ca_file: mesh_dir.join("ca.pem"),
         api_url: format!("https://{api_ip}:18443"),
+        metrics_url: format!("http://{api_ip}:19470/metrics"),
         racks: stores,
         cancel,
     };

@@ -63,6 +63,12 @@ pub enum MeshError {
     UnknownMember(String),
     #[error("mesh peer {peer}: {detail}")]
     Peer { peer: String, detail: String },
+    /// The peer answered the command with a refusal.
+    #[error("mesh peer {peer}: {reason}")]
+    Refused { peer: String, reason: String },
+    /// No answer in time: the peer may still act on the command.
+    #[error("mesh peer {peer}: no reply within {after:?}")]
+    TimedOut { peer: String, after: Duration },
     #[error("the mesh service is not running")]
     Stopped,
     #[error("mesh credentials: {0}")]
@@ -253,12 +259,18 @@ impl MeshView {
                 .map_err(|e| peer_error(format!("bad reply: {e}")))?
             {
                 ReplyFrame::Ok(value) => Ok(value),
-                ReplyFrame::Err(message) => Err(peer_error(message)),
+                ReplyFrame::Err(reason) => Err(MeshError::Refused {
+                    peer: node.to_string(),
+                    reason,
+                }),
             }
         };
         tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| peer_error(format!("no reply within {timeout:?}")))?
+            .map_err(|_| MeshError::TimedOut {
+                peer: node.to_string(),
+                after: timeout,
+            })?
     }
 }
 
