@@ -25,7 +25,8 @@ struct Pending {
     expires_at: u64,
 }
 
-/// Who approved a user code: `<dir>/device/approved/<user_code>.json`.
+/// Who approved a login: `<dir>/device/approved/<device_code>.json` (keyed
+/// by the device code, so an approval never outlives its login).
 #[derive(Debug, Serialize, Deserialize)]
 struct Approval {
     subject: String,
@@ -86,6 +87,7 @@ pub fn authorize(
     let user_code = format!("{}-{}", &letters[..4], &letters[4..]);
     let pending_dir = device_dir(dir);
     std::fs::create_dir_all(&pending_dir).map_err(io(&pending_dir))?;
+    sweep(dir)?;
     let path = pending_dir.join(format!("{device_code}.json"));
     let pending = Pending {
         user_code: user_code.clone(),
@@ -114,17 +116,22 @@ pub fn approve(
 ) -> Result<(), IssuerError> {
     let wanted = user_code.trim().to_uppercase();
     let pending = pending_logins(dir)?;
-    if !pending
+    let Some((path, _)) = pending
         .iter()
-        .any(|(_, p)| p.user_code == wanted && p.expires_at > now())
-    {
+        .find(|(_, p)| p.user_code == wanted && p.expires_at > now())
+    else {
         return Err(IssuerError::Token(format!(
             "no pending login with code {wanted}"
         )));
-    }
+    };
+    let device_code = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
     let approved = device_dir(dir).join("approved");
     std::fs::create_dir_all(&approved).map_err(io(&approved))?;
-    let path = approved.join(format!("{wanted}.json"));
+    let path = approved.join(format!("{device_code}.json"));
     let approval = Approval {
         subject: subject.to_string(),
         role: role.to_string(),
@@ -132,6 +139,23 @@ pub fn approve(
     };
     let text = serde_json::to_vec(&approval).map_err(|e| IssuerError::Token(e.to_string()))?;
     std::fs::write(&path, text).map_err(io(&path))
+}
+
+/// Removes logins that expired, and their approvals.
+fn sweep(dir: &Path) -> Result<(), IssuerError> {
+    for (path, pending) in pending_logins(dir)? {
+        if pending.expires_at <= now() {
+            let _ = std::fs::remove_file(&path);
+            if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                let _ = std::fs::remove_file(
+                    device_dir(dir)
+                        .join("approved")
+                        .join(format!("{stem}.json")),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn pending_logins(dir: &Path) -> Result<Vec<(PathBuf, Pending)>, IssuerError> {
@@ -179,7 +203,7 @@ pub fn poll(
     }
     let approval_path = device_dir(dir)
         .join("approved")
-        .join(format!("{}.json", pending.user_code));
+        .join(format!("{device_code}.json"));
     let Ok(text) = std::fs::read(&approval_path) else {
         return Ok(Poll::Refused("authorization_pending"));
     };
