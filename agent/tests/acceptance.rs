@@ -12,7 +12,10 @@
 
 mod common;
 
-use common::api::{IMAGE, agent_on, alpha_and_web, json, machines, metalmesh, testbed, token};
+use common::api::{
+    agent_on, all_waiting, allocate_and_wait, alpha_and_web, json, machines, metalmesh, testbed,
+    users,
+};
 use common::{start_installer, uuid};
 use metalmesh_testbed::testing::{Guard, eventually, ok, ping, script};
 use std::path::Path;
@@ -63,16 +66,11 @@ fn the_user_story_from_power_on_to_tenant_traffic_and_with_the_api_down() {
         start_installer(&guard.scratch, rack, 1);
     }
     let vm = uuid(1, 2);
-    let admin = token(run_dir, "ada", "admin", None);
-    let alice = token(run_dir, "alice", "edit", Some("alpha"));
-    let bob = token(run_dir, "bob", "edit", Some("beta"));
+    let (admin, alice, bob) = users(run_dir);
 
     // Power-on → Waiting, the qemu machine through its firmware's PXE boot.
     assert!(
-        eventually(Duration::from_secs(240), || {
-            let all = machines(run_dir, &admin);
-            all.len() == 3 && all.iter().all(|m| m["state"] == "Waiting")
-        }),
+        all_waiting(run_dir, &admin, 3, Duration::from_secs(240)),
         "not all Waiting: {:?}\n{}",
         machines(run_dir, &admin),
         console(run_dir, "m1-2")
@@ -88,30 +86,14 @@ fn the_user_story_from_power_on_to_tenant_traffic_and_with_the_api_down() {
     let mut addresses = Vec::new();
     for (machine, name) in [(vm.clone(), "web-vm"), (uuid(2, 1), "web-ns")] {
         let allocated = Instant::now();
-        let out = metalmesh(
+        let shown = allocate_and_wait(
             run_dir,
             &alice,
-            &[
-                "machine",
-                "allocate",
-                "--project",
-                "alpha",
-                "--network",
-                "web",
-                "--machine",
-                &machine,
-                "--hostname",
-                name,
-                "--image",
-                IMAGE,
-                "--wait",
-                "--timeout-secs",
-                "240",
-                "-o",
-                "json",
-            ],
+            "alpha",
+            "web",
+            name,
+            &["--machine", &machine],
         );
-        let shown = json(&out);
         assert_eq!(
             shown["state"],
             "Phoned Home",
@@ -153,30 +135,15 @@ fn the_user_story_from_power_on_to_tenant_traffic_and_with_the_api_down() {
         &bob,
         &["network", "create", "db", "--project", "beta"],
     ));
-    let out = metalmesh(
+    let db = allocate_and_wait(
         run_dir,
         &bob,
-        &[
-            "machine",
-            "allocate",
-            "--project",
-            "beta",
-            "--network",
-            "db",
-            "--machine",
-            &uuid(1, 1),
-            "--hostname",
-            "db-1",
-            "--image",
-            IMAGE,
-            "--wait",
-            "--timeout-secs",
-            "240",
-            "-o",
-            "json",
-        ],
+        "beta",
+        "db",
+        "db-1",
+        &["--machine", &uuid(1, 1)],
     );
-    assert_eq!(json(&out)["state"], "Phoned Home");
+    assert_eq!(db["state"], "Phoned Home", "{db}");
     assert!(
         !ping("m1-1", &addresses[0]),
         "beta's machine reaches alpha's"

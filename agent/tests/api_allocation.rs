@@ -11,7 +11,8 @@
 mod common;
 
 use common::api::{
-    IMAGE, agent_on, alpha_and_web, json, machines, metalmesh, testbed, token, up_with_api,
+    IMAGE, agent_on, all_waiting, allocate_and_wait, alpha_and_web, json, machines, metalmesh,
+    testbed, token, up_with_api, users,
 };
 use common::{start_installer, uuid};
 use metalmesh_testbed::testing::{Guard, eventually, ok, ping};
@@ -26,15 +27,9 @@ fn a_project_allocates_a_machine_per_rack_through_the_api_and_they_talk() {
     for rack in [1, 2] {
         start_installer(&guard.scratch, rack, 1);
     }
-    let admin = token(run_dir, "ada", "admin", None);
-    let alice = token(run_dir, "alice", "edit", Some("alpha"));
-    let bob = token(run_dir, "bob", "edit", Some("beta"));
-
+    let (admin, alice, bob) = users(run_dir);
     assert!(
-        eventually(Duration::from_secs(90), || {
-            let all = machines(run_dir, &admin);
-            all.len() == 2 && all.iter().all(|m| m["state"] == "Waiting")
-        }),
+        all_waiting(run_dir, &admin, 2, Duration::from_secs(90)),
         "machines not Waiting through the API: {:?}",
         machines(run_dir, &admin)
     );
@@ -47,32 +42,19 @@ fn a_project_allocates_a_machine_per_rack_through_the_api_and_they_talk() {
 
     let mut addresses = Vec::new();
     for rack in ["rack1", "rack2"] {
-        let out = metalmesh(
+        let machine = allocate_and_wait(
             run_dir,
             &alice,
+            "alpha",
+            "web",
+            &format!("web-{rack}"),
             &[
-                "machine",
-                "allocate",
-                "--project",
-                "alpha",
-                "--network",
-                "web",
                 "--rack",
                 rack,
-                "--hostname",
-                &format!("web-{rack}"),
-                "--image",
-                IMAGE,
                 "--ssh-key",
                 "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIApiTestKey alice@alpha",
-                "--wait",
-                "--timeout-secs",
-                "180",
-                "-o",
-                "json",
             ],
         );
-        let machine = json(&out);
         assert_eq!(machine["state"], "Phoned Home", "{machine}");
         assert_eq!(machine["rack"], rack);
         addresses.push(machine["ip"].as_str().unwrap().to_string());

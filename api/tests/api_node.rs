@@ -7,11 +7,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use metalmesh_api::cli::client::ApiClient;
 use metalmesh_api::node::config::ApiConfig;
-use metalmesh_inventory::mesh::Tuning;
-use metalmesh_inventory::mesh::service::{self, MeshSettings, MeshView};
-use metalmesh_inventory::pki::{self, IssuedPem, NodeCredentials, NodeIdentity};
+use metalmesh_inventory::pki::{self, IssuedPem, NodeCredentials};
 use metalmesh_inventory::trust::{Role, Trust};
 use metalmesh_inventory::{RecordKind, Store};
 use metalmesh_testbed::issuer::{self, AUDIENCE, TokenRequest};
@@ -27,30 +27,11 @@ const LEAF_IP: [u8; 4] = [127, 0, 0, 152];
 const ISSUER: &str = "127.0.0.153:18080";
 
 fn issue(ca: &IssuedPem, name: &str, role: Role, ip: [u8; 4]) -> IssuedPem {
-    let now = time::OffsetDateTime::now_utc();
-    let mut identity = NodeIdentity::new(name, role);
-    identity.addresses.push(std::net::IpAddr::from(ip));
-    pki::issue_node(
-        ca,
-        &identity,
-        now - time::Duration::hours(1),
-        now + time::Duration::days(1),
-    )
-    .unwrap()
+    support::issue(ca, name, role, ip).unwrap()
 }
 
 fn token(dir: &Path, subject: &str, role: &str, projects: &[&str]) -> String {
-    issuer::token(
-        dir,
-        &TokenRequest {
-            subject: subject.into(),
-            role: role.into(),
-            projects: projects.iter().map(|p| p.to_string()).collect(),
-            audience: AUDIENCE.into(),
-            lifetime_secs: 600,
-        },
-    )
-    .unwrap()
+    support::token(dir, subject, role, projects).unwrap()
 }
 
 /// A leaf as the mesh sees it (its own replica and mesh service).
@@ -59,33 +40,16 @@ fn leaf(dir: &Path, ca: &IssuedPem, cancel: &CancellationToken) -> Store {
     let credentials = Arc::new(NodeCredentials::from_pem(&ca.cert, &identity).unwrap());
     let trust = Trust::from_credentials(&credentials).unwrap();
     let store = Store::open_signed(&dir.join("leaf1.db"), trust).unwrap();
-    let addr = SocketAddr::from((LEAF_IP, 17946));
-    let settings = MeshSettings {
-        name: "leaf1".into(),
-        listen: addr,
-        advertise: addr,
-        seeds: vec![SocketAddr::from((API_IP, 17946))],
-        tuning: Tuning {
-            anti_entropy_interval: Duration::from_millis(300),
-            ..Tuning::default()
-        },
-        credential_files: None,
-        peer_byte_budget: service::PEER_BYTE_BUDGET,
-    };
     let (commands_tx, _commands) = tokio::sync::mpsc::channel(8);
-    let (store2, cancel) = (store.clone(), cancel.clone());
-    tokio::spawn(async move {
-        service::run(
-            settings,
-            credentials,
-            store2,
-            MeshView::default(),
-            commands_tx,
-            cancel,
-        )
-        .await
-        .unwrap();
-    });
+    support::spawn_mesh_node(
+        "leaf1",
+        SocketAddr::from((LEAF_IP, 17946)),
+        SocketAddr::from((API_IP, 17946)),
+        credentials,
+        store.clone(),
+        commands_tx,
+        cancel,
+    );
     store
 }
 

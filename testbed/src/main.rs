@@ -26,6 +26,19 @@ struct Cli {
     command: Command,
 }
 
+/// Who a token or a login approval is for.
+#[derive(Debug, clap::Args)]
+struct Who {
+    #[arg(long)]
+    subject: String,
+    /// admin, edit or view.
+    #[arg(long)]
+    role: String,
+    /// A project the subject is a member of (repeatable).
+    #[arg(long = "project")]
+    projects: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build the data center and wait for the fabric to converge.
@@ -62,35 +75,24 @@ enum Command {
     Down,
     /// A token of the testbed's development OIDC issuer, for the API.
     Token {
-        #[arg(long)]
-        subject: String,
-        /// admin, edit or view.
-        #[arg(long)]
-        role: String,
-        /// A project the subject is a member of (repeatable).
-        #[arg(long = "project")]
-        projects: Vec<String>,
+        #[command(flatten)]
+        who: Who,
         /// Validity in seconds.
         #[arg(long, default_value_t = 3600)]
         lifetime: i64,
     },
-    /// The `export` lines that point the `metalmesh` CLI at the testbed's API
-    /// (run the CLI in the API's namespace: `metalmesh-testbed exec api -- …`).
+    /// The `export` lines that point the `metalmesh` CLI (on this host) at
+    /// the testbed's API, and the OS image to define in it.
     Env,
-    /// Serve the development OIDC issuer (run by `up --api` in `mm-api`).
-    #[command(hide = true)]
     /// Approve a pending `metalmesh login --device` by its user code, as
     /// the testbed issuer's login page would.
     Approve {
         user_code: String,
-        #[arg(long)]
-        subject: String,
-        /// admin, edit or view.
-        #[arg(long)]
-        role: String,
-        #[arg(long = "project")]
-        projects: Vec<String>,
+        #[command(flatten)]
+        who: Who,
     },
+    /// Serve the development OIDC issuer (run by `up --api` in `mm-api`).
+    #[command(hide = true)]
     Issuer {
         #[arg(long)]
         dir: PathBuf,
@@ -211,9 +213,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", testbed.status().to_table());
         }
         Command::Token {
-            subject,
-            role,
-            projects,
+            who:
+                Who {
+                    subject,
+                    role,
+                    projects,
+                },
             lifetime,
         } => {
             let token = metalmesh_testbed::issuer::token(
@@ -235,9 +240,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Approve {
             user_code,
-            subject,
-            role,
-            projects,
+            who:
+                Who {
+                    subject,
+                    role,
+                    projects,
+                },
         } => {
             metalmesh_testbed::issuer::device::approve(
                 &metalmesh_testbed::api::issuer_dir(&run_dir),

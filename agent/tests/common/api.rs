@@ -113,3 +113,59 @@ pub(crate) fn testbed(run_dir: &Path, args: &[&str]) -> Output {
     argv.extend_from_slice(args);
     run(binary.to_str().unwrap(), &argv)
 }
+
+/// Tokens of the story's users: an admin, alice (edit, project alpha) and
+/// bob (edit, project beta).
+pub(crate) fn users(run_dir: &Path) -> (String, String, String) {
+    (
+        token(run_dir, "ada", "admin", None),
+        token(run_dir, "alice", "edit", Some("alpha")),
+        token(run_dir, "bob", "edit", Some("beta")),
+    )
+}
+
+/// Waits until the API shows `count` machines, all Waiting.
+pub(crate) fn all_waiting(
+    run_dir: &Path,
+    admin: &str,
+    count: usize,
+    within: std::time::Duration,
+) -> bool {
+    metalmesh_testbed::testing::eventually(within, || {
+        let all = machines(run_dir, admin);
+        all.len() == count && all.iter().all(|m| m["state"] == "Waiting")
+    })
+}
+
+/// `metalmesh machine allocate` of the OS image into `project`'s
+/// `network`, waiting until it phoned home; `pick` chooses the machine
+/// (`--machine UUID` or `--rack R`) and adds any other flags. The machine
+/// as the API shows it then.
+pub(crate) fn allocate_and_wait(
+    run_dir: &Path,
+    token: &str,
+    project: &str,
+    network: &str,
+    hostname: &str,
+    pick: &[&str],
+) -> serde_json::Value {
+    let mut args = vec![
+        "machine",
+        "allocate",
+        "--project",
+        project,
+        "--network",
+        network,
+        "--hostname",
+        hostname,
+        "--image",
+        IMAGE,
+        "--wait",
+        "--timeout-secs",
+        "240",
+        "-o",
+        "json",
+    ];
+    args.extend_from_slice(pick);
+    json(&metalmesh(run_dir, token, &args))
+}

@@ -191,32 +191,56 @@ fn rack(
             }
         });
     }
-    let addr = SocketAddr::from((ip, 17946));
+    spawn_mesh_node(
+        &spec.name,
+        SocketAddr::from((ip, 17946)),
+        SocketAddr::from((addresses.api(), 17946)),
+        credentials,
+        store.clone(),
+        commands_tx,
+        cancel,
+    );
+    Ok(store)
+}
+
+/// Runs a mesh node `name` on `addr` (joining through `seed`) over `store`
+/// until `cancel`; its commands go to `commands`.
+pub fn spawn_mesh_node(
+    name: &str,
+    addr: SocketAddr,
+    seed: SocketAddr,
+    credentials: Arc<NodeCredentials>,
+    store: Store,
+    commands: tokio::sync::mpsc::Sender<Command>,
+    cancel: &CancellationToken,
+) {
     let settings = MeshSettings {
-        name: spec.name.clone(),
+        name: name.to_string(),
         listen: addr,
         advertise: addr,
-        seeds: vec![SocketAddr::from((addresses.api(), 17946))],
-        tuning: metalmesh_inventory::mesh::Tuning::default(),
+        seeds: vec![seed],
+        tuning: metalmesh_inventory::mesh::Tuning {
+            anti_entropy_interval: Duration::from_millis(300),
+            ..metalmesh_inventory::mesh::Tuning::default()
+        },
         credential_files: None,
         peer_byte_budget: service::PEER_BYTE_BUDGET,
     };
-    let (store2, cancel) = (store.clone(), cancel.clone());
+    let cancel = cancel.clone();
     tokio::spawn(async move {
         if let Err(error) = service::run(
             settings,
             credentials,
-            store2,
+            store,
             MeshView::default(),
-            commands_tx,
+            commands,
             cancel,
         )
         .await
         {
-            eprintln!("rack mesh node: {error}");
+            eprintln!("mesh node: {error}");
         }
     });
-    Ok(store)
 }
 
 /// Starts the issuer, the racks and the API node; returns once the API
