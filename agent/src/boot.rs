@@ -35,7 +35,7 @@ pub fn spawn(
     shared: DhcpShared,
     machines: Option<metalmesh_provisioning::http::installer_api::InstallerSender>,
     pxe: Option<mpsc::Sender<String>>,
-) {
+) -> Arc<TftpCounters> {
     for (file, what) in [
         (boot.tftp_root.join(&boot.bios_file), "BIOS iPXE (TFTP)"),
         (
@@ -104,9 +104,10 @@ pub fn spawn(
         max_transfers: boot.max_tftp_transfers,
     };
     let tftp_counters = Arc::new(TftpCounters::default());
+    let tftp_counters_for_task = Arc::clone(&tftp_counters);
     supervisor.spawn("tftp", move |cancel| {
         let tftp = tftp.clone();
-        let counters = Arc::clone(&tftp_counters);
+        let counters = Arc::clone(&tftp_counters_for_task);
         async move { Ok(metalmesh_provisioning::tftp::serve(tftp, counters, cancel).await?) }
     });
 
@@ -134,6 +135,7 @@ pub fn spawn(
         let http = http.clone();
         async move { Ok(metalmesh_provisioning::http::serve(http, cancel).await?) }
     });
+    tftp_counters
 }
 
 fn log_event(event: &DhcpEvent) {

@@ -31,6 +31,9 @@ pub struct AgentConfig {
     pub boot: Option<BootConfig>,
     /// The inventory mesh; absent: the agent keeps its records locally only.
     pub mesh: Option<MeshConfig>,
+    /// Prometheus metrics.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Machine lifecycle thresholds (machines are managed where `[boot]` runs).
     #[serde(default)]
     pub machines: MachinesConfig,
@@ -239,6 +242,26 @@ fn parse_seed(text: &str) -> Option<SocketAddr> {
             .ok()
             .map(|ip| SocketAddr::new(ip, MESH_PORT))
     })
+}
+
+/// Where `/metrics` is served (plain HTTP): the management side only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9469))
 }
 
 /// DHCP, TFTP and HTTP boot for the rack (see docs/config.md).

@@ -16,6 +16,7 @@ pub mod images;
 pub mod lldp;
 pub mod machines;
 pub mod mesh;
+pub mod metrics;
 pub mod netlink;
 pub mod run;
 pub mod supervisor;

@@ -153,6 +153,47 @@ fn the_user_story_from_power_on_to_tenant_traffic_and_with_the_api_down() {
         "beta's machine reaches alpha's"
     );
 
+    // The leaf's metrics, scraped by a real Prometheus beside it, show the
+    // story: DHCP and TFTP served the qemu machine's boot, its machines,
+    // BGP sessions and mesh members.
+    let exposition = String::from_utf8_lossy(
+        &std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                "mm-leaf1",
+                "curl",
+                "-sf",
+                "http://127.0.0.1:9469/metrics",
+            ])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .to_string();
+    for expected in [
+        "metalmesh_agent_machines{state=\"Phoned Home\",liveliness=\"Alive\"} 2",
+        "metalmesh_agent_dhcp_messages_total{kind=\"ack\"}",
+        "metalmesh_agent_tftp_transfers_total{outcome=\"completed\"}",
+        "metalmesh_agent_bgp_sessions{peer=\"spine1\",state=\"Established\"} 1",
+        "metalmesh_agent_mesh_members{state=\"alive\"}",
+    ] {
+        assert!(
+            exposition.contains(expected),
+            "{expected} missing:\n{exposition}"
+        );
+    }
+    let acks = common::prometheus_query(
+        &guard.scratch,
+        "mm-leaf1",
+        "127.0.0.1:9469",
+        "metalmesh_agent_dhcp_messages_total{kind=\"ack\"}",
+    );
+    assert!(
+        acks.contains("\"ack\""),
+        "Prometheus has no DHCP acks: {acks}"
+    );
+
     // The API node down: the qemu machine is freed rack-locally, wiped,
     // PXE-boots again and waits; the racks need no API for it.
     ok(&testbed(run_dir, &["kill", "api"]));

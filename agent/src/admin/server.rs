@@ -42,6 +42,8 @@ pub struct AgentView {
     /// The DHCP lease store, when boot services run.
     pub lease_db: Option<PathBuf>,
     pub dhcp_counters: Arc<std::sync::Mutex<Option<metalmesh_provisioning::dhcp::DhcpCounters>>>,
+    /// TFTP transfer counters, where boot services run.
+    pub tftp_counters: Option<Arc<metalmesh_provisioning::tftp::service::TftpCounters>>,
     pub started: std::time::Instant,
     pub config_path: PathBuf,
     pub state_dir: PathBuf,

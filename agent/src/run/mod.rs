@@ -85,7 +85,7 @@ impl Agent {
         let (installer_tx, installer_rx) = channels.installer;
         let (pxe_tx, pxe_rx) = channels.pxe;
         let (machine_commands_tx, machine_commands_rx) = channels.machine_commands;
-        if let Some(boot) = &config.boot {
+        let tftp_counters = config.boot.as_ref().map(|boot| {
             crate::boot::spawn(
                 &mut supervisor,
                 boot,
@@ -94,8 +94,8 @@ impl Agent {
                 dhcp.clone(),
                 Some(installer_tx),
                 Some(pxe_tx),
-            );
-        }
+            )
+        });
 
         // The dataplane renders the tenant networks (the operator's intents
         // file, then the API's network records) plus allocated machines'
@@ -242,6 +242,7 @@ impl Agent {
             kernel_mode,
             lease_db: served_lease_db,
             dhcp_counters: dhcp.counters,
+            tftp_counters,
             started: Instant::now(),
             config_path: options.config.clone(),
             state_dir: config.state_dir.clone(),
@@ -251,6 +252,12 @@ impl Agent {
             lldp: lldp_rx,
             health: supervisor.health(),
         };
+        {
+            let (view, listen) = (Arc::new(view.clone()), config.metrics.listen);
+            supervisor.spawn("metrics", move |cancel| {
+                crate::metrics::serve(listen, Arc::clone(&view), cancel)
+            });
+        }
         supervisor.spawn("admin", move |cancel| {
             server::serve(Arc::clone(&admin_listener), view.clone(), cancel)
         });
