@@ -74,7 +74,8 @@ pub struct Topology {
     /// BGP implementation per leaf, indexed by rack number minus one.
     pub leaf_bgp: Vec<LeafBgp>,
     /// qemu machines of each leaf (`vm_machines`, or the leaf's own),
-    /// indexed by rack number minus one.
+    /// indexed by rack number minus one; empty when every leaf has
+    /// `vm_machines`.
     #[serde(default)]
     pub leaf_vm_machines: Vec<u32>,
     /// The API node and the development OIDC issuer run in `mm-api`.
@@ -92,7 +93,7 @@ impl Default for Topology {
             vm_memory_mb: 512,
             fabric_mtu: 9000,
             leaf_bgp: vec![LeafBgp::default(); 2],
-            leaf_vm_machines: vec![0; 2],
+            leaf_vm_machines: Vec::new(),
             api: false,
         }
     }
@@ -299,6 +300,9 @@ impl Topology {
                 range: format!("0..={MAX_MACHINES_PER_RACK}"),
             });
         }
+        if leaf_vm_machines.iter().all(|vms| *vms == vm_machines) {
+            leaf_vm_machines.clear();
+        }
         let api = overrides.api || file.api;
         Ok(Topology {
             api,
@@ -323,6 +327,21 @@ mod tests {
         let path = dir.path().join("topo.toml");
         std::fs::write(&path, text).unwrap();
         Topology::load(Some(&path), &Overrides::default())
+    }
+
+    #[test]
+    fn a_leaf_may_have_its_own_qemu_machines() {
+        let topology =
+            parse("racks = 2\nvm_machines = 0\n[leaves.leaf1]\nvm_machines = 1\n").unwrap();
+        assert_eq!(topology.leaf_vm_machines, [1, 0]);
+        let plan = crate::plan::Plan::new(&topology);
+        let vms: Vec<&str> = plan
+            .machines
+            .iter()
+            .filter(|m| m.kind == crate::plan::MachineKind::Vm)
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(vms, ["m1-1"]);
     }
 
     #[test]
