@@ -107,6 +107,14 @@ pub fn start_budgeted(
         credential_files: files,
         peer_byte_budget,
     };
+    // A node restarted on its address: the stopped one's endpoint lets go
+    // of the UDP socket a moment after its task ended (its driver drains).
+    for _ in 0..100 {
+        if std::net::UdpSocket::bind(settings.listen).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let task = {
         let (store, view, cancel) = (store.clone(), view.clone(), cancel.clone());
         tokio::spawn(async move {
