@@ -126,6 +126,7 @@ pub enum ImageCommand {
         #[arg(long, default_value = "")]
         description: String,
     },
+    #[command(alias = "delete")]
     Rm {
         name: String,
     },
@@ -151,6 +152,7 @@ pub enum SizeCommand {
         #[arg(long, value_parser = parse_bytes)]
         max_disk: Option<u64>,
     },
+    #[command(alias = "delete")]
     Rm {
         name: String,
     },
@@ -160,6 +162,7 @@ pub enum SizeCommand {
 pub enum IpCommand {
     Ls,
     /// Acquire an address of a network for a project (kept until released).
+    #[command(alias = "allocate")]
     Acquire {
         #[arg(long)]
         project: String,
@@ -170,6 +173,7 @@ pub enum IpCommand {
         #[arg(long, default_value = "")]
         name: String,
     },
+    #[command(alias = "free")]
     Release {
         address: String,
     },
