@@ -67,11 +67,7 @@ impl AgentView {
                 .machines
                 .entry((machine.state.clone(), machine.liveliness.clone()))
                 .or_default() += 1;
-            for (set, flag) in [
-                (machine.crash_loop, "crash_loop"),
-                (machine.failed_machine_reclaim, "failed_reclaim"),
-                (machine.install_stalled, "install_stalled"),
-            ] {
+            for (flag, set) in machine.flag_states() {
                 *snapshot.flagged.entry(flag).or_default() += i64::from(set);
             }
         }

@@ -113,6 +113,17 @@ pub struct Image {
     pub description: String,
 }
 
+/// Whether `name` may name an image: it is also a file name on the leaves
+/// (rack-local images), so no paths.
+pub fn valid_image_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// A machine size (API-owned; key = size id): the hardware a machine of
 /// this size has, each bound inclusive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1110,14 +1110,7 @@ fn check_request(request: &AllocateRequest) -> Result<(), MachineError> {
 }
 
 /// Image names are file names in the images directory: no paths.
-pub fn valid_image_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
+pub use metalmesh_inventory::model::valid_image_name;
 
 #[cfg(test)]
 mod tests {

@@ -196,14 +196,7 @@ impl Api {
 
     pub fn create_image(&self, who: &Principal, new: NewImage) -> Result<ImageView, ApiError> {
         admin_only(who, "define images")?;
-        let valid_image_name = !new.name.is_empty()
-            && new.name.len() <= 128
-            && !new.name.starts_with('.')
-            && new
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if !valid_image_name {
+        if !model::valid_image_name(&new.name) {
             return Err(ApiError::field(
                 "name",
                 "1-128 letters, digits, '-', '_' and '.', not starting with '.'",

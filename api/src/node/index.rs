@@ -35,6 +35,23 @@ pub struct MachineIndex {
     generation: AtomicU64,
 }
 
+/// A record's value, parsed; `None` for a tombstone or an unreadable one.
+fn parsed<T: for<'de> serde::Deserialize<'de>>(record: &Record) -> Option<T> {
+    record
+        .value
+        .as_deref()
+        .and_then(|v| serde_json::from_str(v).ok())
+}
+
+/// A machine record as the index keeps it.
+fn indexed(record: &Record) -> Option<Indexed> {
+    Some(Indexed {
+        key: Arc::from(record.id.key.as_str()),
+        version: record.version,
+        machine: Arc::new(parsed::<Machine>(record)?),
+    })
+}
+
 /// The kinds kept as JSON in [`MachineIndex::small`].
 const SMALL_KINDS: [RecordKind; 6] = [
     RecordKind::Switch,
@@ -110,11 +127,7 @@ impl MachineIndex {
             .ips
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match record
-            .value
-            .as_deref()
-            .and_then(|v| serde_json::from_str::<Ip>(v).ok())
-        {
+        match parsed(record) {
             Some(ip) => {
                 ips.insert(record.id.key.clone(), (record.version, ip));
             }
@@ -129,20 +142,9 @@ impl MachineIndex {
             .by_key
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let parsed = record
-            .value
-            .as_deref()
-            .and_then(|v| serde_json::from_str::<Machine>(v).ok());
-        match parsed {
-            Some(machine) => {
-                map.insert(
-                    record.id.key.clone(),
-                    Indexed {
-                        key: Arc::from(record.id.key.as_str()),
-                        version: record.version,
-                        machine: Arc::new(machine),
-                    },
-                );
+        match indexed(record) {
+            Some(indexed) => {
+                map.insert(record.id.key.clone(), indexed);
             }
             None => {
                 map.remove(&record.id.key);
@@ -168,11 +170,7 @@ impl MachineIndex {
         self.generation.fetch_add(1, Ordering::Relaxed);
         let mut ips = HashMap::new();
         for record in store.list(Some(RecordKind::Ip))? {
-            if let Some(ip) = record
-                .value
-                .as_deref()
-                .and_then(|v| serde_json::from_str::<Ip>(v).ok())
-            {
+            if let Some(ip) = parsed(&record) {
                 ips.insert(record.id.key.clone(), (record.version, ip));
             }
         }
@@ -183,19 +181,8 @@ impl MachineIndex {
         let records = store.list(Some(RecordKind::Machine))?;
         let mut fresh = HashMap::with_capacity(records.len());
         for record in records {
-            if let Some(machine) = record
-                .value
-                .as_deref()
-                .and_then(|v| serde_json::from_str::<Machine>(v).ok())
-            {
-                fresh.insert(
-                    record.id.key.clone(),
-                    Indexed {
-                        key: Arc::from(record.id.key.as_str()),
-                        version: record.version,
-                        machine: Arc::new(machine),
-                    },
-                );
+            if let Some(indexed) = indexed(&record) {
+                fresh.insert(record.id.key.clone(), indexed);
             }
         }
         *self

@@ -157,7 +157,9 @@ impl Api {
                 .into_iter()
                 .filter(|m| &m.machine.uuid == *uuid)
                 .max_by_key(|m| m.version);
-            newest.is_none_or(|m| m.version <= version || machine_holds(&m.machine, parsed))
+            newest.is_none_or(|m| {
+                m.version <= version || m.machine.held_ips().any(|held| held == parsed)
+            })
         });
         if let Some(machine) = held_by {
             return Err(ApiError::new(
@@ -232,11 +234,7 @@ impl Api {
             if !holds && !named.contains(machine.uuid.as_str()) {
                 continue;
             }
-            let held: BTreeSet<Ipv4Addr> = [&machine.allocation, &machine.reclaiming]
-                .into_iter()
-                .flatten()
-                .map(|executed| executed.request.ip)
-                .collect();
+            let held: BTreeSet<Ipv4Addr> = machine.held_ips().collect();
             taken.by_machines.extend(held.iter().copied());
             if named.contains(machine.uuid.as_str()) {
                 let entry = machines.entry(machine.uuid.as_str()).or_default();
@@ -271,13 +269,6 @@ impl Api {
             .collect();
         taken
     }
-}
-
-fn machine_holds(machine: &model::Machine, ip: Ipv4Addr) -> bool {
-    [&machine.allocation, &machine.reclaiming]
-        .into_iter()
-        .flatten()
-        .any(|executed| executed.request.ip == ip)
 }
 
 /// `wanted` if it is a host address of the network, or the lowest host

@@ -569,7 +569,7 @@ impl Api {
             .iter()
             .map(|indexed| &indexed.machine)
             .filter(|m| m.allocation.is_none() && m.reclaiming.is_none())
-            .filter(|m| m.state == "Waiting" && flags(m).is_empty())
+            .filter(|m| m.state == "Waiting" && m.flags().is_empty())
             .filter(|m| !holds.machines.contains_key(&m.uuid))
             .filter(|m| {
                 request
@@ -763,19 +763,6 @@ fn matches(machine: &MachineView, filter: &MachineFilter) -> bool {
         && filter.tag.as_ref().is_none_or(|t| machine.tags.contains(t))
 }
 
-/// The flags that keep a machine from being allocated.
-fn flags(machine: &Machine) -> Vec<String> {
-    [
-        (machine.crash_loop, "crash_loop"),
-        (machine.failed_machine_reclaim, "failed_reclaim"),
-        (machine.install_stalled, "install_stalled"),
-    ]
-    .into_iter()
-    .filter(|(set, _)| *set)
-    .map(|(_, name)| name.to_string())
-    .collect()
-}
-
 fn view(machine: &Machine, context: &Context) -> MachineView {
     let allocation = machine.allocation.as_ref();
     let (rack, partition) = context.rack(&machine.switch);
@@ -797,7 +784,7 @@ fn view(machine: &Machine, context: &Context) -> MachineView {
             .map(|a| a.request.tags.clone())
             .unwrap_or_default(),
         hardware: machine.hardware.clone(),
-        flags: flags(machine),
+        flags: machine.flags().into_iter().map(str::to_string).collect(),
         reservation: context.reservations.get(&machine.uuid).cloned(),
         events: machine.events.clone(),
     }

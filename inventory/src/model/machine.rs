@@ -187,6 +187,34 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The flags that keep a machine from allocation, each with whether it
+    /// is set.
+    pub fn flag_states(&self) -> [(&'static str, bool); 3] {
+        [
+            ("crash_loop", self.crash_loop),
+            ("failed_reclaim", self.failed_machine_reclaim),
+            ("install_stalled", self.install_stalled),
+        ]
+    }
+
+    /// The flags set on this machine.
+    pub fn flags(&self) -> Vec<&'static str> {
+        self.flag_states()
+            .into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// The addresses this machine holds: its allocation's, and the one
+    /// it is being reclaimed from.
+    pub fn held_ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        [&self.allocation, &self.reclaiming]
+            .into_iter()
+            .flatten()
+            .map(|executed| executed.request.ip)
+    }
+
     pub fn new(uuid: &str, switch: &str) -> Machine {
         Machine {
             uuid: uuid.to_string(),
