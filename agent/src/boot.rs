@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use metalmesh_provisioning::dhcp::service::{DhcpService, LeaseIndex, ServiceConfig};
 use metalmesh_provisioning::dhcp::{DhcpCounters, DhcpEvent};
-use metalmesh_provisioning::http::{HttpBootConfig, IpxeSettings};
+use metalmesh_provisioning::http::{HttpBootConfig, HttpCounters, IpxeSettings};
 use metalmesh_provisioning::tftp::{TftpConfig, TftpCounters};
 use tokio::sync::mpsc;
 
@@ -27,6 +27,13 @@ pub struct DhcpShared {
     pub leases: LeaseIndex,
 }
 
+/// What the boot services count, for the metrics.
+#[derive(Debug, Clone)]
+pub struct BootCounters {
+    pub tftp: Arc<TftpCounters>,
+    pub http: Arc<HttpCounters>,
+}
+
 pub fn spawn(
     supervisor: &mut Supervisor,
     boot: &BootConfig,
@@ -35,7 +42,7 @@ pub fn spawn(
     shared: DhcpShared,
     machines: Option<metalmesh_provisioning::http::installer_api::InstallerSender>,
     pxe: Option<mpsc::Sender<String>>,
-) -> Arc<TftpCounters> {
+) -> BootCounters {
     for (file, what) in [
         (boot.tftp_root.join(&boot.bios_file), "BIOS iPXE (TFTP)"),
         (
@@ -125,7 +132,9 @@ pub fn spawn(
             cmdline: boot.cmdline.clone(),
             leaf: leaf.to_string(),
         },
+        counters: Arc::default(),
     };
+    let http_counters = Arc::clone(&http.counters);
     let interface = boot.interface.clone();
     supervisor.spawn("router-advert", move |cancel| {
         let interface = interface.clone();
@@ -135,7 +144,10 @@ pub fn spawn(
         let http = http.clone();
         async move { Ok(metalmesh_provisioning::http::serve(http, cancel).await?) }
     });
-    tftp_counters
+    BootCounters {
+        tftp: tftp_counters,
+        http: http_counters,
+    }
 }
 
 fn log_event(event: &DhcpEvent) {

@@ -243,18 +243,21 @@ pub fn spawn_publisher(
     lldp: watch::Receiver<LldpSnapshot>,
     lease_db: Option<PathBuf>,
     mesh_address: Option<String>,
+    bgp: Option<crate::bgp::task::SpeakerSlot>,
 ) {
     supervisor.spawn("mesh-publisher", move |cancel| {
-        let (store, mut switch, mut lldp, lease_db, mesh_address) = (
+        let (store, mut switch, mut lldp, lease_db, mesh_address, bgp) = (
             store.clone(),
             switch.clone(),
             lldp.clone(),
             lease_db.clone(),
             mesh_address.clone(),
+            bgp.clone(),
         );
         async move {
             switch.mark_changed();
             let mut leases = tokio::time::interval(LEASE_POLL);
+            let mut sessions = Vec::new();
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
@@ -264,38 +267,65 @@ pub fn spawn_publisher(
                         if let Some(path) = &lease_db {
                             blocking(|| publish_leases(&store, path))?;
                         }
-                        continue;
+                        // Sessions are published when they change, not
+                        // every poll: each write is gossiped.
+                        let now = bgp_sessions(bgp.as_ref()).await;
+                        if now == sessions {
+                            continue;
+                        }
+                        sessions = now;
                     }
                 }
-                let record = switch.borrow_and_update().clone();
+                let record = switch.borrow().clone();
                 let snapshot = lldp.borrow_and_update().clone();
                 if let Some(record) = record {
-                    blocking(|| publish_switch(&store, &record, &snapshot, mesh_address.clone()))?;
+                    let published = model::Switch {
+                        name: record.name.clone(),
+                        partition: record.partition.clone(),
+                        rack: record.rack.clone(),
+                        loopback: record.loopback.to_string(),
+                        asn: record.asn,
+                        chassis_mac: Some(record.chassis_mac.clone()),
+                        mesh_address: mesh_address.clone(),
+                        bgp_sessions: sessions.clone(),
+                    };
+                    blocking(|| publish_switch(&store, &record, &published, &snapshot))?;
                 }
             }
         }
     });
 }
 
+/// The speaker's sessions (none where FRR speaks BGP, or while the speaker
+/// restarts).
+async fn bgp_sessions(slot: Option<&crate::bgp::task::SpeakerSlot>) -> Vec<model::BgpSession> {
+    let speaker = slot.and_then(|slot| slot.lock().ok().and_then(|s| s.clone()));
+    let Some(speaker) = speaker else {
+        return Vec::new();
+    };
+    let mut sessions: Vec<model::BgpSession> = speaker
+        .peers()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|peer| model::BgpSession {
+            peer: peer.remote.to_string(),
+            state: format!("{:?}", peer.state),
+            remote_as: peer.remote_as,
+            received: peer.received.iter().map(|(_, n)| *n as u64).sum(),
+        })
+        .collect();
+    sessions.sort_by(|a, b| a.peer.cmp(&b.peer));
+    sessions
+}
+
 fn publish_switch(
     store: &Store,
     record: &SwitchRecord,
+    published: &model::Switch,
     lldp: &LldpSnapshot,
-    mesh_address: Option<String>,
 ) -> anyhow::Result<()> {
-    store.put_local_json(
-        RecordKind::Switch,
-        &record.name,
-        &model::Switch {
-            name: record.name.clone(),
-            partition: record.partition.clone(),
-            rack: record.rack.clone(),
-            loopback: record.loopback.to_string(),
-            asn: record.asn,
-            chassis_mac: Some(record.chassis_mac.clone()),
-            mesh_address,
-        },
-    )?;
+    store.put_local_json(RecordKind::Switch, &record.name, published)?;
     let mut current = BTreeSet::new();
     for port in &record.ports {
         let key = format!("{}/{}", record.name, port.name);

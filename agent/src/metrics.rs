@@ -31,6 +31,9 @@ struct Snapshot {
     flagged: BTreeMap<&'static str, i64>,
     dhcp: Option<metalmesh_provisioning::dhcp::DhcpCounters>,
     tftp: Vec<(&'static str, u64)>,
+    /// Answers per (route, status class), and streamed bytes per route.
+    http_answered: Vec<((&'static str, &'static str), u64)>,
+    http_sent: Vec<(&'static str, u64)>,
     dataplane: crate::dataplane::reconcile::PassReport,
     mesh_members: BTreeMap<String, i64>,
     mesh_refused: Vec<(&'static str, u64)>,
@@ -72,8 +75,10 @@ impl AgentView {
             }
         }
         snapshot.dhcp = self.dhcp_counters.lock().ok().and_then(|c| c.clone());
-        if let Some(tftp) = &self.tftp_counters {
+        if let Some(counters) = &self.boot_counters {
+            use metalmesh_provisioning::http::{HttpRoute, STATUS_CLASSES};
             use std::sync::atomic::Ordering::Relaxed;
+            let tftp = &counters.tftp;
             snapshot.tftp = vec![
                 ("requests", tftp.requests.load(Relaxed)),
                 ("completed", tftp.completed.load(Relaxed)),
@@ -84,6 +89,19 @@ impl AgentView {
             snapshot
                 .tftp
                 .push(("bytes_sent", tftp.bytes_sent.load(Relaxed)));
+            for route in HttpRoute::ALL {
+                let counted = counters.http.route(route);
+                for (class, n) in STATUS_CLASSES.iter().zip(&counted.answered) {
+                    snapshot
+                        .http_answered
+                        .push(((route.name(), *class), n.load(Relaxed)));
+                }
+                if matches!(route, HttpRoute::Boot | HttpRoute::Images) {
+                    snapshot
+                        .http_sent
+                        .push((route.name(), counted.sent_bytes.load(Relaxed)));
+                }
+            }
         }
         snapshot.dataplane = self
             .dataplane
@@ -223,6 +241,30 @@ impl Collector for Snapshot {
                 bytes.into_iter().map(|(_, n)| (Vec::new(), n)),
             )?;
         }
+        if !self.http_answered.is_empty() {
+            counter(
+                e,
+                "metalmesh_agent_http_requests",
+                "HTTP boot server requests by route and status class",
+                self.http_answered.iter().map(|((route, class), n)| {
+                    (
+                        vec![
+                            ("route", (*route).to_string()),
+                            ("code", (*class).to_string()),
+                        ],
+                        *n,
+                    )
+                }),
+            )?;
+            counter(
+                e,
+                "metalmesh_agent_http_sent_bytes",
+                "File bytes the HTTP boot server streamed (kernels, initramfs, images)",
+                self.http_sent
+                    .iter()
+                    .map(|(route, n)| (vec![("route", (*route).to_string())], *n)),
+            )?;
+        }
         let dataplane = &self.dataplane;
         counter(
             e,
@@ -298,6 +340,22 @@ impl Collector for Snapshot {
 pub async fn render(view: &AgentView) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(view.snapshot().await));
+    if let Some(durations) = &view.provisioning_durations {
+        // Histograms keep their own state: registered as they are.
+        let agent = registry.sub_registry_with_prefix("metalmesh_agent");
+        agent.register_with_unit(
+            "power_on_to_waiting",
+            "From a machine's first PXE request to Waiting (first boot and every reclaim)",
+            prometheus_client::registry::Unit::Seconds,
+            durations.power_on_to_waiting.clone(),
+        );
+        agent.register_with_unit(
+            "allocate_to_phoned_home",
+            "From an allocation's commit to the installed machine phoning home",
+            prometheus_client::registry::Unit::Seconds,
+            durations.allocate_to_phoned_home.clone(),
+        );
+    }
     let mut out = String::new();
     if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &registry) {
         let _ = writeln!(out, "# encoding failed: {error}");
@@ -314,17 +372,15 @@ pub async fn serve(
     use axum::response::IntoResponse as _;
     let router = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || {
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
             let view = Arc::clone(&view);
             async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    render(&view).await,
-                )
-                    .into_response()
+                let accept = headers
+                    .get(axum::http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                let (content_type, body) =
+                    metalmesh_bin_support::exposition::negotiate(accept, render(&view).await);
+                ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response()
             }
         }),
     );

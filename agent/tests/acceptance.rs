@@ -41,6 +41,84 @@ fn routed(leaf: &str, table: u64, ip: &str) -> bool {
     !String::from_utf8_lossy(&out.stdout).trim().is_empty()
 }
 
+/// A daemon's `/metrics` in its namespace, in the classic text format
+/// (curl asks for no other).
+fn scrape(namespace: &str, url: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            namespace,
+            "curl",
+            "-sSf",
+            "--max-time",
+            "10",
+            url,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{url} in {namespace}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `promtool check metrics` (Prometheus's linter) passes on `exposition`.
+fn promtool_check(node: &str, exposition: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/setup installs Debian's prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool rejects {node}'s metrics: {}{}\n{exposition}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The value of the sample line starting with `series` (0 when absent).
+fn sample(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Asks the testbed's Prometheus (from the host, as a user would) until
+/// `done` accepts the answer or 60 s pass; returns the last answer.
+fn prometheus_query(query: &str, done: impl Fn(&str) -> bool) -> String {
+    let mut answer = String::new();
+    for _ in 0..60 {
+        let out = std::process::Command::new("curl")
+            .args(["-sfG", "--max-time", "5"])
+            .arg(format!(
+                "http://10.254.1.2:{}/api/v1/query",
+                metalmesh_testbed::api::PROMETHEUS_PORT
+            ))
+            .arg("--data-urlencode")
+            .arg(format!("query={query}"))
+            .output()
+            .unwrap();
+        answer = String::from_utf8_lossy(&out.stdout).to_string();
+        if done(&answer) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    answer
+}
+
 fn console(run_dir: &Path, machine: &str) -> String {
     std::fs::read_to_string(run_dir.join(format!("machines/{machine}/console.log")))
         .unwrap_or_default()
@@ -51,13 +129,14 @@ fn the_user_story_from_power_on_to_tenant_traffic_and_with_the_api_down() {
     let guard = Guard::new();
     let run_dir = &guard.run_dir;
     script("build-boot", &[]);
-    let _testbed = metalmesh_testbed::testing::up_with(
+    let testbed_handle = metalmesh_testbed::testing::up_with(
         run_dir,
         &metalmesh_testbed::Overrides {
             racks: Some(2),
             machines_per_rack: Some(1),
             rack_vm_machines: vec![(1, 1)],
             api: true,
+            prometheus: true,
             ..metalmesh_testbed::Overrides::default()
         },
     );
@@ -153,24 +232,19 @@ fn the_user_story_from_power_on_to_tenant_traffic_and_with_the_api_down() {
         "beta's machine reaches alpha's"
     );
 
-    // The leaf's metrics, scraped by a real Prometheus beside it, show the
-    // story: DHCP and TFTP served the qemu machine's boot, its machines,
-    // BGP sessions and mesh members.
-    let exposition = String::from_utf8_lossy(
-        &std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                "mm-leaf1",
-                "curl",
-                "-sf",
-                "http://127.0.0.1:9469/metrics",
-            ])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .to_string();
+    // Every daemon's metrics pass Prometheus's own checker, and the
+    // testbed's Prometheus (`up --prometheus`) scrapes them all.
+    let mut expositions = std::collections::BTreeMap::new();
+    for (node, namespace, url) in testbed_handle.metrics_endpoints() {
+        let exposition = scrape(&namespace, &url);
+        promtool_check(&node, &exposition);
+        expositions.insert(node, exposition);
+    }
+    assert_eq!(expositions.len(), 3, "{:?}", expositions.keys());
+    // leaf1's show the story: DHCP, TFTP and HTTP served the qemu
+    // machine's boot and the image; its boot and both installations in
+    // rack 1 are in the histograms.
+    let leaf1 = &expositions["leaf1"];
     for expected in [
         "metalmesh_agent_machines{state=\"Phoned Home\",liveliness=\"Alive\"} 2",
         "metalmesh_agent_dhcp_messages_total{kind=\"ack\"}",
@@ -179,19 +253,58 @@ fn the_user_story_from_power_on_to_tenant_traffic_and_with_the_api_down() {
         "metalmesh_agent_mesh_members{state=\"alive\"}",
     ] {
         assert!(
-            exposition.contains(expected),
-            "{expected} missing:\n{exposition}"
+            leaf1.lines().any(|line| line.starts_with(expected)),
+            "no sample line starts with {expected}:\n{leaf1}"
         );
     }
-    let acks = common::prometheus_query(
-        &guard.scratch,
-        "mm-leaf1",
-        "127.0.0.1:9469",
-        "metalmesh_agent_dhcp_messages_total{kind=\"ack\"}",
+    assert!(
+        sample(
+            leaf1,
+            "metalmesh_agent_http_requests_total{route=\"boot\",code=\"2xx\"}"
+        ) >= 2.0,
+        "{leaf1}"
     );
     assert!(
-        acks.contains("\"ack\""),
-        "Prometheus has no DHCP acks: {acks}"
+        sample(
+            leaf1,
+            "metalmesh_agent_http_sent_bytes_total{route=\"images\"}"
+        ) > 0.0,
+        "{leaf1}"
+    );
+    assert!(
+        sample(leaf1, "metalmesh_agent_power_on_to_waiting_seconds_count") >= 1.0,
+        "{leaf1}"
+    );
+    assert_eq!(
+        sample(
+            leaf1,
+            "metalmesh_agent_allocate_to_phoned_home_seconds_count"
+        ),
+        2.0,
+        "{leaf1}"
+    );
+    assert!(
+        sample(leaf1, "metalmesh_agent_allocate_to_phoned_home_seconds_sum") > 1.0,
+        "{leaf1}"
+    );
+    assert!(
+        sample(&expositions["api"], "metalmesh_api_machines_allocated") >= 3.0,
+        "{}",
+        expositions["api"]
+    );
+    let installs = prometheus_query(
+        "sum(metalmesh_agent_allocate_to_phoned_home_seconds_count)",
+        |answer| answer.contains("\"3\"]"),
+    );
+    let up = prometheus_query("up", |answer| answer.matches("\"1\"]").count() == 3);
+    assert_eq!(
+        up.matches("\"1\"]").count(),
+        3,
+        "not every daemon up for Prometheus: {up}"
+    );
+    assert!(
+        installs.contains("\"3\"]"),
+        "Prometheus did not see 3 installations: {installs}"
     );
 
     // The API node down: the qemu machine is freed rack-locally, wiped,

@@ -22,6 +22,24 @@ pub struct Switch {
     /// Address the switch's mesh endpoint listens on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh_address: Option<String>,
+    /// Its BGP sessions as its own speaker last saw them (none where FRR
+    /// speaks BGP for it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bgp_sessions: Vec<BgpSession>,
+}
+
+/// One BGP session of a switch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpSession {
+    /// The interface (unnumbered) or address of the peer.
+    pub peer: String,
+    /// `Established`, `Active`, `Connect`, …
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_as: Option<u32>,
+    /// Paths held from the peer, all families.
+    #[serde(default)]
+    pub received: u64,
 }
 
 /// A switch port and what LLDP sees on it (key = `<switch>/<port>`).

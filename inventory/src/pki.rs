@@ -15,7 +15,7 @@ use crate::trust::keyring::Revocation;
 use crate::trust::{CA_ORIGIN, Role, Signer};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ED25519, SanType,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ED25519, SanType,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -205,6 +205,49 @@ pub fn issue_node_files(
         not_before = revoked + Duration::seconds(1);
     }
     let issued = issue_node(&ca, identity, not_before, now + Duration::days(days))?;
+    write_pair(out_dir, &issued, &cert_path, &key_path)?;
+    Ok((cert_path, key_path))
+}
+
+/// `metalmesh ca issue-https`: an HTTPS server certificate for the API
+/// node, signed by the CA in `ca_dir`, written as `<name>-https.pem` and
+/// `<name>-https.key`. Its key is ECDSA P-256, which browsers speak (they
+/// do not accept Ed25519 keys in TLS, so the mesh certificate serves the
+/// CLI but not the web view). It names no role: the mesh refuses it.
+pub fn issue_https_files(
+    ca_dir: &Path,
+    name: &str,
+    addresses: &[IpAddr],
+    out_dir: &Path,
+    days: i64,
+) -> Result<(PathBuf, PathBuf), PkiError> {
+    if !(1..=MAX_VALIDITY_DAYS).contains(&days) {
+        return Err(PkiError::BadValidity(days));
+    }
+    if !valid_node_name(name) {
+        return Err(PkiError::BadNodeName(name.to_string()));
+    }
+    let ca = read_ca(ca_dir)?;
+    let cert_path = out_dir.join(format!("{name}-https.pem"));
+    let key_path = out_dir.join(format!("{name}-https.key"));
+    refuse_existing(&[&cert_path, &key_path])?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert, KeyPair::from_pem(&ca.key)?)?;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(vec![name.to_string()])?;
+    for address in addresses {
+        params.subject_alt_names.push(SanType::IpAddress(*address));
+    }
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + Duration::days(days);
+    let cert = params.signed_by(&key, &issuer)?;
+    let issued = IssuedPem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    };
     write_pair(out_dir, &issued, &cert_path, &key_path)?;
     Ok((cert_path, key_path))
 }

@@ -11,6 +11,8 @@ use crate::plan::{Node, Plan, RunDir};
 /// Environment variable naming the agent binary the testbed runs.
 pub const AGENT_BIN_ENV: &str = "METALMESH_AGENT_BIN";
 const AGENT_BIN: &str = "metalmesh-agent";
+/// Where each agent serves `/metrics` (on its loopback).
+pub const METRICS_PORT: u16 = 9469;
 /// LLDP transmit interval on testbed leaves: quick discovery in tests and demos.
 const LLDP_TX_INTERVAL_SECS: u32 = 5;
 
@@ -182,6 +184,13 @@ pub(crate) fn config(plan: &Plan, leaf: &Node, run: &RunDir) -> String {
         conf,
         "key = {:?}",
         path(&mesh.join(format!("{}.key", leaf.name)))
+    );
+    // The loopback is the leaf's management address here: the API node's
+    // Prometheus (`up --prometheus`) reaches it over the underlay.
+    let _ = writeln!(
+        conf,
+        "\n[metrics]\nlisten = \"{}:{METRICS_PORT}\"",
+        leaf.loopback
     );
     let _ = writeln!(conf, "\n[admin]");
     let _ = writeln!(conf, "socket = {:?}", path(&socket(run, &leaf.name)));

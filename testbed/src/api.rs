@@ -5,7 +5,7 @@
 
 use crate::daemon::DaemonSpec;
 use crate::error::Error;
-use crate::plan::{API_ADDRESS, Node, Plan, Role, RunDir};
+use crate::plan::{API_ADDRESS, API_SIDE, Node, Plan, Role, RunDir};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -17,6 +17,10 @@ pub const ISSUER_PORT: u16 = 8080;
 /// front of the testbed's images directory, standing for wherever an
 /// operator keeps OS images. Leaves download from it on first use.
 pub const IMAGE_PORT: u16 = 8081;
+/// The API node's `/metrics` (its default, on the namespace's loopback).
+pub const API_METRICS_PORT: u16 = 9470;
+/// Prometheus's web UI and API (`up --prometheus`), on the host link.
+pub const PROMETHEUS_PORT: u16 = 9090;
 
 /// The URL of image file `file` on the testbed's image server.
 pub fn image_url(file: &str) -> String {
@@ -87,6 +91,8 @@ pub(crate) fn config(plan: &Plan, run: &RunDir) -> String {
     let _ = writeln!(conf, "name = \"api\"");
     let _ = writeln!(conf, "state_dir = {:?}", path(&dir.join("state")));
     let _ = writeln!(conf, "\n[http]\nlisten = \"{API_ADDRESS}:{API_PORT}\"");
+    let _ = writeln!(conf, "cert = {:?}", path(&dir.join("api-https.pem")));
+    let _ = writeln!(conf, "key = {:?}", path(&dir.join("api-https.key")));
     let _ = writeln!(
         conf,
         "\n[oidc]\nissuer = \"http://{API_ADDRESS}:{ISSUER_PORT}\"\naudience = \"{}\"\n# The development issuer serves plain HTTP; never in production.\nallow_http_issuer = true",
@@ -104,8 +110,67 @@ pub(crate) fn config(plan: &Plan, run: &RunDir) -> String {
     conf
 }
 
-/// The issuer and the API node.
-pub(crate) fn daemons(node: &Node, run: &RunDir) -> Result<Vec<DaemonSpec>, Error> {
+/// Where Prometheus (`up --prometheus`) keeps its configuration and data.
+fn prometheus_dir(run: &RunDir) -> PathBuf {
+    dir(run).join("prometheus")
+}
+
+/// Prometheus's configuration: the API node and every agent, every 5 s.
+pub(crate) fn prometheus_config(plan: &Plan) -> String {
+    let mut conf = String::new();
+    let _ = writeln!(
+        conf,
+        "# Prometheus of the testbed (written by metalmesh-testbed)"
+    );
+    let _ = writeln!(
+        conf,
+        "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s"
+    );
+    let _ = writeln!(conf, "scrape_configs:");
+    let _ = writeln!(conf, "  - job_name: metalmesh-api\n    static_configs:");
+    let _ = writeln!(conf, "      - targets: [\"127.0.0.1:{API_METRICS_PORT}\"]");
+    let _ = writeln!(conf, "  - job_name: metalmesh-agent\n    static_configs:");
+    for leaf in plan.nodes.iter().filter(|n| n.role == Role::Leaf) {
+        let _ = writeln!(
+            conf,
+            "      - targets: [\"{}:{}\"]\n        labels:\n          leaf: {}",
+            leaf.loopback,
+            crate::agent::METRICS_PORT,
+            leaf.name
+        );
+    }
+    conf
+}
+
+/// Prometheus in `mm-api`. It writes no pid file: a shell writes its own
+/// pid and execs Prometheus under a name that carries the pid file's path,
+/// which is how the testbed recognises its daemons.
+fn prometheus_daemon(node: &Node, run: &RunDir) -> DaemonSpec {
+    let dir = prometheus_dir(run);
+    let pidfile = dir.join("prometheus.pid");
+    DaemonSpec {
+        name: "prometheus".into(),
+        namespace: node.namespace(),
+        argv: vec![
+            "bash".into(),
+            "-c".into(),
+            "echo $$ > \"$1\"; exec -a \"prometheus $1\" prometheus --config.file=\"$2\" \
+             --storage.tsdb.path=\"$3\" --web.listen-address=\"$4\""
+                .into(),
+            "prometheus".into(),
+            path(&pidfile),
+            path(&dir.join("prometheus.yml")),
+            path(&dir.join("data")),
+            format!("{API_SIDE}:{PROMETHEUS_PORT}"),
+        ],
+        pidfile,
+        output: dir.join("prometheus.log"),
+        detach: true,
+    }
+}
+
+/// The issuer and the API node (and Prometheus, when asked for).
+pub(crate) fn daemons(plan: &Plan, node: &Node, run: &RunDir) -> Result<Vec<DaemonSpec>, Error> {
     let api = crate::agent::find_binary(
         "metalmesh-api",
         "METALMESH_API_BIN",
@@ -117,7 +182,7 @@ pub(crate) fn daemons(node: &Node, run: &RunDir) -> Result<Vec<DaemonSpec>, Erro
         "metalmesh-testbed: cargo build --bin metalmesh-testbed",
     )?;
     let dir = dir(run);
-    Ok(vec![
+    Ok([
         DaemonSpec {
             name: "issuer".into(),
             namespace: node.namespace(),
@@ -172,7 +237,10 @@ pub(crate) fn daemons(node: &Node, run: &RunDir) -> Result<Vec<DaemonSpec>, Erro
             output: dir.join("api.log"),
             detach: true,
         },
-    ])
+    ]
+    .into_iter()
+    .chain(plan.topology.prometheus.then(|| prometheus_daemon(node, run)))
+    .collect())
 }
 
 /// The issuer's keys, the API's certificate (made with the `metalmesh`
@@ -203,6 +271,29 @@ pub(crate) fn prepare(plan: &Plan, run: &RunDir) -> Result<(), Error> {
             &path(&dir.join("mesh")),
         ],
     )?;
+    // Browsers need an ECDSA key for the web view (the mesh's is Ed25519).
+    crate::sys::run(
+        &path(&cli),
+        &[
+            "ca",
+            "issue-https",
+            "--name",
+            "api",
+            "--address",
+            &API_ADDRESS.to_string(),
+            "--ca-dir",
+            &path(&crate::agent::mesh_ca_dir(run)),
+            "--out",
+            &path(&dir),
+        ],
+    )?;
     let config_path = dir.join("api.toml");
-    std::fs::write(&config_path, config(plan, run)).map_err(|e| Error::io(&config_path, e))
+    std::fs::write(&config_path, config(plan, run)).map_err(|e| Error::io(&config_path, e))?;
+    if plan.topology.prometheus {
+        let dir = prometheus_dir(run);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let path = dir.join("prometheus.yml");
+        std::fs::write(&path, prometheus_config(plan)).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
 }

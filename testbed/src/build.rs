@@ -137,7 +137,7 @@ fn daemon_specs(
     }
     if plan.topology.api {
         for node in plan.nodes.iter().filter(|n| n.role == Role::Api) {
-            daemons.insert(node.name.clone(), crate::api::daemons(node, run)?);
+            daemons.insert(node.name.clone(), crate::api::daemons(plan, node, run)?);
         }
     }
     Ok(daemons)

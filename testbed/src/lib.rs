@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-pub use agent::AGENT_BIN_ENV;
+pub use agent::{AGENT_BIN_ENV, METRICS_PORT as AGENT_METRICS_PORT};
 pub use build::DownReport;
 pub use daemon::DaemonSpec;
 pub use error::Error;
@@ -113,6 +113,24 @@ impl Testbed {
 
     pub fn run_dir(&self) -> &Path {
         self.run.path()
+    }
+
+    /// Every daemon's `/metrics`: `(node, namespace, URL)` of each leaf's
+    /// agent and, with `api`, the API node's (reached inside the namespace).
+    pub fn metrics_endpoints(&self) -> Vec<(String, String, String)> {
+        let plan = &self.state.plan;
+        let mut endpoints = Vec::new();
+        for node in &plan.nodes {
+            let url = match node.role {
+                Role::Leaf => format!("http://{}:{}/metrics", node.loopback, agent::METRICS_PORT),
+                Role::Api if plan.topology.api => {
+                    format!("http://127.0.0.1:{}/metrics", api::API_METRICS_PORT)
+                }
+                _ => continue,
+            };
+            endpoints.push((node.name.clone(), node.namespace(), url));
+        }
+        endpoints
     }
 
     /// Daemons of a node or machine, in start order.

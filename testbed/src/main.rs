@@ -64,6 +64,11 @@ enum Command {
         /// Also run the API node and the development OIDC issuer in `mm-api`.
         #[arg(long)]
         api: bool,
+        /// Also run Prometheus (Debian's package) in `mm-api`, scraping the
+        /// API node and every agent; implies `--api`. Its web UI answers on
+        /// http://10.254.1.2:9090 from this host.
+        #[arg(long)]
+        prometheus: bool,
         /// Return as soon as everything is started, without waiting for BGP.
         #[arg(long)]
         no_wait: bool,
@@ -183,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bgp,
             topology,
             api,
+            prometheus,
             no_wait,
             timeout,
         } => {
@@ -193,6 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 vm_machines,
                 leaf_bgp: bgp,
                 api,
+                prometheus,
                 rack_vm_machines: Vec::new(),
             };
             let topology = Topology::load(topology.as_deref(), &overrides)?;

@@ -52,6 +52,9 @@ pub(crate) struct TopologyFile {
     /// Run the API node and the development OIDC issuer in `mm-api`.
     #[serde(default)]
     pub api: bool,
+    /// Also run a Prometheus scraping every daemon (implies `api`).
+    #[serde(default)]
+    pub prometheus: bool,
     #[serde(default)]
     pub leaves: BTreeMap<String, Spanned<LeafSettings>>,
 }
@@ -81,6 +84,9 @@ pub struct Topology {
     /// The API node and the development OIDC issuer run in `mm-api`.
     #[serde(default)]
     pub api: bool,
+    /// A Prometheus in `mm-api` scrapes the API node and every agent.
+    #[serde(default)]
+    pub prometheus: bool,
 }
 
 impl Default for Topology {
@@ -95,6 +101,7 @@ impl Default for Topology {
             leaf_bgp: vec![LeafBgp::default(); 2],
             leaf_vm_machines: Vec::new(),
             api: false,
+            prometheus: false,
         }
     }
 }
@@ -139,6 +146,8 @@ pub struct Overrides {
     pub rack_vm_machines: Vec<(u32, u32)>,
     /// Start the API node (over `api`).
     pub api: bool,
+    /// Start Prometheus (over `prometheus`; implies the API node).
+    pub prometheus: bool,
 }
 
 /// Where a setting came from, for error messages.
@@ -303,9 +312,11 @@ impl Topology {
         if leaf_vm_machines.iter().all(|vms| *vms == vm_machines) {
             leaf_vm_machines.clear();
         }
-        let api = overrides.api || file.api;
+        let prometheus = overrides.prometheus || file.prometheus;
+        let api = overrides.api || file.api || prometheus;
         Ok(Topology {
             api,
+            prometheus,
             racks,
             spines,
             machines_per_rack,

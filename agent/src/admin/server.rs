@@ -42,8 +42,10 @@ pub struct AgentView {
     /// The DHCP lease store, when boot services run.
     pub lease_db: Option<PathBuf>,
     pub dhcp_counters: Arc<std::sync::Mutex<Option<metalmesh_provisioning::dhcp::DhcpCounters>>>,
-    /// TFTP transfer counters, where boot services run.
-    pub tftp_counters: Option<Arc<metalmesh_provisioning::tftp::service::TftpCounters>>,
+    /// TFTP and HTTP boot counters, where boot services run.
+    pub boot_counters: Option<crate::boot::BootCounters>,
+    /// Provisioning durations, where machines are provisioned.
+    pub provisioning_durations: Option<crate::machines::durations::ProvisioningHistograms>,
     pub started: std::time::Instant,
     pub config_path: PathBuf,
     pub state_dir: PathBuf,

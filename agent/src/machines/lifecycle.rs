@@ -111,6 +111,11 @@ impl Lifecycle {
         self.events.front()
     }
 
+    /// When the newest event of `kind` happened.
+    pub fn last_of(&self, kind: EventKind) -> Option<u64> {
+        self.events.iter().find(|e| e.kind == kind).map(|e| e.time)
+    }
+
     /// The provisioning state: the newest event other than Alive.
     pub fn state(&self) -> Option<EventKind> {
         self.events

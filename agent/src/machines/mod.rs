@@ -9,8 +9,11 @@
 //! - [`record`]: the stored record (the mesh's machine model plus the
 //!   lifecycle's state).
 //! - [`task`]: the tokio driver that does the core's I/O.
+//! - [`durations`]: power-on → Waiting and allocate → Phoned Home, for the
+//!   metrics.
 
 pub mod core;
+pub mod durations;
 pub mod lifecycle;
 pub mod record;
 pub mod task;

@@ -74,6 +74,8 @@ pub struct Settings {
     pub images: Option<ImageSource>,
     /// Who holds which address (none where this leaf serves no DHCP).
     pub leases: Option<LeaseIndex>,
+    /// Where provisioning durations are observed.
+    pub durations: super::durations::ProvisioningHistograms,
 }
 
 /// The channels the machines task reads.
@@ -257,6 +259,7 @@ pub struct MachinesTask {
     next_ticket: Ticket,
     installer_replies: HashMap<Ticket, oneshot::Sender<Result<Directive, Refusal>>>,
     command_replies: HashMap<Ticket, oneshot::Sender<Result<Reply, MachineError>>>,
+    timer: super::durations::ProvisioningTimer,
 }
 
 impl std::fmt::Debug for MachinesTask {
@@ -284,6 +287,7 @@ impl MachinesTask {
         );
         ports.send_replace(core.ports().clone());
         Ok(MachinesTask {
+            timer: super::durations::ProvisioningTimer::new(settings.durations.clone()),
             settings,
             store,
             core,
@@ -343,6 +347,16 @@ impl MachinesTask {
                 *reply = Err(error.clone());
             }
             outcome.ports = Some(self.core.ports().clone());
+        } else {
+            let now = now_ms();
+            for after in &outcome.writes {
+                let before = outcome
+                    .undo
+                    .iter()
+                    .find(|(uuid, _)| *uuid == after.machine.uuid)
+                    .and_then(|(_, before)| before.as_ref());
+                self.timer.stored(now, before, after);
+            }
         }
         for notice in &outcome.notices {
             tracing::warn!(uuid = %notice.uuid, "{}", notice.message);

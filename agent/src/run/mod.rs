@@ -85,7 +85,7 @@ impl Agent {
         let (installer_tx, installer_rx) = channels.installer;
         let (pxe_tx, pxe_rx) = channels.pxe;
         let (machine_commands_tx, machine_commands_rx) = channels.machine_commands;
-        let tftp_counters = config.boot.as_ref().map(|boot| {
+        let boot_counters = config.boot.as_ref().map(|boot| {
             crate::boot::spawn(
                 &mut supervisor,
                 boot,
@@ -146,6 +146,7 @@ impl Agent {
             };
             supervisor.spawn("bgp", move |cancel| task.clone().run(cancel));
         }
+        let provisioning_durations = crate::machines::durations::ProvisioningHistograms::default();
         let machine_commands = match &config.boot {
             None => None,
             Some(boot) => {
@@ -159,6 +160,7 @@ impl Agent {
                         cache_url: format!("{}/images", boot.http_base()),
                     }),
                     leases: Some(dhcp.leases.clone()),
+                    durations: provisioning_durations.clone(),
                 };
                 let (core_commands_tx, core_commands_rx) = tokio::sync::mpsc::channel(64);
                 let task = crate::machines::task::MachinesTask::load(
@@ -227,6 +229,7 @@ impl Agent {
                 .mesh
                 .as_ref()
                 .map(|mesh| mesh.advertise_addr(config.switch.loopback).to_string()),
+            loaded.bgp.as_ref().map(|_| Arc::clone(&bgp)),
         );
         crate::mesh::spawn_follower(&mut supervisor, store.clone());
 
@@ -242,7 +245,8 @@ impl Agent {
             kernel_mode,
             lease_db: served_lease_db,
             dhcp_counters: dhcp.counters,
-            tftp_counters,
+            boot_counters,
+            provisioning_durations: config.boot.as_ref().map(|_| provisioning_durations),
             started: Instant::now(),
             config_path: options.config.clone(),
             state_dir: config.state_dir.clone(),

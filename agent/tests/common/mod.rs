@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub(crate) mod api;
+pub(crate) mod browser;
 
 use std::path::Path;
 use std::process::Output;
@@ -91,69 +92,4 @@ pub(crate) fn start_installer(scratch: &Path, rack: u32, index: u32) -> std::pat
         &scratch.join(format!("{name}.log")),
     );
     disk
-}
-
-/// Runs a Prometheus server in `namespace` scraping `target` every second
-/// and returns its answer to `query` once it has a result (at most 30 s);
-/// fails when the target is not `up`.
-pub(crate) fn prometheus_query(
-    scratch: &Path,
-    namespace: &str,
-    target: &str,
-    query: &str,
-) -> String {
-    let dir = scratch.join(format!("prometheus-{namespace}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: agent\n    static_configs:\n      - targets: ['{target}']\n"
-        ),
-    )
-    .unwrap();
-    let mut server = std::process::Command::new("ip")
-        .args(["netns", "exec", namespace, "prometheus"])
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg("--web.listen-address=127.0.0.1:19090")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prometheus (scripts/setup installs Debian's package)");
-    let ask = |q: &str| {
-        let out = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                namespace,
-                "curl",
-                "-sfG",
-                "http://127.0.0.1:19090/api/v1/query",
-            ])
-            .arg("--data-urlencode")
-            .arg(format!("query={q}"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
-    let mut answer = String::new();
-    for _ in 0..60 {
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        answer = ask(query);
-        if answer.contains("\"result\":[{") {
-            break;
-        }
-    }
-    let up = ask("up");
-    let _ = server.kill();
-    let _ = server.wait();
-    assert!(
-        up.contains("\"1\"]"),
-        "{target} is not up for Prometheus: {up}"
-    );
-    answer
 }

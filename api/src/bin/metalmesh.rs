@@ -62,6 +62,9 @@ enum Command {
     },
     /// Who the API takes you for.
     Whoami,
+    /// The web view's address, logged in as this context (the address
+    /// carries the token: open it, do not share it).
+    Web,
     /// Save `--api`, `--ca` and a token (`--token`, or `--device` to log in
     /// with the identity provider) as a context, checked against the API
     /// first, and make it the current one.
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         Command::Switch { command } => resources::switch(connection, command),
         Command::Partition { command } => resources::partition(connection, command),
         Command::Whoami => resources::whoami(connection),
+        Command::Web => resources::web(connection),
         Command::Login {
             name,
             device,

@@ -44,6 +44,24 @@ pub enum CaCommand {
         #[arg(long, default_value_t = pki::NODE_VALIDITY_DAYS)]
         days: i64,
     },
+    /// Issue an HTTPS certificate for the API node (ECDSA P-256, which
+    /// browsers accept for the web view; the mesh certificate is Ed25519).
+    /// Give it to the API as `[http] cert` and `key`.
+    IssueHttps {
+        /// The API's DNS name.
+        #[arg(long)]
+        name: String,
+        /// An address users reach the API at (repeatable).
+        #[arg(long = "address")]
+        addresses: Vec<IpAddr>,
+        #[arg(long, default_value = DEFAULT_CA_DIR)]
+        ca_dir: PathBuf,
+        /// Directory for <name>-https.pem and <name>-https.key.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        #[arg(long, default_value_t = pki::NODE_VALIDITY_DAYS)]
+        days: i64,
+    },
     /// Revoke a node: writes a revocation signed by the CA key, for any
     /// agent to spread through the mesh (`metalmesh-agent mesh revoke FILE`).
     /// Its connections are closed and what it signs from now on is refused;
@@ -92,6 +110,17 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
             let (cert, key) = pki::issue_node_files(&ca_dir, &identity, &out, days)?;
             println!("node certificate: {} ({role})", cert.display());
             println!("node key:         {}", key.display());
+        }
+        CaCommand::IssueHttps {
+            name,
+            addresses,
+            ca_dir,
+            out,
+            days,
+        } => {
+            let (cert, key) = pki::issue_https_files(&ca_dir, &name, &addresses, &out, days)?;
+            println!("HTTPS certificate: {}", cert.display());
+            println!("HTTPS key:         {}", key.display());
         }
         CaCommand::Revoke {
             node,

@@ -252,6 +252,13 @@ pub enum SwitchCommand {
 /// The client for `connection`: flags and `METALMESH_*` first, then the
 /// saved context.
 fn client(connection: &Connection) -> anyhow::Result<ApiClient> {
+    let (api, token, ca) = resolve(connection)?;
+    Ok(ApiClient::new(&api, &token, ca.as_deref())?)
+}
+
+/// The API, token and CA: from the flags or environment, else from the
+/// saved context.
+fn resolve(connection: &Connection) -> anyhow::Result<(String, String, Option<PathBuf>)> {
     let config = crate::cli::contexts::CliConfig::load(&crate::cli::contexts::path()?)?;
     let saved = config.context(connection.context.as_deref());
     if let (Some(name), None) = (&connection.context, saved) {
@@ -273,7 +280,17 @@ fn client(connection: &Connection) -> anyhow::Result<ApiClient> {
         .ca
         .clone()
         .or_else(|| saved.and_then(|c| c.ca.clone()));
-    Ok(ApiClient::new(&api, &token, ca.as_deref())?)
+    Ok((api, token, ca))
+}
+
+/// `metalmesh web`: the web view's address with this context's token in
+/// its fragment (which browsers never send to a server; the page moves it
+/// to session storage at once). The token is checked first.
+pub fn web(connection: &Connection) -> anyhow::Result<()> {
+    let (api, token, _) = resolve(connection)?;
+    client(connection)?.get("/v1/whoami")?;
+    println!("{}/ui/#token={token}", api.trim_end_matches('/'));
+    Ok(())
 }
 
 /// `metalmesh login`: takes the token given, or gets one with the device

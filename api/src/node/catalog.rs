@@ -149,6 +149,19 @@ pub struct SwitchView {
     pub loopback: String,
     pub asn: u32,
     pub ports: Vec<PortView>,
+    /// The switch's BGP sessions, as its agent last published them (empty
+    /// where FRR speaks BGP for it).
+    pub bgp_sessions: Vec<BgpSessionView>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct BgpSessionView {
+    /// Interface (unnumbered) or address of the peer.
+    pub peer: String,
+    pub state: String,
+    pub remote_as: Option<u32>,
+    /// Paths held from the peer, all families.
+    pub received: u64,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -374,6 +387,16 @@ impl Api {
                     loopback: switch.loopback,
                     asn: switch.asn,
                     ports,
+                    bgp_sessions: switch
+                        .bgp_sessions
+                        .into_iter()
+                        .map(|session| BgpSessionView {
+                            peer: session.peer,
+                            state: session.state,
+                            remote_as: session.remote_as,
+                            received: session.received,
+                        })
+                        .collect(),
                 }
             })
             .collect();

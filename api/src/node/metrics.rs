@@ -108,7 +108,7 @@ impl Collector for Replica {
         {
             let gauge = ConstGauge::new(0i64);
             let mut family = encoder.encode_descriptor(
-                "metalmesh_api_machines",
+                "machines",
                 "Machines in the API's replica, by lifecycle state and liveliness",
                 None,
                 gauge.metric_type(),
@@ -120,14 +120,14 @@ impl Collector for Replica {
         }
         let gauge = ConstGauge::new(allocated);
         gauge.encode(encoder.encode_descriptor(
-            "metalmesh_api_machines_allocated",
+            "machines_allocated",
             "Machines in the API's replica with an allocation",
             None,
             gauge.metric_type(),
         )?)?;
         let gauge = ConstGauge::new(self.index.ips().len() as i64);
         gauge.encode(encoder.encode_descriptor(
-            "metalmesh_api_ips",
+            "ips",
             "IP records in the API's replica",
             None,
             gauge.metric_type(),
@@ -166,15 +166,16 @@ pub async fn count(
 }
 
 /// `GET /metrics`.
-pub async fn exposition(State(metrics): State<Arc<ApiMetrics>>) -> Response {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        metrics.render(),
-    )
-        .into_response()
+pub async fn exposition(
+    State(metrics): State<Arc<ApiMetrics>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let (content_type, body) =
+        metalmesh_bin_support::exposition::negotiate(accept, metrics.render());
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// Serves `/metrics` on `listen` until `cancel`.

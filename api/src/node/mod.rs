@@ -10,6 +10,7 @@
 //! - [`index`]: the replica's machines, parsed once.
 //! - [`journal`]: the audit log and idempotency keys.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`web`]: the web view at `/ui/`.
 //!
 //! Who may reach it: HTTPS on `http.listen` (8443) from anyone with a token
 //! of the configured issuer and audience; the mesh port only from nodes of
@@ -25,6 +26,7 @@ pub mod machines;
 pub mod metrics;
 pub mod routes;
 pub mod service;
+pub mod web;
 
 use anyhow::Context as _;
 use hyper_util::rt::TokioIo;
@@ -135,6 +137,16 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let chain = NodeCredentials::load(&config.mesh.ca, &config.tls_cert, &config.tls_key)
         .context("HTTPS certificate")?;
+    if rustls::crypto::ring::sign::any_supported_type(&chain.key)
+        .is_ok_and(|key| key.algorithm() == rustls::SignatureAlgorithm::ED25519)
+    {
+        tracing::warn!(
+            cert = %config.tls_cert.display(),
+            "the HTTPS key is Ed25519 (the mesh certificate's): the CLI connects, browsers cannot \
+             open the web view; give [http] cert and key an ECDSA or RSA certificate \
+             (metalmesh ca issue-https)"
+        );
+    }
     let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -98,6 +98,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ips", get(ips).post(acquire_ip))
         .route("/v1/ips/{address}", axum::routing::delete(release_ip))
         .route("/v1/audit", get(audit))
+        .route("/", get(super::web::to_index))
+        .route("/ui", get(super::web::to_index))
+        .route("/ui/", get(super::web::index))
+        .route("/ui/app.js", get(super::web::script))
+        .route("/ui/style.css", get(super::web::style))
         .fallback(|| async { ApiError::new(404, "no such route") })
         .with_state(state)
 }

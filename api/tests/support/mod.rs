@@ -162,6 +162,7 @@ fn rack(
         asn: 4_200_000_001 + index as u32,
         chassis_mac: None,
         mesh_address: None,
+        bgp_sessions: Vec::new(),
     };
     store.put_local_json(RecordKind::Switch, &spec.name, &switch)?;
     for (i, (uuid, hardware)) in spec.machines.iter().enumerate() {

@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt as _;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
@@ -155,7 +156,13 @@ pub(super) async fn serve(
         {
             return (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response();
         }
-        Body::from_stream(ReaderStream::with_capacity(file.take(length), 256 * 1024))
+        let counters = Arc::clone(&state.counters);
+        let route = state.files;
+        Body::from_stream(
+            ReaderStream::with_capacity(file.take(length), 256 * 1024).inspect_ok(move |chunk| {
+                counters.sent(route, chunk.len());
+            }),
+        )
     };
     builder
         .body(body)

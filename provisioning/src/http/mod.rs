@@ -2,6 +2,7 @@
 //! kernel, initramfs and images, streamed from disk with HEAD, Range and
 //! ETag/If-None-Match support. Every request is logged.
 
+mod counters;
 mod files;
 pub mod installer_api;
 mod ipxe;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -21,6 +22,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
+pub use counters::{HttpCounters, HttpRoute, RouteCounters, STATUS_CLASSES};
 pub use ipxe::IpxeSettings;
 
 /// What the HTTP boot server serves.
@@ -35,6 +37,8 @@ pub struct HttpBootConfig {
     pub ipxe: IpxeSettings,
     /// Where installer API calls go; `None`: the API answers 503.
     pub machines: Option<installer_api::InstallerSender>,
+    /// Where requests and streamed bytes are counted.
+    pub counters: Arc<HttpCounters>,
 }
 
 #[derive(Debug)]
@@ -42,6 +46,9 @@ struct AppState {
     root: PathBuf,
     ipxe: IpxeSettings,
     machines: Option<installer_api::InstallerSender>,
+    counters: Arc<HttpCounters>,
+    /// What `files::serve` serves here, for the byte counters.
+    files: HttpRoute,
 }
 
 pub fn router(config: &HttpBootConfig) -> Router {
@@ -49,6 +56,8 @@ pub fn router(config: &HttpBootConfig) -> Router {
         root: config.root.clone(),
         ipxe: config.ipxe.clone(),
         machines: config.machines.clone(),
+        counters: Arc::clone(&config.counters),
+        files: HttpRoute::Boot,
     });
     let images = config.image_cache.as_ref().map(|cache| {
         Router::new()
@@ -57,6 +66,8 @@ pub fn router(config: &HttpBootConfig) -> Router {
                 root: cache.clone(),
                 ipxe: config.ipxe.clone(),
                 machines: None,
+                counters: Arc::clone(&config.counters),
+                files: HttpRoute::Images,
             }))
     });
     let boot = Router::new()
@@ -79,7 +90,10 @@ pub fn router(config: &HttpBootConfig) -> Router {
         .with_state(state);
     images
         .map_or(boot.clone(), |images| boot.merge(images))
-        .layer(middleware::from_fn(access_log))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&config.counters),
+            access_log,
+        ))
 }
 
 /// Serves until cancelled; open connections are dropped then.
@@ -125,8 +139,13 @@ pub async fn serve(config: HttpBootConfig, cancel: CancellationToken) -> std::io
     }
 }
 
-async fn access_log(request: Request, next: Next) -> Response {
+async fn access_log(
+    State(counters): State<Arc<HttpCounters>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
+    let route = HttpRoute::of_path(request.uri().path());
     let method = request.method().clone();
     let uri = request.uri().clone();
     let peer = request
@@ -140,6 +159,7 @@ async fn access_log(request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let response = next.run(request).await;
+    counters.answered(route, response.status().as_u16());
     let length = response
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -190,6 +210,7 @@ mod tests {
                 leaf: "leaf1".into(),
             },
             machines: Some(machines),
+            counters: Arc::default(),
         };
         let cancel = CancellationToken::new();
         let _stop = cancel.clone().drop_guard();
