@@ -39,6 +39,36 @@ pub struct AgentConfig {
     pub machines: MachinesConfig,
     /// The BGP speaker (see docs/bgp.md); absent: no BGP from the agent.
     pub bgp: Option<BgpConfig>,
+    /// The leaf's packet filter against machines and tenants (see
+    /// docs/security.md).
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// What machines and tenants may reach on the leaf (nftables).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Off only where another firewall owns the switch's nftables.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Ports VXLAN may arrive on; default: `[bgp] interfaces` (none: any).
+    #[serde(default)]
+    pub fabric_ports: Vec<String>,
+    /// Source prefixes VXLAN may come from (the leaves' loopbacks, e.g.
+    /// `10.255.0.0/16`); default: any.
+    #[serde(default)]
+    pub underlay: Vec<Spanned<String>>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            enabled: true,
+            fabric_ports: Vec::new(),
+            underlay: Vec::new(),
+        }
+    }
 }
 
 /// Thresholds of the machine lifecycle (see docs/lifecycle.md).
@@ -678,6 +708,20 @@ impl Loaded {
                 return Err(source.error(
                     "switch.name",
                     format!("`{name}` cannot be a mesh name (letters, digits, '-' and '.')"),
+                ));
+            }
+        }
+        for prefix in &config.policy.underlay {
+            let text = prefix.get_ref();
+            let valid = text.split_once('/').is_some_and(|(address, len)| {
+                address.parse::<std::net::Ipv4Addr>().is_ok()
+                    && len.parse::<u8>().is_ok_and(|len| len <= 32)
+            });
+            if !valid {
+                return Err(source.error_at(
+                    prefix.span(),
+                    "policy.underlay",
+                    format!("`{text}` is not an IPv4 prefix (a.b.c.d/len)"),
                 ));
             }
         }

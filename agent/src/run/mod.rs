@@ -125,6 +125,40 @@ impl Agent {
         let (machine_ports_tx, machine_ports) = channels.machine_ports;
         let (merged_tx, intents_rx) = watch::channel(initial_intents);
         let merged_tx = Arc::new(merged_tx);
+        if config.policy.enabled {
+            let base = crate::policy::PolicyInputs {
+                provisioning: config
+                    .boot
+                    .as_ref()
+                    .map(|boot| crate::policy::Provisioning {
+                        bridge: boot.interface.clone(),
+                        dhcp_port: boot.dhcp_port,
+                        tftp_port: boot.tftp_port,
+                        http_port: boot.http_port,
+                    }),
+                tenant_ports: Default::default(),
+                pxe_ports: Default::default(),
+                fabric_ports: if config.policy.fabric_ports.is_empty() {
+                    config
+                        .bgp
+                        .as_ref()
+                        .map(|bgp| bgp.interfaces.iter().map(|i| i.get_ref().clone()).collect())
+                        .unwrap_or_default()
+                } else {
+                    config.policy.fabric_ports.clone()
+                },
+                underlay: config
+                    .policy
+                    .underlay
+                    .iter()
+                    .map(|p| p.get_ref().clone())
+                    .collect(),
+            };
+            let intents = merged_tx.subscribe();
+            supervisor.spawn("policy", move |cancel| {
+                crate::policy::run(base.clone(), intents.clone(), cancel)
+            });
+        }
         let (learned_tx, learned_rx) = watch::channel(Vec::new());
         supervisor.spawn("intents", move |cancel| {
             crate::dataplane::inputs::run(

@@ -18,7 +18,6 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
@@ -90,10 +89,46 @@ pub fn router(config: &HttpBootConfig) -> Router {
         .with_state(state);
     images
         .map_or(boot.clone(), |images| boot.merge(images))
+        .layer(middleware::from_fn(tenant_gateway_serves_phone_home_only))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&config.counters),
             access_log,
         ))
+}
+
+/// The leaf's address on routed machine ports: tenants reach the leaf
+/// there, for phone-home only.
+pub const TENANT_GATEWAY: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 0, 1);
+
+/// The local address a connection was accepted on.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalAddr(pub SocketAddr);
+
+/// On the tenant gateway only `POST /v1/machines/{uuid}/phone-home` is
+/// answered: boot files, images, scripts and the rest of the installer API
+/// are for the provisioning network, not for installed systems or anyone
+/// who took over one.
+async fn tenant_gateway_serves_phone_home_only(request: Request, next: Next) -> Response {
+    use axum::response::IntoResponse as _;
+    let on_gateway = request
+        .extensions()
+        .get::<LocalAddr>()
+        .is_some_and(|local| local.0.ip() == std::net::IpAddr::V4(TENANT_GATEWAY));
+    let phone_home = request.method() == axum::http::Method::POST
+        && request
+            .uri()
+            .path()
+            .strip_prefix("/v1/machines/")
+            .and_then(|rest| rest.strip_suffix("/phone-home"))
+            .is_some_and(|uuid| !uuid.contains('/'));
+    if on_gateway && !phone_home {
+        return (
+            axum::http::StatusCode::FORBIDDEN,
+            "only phone-home is served on the tenant gateway\n",
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// Serves until cancelled; open connections are dropped then.
@@ -123,7 +158,18 @@ pub async fn serve(config: HttpBootConfig, cancel: CancellationToken) -> std::io
             },
         };
         let Ok(service) = make_service.call(peer).await;
-        let service = TowerToHyperService::new(service);
+        // Handlers learn which address the caller reached (the tenant
+        // gateway answers phone-home only).
+        let local = stream.local_addr().ok();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                if let Some(local) = local {
+                    request.extensions_mut().insert(LocalAddr(local));
+                }
+                let mut service = service.clone();
+                async move { service.call(request.map(axum::body::Body::new)).await }
+            },
+        );
         connections.spawn(async move {
             // A client must send its request head within 30 s: idle or
             // trickling connections are closed rather than kept forever.

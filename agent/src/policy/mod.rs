@@ -1,0 +1,347 @@
+//! The leaf's own packet filter: what machines and tenants may reach on the
+//! switch, as nftables tables the agent owns (`inet mm-leaf`, and `bridge
+//! mm-pxe` where boot services run), applied atomically with `nft -f` and
+//! repaired when they drift.
+//!
+//! - Machines on the provisioning bridge reach only DHCP, TFTP and the HTTP
+//!   boot server (and ICMP) on the leaf, never each other (frames between
+//!   two ports of the bridge are dropped, as isolated ports would be) and
+//!   never anything beyond the leaf (no forwarding from or to the bridge);
+//!   a machine port cannot answer as a DHCP server.
+//! - Routed machine ports (allocated machines, in a tenant VRF) reach only
+//!   phone-home at 169.254.0.1 on the HTTP port, and ICMP to it; the HTTP
+//!   server answers nothing but phone-home on that address
+//!   (`metalmesh_provisioning::http`).
+//! - VXLAN (UDP 4789) is accepted only on fabric ports and, when an
+//!   underlay range is configured, only from it.
+//!
+//! Everything else (fabric, management, the leaf's own traffic) is left as
+//! it is: the policy closes the leaf to machines and tenants, it is not the
+//! switch's whole firewall. Drops are counted in the ruleset
+//! (`nft list table inet mm-leaf`).
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::dataplane::Intents;
+
+/// The inet table.
+pub const TABLE: &str = "mm-leaf";
+/// The bridge table (on the provisioning bridge).
+pub const BRIDGE_TABLE: &str = "mm-pxe";
+/// Where the leaf answers on routed machine ports.
+pub const GATEWAY: &str = "169.254.0.1";
+/// How often the applied ruleset is compared with the kernel's.
+/// (Ports joining the provisioning bridge are isolated within this too.)
+const DRIFT_CHECK: Duration = Duration::from_secs(2);
+
+/// What the ruleset is rendered from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicyInputs {
+    /// The provisioning bridge and the leaf's boot service ports
+    /// (DHCP, TFTP, HTTP), where boot services run.
+    pub provisioning: Option<Provisioning>,
+    /// Routed machine ports (every port of every tenant VRF).
+    pub tenant_ports: BTreeSet<String>,
+    /// The provisioning bridge's ports, as the kernel has them.
+    pub pxe_ports: BTreeSet<String>,
+    /// Ports VXLAN may arrive on; empty: any port.
+    pub fabric_ports: Vec<String>,
+    /// Source prefixes VXLAN may come from; empty: any.
+    pub underlay: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provisioning {
+    pub bridge: String,
+    pub dhcp_port: u16,
+    pub tftp_port: u16,
+    pub http_port: u16,
+}
+
+fn set_elements(names: impl IntoIterator<Item = impl AsRef<str>>) -> String {
+    names
+        .into_iter()
+        .map(|n| format!("\"{}\"", n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The `nft -f` script: each table created empty, deleted and written
+/// whole in one transaction, so a reader never sees half a policy.
+pub fn render(inputs: &PolicyInputs) -> String {
+    let mut out = String::new();
+    let http_port = inputs.provisioning.as_ref().map_or(8070, |p| p.http_port);
+    let _ = writeln!(out, "table inet {TABLE} {{}}\ndelete table inet {TABLE}");
+    let _ = writeln!(out, "table inet {TABLE} {{");
+    let _ = writeln!(out, "  set tenant_ports {{\n    type ifname");
+    if !inputs.tenant_ports.is_empty() {
+        let _ = writeln!(
+            out,
+            "    elements = {{ {} }}",
+            set_elements(&inputs.tenant_ports)
+        );
+    }
+    let _ = writeln!(out, "  }}");
+    let _ = writeln!(out, "  chain input {{");
+    let _ = writeln!(
+        out,
+        "    type filter hook input priority filter; policy accept;"
+    );
+    if let Some(p) = &inputs.provisioning {
+        let _ = writeln!(out, "    iifname \"{}\" jump provisioning", p.bridge);
+    }
+    let _ = writeln!(out, "    iifname @tenant_ports jump tenant");
+    let _ = writeln!(out, "    udp dport 4789 jump vxlan");
+    let _ = writeln!(out, "  }}");
+    if let Some(p) = &inputs.provisioning {
+        let _ = writeln!(out, "  chain provisioning {{");
+        let _ = writeln!(out, "    ct state established,related accept");
+        let _ = writeln!(
+            out,
+            "    udp dport {{ {}, {} }} accept",
+            p.dhcp_port, p.tftp_port
+        );
+        let _ = writeln!(out, "    tcp dport {} accept", p.http_port);
+        let _ = writeln!(out, "    icmp type echo-request accept");
+        // Neighbour and router discovery on the bridge.
+        let _ = writeln!(out, "    meta l4proto ipv6-icmp accept");
+        let _ = writeln!(out, "    counter drop");
+        let _ = writeln!(out, "  }}");
+    }
+    let _ = writeln!(out, "  chain tenant {{");
+    let _ = writeln!(out, "    ct state established,related accept");
+    let _ = writeln!(out, "    ip daddr {GATEWAY} tcp dport {http_port} accept");
+    let _ = writeln!(out, "    ip daddr {GATEWAY} icmp type echo-request accept");
+    let _ = writeln!(out, "    counter drop");
+    let _ = writeln!(out, "  }}");
+    let _ = writeln!(out, "  chain vxlan {{");
+    if !inputs.fabric_ports.is_empty() {
+        let _ = writeln!(
+            out,
+            "    iifname != {{ {} }} counter drop",
+            set_elements(&inputs.fabric_ports)
+        );
+    }
+    if !inputs.underlay.is_empty() {
+        let _ = writeln!(
+            out,
+            "    ip saddr != {{ {} }} counter drop",
+            inputs.underlay.join(", ")
+        );
+    }
+    let _ = writeln!(out, "    accept");
+    let _ = writeln!(out, "  }}");
+    if let Some(p) = &inputs.provisioning {
+        // The provisioning network ends at the leaf.
+        let _ = writeln!(out, "  chain forward {{");
+        let _ = writeln!(
+            out,
+            "    type filter hook forward priority filter; policy accept;"
+        );
+        let _ = writeln!(out, "    iifname \"{}\" counter drop", p.bridge);
+        let _ = writeln!(out, "    oifname \"{}\" counter drop", p.bridge);
+        let _ = writeln!(out, "  }}");
+    }
+    let _ = writeln!(out, "}}");
+    if let Some(p) = &inputs.provisioning {
+        let _ = writeln!(
+            out,
+            "table bridge {BRIDGE_TABLE} {{}}\ndelete table bridge {BRIDGE_TABLE}"
+        );
+        let _ = writeln!(out, "table bridge {BRIDGE_TABLE} {{");
+        let _ = writeln!(out, "  set pxe_ports {{\n    type ifname");
+        if !inputs.pxe_ports.is_empty() {
+            let _ = writeln!(
+                out,
+                "    elements = {{ {} }}",
+                set_elements(&inputs.pxe_ports)
+            );
+        }
+        let _ = writeln!(out, "  }}");
+        // Machines talk to the leaf only, never to each other: nothing
+        // arriving on a port of the provisioning bridge is forwarded.
+        let _ = writeln!(out, "  chain forward {{");
+        let _ = writeln!(
+            out,
+            "    type filter hook forward priority filter; policy accept;"
+        );
+        let _ = writeln!(out, "    iifname @pxe_ports counter drop");
+        let _ = writeln!(out, "  }}");
+        // A machine port never answers as a DHCP server.
+        let _ = writeln!(out, "  chain input {{");
+        let _ = writeln!(
+            out,
+            "    type filter hook input priority filter; policy accept;"
+        );
+        let _ = writeln!(
+            out,
+            "    iifname @pxe_ports udp sport {} counter drop",
+            p.dhcp_port
+        );
+        let _ = writeln!(out, "  }}");
+        let _ = writeln!(out, "}}");
+    }
+    out
+}
+
+/// The ports of `bridge` (`ip -j link show master BRIDGE`); none when it
+/// does not exist yet.
+async fn bridge_ports(bridge: &str) -> BTreeSet<String> {
+    let out = tokio::process::Command::new("ip")
+        .args(["-j", "link", "show", "master", bridge])
+        .kill_on_drop(true)
+        .output()
+        .await;
+    let Ok(out) = out else {
+        return BTreeSet::new();
+    };
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|link| link["ifname"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The policy's tables as the kernel lists them (for drift checks).
+async fn listing(bridge: bool) -> anyhow::Result<String> {
+    let mut text = nft(&["-s", "list", "table", "inet", TABLE], None).await?;
+    if bridge {
+        text.push_str(&nft(&["-s", "list", "table", "bridge", BRIDGE_TABLE], None).await?);
+    }
+    Ok(text)
+}
+
+async fn nft(args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new("nft")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("nft: {e} (is nftables installed?)"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        if let Some(input) = input {
+            stdin.write_all(input.as_bytes()).await?;
+        }
+        drop(stdin);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .map_err(|_| anyhow::anyhow!("nft {} took longer than 10 s", args.join(" ")))??;
+    if !out.status.success() {
+        anyhow::bail!(
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// Applies the policy whenever its inputs change and puts it back when
+/// someone else changed or removed it.
+pub async fn run(
+    base: PolicyInputs,
+    mut intents: watch::Receiver<Intents>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let bridge = base.provisioning.is_some();
+    let mut applied: Option<(PolicyInputs, String)> = None;
+    let mut check = tokio::time::interval(DRIFT_CHECK);
+    loop {
+        let mut inputs = base.clone();
+        inputs.tenant_ports = intents
+            .borrow_and_update()
+            .vrfs
+            .iter()
+            .flat_map(|vrf| vrf.ports.iter().map(|p| p.name.clone()))
+            .collect();
+        if let Some(p) = &base.provisioning {
+            inputs.pxe_ports = bridge_ports(&p.bridge).await;
+        }
+        let current = listing(bridge).await.ok();
+        let fresh = match (&applied, &current) {
+            (Some((was, listed)), Some(now)) => *was == inputs && listed == now,
+            _ => false,
+        };
+        if !fresh {
+            if applied.as_ref().is_some_and(|(was, _)| *was == inputs) {
+                tracing::warn!("the leaf's packet filter was changed by hand; putting it back");
+            }
+            match nft(&["-f", "-"], Some(&render(&inputs))).await {
+                Ok(_) => {
+                    let listed = listing(bridge).await.unwrap_or_default();
+                    tracing::info!(
+                        tenant_ports = inputs.tenant_ports.len(),
+                        "leaf packet filter applied"
+                    );
+                    applied = Some((inputs, listed));
+                }
+                Err(error) => {
+                    tracing::error!(%error, "leaf packet filter not applied; retrying");
+                    applied = None;
+                }
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            changed = intents.changed() => changed?,
+            _ = check.tick() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provisioning_tenant_and_fabric_rules() {
+        let inputs = PolicyInputs {
+            provisioning: Some(Provisioning {
+                bridge: "mm-pxe".into(),
+                dhcp_port: 67,
+                tftp_port: 69,
+                http_port: 8070,
+            }),
+            tenant_ports: ["m1-1".to_string(), "m1-2".to_string()].into(),
+            pxe_ports: ["m1-3".to_string()].into(),
+            fabric_ports: vec!["spine1".into(), "spine2".into()],
+            underlay: vec!["10.255.0.0/16".into()],
+        };
+        let script = render(&inputs);
+        for expected in [
+            "delete table inet mm-leaf\n",
+            "elements = { \"m1-1\", \"m1-2\" }",
+            "iifname \"mm-pxe\" jump provisioning",
+            "udp dport { 67, 69 } accept",
+            "tcp dport 8070 accept",
+            "ip daddr 169.254.0.1 tcp dport 8070 accept",
+            "iifname != { \"spine1\", \"spine2\" } counter drop",
+            "ip saddr != { 10.255.0.0/16 } counter drop",
+            "iifname \"mm-pxe\" counter drop",
+            "table bridge mm-pxe {",
+            "elements = { \"m1-3\" }",
+            "iifname @pxe_ports udp sport 67 counter drop",
+        ] {
+            assert!(script.contains(expected), "{expected} missing:\n{script}");
+        }
+    }
+
+    #[test]
+    fn without_boot_services_there_is_no_bridge_table() {
+        let script = render(&PolicyInputs::default());
+        assert!(!script.contains("bridge"), "{script}");
+        assert!(!script.contains("elements"), "{script}");
+        assert!(script.contains("chain tenant"), "{script}");
+        // Every port may carry VXLAN when no fabric port is known.
+        assert!(!script.contains("iifname !="), "{script}");
+    }
+}
