@@ -492,12 +492,17 @@ pub struct AdminConfig {
     /// Unix socket of the local admin API.
     #[serde(default = "default_admin_socket")]
     pub socket: PathBuf,
+    /// A group whose members may use the admin API besides root (the
+    /// socket and its directory are given to it); default: root only.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             socket: default_admin_socket(),
+            group: None,
         }
     }
 }

@@ -286,3 +286,86 @@ fn mesh_credentials_and_corrupt_store_problems_are_named() {
     );
     assert!(!guard.scratch.join("agent.sock").exists());
 }
+
+/// The admin socket admits root and `[admin] group`, and, should its
+/// permissions be loosened by hand, still no one else (`SO_PEERCRED`).
+#[test]
+fn the_admin_socket_admits_root_and_its_group_only() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let guard = Guard::new();
+    // Others must be able to walk to the socket's directory.
+    std::fs::set_permissions(&guard.scratch, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = guard.scratch.join("run");
+    let socket = dir.join("agent.sock");
+    let path = guard.scratch.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_dir = {:?}\n[switch]\nname = \"tcli\"\nloopback = \"10.255.0.9\"\nasn = 4200000009\nchassis_mac = \"02:00:00:00:00:09\"\n[lldp]\nports = [\"swp*\"]\n[admin]\nsocket = {socket:?}\ngroup = \"nogroup\"\n",
+            guard.scratch.join("state"),
+        ),
+    )
+    .unwrap();
+    assert!(run("ip", &["netns", "add", "mm-tcli"]).status.success());
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", "mm-tcli", AGENT, "run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status_as = |ids: Option<&str>| {
+        let mut command = match ids {
+            None => Command::new(AGENT),
+            Some(ids) => {
+                let mut setpriv = Command::new("setpriv");
+                setpriv
+                    .args([
+                        &format!("--reuid={ids}"),
+                        &format!("--regid={ids}"),
+                        "--clear-groups",
+                    ])
+                    .arg(AGENT);
+                setpriv
+            }
+        };
+        command
+            .args(["--socket", socket.to_str().unwrap(), "status"])
+            .output()
+            .unwrap()
+    };
+    assert!(eventually(Duration::from_secs(10), || status_as(None)
+        .status
+        .success()));
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw();
+    let dir_meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!(dir_meta.mode() & 0o777, 0o750);
+    assert_eq!(dir_meta.gid(), nogroup);
+    let socket_meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(socket_meta.mode() & 0o777, 0o660);
+    assert_eq!(socket_meta.gid(), nogroup);
+    // A member of the group may; a stranger cannot even reach the socket.
+    let member = status_as(Some("65534"));
+    assert!(
+        member.status.success(),
+        "{}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    assert!(!status_as(Some("4242")).status.success());
+    // Permissions loosened by hand: the stranger connects and is refused.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let stranger = status_as(Some("4242"));
+    assert!(!stranger.status.success());
+    assert!(
+        String::from_utf8_lossy(&stranger.stderr).contains("may not use the admin API"),
+        "{}",
+        String::from_utf8_lossy(&stranger.stderr)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

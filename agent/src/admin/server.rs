@@ -54,6 +54,8 @@ pub struct AgentView {
     pub ports: watch::Receiver<Option<Vec<Port>>>,
     pub lldp: watch::Receiver<LldpSnapshot>,
     pub health: Health,
+    /// Serialises `dataplane apply`.
+    pub apply_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AgentView {
@@ -298,6 +300,9 @@ impl AgentView {
     }
 
     async fn apply_intents(&self, intents: &crate::dataplane::Intents) -> Response {
+        // One apply at a time: each writes the intents file and its
+        // temporary file, and the last one told must be the one kept.
+        let _serialised = self.apply_lock.lock().await;
         let text = match toml::to_string(intents) {
             Ok(text) => text,
             Err(error) => {
@@ -391,13 +396,103 @@ impl AgentView {
     }
 }
 
+/// Who may use the admin API: root, the agent's own user, and members of
+/// `[admin] group`. Checked with `SO_PEERCRED` on every connection, beside
+/// the socket's and its directory's permissions.
+#[derive(Debug, Clone)]
+pub struct AdminPeers {
+    own_uid: u32,
+    group: Option<u32>,
+}
+
+impl AdminPeers {
+    /// Resolves `[admin] group` (a name that does not exist is an error).
+    pub fn new(group: Option<&str>) -> anyhow::Result<AdminPeers> {
+        let group = match group {
+            None => None,
+            Some(name) => Some(
+                nix::unistd::Group::from_name(name)
+                    .map_err(|e| anyhow::anyhow!("admin.group `{name}`: {e}"))?
+                    .ok_or_else(|| anyhow::anyhow!("admin.group `{name}` does not exist"))?
+                    .gid
+                    .as_raw(),
+            ),
+        };
+        Ok(AdminPeers {
+            own_uid: nix::unistd::geteuid().as_raw(),
+            group,
+        })
+    }
+
+    /// Whether the peer of `stream` may use the API.
+    fn allows(&self, stream: &UnixStream) -> Result<(), String> {
+        let credentials = stream
+            .peer_cred()
+            .map_err(|e| format!("peer credentials unknown: {e}"))?;
+        let uid = credentials.uid();
+        if uid == 0 || uid == self.own_uid {
+            return Ok(());
+        }
+        if let Some(group) = self.group {
+            let member = credentials.gid() == group
+                || credentials
+                    .pid()
+                    .is_some_and(|pid| supplementary_groups(pid).contains(&group));
+            if member {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "uid {uid} may not use the admin API (root, the agent's user and admin.group only)"
+        ))
+    }
+}
+
+/// A process's supplementary groups (`Groups:` of `/proc/<pid>/status`).
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Groups:").map(str::to_string))
+        })
+        .map(|groups| {
+            groups
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Binds the socket, replacing a stale one left by a crashed agent but
-/// refusing to steal one a live agent still answers on.
-pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
+/// refusing to steal one a live agent still answers on. A directory it
+/// creates is 0750, and with a group both belong to it.
+pub async fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
+    let gid = match group {
+        None => None,
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .map_err(|e| anyhow::anyhow!("admin.group `{name}`: {e}"))?
+                .ok_or_else(|| anyhow::anyhow!("admin.group `{name}` does not exist"))?
+                .gid,
+        ),
+    };
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        use std::os::unix::fs::PermissionsExt;
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+        if let Some(gid) = gid {
+            nix::unistd::chown(dir, None, Some(gid)).map_err(|e| {
+                anyhow::anyhow!("cannot give {} to admin.group: {e}", dir.display())
+            })?;
+        }
     }
     if path.exists() {
         // A predecessor that was just killed may still be closing its
@@ -425,12 +520,17 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     // Owner and group only: the admin API is not for every local user.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = gid {
+        nix::unistd::chown(path, None, Some(gid))
+            .map_err(|e| anyhow::anyhow!("cannot give {} to admin.group: {e}", path.display()))?;
+    }
     Ok(listener)
 }
 
 pub async fn serve(
     listener: Arc<UnixListener>,
     view: AgentView,
+    peers: AdminPeers,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -443,6 +543,16 @@ pub async fn serve(
             tracing::warn!("admin API: too many connections; refusing one");
             continue;
         };
+        if let Err(reason) = peers.allows(&stream) {
+            tracing::warn!(%reason, "admin API: connection refused");
+            let refusal = Response::Error { message: reason };
+            let mut stream = stream;
+            if let Ok(mut bytes) = serde_json::to_vec(&refusal) {
+                bytes.push(b'\n');
+                let _ = tokio::time::timeout(IDLE_TIMEOUT, stream.write_all(&bytes)).await;
+            }
+            continue;
+        }
         let view = view.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {

@@ -289,6 +289,7 @@ impl Agent {
             ports: ports_rx,
             lldp: lldp_rx,
             health: supervisor.health(),
+            apply_lock: Arc::default(),
         };
         {
             let (view, listen) = (Arc::new(view.clone()), config.metrics.listen);
@@ -296,8 +297,14 @@ impl Agent {
                 crate::metrics::serve(listen, Arc::clone(&view), cancel)
             });
         }
+        let admin_peers = server::AdminPeers::new(config.admin.group.as_deref())?;
         supervisor.spawn("admin", move |cancel| {
-            server::serve(Arc::clone(&admin_listener), view.clone(), cancel)
+            server::serve(
+                Arc::clone(&admin_listener),
+                view.clone(),
+                admin_peers.clone(),
+                cancel,
+            )
         });
 
         tracing::info!(

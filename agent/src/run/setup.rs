@@ -104,7 +104,9 @@ pub(super) async fn setup(options: RunOptions) -> anyhow::Result<Agent> {
     let intents_file = crate::dataplane::reconcile::intents_file(&config.state_dir);
     let initial_intents = crate::dataplane::reconcile::load_intents(&intents_file)?;
 
-    let admin_listener = Arc::new(crate::admin::server::bind(&config.admin.socket).await?);
+    let admin_listener = Arc::new(
+        crate::admin::server::bind(&config.admin.socket, config.admin.group.as_deref()).await?,
+    );
     let _pidfile = options
         .pidfile
         .as_deref()
