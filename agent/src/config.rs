@@ -451,6 +451,11 @@ pub struct SwitchConfig {
     /// MAC address used as LLDP chassis ID; default: the lowest-numbered
     /// Ethernet interface's address.
     pub chassis_mac: Option<String>,
+    /// The ports machines are cabled to (names or glob patterns): only
+    /// these are ever routed into a tenant VRF. Default: any port but the
+    /// uplinks, the provisioning bridge and loopback.
+    #[serde(default)]
+    pub machine_ports: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -577,6 +582,8 @@ pub struct Loaded {
     pub config: AgentConfig,
     pub source: Source,
     pub lldp_ports: PortSelector,
+    /// `[switch] machine_ports`, compiled; `None` when not given.
+    pub machine_ports: Option<PortSelector>,
     /// `[bgp]`, checked.
     pub bgp: Option<crate::bgp::BgpSettings>,
 }
@@ -587,6 +594,53 @@ fn is_pattern(text: &str) -> bool {
 }
 
 impl Loaded {
+    /// What tenant intents may not touch on this leaf: its loopback, the
+    /// provisioning subnet, the underlay, link-local and loopback ranges;
+    /// its uplinks, the provisioning bridge and `lo` as ports; and, when
+    /// configured, anything but the machine ports.
+    pub fn guardrails(&self) -> crate::dataplane::Guardrails {
+        use crate::dataplane::intent::Prefix;
+        let config = &self.config;
+        let prefix = |address: Ipv4Addr, len: u8| Prefix::new(address, len);
+        let mut protected = vec![
+            (
+                prefix(Ipv4Addr::new(169, 254, 0, 0), 16),
+                "link-local, the tenant gateway".to_string(),
+            ),
+            (
+                prefix(Ipv4Addr::new(127, 0, 0, 0), 8),
+                "loopback".to_string(),
+            ),
+            (
+                prefix(config.switch.loopback, 32),
+                "this leaf's loopback".to_string(),
+            ),
+        ];
+        let mut refused_ports: std::collections::BTreeSet<String> =
+            ["lo".to_string()].into_iter().collect();
+        if let Some(boot) = &config.boot {
+            protected.push((
+                prefix(boot.server_ip, *boot.prefix_len.get_ref()),
+                "the provisioning subnet".to_string(),
+            ));
+            refused_ports.insert(boot.interface.clone());
+        }
+        for range in &config.policy.underlay {
+            if let Ok(range) = Prefix::try_from(range.get_ref().clone()) {
+                protected.push((range, "the underlay".to_string()));
+            }
+        }
+        if let Some(bgp) = &config.bgp {
+            refused_ports.extend(bgp.interfaces.iter().map(|i| i.get_ref().clone()));
+        }
+        refused_ports.extend(config.policy.fabric_ports.iter().cloned());
+        crate::dataplane::Guardrails {
+            protected,
+            machine_ports: self.machine_ports.clone(),
+            refused_ports,
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         let source = Source::read(path)?;
         Self::from_source(source)
@@ -717,17 +771,10 @@ impl Loaded {
             }
         }
         for prefix in &config.policy.underlay {
-            let text = prefix.get_ref();
-            let valid = text.split_once('/').is_some_and(|(address, len)| {
-                address.parse::<std::net::Ipv4Addr>().is_ok()
-                    && len.parse::<u8>().is_ok_and(|len| len <= 32)
-            });
-            if !valid {
-                return Err(source.error_at(
-                    prefix.span(),
-                    "policy.underlay",
-                    format!("`{text}` is not an IPv4 prefix (a.b.c.d/len)"),
-                ));
+            if let Err(problem) =
+                crate::dataplane::intent::Prefix::try_from(prefix.get_ref().clone())
+            {
+                return Err(source.error_at(prefix.span(), "policy.underlay", problem));
             }
         }
         let bgp = config
@@ -735,10 +782,20 @@ impl Loaded {
             .as_ref()
             .map(|bgp| crate::bgp::BgpSettings::check(bgp, &config.switch, &source))
             .transpose()?;
+        let machine_ports = if config.switch.machine_ports.is_empty() {
+            None
+        } else {
+            Some(PortSelector::parse(
+                &config.switch.machine_ports,
+                "switch.machine_ports",
+                &source,
+            )?)
+        };
         Ok(Loaded {
             config,
             source,
             lldp_ports,
+            machine_ports,
             bgp,
         })
     }

@@ -209,6 +209,32 @@ fn machines_and_tenants_reach_only_what_the_policy_allows() {
     }
     assert!(dropped("inet", "mm-leaf", "tenant") > before);
 
+    // Intents may not route an uplink or cover the leaf's own ranges.
+    let intents = guard.scratch.join("bad-intents.toml");
+    std::fs::write(
+        &intents,
+        "[[vrf]]\nname = \"tenant-a\"\nvni = 10001\ntable = 1001\nprefixes = [\"10.0.1.0/24\"]\n\
+         [[vrf]]\nname = \"grab-uplink\"\nvni = 10003\ntable = 1003\nprefixes = [\"10.0.3.0/24\"]\n\
+         [[vrf.port]]\nname = \"spine1\"\naddresses = [\"10.0.3.1\"]\n\
+         [[vrf]]\nname = \"grab-provisioning\"\nvni = 10004\ntable = 1004\nprefixes = [\"10.100.1.0/25\"]\n",
+    )
+    .unwrap();
+    let out = common::agent(
+        &guard.run_dir,
+        &["dataplane", "apply", intents.to_str().unwrap()],
+    );
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("VRF `grab-uplink` rejected: port `spine1` is an uplink"),
+        "{said}"
+    );
+    assert!(
+        said.contains("VRF `grab-provisioning` rejected: prefix 10.100.1.0/25 overlaps 10.100.1.0/24 (the provisioning subnet)"),
+        "{said}"
+    );
+    assert!(!said.contains("`tenant-a` rejected"), "{said}");
+
     // The table deleted by hand is put back.
     ok(&run(
         "ip",

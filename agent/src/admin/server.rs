@@ -337,7 +337,8 @@ impl AgentView {
                 ),
             };
         }
-        let (_, rejected) = crate::dataplane::validate(intents, &interfaces);
+        let (_, rejected) =
+            crate::dataplane::validate(intents, &interfaces, &self.dataplane.guardrails);
         self.intents.send_replace(intents.clone());
         Response::DataplaneApplied { rejected }
     }

@@ -60,6 +60,15 @@ pub struct Prefix {
 }
 
 impl Prefix {
+    /// The prefix of `len` bits containing `address` (host bits cleared).
+    pub fn new(address: Ipv4Addr, len: u8) -> Prefix {
+        let len = len.min(32);
+        Prefix {
+            address: Ipv4Addr::from(u32::from(address) & mask(len)),
+            len,
+        }
+    }
+
     pub fn network(self) -> u32 {
         u32::from(self.address) & mask(self.len)
     }
@@ -125,11 +134,56 @@ pub struct Rejection {
     pub reason: String,
 }
 
+/// What no tenant intent may touch on this leaf, from its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Guardrails {
+    /// Ranges the leaf itself uses (its loopback, the provisioning subnet,
+    /// the underlay, link-local), each with what it is: a tenant prefix
+    /// overlapping one is refused.
+    pub protected: Vec<(Prefix, String)>,
+    /// The ports machines are cabled to (`[switch] machine_ports`); `None`:
+    /// any port but the refused ones.
+    pub machine_ports: Option<crate::config::PortSelector>,
+    /// Ports never routed into a tenant VRF: uplinks, the provisioning
+    /// bridge, loopback.
+    pub refused_ports: BTreeSet<String>,
+}
+
+impl Guardrails {
+    /// Why `port` may not be a tenant port, if it may not.
+    fn port_problem(&self, port: &str) -> Option<String> {
+        if self.refused_ports.contains(port) {
+            return Some(format!(
+                "port `{port}` is an uplink, the provisioning bridge or loopback, never a tenant port"
+            ));
+        }
+        match &self.machine_ports {
+            Some(selector) if !selector.matches(port) => Some(format!(
+                "port `{port}` is not a machine port (switch.machine_ports)"
+            )),
+            _ => None,
+        }
+    }
+
+    /// Why `prefix` may not be a tenant prefix, if it may not.
+    fn prefix_problem(&self, prefix: Prefix) -> Option<String> {
+        if prefix.len == 0 {
+            return Some("a default route is not a tenant prefix".into());
+        }
+        self.protected
+            .iter()
+            .find(|(range, _)| range.overlaps(prefix))
+            .map(|(range, what)| format!("prefix {prefix} overlaps {range} ({what})"))
+    }
+}
+
 /// Splits intents into those that can be rendered and the rejected ones.
-/// `interfaces` are the switch's interface names (ports must exist).
+/// `interfaces` are the switch's interface names (ports must exist);
+/// `guardrails` what tenants may not touch.
 pub fn validate(
     intents: &Intents,
     interfaces: &BTreeSet<String>,
+    guardrails: &Guardrails,
 ) -> (Vec<VrfIntent>, Vec<Rejection>) {
     let mut accepted: Vec<VrfIntent> = Vec::new();
     let mut rejected = Vec::new();
@@ -168,7 +222,15 @@ pub fn validate(
                     vrf.table
                 ));
             }
+            for prefix in &vrf.prefixes {
+                if let Some(problem) = guardrails.prefix_problem(*prefix) {
+                    return Some(problem);
+                }
+            }
             for port in &vrf.ports {
+                if let Some(problem) = guardrails.port_problem(&port.name) {
+                    return Some(problem);
+                }
                 if !interfaces.contains(&port.name) {
                     return Some(format!(
                         "port `{}` does not exist on this switch",
@@ -266,7 +328,7 @@ addresses = ["10.0.2.12"]
 
     #[test]
     fn valid_intents_pass() {
-        let (ok, rejected) = validate(&parse(TWO), &interfaces());
+        let (ok, rejected) = validate(&parse(TWO), &interfaces(), &Guardrails::default());
         assert_eq!(ok.len(), 2, "{rejected:?}");
         assert!(rejected.is_empty());
         assert_eq!(ok[0].remotes[0].prefix.to_string(), "10.0.1.21/32");
@@ -275,7 +337,7 @@ addresses = ["10.0.2.12"]
     #[test]
     fn collisions_reject_only_the_later_vrf() {
         let text = TWO.replace("vni = 10002", "vni = 10001");
-        let (ok, rejected) = validate(&parse(&text), &interfaces());
+        let (ok, rejected) = validate(&parse(&text), &interfaces(), &Guardrails::default());
         assert_eq!(ok.len(), 1);
         assert_eq!(rejected[0].vrf, "tenant-b");
         assert!(
@@ -284,13 +346,13 @@ addresses = ["10.0.2.12"]
                 .contains("VNI 10001 is already used by VRF `tenant-a`")
         );
         let text = TWO.replace("table = 1002", "table = 1001");
-        let (_, rejected) = validate(&parse(&text), &interfaces());
+        let (_, rejected) = validate(&parse(&text), &interfaces(), &Guardrails::default());
         assert!(
             rejected[0].reason.contains("routing table 1001"),
             "{rejected:?}"
         );
         let text = TWO.replace("name = \"m1-2\"", "name = \"m1-1\"");
-        let (_, rejected) = validate(&parse(&text), &interfaces());
+        let (_, rejected) = validate(&parse(&text), &interfaces(), &Guardrails::default());
         assert!(
             rejected[0].reason.contains("already routed"),
             "{rejected:?}"
@@ -298,30 +360,82 @@ addresses = ["10.0.2.12"]
         let text = TWO
             .replace("10.0.2.0/24", "10.0.0.0/16")
             .replace("10.0.2.12", "10.0.3.12");
-        let (_, rejected) = validate(&parse(&text), &interfaces());
+        let (_, rejected) = validate(&parse(&text), &interfaces(), &Guardrails::default());
         assert!(rejected[0].reason.contains("overlaps"), "{rejected:?}");
     }
 
     #[test]
     fn bad_ports_addresses_and_numbers() {
-        let (ok, rejected) = validate(&parse(&TWO.replace("m1-2", "swp99")), &interfaces());
+        let (ok, rejected) = validate(
+            &parse(&TWO.replace("m1-2", "swp99")),
+            &interfaces(),
+            &Guardrails::default(),
+        );
         assert_eq!(ok.len(), 1);
         assert!(rejected[0].reason.contains("port `swp99` does not exist"));
         let (_, rejected) = validate(
             &parse(&TWO.replace("10.0.2.12", "192.0.2.1")),
             &interfaces(),
+            &Guardrails::default(),
         );
         assert!(rejected[0].reason.contains("outside the VRF's prefixes"));
         let (_, rejected) = validate(
             &parse(&TWO.replace("vni = 10002", "vni = 16777216")),
             &interfaces(),
+            &Guardrails::default(),
         );
         assert!(rejected[0].reason.contains("out of range"));
         let (_, rejected) = validate(
             &parse(&TWO.replace("table = 1002", "table = 254")),
             &interfaces(),
+            &Guardrails::default(),
         );
         assert!(rejected[0].reason.contains("reserved"));
         assert!(toml::from_str::<Intents>(&TWO.replace("10.0.2.0/24", "10.0.2.1/24")).is_err());
+    }
+
+    #[test]
+    fn tenants_may_not_touch_the_leafs_own_ranges_and_ports() {
+        let prefix = |text: &str| Prefix::try_from(text.to_string()).unwrap();
+        let guardrails = Guardrails {
+            protected: vec![
+                (prefix("169.254.0.0/16"), "link-local".into()),
+                (prefix("10.255.0.1/32"), "this leaf's loopback".into()),
+                (prefix("10.0.0.0/26"), "the provisioning subnet".into()),
+            ],
+            machine_ports: None,
+            refused_ports: ["spine1".to_string(), "mm-pxe".to_string()].into(),
+        };
+        let (ok, rejected) = validate(&parse(TWO), &interfaces(), &guardrails);
+        assert_eq!(ok.len(), 2, "{rejected:?}");
+        for (from, to, expected) in [
+            (
+                "10.0.2.0/24",
+                "10.0.0.0/16",
+                "overlaps 10.0.0.0/26 (the provisioning subnet)",
+            ),
+            ("10.0.2.0/24", "0.0.0.0/0", "default route"),
+            ("10.0.2.0/24", "10.255.0.0/16", "this leaf's loopback"),
+            ("10.0.2.0/24", "169.254.0.0/24", "link-local"),
+            (
+                "name = \"m1-2\"",
+                "name = \"spine1\"",
+                "port `spine1` is an uplink",
+            ),
+            (
+                "name = \"m1-2\"",
+                "name = \"mm-pxe\"",
+                "never a tenant port",
+            ),
+        ] {
+            let text = TWO.replace(from, to).replace("10.0.2.12", "10.0.0.200");
+            let (_, rejected) = validate(&parse(&text), &interfaces(), &guardrails);
+            assert!(
+                rejected
+                    .iter()
+                    .any(|r| r.vrf == "tenant-b" && r.reason.contains(expected)),
+                "{from} -> {to}: {rejected:?}"
+            );
+        }
     }
 }

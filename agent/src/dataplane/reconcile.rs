@@ -55,6 +55,8 @@ pub struct Reconciler {
     pub mode: KernelMode,
     pub vtep: Ipv4Addr,
     pub provisioning_bridge: String,
+    /// What tenant intents may not touch.
+    pub guardrails: Arc<crate::dataplane::Guardrails>,
     pub intents: watch::Receiver<Intents>,
     pub report: Arc<Mutex<PassReport>>,
 }
@@ -71,10 +73,11 @@ struct Applied {
 pub fn desired(
     intents: &Intents,
     interfaces: &BTreeSet<String>,
+    guardrails: &crate::dataplane::Guardrails,
     mode: KernelMode,
     vtep: Ipv4Addr,
 ) -> (BTreeSet<Object>, Vec<Rejection>) {
-    let (accepted, rejected) = validate(intents, interfaces);
+    let (accepted, rejected) = validate(intents, interfaces, guardrails);
     (render(&accepted, mode, vtep), rejected)
 }
 
@@ -99,6 +102,7 @@ impl Reconciler {
         let (want, rejected) = desired(
             &self.intents.borrow(),
             &state.interface_names(),
+            &self.guardrails,
             self.mode,
             self.vtep,
         );
@@ -113,6 +117,7 @@ impl Reconciler {
         let (want, rejected) = desired(
             &self.intents.borrow(),
             &last.state.interface_names(),
+            &self.guardrails,
             self.mode,
             self.vtep,
         );

@@ -233,6 +233,7 @@ impl Agent {
                 .as_ref()
                 .map(|b| b.interface.clone())
                 .unwrap_or_else(|| "mm-pxe".into()),
+            guardrails: Arc::new(loaded.guardrails()),
             intents: intents_rx,
             report: Arc::default(),
         };
