@@ -546,12 +546,23 @@ pub async fn serve(
         };
         if let Err(reason) = peers.allows(&stream) {
             tracing::warn!(%reason, "admin API: connection refused");
-            let refusal = Response::Error { message: reason };
-            let mut stream = stream;
-            if let Ok(mut bytes) = serde_json::to_vec(&refusal) {
-                bytes.push(b'\n');
-                let _ = tokio::time::timeout(IDLE_TIMEOUT, stream.write_all(&bytes)).await;
-            }
+            // The refusal answers the first request (a client that is
+            // still writing would otherwise only see a broken pipe).
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut first = Vec::new();
+                let mut read = AsyncReadExt::take(BufReader::new(read), MAX_REQUEST_BYTES as u64);
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    read.read_until(b'\n', &mut first),
+                )
+                .await;
+                if let Ok(mut bytes) = serde_json::to_vec(&Response::Error { message: reason }) {
+                    bytes.push(b'\n');
+                    let _ = tokio::time::timeout(IDLE_TIMEOUT, write.write_all(&bytes)).await;
+                }
+                drop(permit);
+            });
             continue;
         }
         let view = view.clone();
