@@ -25,6 +25,8 @@ pub struct DhcpShared {
     pub counters: Arc<Mutex<Option<DhcpCounters>>>,
     /// Who holds which address (for the machines' installer calls).
     pub leases: LeaseIndex,
+    /// Woken when a lease is bound (the packet filter binds its port).
+    pub lease_bound: Arc<tokio::sync::Notify>,
 }
 
 /// What the boot services count, for the metrics.
@@ -65,9 +67,11 @@ pub fn spawn(
         index: shared.leases.clone(),
     };
     let dhcp_counters = shared.counters;
+    let lease_bound = shared.lease_bound;
     supervisor.spawn("dhcp", move |cancel| {
         let dhcp = dhcp.clone();
         let counters = Arc::clone(&dhcp_counters);
+        let lease_bound = Arc::clone(&lease_bound);
         let pxe = pxe.clone();
         async move {
             let (events_tx, mut events) = mpsc::channel::<DhcpEvent>(EVENT_QUEUE);
@@ -78,6 +82,9 @@ pub fn spawn(
                     () = cancel.cancelled() => break,
                     Some(event) = events.recv() => {
                         log_event(&event);
+                        if matches!(event, DhcpEvent::LeaseBound { .. }) {
+                            lease_bound.notify_one();
+                        }
                         if let (DhcpEvent::PxeBooting { mac, .. }, Some(pxe)) = (&event, &pxe)
                             && pxe.try_send(mac.clone()).is_err()
                         {

@@ -80,6 +80,11 @@ enum Command {
         #[command(subcommand)]
         command: LldpCommand,
     },
+    /// Which machine each provisioning port is bound to (its identity).
+    Port {
+        #[command(subcommand)]
+        command: PortCommand,
+    },
     /// DHCP leases of the rack.
     Leases {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
@@ -196,6 +201,18 @@ enum MachineCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum PortCommand {
+    /// Each provisioning port's MAC and leased address.
+    Bindings {
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Forget a port's binding: the machine on it was moved or replaced.
+    /// Its next lease binds the port again.
+    Unbind { port: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum MeshCommand {
     /// Mesh members as this node sees them.
     Members {
@@ -284,6 +301,32 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         } => {
             let snapshot = admin.lldp_neighbors().await?;
             print(output, &snapshot, neighbors_table)
+        }
+        Command::Port {
+            command: PortCommand::Bindings { output },
+        } => {
+            let bindings = admin.port_bindings().await?;
+            print(output, &bindings, |bindings| {
+                let mut rows = vec![header(&["PORT", "MAC", "ADDRESS"])];
+                rows.extend(bindings.iter().map(|(port, b)| {
+                    vec![
+                        port.clone(),
+                        b.mac.clone(),
+                        b.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                    ]
+                }));
+                render_table(rows)
+            })
+        }
+        Command::Port {
+            command: PortCommand::Unbind { port },
+        } => {
+            if admin.port_unbind(&port).await? {
+                println!("{port}: binding removed; its next lease binds it again");
+            } else {
+                println!("{port} was not bound");
+            }
+            Ok(())
         }
         Command::Leases { output } => {
             let leases = admin.leases().await?;

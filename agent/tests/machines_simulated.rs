@@ -460,19 +460,19 @@ fn bad_images_and_bad_requests_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // A registration from a MAC this leaf never saw is kept, and flagged.
+    // A registration from an address holding no lease of this leaf (here:
+    // the leaf itself) speaks for no port, and is refused.
     let stranger = "6d6d0000-0000-4000-8000-0000000000ff";
-    let (code, _) = post(
+    let (code, body) = post(
         &guard,
         "/v1/machines/register",
         &format!(
             r#"{{"hardware":{{"uuid":"{stranger}","cpus":1,"memory_bytes":1,"disks":[],"nics":[{{"name":"eth0","mac":"02:00:00:00:00:99","up":true}}]}}}}"#
         ),
     );
-    assert_eq!(code, 200);
-    let m = machine(&guard, stranger).unwrap();
-    assert_eq!(m["unknown_mac"], true);
-    assert_eq!(m["state"], "Registering");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("holds no lease"), "{body}");
+    assert!(machine(&guard, stranger).is_none());
     // Malformed requests get 4xx with a reason, and nothing is recorded.
     let (code, body) = post(&guard, "/v1/machines/register", "{not json");
     assert_eq!(code, 400, "{body}");
@@ -489,15 +489,17 @@ fn bad_images_and_bad_requests_are_refused() {
         r#"{"event":"Phoned Home"}"#,
     );
     assert_eq!(code, 400, "{body}");
+    // Who calls is checked before what is asked: a caller without a lease
+    // learns nothing about which machines exist.
     let (code, _) = post(
         &guard,
         "/v1/machines/6d6d0000-0000-4000-8000-0000000000fe/heartbeat",
         "{}",
     );
-    assert_eq!(code, 404);
+    assert_eq!(code, 403);
     let (code, _) = post(&guard, "/v1/machines/register", &"x".repeat(300_000));
     assert!(code == 413 || code == 400, "{code}");
-    assert_eq!(machines(&guard).len(), 2);
+    assert_eq!(machines(&guard).len(), 1);
     let _ = std::fs::remove_file(images.join("test-bad-checksum.img"));
     let _ = std::fs::remove_file(images.join("test-bad-checksum.img.sha256"));
 }

@@ -119,6 +119,32 @@ impl AdminClient {
         .await
     }
 
+    pub async fn port_bindings(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, crate::policy::bindings::Binding>, ClientError>
+    {
+        self.ask("port bindings", Request::PortBindings, |r| match r {
+            Response::PortBindings(bindings) => Some(bindings),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Forgets a port's binding; whether it had one.
+    pub async fn port_unbind(&self, port: &str) -> Result<bool, ClientError> {
+        self.ask(
+            "port unbind",
+            Request::PortUnbind {
+                port: port.to_string(),
+            },
+            |r| match r {
+                Response::PortUnbound { was_bound } => Some(was_bound),
+                _ => None,
+            },
+        )
+        .await
+    }
+
     /// Replaces the operator's intents; returns the VRFs refused.
     pub async fn dataplane_apply(&self, intents: Intents) -> Result<Vec<Rejection>, ClientError> {
         self.ask(

@@ -18,6 +18,12 @@ pub enum Request {
     LldpNeighbors,
     Ports,
     Leases,
+    /// Which machine (MAC, leased address) each provisioning port is bound to.
+    PortBindings,
+    /// Forget a port's binding (the operator moved or replaced the machine).
+    PortUnbind {
+        port: String,
+    },
     /// Replace the tenant intents (rack-local operation; the mesh does this later).
     DataplaneApply {
         intents: crate::dataplane::Intents,
@@ -71,6 +77,10 @@ pub enum Response {
     LldpNeighbors(LldpSnapshot),
     Ports(Vec<Port>),
     Leases(Vec<metalmesh_provisioning::dhcp::Lease>),
+    PortBindings(std::collections::BTreeMap<String, crate::policy::bindings::Binding>),
+    PortUnbound {
+        was_bound: bool,
+    },
     DataplaneApplied {
         rejected: Vec<crate::dataplane::intent::Rejection>,
     },

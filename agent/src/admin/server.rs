@@ -56,6 +56,8 @@ pub struct AgentView {
     pub health: Health,
     /// Serialises `dataplane apply`.
     pub apply_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Which machine each provisioning port is bound to.
+    pub port_bindings: Option<crate::policy::bindings::PortBindings>,
 }
 
 impl AgentView {
@@ -191,6 +193,30 @@ impl AgentView {
             }
             Request::LldpNeighbors => Response::LldpNeighbors(self.lldp.borrow().clone()),
             Request::Ports => Response::Ports(self.ports.borrow().clone().unwrap_or_default()),
+            Request::PortBindings => match &self.port_bindings {
+                Some(bindings) => Response::PortBindings(bindings.all()),
+                None => Response::Error {
+                    message: "ports are not bound on this switch (no [boot], or [policy] off)"
+                        .into(),
+                },
+            },
+            Request::PortUnbind { port } => match &self.port_bindings {
+                Some(bindings) => match bindings.unbind(port) {
+                    Ok(was_bound) => {
+                        if was_bound {
+                            tracing::warn!(%port, "port binding removed by the operator");
+                        }
+                        Response::PortUnbound { was_bound }
+                    }
+                    Err(error) => Response::Error {
+                        message: error.to_string(),
+                    },
+                },
+                None => Response::Error {
+                    message: "ports are not bound on this switch (no [boot], or [policy] off)"
+                        .into(),
+                },
+            },
             Request::Leases => match &self.lease_db {
                 None => Response::Error {
                     message: "boot services are not configured on this switch ([boot])".into(),

@@ -10,7 +10,7 @@
 //! committed in one step; the driver stores the outcome's records before any
 //! answer leaves and calls [`MachineCore::restore`] when the store refuses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use metalmesh_installer::api::{Directive, Registration};
@@ -61,6 +61,10 @@ pub struct Caller {
     /// leaf (empty for other calls).
     #[serde(default)]
     pub leased: Vec<String>,
+    /// The provisioning bridge port the caller's lease is bound to (none
+    /// before it is, or without a lease).
+    #[serde(default)]
+    pub port: Option<String>,
 }
 
 /// An LLDP neighbour of one of the leaf's ports.
@@ -222,6 +226,22 @@ pub enum MachineError {
     UnknownImage(String),
     #[error("cannot store machine {uuid}: {reason}")]
     NotStored { uuid: String, reason: String },
+    #[error("calls for machine {uuid} come from its port {expected}, not from {found}")]
+    NotItsPort {
+        uuid: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{addr}: its lease is not bound to a switch port yet; retry")]
+    PortNotBound { addr: IpAddr },
+    #[error("{addr} holds no lease of this leaf: it speaks for no port")]
+    NoLease { addr: IpAddr },
+    #[error("machine {uuid} is not announced over LLDP on the caller's port {port}")]
+    NotOnCallersPort { uuid: String, port: String },
+    #[error("machine {0} has not been seen over LLDP yet; retry")]
+    NotSeenYet(String),
+    #[error("machine {uuid} is announced on several ports ({ports}); it cannot be allocated")]
+    DuplicateUuid { uuid: String, ports: String },
 }
 
 /// The core's settings.
@@ -233,6 +253,10 @@ pub struct CoreSettings {
     /// Installer calls are authorised by DHCP lease (off only where the leaf
     /// serves no DHCP, as in unit tests).
     pub leases_known: bool,
+    /// Callers are identified by the switch port their lease is bound to
+    /// (where the leaf's packet filter binds ports; see `policy`).
+    #[serde(default)]
+    pub ports_known: bool,
 }
 
 /// A heartbeat held open until its machine has something to do.
@@ -295,7 +319,10 @@ impl MachineCore {
             outcome: Outcome::default(),
         };
         match input {
-            Input::Neighbors(neighbors) => self.neighbors = neighbors,
+            Input::Neighbors(neighbors) => {
+                self.neighbors = neighbors;
+                self.flag_duplicates(&mut step);
+            }
             Input::Vrfs(vrfs) => self.vrfs = vrfs,
             Input::Installer {
                 ticket,
@@ -356,12 +383,83 @@ impl MachineCore {
             .or_insert_with(|| MachineRecord::new(uuid, switch))
     }
 
-    /// The port whose LLDP neighbour announces `uuid` as its chassis ID.
+    /// The port whose LLDP neighbour announces `uuid` as its chassis ID
+    /// (the first, when several do: see [`Self::ports_announcing`]).
     fn port_of(&self, uuid: &str) -> Option<String> {
+        self.ports_announcing(uuid).into_iter().next()
+    }
+
+    /// Every port whose LLDP neighbour announces `uuid`.
+    fn ports_announcing(&self, uuid: &str) -> BTreeSet<String> {
         self.neighbors
             .iter()
-            .find(|n| n.chassis_id.eq_ignore_ascii_case(uuid))
+            .filter(|n| n.chassis_id.eq_ignore_ascii_case(uuid))
             .map(|n| n.port.clone())
+            .collect()
+    }
+
+    /// Sets or clears `duplicate_uuid` on every machine whose UUID is (or
+    /// no longer is) announced on more than one port.
+    fn flag_duplicates(&mut self, step: &mut Step) {
+        let changes: Vec<(String, bool, BTreeSet<String>)> = self
+            .machines
+            .keys()
+            .map(|uuid| (uuid.clone(), self.ports_announcing(uuid)))
+            .filter_map(|(uuid, ports)| {
+                let duplicate = ports.len() > 1;
+                let flagged = self.machines.get(&uuid)?.machine.duplicate_uuid;
+                (duplicate != flagged).then_some((uuid, duplicate, ports))
+            })
+            .collect();
+        for (uuid, duplicate, ports) in changes {
+            let ports = ports.into_iter().collect::<Vec<_>>().join(", ");
+            step.notice(
+                &uuid,
+                if duplicate {
+                    format!("announced on several ports ({ports}); flagged duplicate_uuid")
+                } else {
+                    "announced on one port again; duplicate_uuid cleared".to_string()
+                },
+            );
+            self.touch(step, &uuid).machine.duplicate_uuid = duplicate;
+            self.save(step, &uuid);
+        }
+    }
+
+    /// Where ports are known, `caller` must call from `uuid`'s port: the
+    /// one the machine was registered on, or else the one LLDP shows it on.
+    fn check_port(&self, uuid: &str, caller: &Caller) -> Result<(), MachineError> {
+        if !self.settings.ports_known {
+            return Ok(());
+        }
+        if caller.lease_mac.is_none() {
+            return Err(MachineError::NoLease { addr: caller.addr });
+        }
+        let Some(found) = &caller.port else {
+            return Err(MachineError::PortNotBound { addr: caller.addr });
+        };
+        let recorded = self.machines.get(uuid).and_then(|m| m.machine.port.clone());
+        match recorded {
+            Some(expected) if expected != *found => Err(MachineError::NotItsPort {
+                uuid: uuid.to_string(),
+                expected,
+                found: found.clone(),
+            }),
+            Some(_) => Ok(()),
+            None => {
+                let announced = self.ports_announcing(uuid);
+                if announced.is_empty() {
+                    Err(MachineError::NotSeenYet(uuid.to_string()))
+                } else if announced.contains(found) {
+                    Ok(())
+                } else {
+                    Err(MachineError::NotOnCallersPort {
+                        uuid: uuid.to_string(),
+                        port: found.clone(),
+                    })
+                }
+            }
+        }
     }
 
     /// The machine with its summary fields fresh, and the port as LLDP sees
@@ -524,6 +622,9 @@ impl MachineCore {
     /// Where the leaf serves no DHCP, or for a machine not registered yet,
     /// anyone may.
     fn authorize(&self, uuid: &str, caller: &Caller) -> Result<(), MachineError> {
+        if self.settings.leases_known {
+            self.check_port(uuid, caller)?;
+        }
         let Some(hardware) = self
             .machines
             .get(uuid)
@@ -796,8 +897,13 @@ impl MachineCore {
             registration.installer
         );
         self.report(step, &uuid, EventKind::Registering, &message);
+        let ports_known = self.settings.ports_known;
         let machine = &mut self.touch(step, &uuid).machine;
         machine.hardware = Some(hardware);
+        // The port is fixed at registration: the one it called from.
+        if ports_known && machine.port.is_none() {
+            machine.port = caller.port.clone();
+        }
         machine.unknown_mac = unknown_mac;
         machine.reboot_due = false;
         // The reclaimed machine has rebooted: its old network goes.
@@ -889,9 +995,26 @@ impl MachineCore {
             });
         }
         check_request(&request)?;
-        let port = self
-            .port_of(uuid)
-            .ok_or_else(|| MachineError::NotSeenOverLldp(uuid.to_string()))?;
+        // The port it registered on, and only if no other port claims it.
+        let announced = self.ports_announcing(uuid);
+        if announced.len() > 1 {
+            return Err(MachineError::DuplicateUuid {
+                uuid: uuid.to_string(),
+                ports: announced.into_iter().collect::<Vec<_>>().join(", "),
+            });
+        }
+        let recorded = self.machines.get(uuid).and_then(|m| m.machine.port.clone());
+        let port = match (recorded, announced.into_iter().next()) {
+            (_, None) => return Err(MachineError::NotSeenOverLldp(uuid.to_string())),
+            (Some(recorded), Some(seen)) if recorded != seen => {
+                return Err(MachineError::NotItsPort {
+                    uuid: uuid.to_string(),
+                    expected: recorded,
+                    found: seen,
+                });
+            }
+            (_, Some(seen)) => seen,
+        };
         let vrf = self.vrf_for(&request)?;
         if self
             .machines
@@ -1124,6 +1247,7 @@ mod tests {
             addr: "10.100.1.100".parse().unwrap(),
             lease_mac: Some("52:54:00:6d:01:01".into()),
             leased: vec![],
+            port: None,
         }
     }
 
@@ -1155,6 +1279,7 @@ mod tests {
                 switch: "leaf1".into(),
                 thresholds,
                 leases_known: false,
+                ports_known: false,
             },
             Vec::new(),
         );
@@ -1178,6 +1303,7 @@ mod tests {
                 switch: "leaf1".into(),
                 thresholds: Thresholds::default(),
                 leases_known: false,
+                ports_known: false,
             },
             Vec::new(),
         );
@@ -1194,11 +1320,176 @@ mod tests {
                 switch: "leaf1".into(),
                 thresholds: Thresholds::default(),
                 leases_known: false,
+                ports_known: false,
             },
             Vec::new(),
         );
         let outcome = event(&mut fresh, t, "Preparing", String::new());
         fresh.restore(outcome.undo);
         assert!(fresh.machine(UUID).is_none());
+    }
+
+    /// A core where callers are identified by lease and port, with its
+    /// LLDP neighbours: `(port, announced UUID)`.
+    fn port_bound_core(neighbors: &[(&str, &str)]) -> MachineCore {
+        let mut core = MachineCore::new(
+            CoreSettings {
+                switch: "leaf1".into(),
+                thresholds: Thresholds::default(),
+                leases_known: true,
+                ports_known: true,
+            },
+            Vec::new(),
+        );
+        let facts = neighbors
+            .iter()
+            .map(|(port, uuid)| NeighborFact {
+                port: port.to_string(),
+                chassis_id: uuid.to_string(),
+                source_mac: "52:54:00:6d:01:01".into(),
+            })
+            .collect();
+        core.handle(1, Input::Neighbors(facts));
+        core
+    }
+
+    fn register(
+        core: &mut MachineCore,
+        now: u64,
+        port: Option<&str>,
+    ) -> Result<Directive, MachineError> {
+        let registration: metalmesh_installer::api::Registration =
+            serde_json::from_value(serde_json::json!({
+                "hardware": {
+                    "uuid": UUID, "cpus": 2, "memory_bytes": 1_073_741_824u64,
+                    "disks": [{"name": "vda", "size_bytes": 10_737_418_240u64}],
+                    "nics": [{"name": "eth0", "mac": "52:54:00:6d:01:01", "up": true}]
+                },
+                "installer": "test"
+            }))
+            .unwrap();
+        let outcome = core.handle(
+            now,
+            Input::Installer {
+                ticket: now,
+                caller: Caller {
+                    port: port.map(str::to_string),
+                    ..caller()
+                },
+                call: InstallerCall::Register(Box::new(registration)),
+            },
+        );
+        outcome.answers.into_iter().next().unwrap().1
+    }
+
+    #[test]
+    fn callers_are_identified_by_their_port() {
+        // No binding yet, or no LLDP yet: retry later.
+        let mut core = port_bound_core(&[]);
+        assert!(matches!(
+            register(&mut core, 10, None),
+            Err(MachineError::PortNotBound { .. })
+        ));
+        let outcome = core.handle(
+            11,
+            Input::Installer {
+                ticket: 11,
+                caller: Caller {
+                    lease_mac: None,
+                    ..caller()
+                },
+                call: InstallerCall::Heartbeat { uuid: UUID.into() },
+            },
+        );
+        assert!(matches!(
+            outcome.answers[0].1,
+            Err(MachineError::NoLease { .. })
+        ));
+        assert!(matches!(
+            register(&mut core, 11, Some("m1-1")),
+            Err(MachineError::NotSeenYet(_))
+        ));
+        // Announced on m1-1: a caller on m1-2 is refused, on m1-1 accepted,
+        // and the port is fixed.
+        let mut core = port_bound_core(&[("m1-1", UUID)]);
+        assert!(matches!(
+            register(&mut core, 12, Some("m1-2")),
+            Err(MachineError::NotOnCallersPort { .. })
+        ));
+        assert!(register(&mut core, 13, Some("m1-1")).is_ok());
+        assert_eq!(
+            core.machine(UUID).unwrap().machine.port.as_deref(),
+            Some("m1-1")
+        );
+        // The victim's lease used from another port speaks for nobody.
+        let outcome = core.handle(
+            14,
+            Input::Installer {
+                ticket: 14,
+                caller: Caller {
+                    port: Some("m1-2".into()),
+                    ..caller()
+                },
+                call: InstallerCall::Heartbeat { uuid: UUID.into() },
+            },
+        );
+        assert!(matches!(
+            outcome.answers[0].1,
+            Err(MachineError::NotItsPort { .. })
+        ));
+    }
+
+    #[test]
+    fn a_uuid_on_two_ports_is_flagged_and_not_allocated() {
+        let mut core = port_bound_core(&[("m1-1", UUID)]);
+        assert!(register(&mut core, 10, Some("m1-1")).is_ok());
+        let neighbors = |ports: &[&str]| {
+            Input::Neighbors(
+                ports
+                    .iter()
+                    .map(|port| NeighborFact {
+                        port: port.to_string(),
+                        chassis_id: UUID.into(),
+                        source_mac: "52:54:00:6d:01:01".into(),
+                    })
+                    .collect(),
+            )
+        };
+        let outcome = core.handle(20, neighbors(&["m1-1", "m1-2"]));
+        assert!(core.machine(UUID).unwrap().machine.duplicate_uuid);
+        assert!(!outcome.writes.is_empty(), "the flag is stored");
+        let allocate = Command::Allocate {
+            uuid: UUID.into(),
+            request: Box::new(
+                serde_json::from_value(serde_json::json!({
+                    "image": "img", "ip": "10.0.1.11", "hostname": "web-1"
+                }))
+                .unwrap(),
+            ),
+            image: ImageFact::Found {
+                url: "http://leaf/images/img".into(),
+                sha256: "0".repeat(64),
+            },
+        };
+        core.machines
+            .get_mut(UUID)
+            .unwrap()
+            .lifecycle
+            .events
+            .push_front(metalmesh_inventory::model::Event {
+                kind: EventKind::Waiting,
+                time: 21,
+                message: String::new(),
+            });
+        let mut step = Step {
+            now: 22,
+            outcome: Outcome::default(),
+        };
+        assert!(matches!(
+            core.command(&mut step, allocate),
+            Err(MachineError::DuplicateUuid { .. })
+        ));
+        core.handle(23, neighbors(&["m1-1"]));
+        assert!(!core.machine(UUID).unwrap().machine.duplicate_uuid);
     }
 }

@@ -76,6 +76,9 @@ pub struct Settings {
     pub leases: Option<LeaseIndex>,
     /// Where provisioning durations are observed.
     pub durations: super::durations::ProvisioningHistograms,
+    /// Which port each lease holder is on (where the leaf's packet filter
+    /// binds ports): installer callers are identified by it.
+    pub bindings: Option<crate::policy::bindings::PortBindings>,
 }
 
 /// The channels the machines task reads.
@@ -153,13 +156,17 @@ pub fn refusal(error: &MachineError) -> Refusal {
         | MachineError::BadRequest(_)
         | MachineError::NoVrf(_)
         | MachineError::UnknownImage(_) => RefusalKind::Invalid,
-        MachineError::NotItsAddress { .. } | MachineError::NotItsNic { .. } => {
-            RefusalKind::Forbidden
-        }
+        MachineError::NotItsAddress { .. }
+        | MachineError::NotItsNic { .. }
+        | MachineError::NotItsPort { .. }
+        | MachineError::NoLease { .. }
+        | MachineError::NotOnCallersPort { .. } => RefusalKind::Forbidden,
         MachineError::NotRegistered(_)
         | MachineError::NoSuchMachine(_)
         | MachineError::NotSeenOverLldp(_) => RefusalKind::Unknown,
+        MachineError::PortNotBound { .. } | MachineError::NotSeenYet(_) => RefusalKind::NotYet,
         MachineError::NotAllocated(_)
+        | MachineError::DuplicateUuid { .. }
         | MachineError::AlreadyAllocated(_)
         | MachineError::NotWaiting { .. }
         | MachineError::AddressInUse { .. } => RefusalKind::Conflict,
@@ -282,6 +289,7 @@ impl MachinesTask {
                 switch: settings.switch.clone(),
                 thresholds: settings.thresholds,
                 leases_known: settings.leases.is_some(),
+                ports_known: settings.leases.is_some() && settings.bindings.is_some(),
             },
             load(&store)?,
         );
@@ -321,10 +329,15 @@ impl MachinesTask {
                 .collect(),
             _ => Vec::new(),
         };
+        let port = match (&self.settings.bindings, &lease_mac) {
+            (Some(bindings), Some(mac)) => bindings.port_of_mac(mac),
+            _ => None,
+        };
         Caller {
             addr: peer,
             lease_mac,
             leased,
+            port,
         }
     }
 

@@ -20,7 +20,9 @@
 //! switch's whole firewall. Drops are counted in the ruleset
 //! (`nft list table inet mm-leaf`).
 
-use std::collections::BTreeSet;
+pub mod bindings;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -49,6 +51,10 @@ pub struct PolicyInputs {
     pub tenant_ports: BTreeSet<String>,
     /// The provisioning bridge's ports, as the kernel has them.
     pub pxe_ports: BTreeSet<String>,
+    /// Which MAC and address each port is bound to (anti-spoofing); `None`:
+    /// ports are not bound (no boot services), nothing is filtered by
+    /// source.
+    pub bindings: Option<BTreeMap<String, bindings::Binding>>,
     /// Ports VXLAN may arrive on; empty: any port.
     pub fabric_ports: Vec<String>,
     /// Source prefixes VXLAN may come from; empty: any.
@@ -163,6 +169,9 @@ pub fn render(inputs: &PolicyInputs) -> String {
             );
         }
         let _ = writeln!(out, "  }}");
+        if let Some(bound) = &inputs.bindings {
+            render_anti_spoofing(&mut out, &inputs.pxe_ports, bound);
+        }
         // Machines talk to the leaf only, never to each other: nothing
         // arriving on a port of the provisioning bridge is forwarded.
         let _ = writeln!(out, "  chain forward {{");
@@ -187,6 +196,83 @@ pub fn render(inputs: &PolicyInputs) -> String {
         let _ = writeln!(out, "}}");
     }
     out
+}
+
+/// Per port of the provisioning bridge: a bound port may send only from
+/// its MAC and its leased address (DHCP and ARP probes from 0.0.0.0 too),
+/// so an address identifies a port; an unbound port only DHCP and ARP
+/// probes, until its first lease binds it. Dropped before the bridge
+/// learns the frame's source, so nobody can poison its table either.
+fn render_anti_spoofing(
+    out: &mut String,
+    ports: &BTreeSet<String>,
+    bound: &BTreeMap<String, bindings::Binding>,
+) {
+    let bound_macs: BTreeSet<String> = bound.values().map(|b| b.mac.to_ascii_lowercase()).collect();
+    let _ = writeln!(out, "  set bound_macs {{\n    type ether_addr");
+    if !bound_macs.is_empty() {
+        let _ = writeln!(
+            out,
+            "    elements = {{ {} }}",
+            bound_macs.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let _ = writeln!(out, "  }}");
+    let _ = writeln!(out, "  chain prerouting {{");
+    let _ = writeln!(
+        out,
+        "    type filter hook prerouting priority filter; policy accept;"
+    );
+    for port in ports {
+        match bound.get(port) {
+            Some(binding) => {
+                let _ = writeln!(
+                    out,
+                    "    iifname \"{port}\" ether saddr != {} counter drop",
+                    binding.mac.to_ascii_lowercase()
+                );
+                let allowed = match binding.ip {
+                    Some(ip) => format!("{{ 0.0.0.0, {ip} }}"),
+                    None => "0.0.0.0".to_string(),
+                };
+                let _ = writeln!(
+                    out,
+                    "    iifname \"{port}\" arp saddr ip != {allowed} counter drop"
+                );
+                let _ = writeln!(
+                    out,
+                    "    iifname \"{port}\" ip saddr != {allowed} counter drop"
+                );
+            }
+            None => {
+                // Not even DHCP under a MAC bound elsewhere: the bridge
+                // would learn it on this port.
+                let _ = writeln!(
+                    out,
+                    "    iifname \"{port}\" ether saddr @bound_macs counter drop"
+                );
+                let _ = writeln!(
+                    out,
+                    "    iifname \"{port}\" arp saddr ip != 0.0.0.0 counter drop"
+                );
+                let _ = writeln!(
+                    out,
+                    "    iifname \"{port}\" ip protocol != udp counter drop"
+                );
+                let _ = writeln!(out, "    iifname \"{port}\" udp dport != 67 counter drop");
+            }
+        }
+    }
+    let _ = writeln!(out, "  }}");
+}
+
+/// What binds ports to machines: the bindings, the DHCP leases, and the
+/// signal that a lease was bound.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub bindings: bindings::PortBindings,
+    pub leases: metalmesh_provisioning::dhcp::service::LeaseIndex,
+    pub lease_bound: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// The ports of `bridge` (`ip -j link show master BRIDGE`); none when it
@@ -250,6 +336,7 @@ async fn nft(args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
 pub async fn run(
     base: PolicyInputs,
     mut intents: watch::Receiver<Intents>,
+    identity: Option<Identity>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let bridge = base.provisioning.is_some();
@@ -265,6 +352,24 @@ pub async fn run(
             .collect();
         if let Some(p) = &base.provisioning {
             inputs.pxe_ports = bridge_ports(&p.bridge).await;
+            if let Some(identity) = &identity {
+                let learned = bindings::learned_macs(&p.bridge, &inputs.pxe_ports).await;
+                match identity
+                    .bindings
+                    .learn(&identity.leases.entries(), &learned)
+                {
+                    Ok((changed, conflicts)) => {
+                        if changed {
+                            tracing::info!("port bindings changed");
+                        }
+                        for conflict in conflicts {
+                            tracing::warn!(%conflict, "port binding");
+                        }
+                    }
+                    Err(error) => tracing::error!(%error, "port bindings not stored"),
+                }
+                inputs.bindings = Some(identity.bindings.all());
+            }
         }
         let current = listing(bridge).await.ok();
         let fresh = match (&applied, &current) {
@@ -290,9 +395,20 @@ pub async fn run(
                 }
             }
         }
+        let lease_bound = async {
+            match &identity {
+                Some(identity) => {
+                    identity.lease_bound.notified().await;
+                    // The lease index follows the store's commit.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             changed = intents.changed() => changed?,
+            () = lease_bound => {}
             _ = check.tick() => {}
         }
     }
@@ -312,7 +428,17 @@ mod tests {
                 http_port: 8070,
             }),
             tenant_ports: ["m1-1".to_string(), "m1-2".to_string()].into(),
-            pxe_ports: ["m1-3".to_string()].into(),
+            pxe_ports: ["m1-3".to_string(), "m1-4".to_string()].into(),
+            bindings: Some(
+                [(
+                    "m1-3".to_string(),
+                    bindings::Binding {
+                        mac: "52:54:00:6D:01:03".into(),
+                        ip: Some("10.100.1.103".parse().unwrap()),
+                    },
+                )]
+                .into(),
+            ),
             fabric_ports: vec!["spine1".into(), "spine2".into()],
             underlay: vec!["10.255.0.0/16".into()],
         };
@@ -328,7 +454,14 @@ mod tests {
             "ip saddr != { 10.255.0.0/16 } counter drop",
             "iifname \"mm-pxe\" counter drop",
             "table bridge mm-pxe {",
-            "elements = { \"m1-3\" }",
+            "elements = { \"m1-3\", \"m1-4\" }",
+            "iifname \"m1-3\" ether saddr != 52:54:00:6d:01:03 counter drop",
+            "iifname \"m1-3\" ip saddr != { 0.0.0.0, 10.100.1.103 } counter drop",
+            "iifname \"m1-3\" arp saddr ip != { 0.0.0.0, 10.100.1.103 } counter drop",
+            "iifname \"m1-4\" ether saddr @bound_macs counter drop",
+            "elements = { 52:54:00:6d:01:03 }",
+            "iifname \"m1-4\" ip protocol != udp counter drop",
+            "iifname \"m1-4\" udp dport != 67 counter drop",
             "iifname @pxe_ports udp sport 67 counter drop",
         ] {
             assert!(script.contains(expected), "{expected} missing:\n{script}");

@@ -79,7 +79,14 @@ impl Agent {
         }
         let (_, lldp_rx) = channels.lldp;
 
-        // Boot services, and the machines where they run.
+        // Boot services, and the machines where they run. Where the leaf's
+        // packet filter runs too, its machines are bound to their ports.
+        let port_bindings = match (&config.boot, config.policy.enabled) {
+            (Some(_), true) => Some(crate::policy::bindings::PortBindings::load(
+                &config.state_dir.join("port-bindings.json"),
+            )?),
+            _ => None,
+        };
         let lease_db = config.state_dir.join("leases.db");
         let served_lease_db = config.boot.as_ref().map(|_| lease_db.clone());
         let (installer_tx, installer_rx) = channels.installer;
@@ -138,6 +145,7 @@ impl Agent {
                     }),
                 tenant_ports: Default::default(),
                 pxe_ports: Default::default(),
+                bindings: None,
                 fabric_ports: if config.policy.fabric_ports.is_empty() {
                     config
                         .bgp
@@ -155,8 +163,15 @@ impl Agent {
                     .collect(),
             };
             let intents = merged_tx.subscribe();
+            let identity = port_bindings
+                .clone()
+                .map(|bindings| crate::policy::Identity {
+                    bindings,
+                    leases: dhcp.leases.clone(),
+                    lease_bound: Arc::clone(&dhcp.lease_bound),
+                });
             supervisor.spawn("policy", move |cancel| {
-                crate::policy::run(base.clone(), intents.clone(), cancel)
+                crate::policy::run(base.clone(), intents.clone(), identity.clone(), cancel)
             });
         }
         let (learned_tx, learned_rx) = watch::channel(Vec::new());
@@ -195,6 +210,7 @@ impl Agent {
                     }),
                     leases: Some(dhcp.leases.clone()),
                     durations: provisioning_durations.clone(),
+                    bindings: port_bindings.clone(),
                 };
                 let (core_commands_tx, core_commands_rx) = tokio::sync::mpsc::channel(64);
                 let task = crate::machines::task::MachinesTask::load(
@@ -291,6 +307,7 @@ impl Agent {
             lldp: lldp_rx,
             health: supervisor.health(),
             apply_lock: Arc::default(),
+            port_bindings: port_bindings.clone(),
         };
         {
             let (view, listen) = (Arc::new(view.clone()), config.metrics.listen);

@@ -184,16 +184,21 @@ pub struct Machine {
     /// A planned reboot is due at the machine's next call.
     #[serde(default)]
     pub reboot_due: bool,
+    /// Its UUID is announced over LLDP on more than one port: it cannot be
+    /// allocated until only one port does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate_uuid: bool,
 }
 
 impl Machine {
     /// The flags that keep a machine from allocation, each with whether it
     /// is set.
-    pub fn flag_states(&self) -> [(&'static str, bool); 3] {
+    pub fn flag_states(&self) -> [(&'static str, bool); 4] {
         [
             ("crash_loop", self.crash_loop),
             ("failed_reclaim", self.failed_machine_reclaim),
             ("install_stalled", self.install_stalled),
+            ("duplicate_uuid", self.duplicate_uuid),
         ]
     }
 
@@ -231,6 +236,7 @@ impl Machine {
             install_stalled: false,
             reclaiming: None,
             reboot_due: false,
+            duplicate_uuid: false,
         }
     }
 }

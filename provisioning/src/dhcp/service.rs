@@ -91,6 +91,15 @@ impl LeaseIndex {
         self.read().by_ip.get(&ip).cloned()
     }
 
+    /// Every lease holder's address, by MAC (lower case).
+    pub fn entries(&self) -> std::collections::BTreeMap<String, Ipv4Addr> {
+        self.read()
+            .by_mac
+            .iter()
+            .map(|(mac, ip)| (mac.to_ascii_lowercase(), *ip))
+            .collect()
+    }
+
     /// Whether the MAC holds a lease.
     pub fn has_mac(&self, mac: &str) -> bool {
         self.read().by_mac.contains_key(mac)

@@ -41,6 +41,9 @@ pub enum RefusalKind {
     Full,
     /// The leaf could not do it (its store refused the write).
     Internal,
+    /// Not yet: what identifies the caller is still being learned (its
+    /// port binding, its LLDP announcement); the caller retries.
+    NotYet,
 }
 
 impl RefusalKind {
@@ -52,6 +55,7 @@ impl RefusalKind {
             RefusalKind::Conflict => StatusCode::CONFLICT,
             RefusalKind::Full => StatusCode::INSUFFICIENT_STORAGE,
             RefusalKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            RefusalKind::NotYet => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
