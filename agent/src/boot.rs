@@ -116,6 +116,7 @@ pub fn spawn(
         listen: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), boot.tftp_port),
         interface: Some(boot.interface.clone()),
         max_transfers: boot.max_tftp_transfers,
+        max_transfers_per_source: boot.max_tftp_transfers_per_source,
     };
     let tftp_counters = Arc::new(TftpCounters::default());
     let tftp_counters_for_task = Arc::clone(&tftp_counters);
@@ -140,6 +141,8 @@ pub fn spawn(
             leaf: leaf.to_string(),
         },
         counters: Arc::default(),
+        max_connections_per_source: boot.max_http_connections_per_source,
+        body_deadline: metalmesh_provisioning::http::BODY_DEADLINE,
     };
     let http_counters = Arc::clone(&http.counters);
     let interface = boot.interface.clone();

@@ -343,6 +343,12 @@ pub struct BootConfig {
     pub cmdline: String,
     #[serde(default = "default_max_transfers")]
     pub max_tftp_transfers: usize,
+    /// TFTP transfers one source address may run at once.
+    #[serde(default = "default_per_source")]
+    pub max_tftp_transfers_per_source: usize,
+    /// HTTP connections one source address may hold open at once.
+    #[serde(default = "default_http_per_source")]
+    pub max_http_connections_per_source: usize,
     /// Where images downloaded from their URL are kept (by checksum,
     /// served at `/images/`); default `<state_dir>/images`.
     #[serde(default)]
@@ -392,6 +398,14 @@ fn default_kernel() -> String {
 fn default_initrd() -> String {
     "initramfs.img".into()
 }
+fn default_per_source() -> usize {
+    8
+}
+
+fn default_http_per_source() -> usize {
+    32
+}
+
 fn default_max_transfers() -> usize {
     256
 }

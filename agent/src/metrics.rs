@@ -34,6 +34,7 @@ struct Snapshot {
     /// Answers per (route, status class), and streamed bytes per route.
     http_answered: Vec<((&'static str, &'static str), u64)>,
     http_sent: Vec<(&'static str, u64)>,
+    http_refused: Option<u64>,
     dataplane: crate::dataplane::reconcile::PassReport,
     mesh_members: BTreeMap<String, i64>,
     mesh_refused: Vec<(&'static str, u64)>,
@@ -89,6 +90,7 @@ impl AgentView {
             snapshot
                 .tftp
                 .push(("bytes_sent", tftp.bytes_sent.load(Relaxed)));
+            snapshot.http_refused = Some(counters.http.refused_connections.load(Relaxed));
             for route in HttpRoute::ALL {
                 let counted = counters.http.route(route);
                 for (class, n) in STATUS_CLASSES.iter().zip(&counted.answered) {
@@ -255,6 +257,12 @@ impl Collector for Snapshot {
                         *n,
                     )
                 }),
+            )?;
+            counter(
+                e,
+                "metalmesh_agent_http_connections_refused",
+                "HTTP connections closed at accept: their source held too many",
+                self.http_refused.map(|n| (Vec::new(), n)),
             )?;
             counter(
                 e,

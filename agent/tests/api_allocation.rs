@@ -11,8 +11,8 @@
 mod common;
 
 use common::api::{
-    IMAGE, agent_on, all_waiting, allocate_and_wait, alpha_and_web, json, machines, metalmesh,
-    testbed, token, up_with_api, users,
+    IMAGE, agent_on, allocate_and_wait, alpha_and_web, json, machines, metalmesh, testbed, token,
+    two_racks_waiting, up_with_api,
 };
 use common::{start_installer, uuid};
 use metalmesh_testbed::testing::{Guard, eventually, ok, ping};
@@ -23,16 +23,7 @@ use std::time::Duration;
 fn a_project_allocates_a_machine_per_rack_through_the_api_and_they_talk() {
     let guard = Guard::new();
     let run_dir = &guard.run_dir;
-    let _testbed = up_with_api(run_dir, 2, 1);
-    for rack in [1, 2] {
-        start_installer(&guard.scratch, rack, 1);
-    }
-    let (admin, alice, bob) = users(run_dir);
-    assert!(
-        all_waiting(run_dir, &admin, 2, Duration::from_secs(90)),
-        "machines not Waiting through the API: {:?}",
-        machines(run_dir, &admin)
-    );
+    let (_testbed, (admin, alice, bob)) = two_racks_waiting(&guard);
     let network = alpha_and_web(run_dir, &admin, &alice);
     ok(&metalmesh(run_dir, &admin, &["project", "create", "beta"]));
     assert!(

@@ -26,25 +26,6 @@ fn state(guard: &Guard, id: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The packets dropped by the counted rules of `chain` in the leaf's table.
-fn dropped(family: &str, table: &str, chain: &str) -> u64 {
-    let out = run(
-        "ip",
-        &[
-            "netns", "exec", "mm-leaf1", "nft", "-j", "list", "chain", family, table, chain,
-        ],
-    );
-    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    listing["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|item| item["rule"]["expr"].as_array())
-        .flatten()
-        .filter_map(|expr| expr["counter"]["packets"].as_u64())
-        .sum()
-}
-
 /// Whether a TCP connection from `namespace` to `address:port` is accepted
 /// within 3 s (curl: an HTTP answer of any status counts as connected).
 fn tcp_connects(namespace: &str, address: &str, port: u16) -> bool {
@@ -136,42 +117,35 @@ fn machines_and_tenants_reach_only_what_the_policy_allows() {
     );
     // In provisioning: not the leaf's other listeners, not the fabric, not
     // the other machine.
-    let before = dropped("inet", "mm-leaf", "provisioning");
+    let before = common::nft_dropped("inet", "mm-leaf", "provisioning");
     assert!(
         !tcp_connects("mm-m1-1", &leaf, 9469),
         "a provisioning machine reaches the leaf's metrics"
     );
-    assert!(dropped("inet", "mm-leaf", "provisioning") > before);
-    let before = dropped("inet", "mm-leaf", "forward");
+    assert!(common::nft_dropped("inet", "mm-leaf", "provisioning") > before);
+    let before = common::nft_dropped("inet", "mm-leaf", "forward");
     assert!(
         !ping("m1-1", "10.255.1.1"),
         "a provisioning machine reaches a spine"
     );
-    assert!(dropped("inet", "mm-leaf", "forward") > before);
+    assert!(common::nft_dropped("inet", "mm-leaf", "forward") > before);
     let other = address_of("mm-m1-2");
     assert!(!other.is_empty());
-    let before = dropped("bridge", "mm-pxe", "forward");
+    let before = common::nft_dropped("bridge", "mm-pxe", "forward");
     assert!(
         !ping("m1-1", &other),
         "provisioning machines reach each other"
     );
-    assert!(dropped("bridge", "mm-pxe", "forward") > before);
+    assert!(common::nft_dropped("bridge", "mm-pxe", "forward") > before);
 
     // Allocated: its routed port reaches phone-home and nothing else.
     let id = uuid(1, 1);
-    ok(&common::agent(
+    ok(&common::allocate_local(
         &guard.run_dir,
-        &[
-            "machine",
-            "allocate",
-            &id,
-            "--image",
-            "testbed-default",
-            "--ip",
-            "10.0.1.11",
-            "--hostname",
-            "web-1",
-        ],
+        &id,
+        "10.0.1.11",
+        "web-1",
+        &[],
     ));
     assert!(
         eventually(Duration::from_secs(90), || state(&guard, &id)
@@ -196,7 +170,7 @@ fn machines_and_tenants_reach_only_what_the_policy_allows() {
         "403",
         "the tenant gateway serves the installer API"
     );
-    let before = dropped("inet", "mm-leaf", "tenant");
+    let before = common::nft_dropped("inet", "mm-leaf", "tenant");
     for (address, port) in [
         (leaf.as_str(), 9469),
         ("169.254.0.1", 9469),
@@ -207,7 +181,7 @@ fn machines_and_tenants_reach_only_what_the_policy_allows() {
             "a tenant port reaches {address}:{port} on the leaf"
         );
     }
-    assert!(dropped("inet", "mm-leaf", "tenant") > before);
+    assert!(common::nft_dropped("inet", "mm-leaf", "tenant") > before);
 
     // Intents may not route an uplink or cover the leaf's own ranges.
     let intents = guard.scratch.join("bad-intents.toml");

@@ -50,18 +50,12 @@ fn events(guard: &Guard, uuid: &str) -> Vec<String> {
 }
 
 fn allocate(guard: &Guard, uuid: &str, ip: &str, hostname: &str) -> std::process::Output {
-    agent(
-        guard,
+    common::allocate_local(
+        &guard.run_dir,
+        uuid,
+        ip,
+        hostname,
         &[
-            "machine",
-            "allocate",
-            uuid,
-            "--image",
-            "testbed-default",
-            "--ip",
-            ip,
-            "--hostname",
-            hostname,
             "--ssh-key",
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMetalmeshTestKey test@metalmesh",
         ],

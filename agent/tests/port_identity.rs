@@ -106,34 +106,6 @@ for _ in range(3):
     ));
 }
 
-/// Packets dropped by the provisioning bridge's anti-spoofing rules.
-fn spoofs_dropped() -> u64 {
-    let out = run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            "mm-leaf1",
-            "nft",
-            "-j",
-            "list",
-            "chain",
-            "bridge",
-            "mm-pxe",
-            "prerouting",
-        ],
-    );
-    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    listing["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|item| item["rule"]["expr"].as_array())
-        .flatten()
-        .filter_map(|expr| expr["counter"]["packets"].as_u64())
-        .sum()
-}
-
 #[test]
 fn an_attacker_beside_the_victim_cannot_take_its_identity() {
     let guard = Guard::new();
@@ -167,7 +139,7 @@ fn an_attacker_beside_the_victim_cannot_take_its_identity() {
 
     // From its unbound port: a DHCPREQUEST under the victim's MAC, the
     // victim's address by gratuitous ARP and as a TCP source.
-    let before = spoofs_dropped();
+    let before = common::nft_dropped("bridge", "mm-pxe", "prerouting");
     dhcp_request("mm-m1-2", &attacker, VICTIM_MAC, &victim_ip);
     ok(&run(
         "ip",
@@ -203,7 +175,7 @@ fn an_attacker_beside_the_victim_cannot_take_its_identity() {
         "a heartbeat from the victim's address got through: {body}"
     );
     assert!(
-        spoofs_dropped() > before,
+        common::nft_dropped("bridge", "mm-pxe", "prerouting") > before,
         "nothing dropped by the anti-spoofing rules"
     );
     ok(&run(
@@ -285,21 +257,12 @@ fn an_attacker_beside_the_victim_cannot_take_its_identity() {
         &registration,
     );
     assert_eq!(status, "503", "a UUID nobody announces: {answer}");
-    let out = common::agent(
+    let out = common::allocate_local(
         &guard.run_dir,
-        &[
-            "machine",
-            "allocate",
-            &victim,
-            "--image",
-            "testbed-default",
-            "--ip",
-            "10.0.1.11",
-            "--hostname",
-            "web-1",
-            "--ssh-key",
-            "ssh-ed25519 AAAAC3NzaVictimKey victim@alpha",
-        ],
+        &victim,
+        "10.0.1.11",
+        "web-1",
+        &["--ssh-key", "ssh-ed25519 AAAAC3NzaVictimKey victim@alpha"],
     );
     assert!(!out.status.success());
     assert!(
@@ -318,21 +281,12 @@ fn an_attacker_beside_the_victim_cannot_take_its_identity() {
         "the flag stays after the claim expired: {}",
         machine(&guard, &victim)
     );
-    ok(&common::agent(
+    ok(&common::allocate_local(
         &guard.run_dir,
-        &[
-            "machine",
-            "allocate",
-            &victim,
-            "--image",
-            "testbed-default",
-            "--ip",
-            "10.0.1.11",
-            "--hostname",
-            "web-1",
-            "--ssh-key",
-            "ssh-ed25519 AAAAC3NzaVictimKey victim@alpha",
-        ],
+        &victim,
+        "10.0.1.11",
+        "web-1",
+        &["--ssh-key", "ssh-ed25519 AAAAC3NzaVictimKey victim@alpha"],
     ));
     // While the victim installs, the attacker (on its own lease) asks for
     // the victim's installation: refused, no keys.

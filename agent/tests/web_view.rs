@@ -12,9 +12,9 @@
 
 mod common;
 
-use common::api::{IMAGE, all_waiting, alpha_and_web, machines, token, up_with_api, users};
+use common::api::{IMAGE, alpha_and_web, token, two_racks_waiting};
 use common::browser::Browser;
-use common::{start_installer, uuid};
+use common::uuid;
 use metalmesh_testbed::testing::Guard;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,16 +43,7 @@ fn row_state(uuid: &str, state: &str) -> String {
 fn the_web_view_shows_the_racks_live_and_only_what_the_user_may_see_and_do() {
     let guard = Guard::new();
     let run_dir = &guard.run_dir;
-    let _testbed = up_with_api(run_dir, 2, 1);
-    for rack in [1, 2] {
-        start_installer(&guard.scratch, rack, 1);
-    }
-    let (admin, alice, bob) = users(run_dir);
-    assert!(
-        all_waiting(run_dir, &admin, 2, Duration::from_secs(90)),
-        "machines not Waiting: {:?}",
-        machines(run_dir, &admin)
-    );
+    let (_testbed, (admin, alice, bob)) = two_racks_waiting(&guard);
     alpha_and_web(run_dir, &admin, &alice);
     let ui = format!("{}/ui/", metalmesh_testbed::api::url());
     let target = uuid(1, 1);

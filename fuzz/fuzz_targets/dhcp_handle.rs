@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
     now[..clock.len()].copy_from_slice(clock);
     let now_ms = 1_800_000_000_000 + (u64::from_le_bytes(now) % 10_000_000_000);
     let Ok(mut server) = server().lock() else { return };
-    let outcome = server.handle(now_ms, datagram);
+    let outcome = server.handle(now_ms, std::net::Ipv4Addr::new(10, 0, 0, 10), datagram);
     for reply in outcome.replies {
         dhcproto::v4::Message::decode(&mut Decoder::new(&reply.bytes)).expect("reply must decode");
     }

@@ -254,39 +254,20 @@ pub(crate) fn prepare(plan: &Plan, run: &RunDir) -> Result<(), Error> {
     )
     .map_err(|e| Error::io(&issuer_dir(&run.root), std::io::Error::other(e.to_string())))?;
     let cli = crate::agent::cli_binary()?;
-    crate::sys::run(
-        &path(&cli),
-        &[
-            "ca",
-            "issue",
-            "--node",
-            "api",
-            "--role",
-            "api",
-            "--address",
-            &API_ADDRESS.to_string(),
-            "--ca-dir",
-            &path(&crate::agent::mesh_ca_dir(run)),
-            "--out",
-            &path(&dir.join("mesh")),
-        ],
+    let ca = |issue: &[&str], out: &Path| {
+        let mut args = vec!["ca"];
+        args.extend_from_slice(issue);
+        let (ca_dir, out) = (path(&crate::agent::mesh_ca_dir(run)), path(out));
+        let address = API_ADDRESS.to_string();
+        args.extend(["--address", &address, "--ca-dir", &ca_dir, "--out", &out]);
+        crate::sys::run(&path(&cli), &args)
+    };
+    ca(
+        &["issue", "--node", "api", "--role", "api"],
+        &dir.join("mesh"),
     )?;
     // Browsers need an ECDSA key for the web view (the mesh's is Ed25519).
-    crate::sys::run(
-        &path(&cli),
-        &[
-            "ca",
-            "issue-https",
-            "--name",
-            "api",
-            "--address",
-            &API_ADDRESS.to_string(),
-            "--ca-dir",
-            &path(&crate::agent::mesh_ca_dir(run)),
-            "--out",
-            &path(&dir),
-        ],
-    )?;
+    ca(&["issue-https", "--name", "api"], &dir)?;
     let config_path = dir.join("api.toml");
     std::fs::write(&config_path, config(plan, run)).map_err(|e| Error::io(&config_path, e))?;
     if plan.topology.prometheus {

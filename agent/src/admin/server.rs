@@ -435,19 +435,9 @@ pub struct AdminPeers {
 impl AdminPeers {
     /// Resolves `[admin] group` (a name that does not exist is an error).
     pub fn new(group: Option<&str>) -> anyhow::Result<AdminPeers> {
-        let group = match group {
-            None => None,
-            Some(name) => Some(
-                nix::unistd::Group::from_name(name)
-                    .map_err(|e| anyhow::anyhow!("admin.group `{name}`: {e}"))?
-                    .ok_or_else(|| anyhow::anyhow!("admin.group `{name}` does not exist"))?
-                    .gid
-                    .as_raw(),
-            ),
-        };
         Ok(AdminPeers {
             own_uid: nix::unistd::geteuid().as_raw(),
-            group,
+            group: group.map(group_id).transpose()?.map(|gid| gid.as_raw()),
         })
     }
 
@@ -475,6 +465,14 @@ impl AdminPeers {
     }
 }
 
+/// The id of `[admin] group` (a name that does not exist is an error).
+fn group_id(name: &str) -> anyhow::Result<nix::unistd::Gid> {
+    Ok(nix::unistd::Group::from_name(name)
+        .map_err(|e| anyhow::anyhow!("admin.group `{name}`: {e}"))?
+        .ok_or_else(|| anyhow::anyhow!("admin.group `{name}` does not exist"))?
+        .gid)
+}
+
 /// A process's supplementary groups (`Groups:` of `/proc/<pid>/status`).
 fn supplementary_groups(pid: i32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -497,15 +495,7 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
 /// refusing to steal one a live agent still answers on. A directory it
 /// creates is 0750, and with a group both belong to it.
 pub async fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
-    let gid = match group {
-        None => None,
-        Some(name) => Some(
-            nix::unistd::Group::from_name(name)
-                .map_err(|e| anyhow::anyhow!("admin.group `{name}`: {e}"))?
-                .ok_or_else(|| anyhow::anyhow!("admin.group `{name}` does not exist"))?
-                .gid,
-        ),
-    };
+    let gid = group.map(group_id).transpose()?;
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
         && !dir.exists()

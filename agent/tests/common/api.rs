@@ -114,6 +114,27 @@ pub(crate) fn testbed(run_dir: &Path, args: &[&str]) -> Output {
     run(binary.to_str().unwrap(), &argv)
 }
 
+/// Two racks with the API node, a namespace machine per rack running the
+/// installer, both Waiting as the API shows them; the users' tokens
+/// (admin, alice, bob). The testbed stays up while the returned handle
+/// lives.
+pub(crate) fn two_racks_waiting(
+    guard: &metalmesh_testbed::testing::Guard,
+) -> (metalmesh_testbed::Testbed, (String, String, String)) {
+    let run_dir = &guard.run_dir;
+    let testbed = up_with_api(run_dir, 2, 1);
+    for rack in [1, 2] {
+        super::start_installer(&guard.scratch, rack, 1);
+    }
+    let users = users(run_dir);
+    assert!(
+        all_waiting(run_dir, &users.0, 2, std::time::Duration::from_secs(90)),
+        "machines not Waiting through the API: {:?}",
+        machines(run_dir, &users.0)
+    );
+    (testbed, users)
+}
+
 /// Tokens of the story's users: an admin, alice (edit, project alpha) and
 /// bob (edit, project beta).
 pub(crate) fn users(run_dir: &Path) -> (String, String, String) {

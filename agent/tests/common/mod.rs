@@ -16,6 +16,50 @@ pub(crate) fn agent(run_dir: &Path, args: &[&str]) -> Output {
     agent_on(run_dir, AGENT, "leaf1", args)
 }
 
+/// `metalmesh-agent machine allocate` on leaf1 of the testbed's default
+/// image, with `extra` flags.
+pub(crate) fn allocate_local(
+    run_dir: &Path,
+    uuid: &str,
+    ip: &str,
+    hostname: &str,
+    extra: &[&str],
+) -> Output {
+    let mut args = vec![
+        "machine",
+        "allocate",
+        uuid,
+        "--image",
+        "testbed-default",
+        "--ip",
+        ip,
+        "--hostname",
+        hostname,
+    ];
+    args.extend_from_slice(extra);
+    agent(run_dir, &args)
+}
+
+/// Packets dropped so far by the counted rules of one chain of the
+/// leaf1 packet filter (`nft -j list chain FAMILY TABLE CHAIN`).
+pub(crate) fn nft_dropped(family: &str, table: &str, chain: &str) -> u64 {
+    let out = metalmesh_testbed::testing::run(
+        "ip",
+        &[
+            "netns", "exec", "mm-leaf1", "nft", "-j", "list", "chain", family, table, chain,
+        ],
+    );
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    listing["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item["rule"]["expr"].as_array())
+        .flatten()
+        .filter_map(|expr| expr["counter"]["packets"].as_u64())
+        .sum()
+}
+
 /// Gives leaf1 the tenant VRF machines are allocated into (10.0.1.0/24).
 pub(crate) fn tenant_a(run_dir: &Path, scratch: &Path) {
     let intents = scratch.join("intents.toml");

@@ -128,8 +128,9 @@ impl DhcpServer {
         &self.settings
     }
 
-    /// Handles one datagram received at `now_ms` (milliseconds since the Unix epoch).
-    pub fn handle(&mut self, now_ms: u64, datagram: &[u8]) -> Outcome {
+    /// Handles one datagram received at `now_ms` (milliseconds since the
+    /// Unix epoch) from IPv4 address `source`.
+    pub fn handle(&mut self, now_ms: u64, source: Ipv4Addr, datagram: &[u8]) -> Outcome {
         let mut outcome = Outcome::default();
         self.counters.received += 1;
         if !options_are_sane(datagram) {
@@ -172,7 +173,7 @@ impl DhcpServer {
             Some(MessageType::Discover) => self.discover(now, &mac, kind, &message, &mut outcome),
             Some(MessageType::Request) => self.request(now, &mac, kind, &message, &mut outcome),
             Some(MessageType::Decline) => self.decline(now, &mac, &message, &mut outcome),
-            Some(MessageType::Release) => self.release(now, &mac, &message, &mut outcome),
+            Some(MessageType::Release) => self.release(now, &mac, source, &message, &mut outcome),
             Some(MessageType::Inform) => self.inform(&mac, kind, &message, &mut outcome),
             _ => self.counters.ignored += 1,
         }
@@ -420,10 +421,13 @@ impl DhcpServer {
         });
     }
 
-    fn release(&mut self, now: u64, mac: &str, m: &Message, out: &mut Outcome) {
+    /// A client releases its address from that address (RFC 2131 §4.4.6);
+    /// a RELEASE from elsewhere is ignored: on the provisioning bridge an
+    /// address is tied to one port, so only the holder may give it up.
+    fn release(&mut self, now: u64, mac: &str, source: Ipv4Addr, m: &Message, out: &mut Outcome) {
         let ip = m.ciaddr();
         match self.leases.get_mut(mac) {
-            Some(lease) if lease.ip == ip && lease.state == LeaseState::Bound => {
+            Some(lease) if lease.ip == ip && source == ip && lease.state == LeaseState::Bound => {
                 lease.state = LeaseState::Released;
                 lease.expires = now;
                 lease.updated = now;
@@ -745,8 +749,9 @@ mod tests {
             .to_string()
     }
 
+    /// Sends from the message's ciaddr, as a client does.
     fn send(server: &mut DhcpServer, now: u64, m: &Message) -> Outcome {
-        server.handle(now, &m.to_vec().unwrap())
+        server.handle(now, m.ciaddr(), &m.to_vec().unwrap())
     }
 
     fn dora(server: &mut DhcpServer, mac: [u8; 6], now: u64) -> Option<Ipv4Addr> {
@@ -958,6 +963,9 @@ mod tests {
         let ip = dora(&mut server, MAC, T0).unwrap();
         let mut release = request_message(MAC, MessageType::Release, vec![]);
         release.set_ciaddr(ip);
+        // Under the holder's MAC but from another address: ignored.
+        let out = server.handle(T0, Ipv4Addr::new(10, 0, 0, 99), &release.to_vec().unwrap());
+        assert!(out.writes.is_empty(), "a release from elsewhere was taken");
         let out = send(&mut server, T0, &release);
         assert!(out.replies.is_empty());
         assert!(matches!(&out.writes[0], Write::Lease(l) if l.state == LeaseState::Released));
@@ -1026,7 +1034,12 @@ mod tests {
             .count();
         assert_eq!(answered, 40);
         assert_eq!(server.counters().rate_limited, 60);
-        assert!(server.handle(T0, &[1, 2, 3]).replies.is_empty());
+        assert!(
+            server
+                .handle(T0, Ipv4Addr::UNSPECIFIED, &[1, 2, 3])
+                .replies
+                .is_empty()
+        );
         assert_eq!(server.counters().malformed, 1);
     }
 
@@ -1039,7 +1052,12 @@ mod tests {
         let end = bytes.len() - 1;
         // option 94 (client network interface) must be 3 bytes long: give it 1.
         bytes.splice(end..end, [94u8, 1, 1]);
-        assert!(server.handle(T0, &bytes).replies.is_empty());
+        assert!(
+            server
+                .handle(T0, Ipv4Addr::UNSPECIFIED, &bytes)
+                .replies
+                .is_empty()
+        );
         assert_eq!(server.counters().malformed, 1);
     }
 

@@ -232,13 +232,13 @@ fn serve(
     counters: &Mutex<DhcpCounters>,
 ) -> Result<(), ServiceError> {
     let mut buf = vec![0u8; 2048];
-    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<(Ipv4Addr, Vec<u8>)> = Vec::with_capacity(BATCH);
     while !stop.load(Ordering::SeqCst) {
         batch.clear();
         // Block for the first datagram, then take whatever else is queued.
         socket.set_nonblocking(false).ok();
         match socket.recv_from(&mut buf) {
-            Ok((n, _)) => batch.push(buf[..n].to_vec()),
+            Ok((n, from)) => batch.push((source_v4(from), buf[..n].to_vec())),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -255,15 +255,15 @@ fn serve(
         socket.set_nonblocking(true).ok();
         while batch.len() < BATCH {
             match socket.recv_from(&mut buf) {
-                Ok((n, _)) => batch.push(buf[..n].to_vec()),
+                Ok((n, from)) => batch.push((source_v4(from), buf[..n].to_vec())),
                 Err(_) => break,
             }
         }
         let now = now_ms();
         let mut writes = Vec::new();
         let mut replies = Vec::new();
-        for datagram in &batch {
-            let outcome = server.handle(now, datagram);
+        for (source, datagram) in &batch {
+            let outcome = server.handle(now, *source, datagram);
             writes.extend(outcome.writes);
             replies.extend(outcome.replies);
             for event in outcome.events {
@@ -290,6 +290,14 @@ fn serve(
         }
     }
     Ok(())
+}
+
+/// The IPv4 address a datagram came from (the socket is IPv4 only).
+fn source_v4(from: SocketAddr) -> Ipv4Addr {
+    match from {
+        SocketAddr::V4(v4) => *v4.ip(),
+        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
+    }
 }
 
 /// Reads the leases of a store file beside its running server (admin API,

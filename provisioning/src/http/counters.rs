@@ -70,6 +70,8 @@ pub struct RouteCounters {
 #[derive(Debug, Default)]
 pub struct HttpCounters {
     routes: [RouteCounters; 5],
+    /// Connections closed at accept: their source had too many open.
+    pub refused_connections: AtomicU64,
 }
 
 impl HttpCounters {
@@ -85,6 +87,10 @@ impl HttpCounters {
             _ => 3,
         };
         self.route(route).answered[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn refused_connection(&self) {
+        self.refused_connections.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn sent(&self, route: HttpRoute, bytes: usize) {

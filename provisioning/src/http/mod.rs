@@ -38,7 +38,16 @@ pub struct HttpBootConfig {
     pub machines: Option<installer_api::InstallerSender>,
     /// Where requests and streamed bytes are counted.
     pub counters: Arc<HttpCounters>,
+    /// Connections one source address may hold open at once; more are
+    /// closed at accept (a machine needs a few: scripts, files, the
+    /// installer API).
+    pub max_connections_per_source: usize,
+    /// How long a request body may take to arrive in full.
+    pub body_deadline: Duration,
 }
+
+/// The body deadline the agent uses.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct AppState {
@@ -89,11 +98,77 @@ pub fn router(config: &HttpBootConfig) -> Router {
         .with_state(state);
     images
         .map_or(boot.clone(), |images| boot.merge(images))
+        .layer(middleware::from_fn_with_state(
+            config.body_deadline,
+            body_deadline,
+        ))
         .layer(middleware::from_fn(tenant_gateway_serves_phone_home_only))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&config.counters),
             access_log,
         ))
+}
+
+/// Reads a request's body within the deadline: a client trickling its body
+/// holds no handler (and no machine's lock) open; 408 instead.
+async fn body_deadline(State(deadline): State<Duration>, request: Request, next: Next) -> Response {
+    use axum::response::IntoResponse as _;
+    let (parts, body) = request.into_parts();
+    let limit = metalmesh_installer::api::MAX_BODY_BYTES;
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(_)) => (
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {limit} bytes\n"),
+        )
+            .into_response(),
+        Err(_) => (
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            format!("request body not received within {deadline:?}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// What each source address holds open.
+#[derive(Debug, Clone, Default)]
+struct OpenPerSource(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One open connection of a source; released when dropped.
+#[derive(Debug)]
+struct SourceSlot {
+    open: OpenPerSource,
+    source: std::net::IpAddr,
+}
+
+impl OpenPerSource {
+    fn acquire(&self, source: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(source).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            open: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.source) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.source);
+            }
+        }
+    }
 }
 
 /// The leaf's address on routed machine ports: tenants reach the leaf
@@ -143,6 +218,7 @@ pub async fn serve(config: HttpBootConfig, cancel: CancellationToken) -> std::io
     tracing::info!(listen = %config.listen, root = %config.root.display(), "HTTP boot server running");
     let mut make_service = router(&config).into_make_service_with_connect_info::<SocketAddr>();
     let mut connections = tokio::task::JoinSet::new();
+    let open = OpenPerSource::default();
     loop {
         while connections.try_join_next().is_some() {}
         let (stream, peer) = tokio::select! {
@@ -156,6 +232,11 @@ pub async fn serve(config: HttpBootConfig, cancel: CancellationToken) -> std::io
                     continue;
                 }
             },
+        };
+        let Some(slot) = open.acquire(peer.ip(), config.max_connections_per_source) else {
+            tracing::debug!(%peer, "HTTP connection refused: too many from this source");
+            config.counters.refused_connection();
+            continue;
         };
         let Ok(service) = make_service.call(peer).await;
         // Handlers learn which address the caller reached (the tenant
@@ -181,6 +262,7 @@ pub async fn serve(config: HttpBootConfig, cancel: CancellationToken) -> std::io
             if let Err(error) = connection.await {
                 tracing::debug!(%peer, %error, "HTTP connection ended");
             }
+            drop(slot);
         });
     }
 }
@@ -226,6 +308,40 @@ mod tests {
     use metalmesh_installer::api::Directive;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// A loopback address with a port nobody listens on.
+    fn free_listen() -> SocketAddr {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        ([127, 0, 0, 1], port).into()
+    }
+
+    /// A server on `listen` serving the temporary directory, 4 connections
+    /// per source, bodies within 300 ms.
+    fn test_config(
+        listen: SocketAddr,
+        machines: Option<installer_api::InstallerSender>,
+    ) -> HttpBootConfig {
+        HttpBootConfig {
+            listen,
+            root: std::env::temp_dir(),
+            image_cache: None,
+            ipxe: IpxeSettings {
+                base_url: format!("http://{listen}"),
+                kernel: "vmlinuz".into(),
+                initrd: "initramfs.img".into(),
+                cmdline: String::new(),
+                leaf: "leaf1".into(),
+            },
+            machines,
+            counters: Arc::default(),
+            max_connections_per_source: 4,
+            body_deadline: Duration::from_millis(300),
+        }
+    }
+
     /// A client that half-closes after its request (as busybox `nc` does)
     /// still gets the answer of a call that takes a while.
     #[tokio::test]
@@ -238,26 +354,8 @@ mod tests {
                 let _ = call.reply.send(Ok(Directive::Reboot));
             }
         });
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let listen: SocketAddr = ([127, 0, 0, 1], port).into();
-        let config = HttpBootConfig {
-            listen,
-            root: std::env::temp_dir(),
-            image_cache: None,
-            ipxe: IpxeSettings {
-                base_url: format!("http://{listen}"),
-                kernel: "vmlinuz".into(),
-                initrd: "initramfs.img".into(),
-                cmdline: String::new(),
-                leaf: "leaf1".into(),
-            },
-            machines: Some(machines),
-            counters: Arc::default(),
-        };
+        let listen = free_listen();
+        let config = test_config(listen, Some(machines));
         let cancel = CancellationToken::new();
         let _stop = cancel.clone().drop_guard();
         tokio::spawn(serve(config, cancel));
@@ -285,5 +383,79 @@ mod tests {
             .unwrap();
         assert!(answer.starts_with("HTTP/1.0 200"), "{answer:?}");
         assert!(answer.contains("reboot"), "{answer:?}");
+    }
+
+    /// A server on a free loopback port with no installer API behind it.
+    async fn limited_server() -> (SocketAddr, CancellationToken) {
+        let listen = free_listen();
+        let config = test_config(listen, None);
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve(config, cancel.clone()));
+        for _ in 0..50 {
+            if tokio::net::TcpStream::connect(listen).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (listen, cancel)
+    }
+
+    /// One source holds at most its share of connections; a freed one
+    /// makes room again.
+    #[tokio::test]
+    async fn connections_per_source_are_capped() {
+        let (listen, cancel) = limited_server().await;
+        let _stop = cancel.drop_guard();
+        // The readiness probe's connection may still be closing.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(tokio::net::TcpStream::connect(listen).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut fifth = tokio::net::TcpStream::connect(listen).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(2), fifth.read_to_end(&mut answer))
+            .await
+            .expect("the fifth connection was left open");
+        assert!(
+            read.is_err() || answer.is_empty(),
+            "the fifth got an answer"
+        );
+        drop(held.pop());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut again = tokio::net::TcpStream::connect(listen).await.unwrap();
+        again
+            .write_all(b"GET /ipxe/52:54:00:00:00:01 HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), again.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.0 "), "{answer:?}");
+    }
+
+    /// A body that trickles is answered 408 at the deadline.
+    #[tokio::test]
+    async fn a_trickled_body_is_cut_off() {
+        let (listen, cancel) = limited_server().await;
+        let _stop = cancel.drop_guard();
+        let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+        stream
+            .write_all(
+                b"POST /v1/machines/register HTTP/1.1\r\nHost: leaf\r\n\
+                  Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"hard",
+            )
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut answer))
+            .await
+            .expect("no answer within 3 s")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     }
 }

@@ -33,6 +33,8 @@ pub struct TftpConfig {
     /// Interface to bind to (the provisioning bridge), if any.
     pub interface: Option<String>,
     pub max_transfers: usize,
+    /// Transfers one source address may run at once ("Server busy" beyond).
+    pub max_transfers_per_source: usize,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -104,6 +106,8 @@ pub async fn serve(
     let socket = bind(config.listen, config.interface.as_deref())?;
     tracing::info!(listen = %config.listen, root = %config.root.display(), "TFTP server running");
     let slots = Arc::new(Semaphore::new(config.max_transfers));
+    let per_source: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+        Arc::default();
     let root = Arc::new(config.root.clone());
     let mut buf = vec![0u8; 2048];
     loop {
@@ -164,6 +168,22 @@ pub async fn serve(
             send_error(&socket, peer, code::NOT_DEFINED, "Server busy").await;
             continue;
         };
+        let admitted = {
+            let mut open = per_source.lock().unwrap_or_else(|e| e.into_inner());
+            let count = open.entry(peer.ip()).or_default();
+            let admitted = *count < config.max_transfers_per_source;
+            if admitted {
+                *count += 1;
+            }
+            admitted
+        };
+        if !admitted {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, "TFTP request refused: too many transfers from this source");
+            send_error(&socket, peer, code::NOT_DEFINED, "Server busy").await;
+            continue;
+        }
+        let per_source = Arc::clone(&per_source);
         let cancel = cancel.clone();
         tokio::spawn(async move {
             let result = match bind(local, interface.as_deref()) {
@@ -186,6 +206,13 @@ pub async fn serve(
                 }
             }
             drop(permit);
+            let mut open = per_source.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = open.get_mut(&peer.ip()) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    open.remove(&peer.ip());
+                }
+            }
         });
     }
 }
@@ -414,6 +441,14 @@ mod tests {
 
     /// A server on loopback for `root`; stops when the guard drops.
     async fn start(root: &Path) -> (SocketAddr, Arc<TftpCounters>, tokio_util::sync::DropGuard) {
+        start_with(root, 4, 4).await
+    }
+
+    async fn start_with(
+        root: &Path,
+        max_transfers: usize,
+        max_transfers_per_source: usize,
+    ) -> (SocketAddr, Arc<TftpCounters>, tokio_util::sync::DropGuard) {
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -428,13 +463,53 @@ mod tests {
                 root: root.to_path_buf(),
                 listen,
                 interface: None,
-                max_transfers: 4,
+                max_transfers,
+                max_transfers_per_source,
             },
             Arc::clone(&counters),
             cancel,
         ));
         tokio::time::sleep(Duration::from_millis(100)).await;
         (listen, counters, guard)
+    }
+
+    /// One source runs at most its share of transfers: beyond it, "Server
+    /// busy" though the server has slots left.
+    #[tokio::test]
+    async fn transfers_per_source_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), vec![7u8; 64 * 1024]).unwrap();
+        let (listen, counters, _stop) = start_with(dir.path(), 8, 2).await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let read = Packet::ReadRequest {
+            filename: "f".into(),
+            mode: "octet".into(),
+            options: Vec::new(),
+        };
+        let mut busy = 0;
+        let mut data = 0;
+        for _ in 0..3 {
+            client.send_to(&read.encode(), listen).await.unwrap();
+            match receive(&client, Duration::from_secs(1)).await {
+                Some((Packet::Data { .. }, from)) => {
+                    assert_ne!(from, listen);
+                    data += 1;
+                }
+                Some((
+                    Packet::Error {
+                        code: code::NOT_DEFINED,
+                        message,
+                    },
+                    _,
+                )) => {
+                    assert!(message.contains("busy"), "{message}");
+                    busy += 1;
+                }
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+        assert_eq!((data, busy), (2, 1));
+        assert_eq!(counters.refused.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
