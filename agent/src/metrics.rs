@@ -38,7 +38,12 @@ struct Snapshot {
     dataplane: crate::dataplane::reconcile::PassReport,
     mesh_members: BTreeMap<String, i64>,
     mesh_refused: Vec<(&'static str, u64)>,
+    mesh_records: Vec<(String, u64)>,
+    mesh_bytes: Option<(u64, u64)>,
     bgp: Vec<BgpPeer>,
+    /// DHCP leases by state, and the pool's size.
+    leases: BTreeMap<String, i64>,
+    pool_size: Option<u64>,
 }
 
 /// One BGP session at scrape time.
@@ -48,6 +53,9 @@ struct BgpPeer {
     state: String,
     /// Paths held per family.
     received: Vec<(String, usize)>,
+    updates_in: u64,
+    messages_in: u64,
+    messages_out: u64,
 }
 
 impl AgentView {
@@ -66,6 +74,22 @@ impl AgentView {
                     .collect::<Vec<_>>()
             })
         });
+        if let Some(path) = self.lease_db.clone() {
+            let leases = tokio::task::spawn_blocking(move || {
+                metalmesh_provisioning::dhcp::service::read_leases(&path)
+            })
+            .await;
+            for lease in leases.ok().and_then(Result::ok).unwrap_or_default() {
+                *snapshot
+                    .leases
+                    .entry(lease.state.as_str().to_string())
+                    .or_default() += 1;
+            }
+            snapshot.pool_size = self.dhcp_pool_size;
+        }
+        let store = self.store.clone();
+        snapshot.mesh_records =
+            metalmesh_inventory::store::blocking(move || store.count_by_kind()).unwrap_or_default();
         for machine in records.unwrap_or_default() {
             *snapshot
                 .machines
@@ -115,7 +139,9 @@ impl AgentView {
             for member in mesh.members() {
                 *snapshot.mesh_members.entry(member.state).or_default() += 1;
             }
-            if let Some(counters) = mesh.health().records {
+            let health = mesh.health();
+            snapshot.mesh_bytes = Some((health.bytes_in, health.bytes_out));
+            if let Some(counters) = health.records {
                 snapshot.mesh_refused = vec![
                     ("unsigned", counters.unsigned),
                     ("unknown_signer", counters.unknown_signer),
@@ -144,6 +170,9 @@ impl AgentView {
                         .iter()
                         .map(|(family, count)| (format!("{family:?}").to_lowercase(), *count))
                         .collect(),
+                    updates_in: peer.stats.updates_in,
+                    messages_in: peer.stats.messages_in,
+                    messages_out: peer.stats.messages_out,
                 })
                 .collect();
         }
@@ -273,7 +302,29 @@ impl Collector for Snapshot {
                     .map(|(route, n)| (vec![("route", (*route).to_string())], *n)),
             )?;
         }
+        if !self.leases.is_empty() || self.pool_size.is_some() {
+            gauge(
+                e,
+                "metalmesh_agent_dhcp_leases",
+                "DHCP leases of this rack by state",
+                self.leases
+                    .iter()
+                    .map(|(state, n)| (vec![("state", state.clone())], *n)),
+            )?;
+            gauge(
+                e,
+                "metalmesh_agent_dhcp_pool_addresses",
+                "Addresses in this rack's DHCP pool",
+                self.pool_size.map(|n| (Vec::new(), n as i64)),
+            )?;
+        }
         let dataplane = &self.dataplane;
+        counter(
+            e,
+            "metalmesh_agent_dataplane_drift_repaired",
+            "Full passes that found the kernel changed behind the agent's back and put it back",
+            [(Vec::new(), dataplane.drift_repaired)],
+        )?;
         counter(
             e,
             "metalmesh_agent_dataplane_passes",
@@ -318,6 +369,50 @@ impl Collector for Snapshot {
         )?;
         gauge(
             e,
+            "metalmesh_agent_mesh_records",
+            "Live records in this node's replica, by kind",
+            self.mesh_records
+                .iter()
+                .map(|(kind, n)| (vec![("kind", kind.clone())], *n as i64)),
+        )?;
+        counter(
+            e,
+            "metalmesh_agent_mesh_bytes",
+            "Mesh message bytes, by direction",
+            self.mesh_bytes.into_iter().flat_map(|(received, sent)| {
+                [
+                    (vec![("direction", "in".to_string())], received),
+                    (vec![("direction", "out".to_string())], sent),
+                ]
+            }),
+        )?;
+        counter(
+            e,
+            "metalmesh_agent_bgp_updates_received",
+            "BGP UPDATE messages received from each peer",
+            self.bgp
+                .iter()
+                .map(|p| (vec![("peer", p.peer.clone())], p.updates_in)),
+        )?;
+        counter(
+            e,
+            "metalmesh_agent_bgp_messages",
+            "BGP messages by peer and direction",
+            self.bgp.iter().flat_map(|p| {
+                [
+                    (
+                        vec![("peer", p.peer.clone()), ("direction", "in".to_string())],
+                        p.messages_in,
+                    ),
+                    (
+                        vec![("peer", p.peer.clone()), ("direction", "out".to_string())],
+                        p.messages_out,
+                    ),
+                ]
+            }),
+        )?;
+        gauge(
+            e,
             "metalmesh_agent_bgp_sessions",
             "BGP sessions by peer and state (1 for the current state)",
             self.bgp.iter().map(|p| {
@@ -348,6 +443,16 @@ impl Collector for Snapshot {
 pub async fn render(view: &AgentView) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(view.snapshot().await));
+    if let Ok(report) = view.dataplane.report.lock() {
+        registry
+            .sub_registry_with_prefix("metalmesh_agent")
+            .register_with_unit(
+                "dataplane_pass_duration",
+                "Duration of each full dataplane reconcile pass",
+                prometheus_client::registry::Unit::Seconds,
+                report.durations.0.clone(),
+            );
+    }
     if let Some(durations) = &view.provisioning_durations {
         // Histograms keep their own state: registered as they are.
         let agent = registry.sub_registry_with_prefix("metalmesh_agent");

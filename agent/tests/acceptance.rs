@@ -275,6 +275,25 @@ fn the_user_story_from_power_on_to_tenant_traffic_and_with_the_api_down() {
         sample(leaf1, "metalmesh_agent_power_on_to_waiting_seconds_count") >= 1.0,
         "{leaf1}"
     );
+    // DHCP leases and pool, the replica by kind, mesh traffic, BGP updates
+    // and the dataplane's pass durations.
+    for (series, at_least) in [
+        ("metalmesh_agent_dhcp_leases{state=\"bound\"}", 1.0),
+        ("metalmesh_agent_dhcp_pool_addresses", 151.0),
+        ("metalmesh_agent_mesh_records{kind=\"machine\"}", 3.0),
+        ("metalmesh_agent_mesh_bytes_total{direction=\"in\"}", 1.0),
+        ("metalmesh_agent_mesh_bytes_total{direction=\"out\"}", 1.0),
+        (
+            "metalmesh_agent_bgp_updates_received_total{peer=\"spine1\"}",
+            1.0,
+        ),
+        ("metalmesh_agent_dataplane_pass_duration_seconds_count", 1.0),
+    ] {
+        assert!(
+            sample(leaf1, series) >= at_least,
+            "{series} below {at_least}:\n{leaf1}"
+        );
+    }
     assert_eq!(
         sample(
             leaf1,

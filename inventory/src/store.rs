@@ -554,6 +554,26 @@ impl Store {
     }
 
     /// What this store refused, by reason; `None` outside a mesh.
+    /// Live records (not tombstones) by kind.
+    pub fn count_by_kind(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let state = self.lock();
+        let sqlite = |source| self.sqlite(source);
+        let mut statement = state
+            .connection
+            .prepare_cached(
+                "SELECT kind, COUNT(*) FROM records WHERE value IS NOT NULL GROUP BY kind ORDER BY kind",
+            )
+            .map_err(sqlite)?;
+        let mut rows = statement.query([]).map_err(sqlite)?;
+        let mut counts = Vec::new();
+        while let Some(row) = rows.next().map_err(sqlite)? {
+            let kind: String = row.get(0).map_err(sqlite)?;
+            let count: i64 = row.get(1).map_err(sqlite)?;
+            counts.push((kind, u64::try_from(count).unwrap_or(0)));
+        }
+        Ok(counts)
+    }
+
     pub fn trust_counters(&self) -> Option<TrustCounters> {
         self.lock().trust.as_ref().map(|t| t.keyring.counters())
     }

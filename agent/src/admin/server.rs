@@ -41,6 +41,8 @@ pub struct AgentView {
     pub kernel_mode: crate::dataplane::KernelMode,
     /// The DHCP lease store, when boot services run.
     pub lease_db: Option<PathBuf>,
+    /// Addresses in the DHCP pool, when boot services run.
+    pub dhcp_pool_size: Option<u64>,
     pub dhcp_counters: Arc<std::sync::Mutex<Option<metalmesh_provisioning::dhcp::DhcpCounters>>>,
     /// TFTP and HTTP boot counters, where boot services run.
     pub boot_counters: Option<crate::boot::BootCounters>,

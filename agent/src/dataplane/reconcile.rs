@@ -47,6 +47,25 @@ pub struct PassReport {
     pub duration_ms: u64,
     pub rejected: Vec<Rejection>,
     pub failures: Vec<Failure>,
+    /// Full passes that found the kernel changed behind the agent's back
+    /// (no new intent asked for it) and put it back.
+    #[serde(default)]
+    pub drift_repaired: u64,
+    /// Every full pass's duration, in seconds (not serialised: metrics only).
+    #[serde(skip)]
+    pub durations: PassDurations,
+}
+
+/// The histogram of full-pass durations.
+#[derive(Debug, Clone)]
+pub struct PassDurations(pub prometheus_client::metrics::histogram::Histogram);
+
+impl Default for PassDurations {
+    fn default() -> PassDurations {
+        PassDurations(prometheus_client::metrics::histogram::Histogram::new([
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]))
+    }
 }
 
 /// Everything a reconciler needs.
@@ -186,6 +205,7 @@ impl Reconciler {
             report.added = plan.add.len();
             report.removed = plan.remove.len();
             report.duration_ms = started.elapsed().as_millis() as u64;
+            report.durations.0.observe(started.elapsed().as_secs_f64());
             report.rejected = rejected;
             report.failures = failures;
         }
@@ -202,17 +222,28 @@ impl Reconciler {
         let _events_driver = AbortOnDrop(tokio::spawn(events_connection));
         let mut timer = tokio::time::interval(PERIOD);
         let mut full = true;
+        // Whether the coming full pass was asked for by nothing but time or
+        // the kernel: what it changes is drift.
+        let mut repair = false;
         let mut last: Option<Applied> = None;
         loop {
             if full {
                 last = Some(self.pass(&handle).await?);
+                if repair
+                    && let Ok(mut report) = self.report.lock()
+                    && report.added + report.removed > 0
+                {
+                    report.drift_repaired += 1;
+                }
             }
             full = true;
+            repair = true;
             tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
                 _ = timer.tick() => {}
                 changed = self.intents.changed() => {
                     changed?;
+                    repair = false;
                     if let Some(last) = last.as_mut() {
                         full = !self.incremental(&handle, last).await;
                     }

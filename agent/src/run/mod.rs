@@ -295,6 +295,10 @@ impl Agent {
             intents_file,
             kernel_mode,
             lease_db: served_lease_db,
+            dhcp_pool_size: config
+                .boot
+                .as_ref()
+                .map(|boot| u64::from(boot.dhcp_settings().pool_size())),
             dhcp_counters: dhcp.counters,
             boot_counters,
             provisioning_durations: config.boot.as_ref().map(|_| provisioning_durations),

@@ -152,6 +152,11 @@ pub struct MeshHealth {
     pub peers: BTreeMap<String, PeerCounters>,
     pub records: Option<TrustCounters>,
     pub revoked: Vec<String>,
+    /// Message bytes received from and sent to peers since start.
+    #[serde(default)]
+    pub bytes_in: u64,
+    #[serde(default)]
+    pub bytes_out: u64,
 }
 
 /// A command another node sent to this one (the API node asks a rack agent
@@ -285,6 +290,9 @@ struct Connections {
     slots: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
     peers: Mutex<HashMap<String, Arc<PeerState>>>,
     byte_budget: usize,
+    /// Message bytes received and sent (gossip and records), for metrics.
+    bytes_in: std::sync::atomic::AtomicU64,
+    bytes_out: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -313,6 +321,8 @@ impl Connections {
             client: Mutex::new(client),
             slots: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
+            bytes_in: std::sync::atomic::AtomicU64::new(0),
+            bytes_out: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -720,6 +730,14 @@ impl Driver {
             peers: self.connections.counters(),
             records: store.trust_counters(),
             revoked: store.revoked().into_keys().collect(),
+            bytes_in: self
+                .connections
+                .bytes_in
+                .load(std::sync::atomic::Ordering::Relaxed),
+            bytes_out: self
+                .connections
+                .bytes_out
+                .load(std::sync::atomic::Ordering::Relaxed),
         };
         self.view.lock().health = health;
     }
@@ -769,6 +787,9 @@ async fn peer_writer(
             }
             let mut stream = connection.open_uni().await.map_err(|e| e.to_string())?;
             stream.write_all(&bytes).await.map_err(|e| e.to_string())?;
+            connections
+                .bytes_out
+                .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
             stream.finish().map_err(|e| e.to_string())
         }
         .await;
@@ -873,7 +894,10 @@ async fn serve_connection(
                 let mut stream = match stream { Ok(s) => s, Err(_) => return };
                 // A peer trickling one stream must not stall its connection for long.
                 let bytes = match tokio::time::timeout(STREAM_TIMEOUT, stream.read_to_end(MAX_MESSAGE_BYTES)).await {
-                    Ok(Ok(bytes)) => bytes,
+                    Ok(Ok(bytes)) => {
+                        connections.bytes_in.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        bytes
+                    }
                     Ok(Err(error)) => {
                         connections.count(&name, |c| c.malformed += 1);
                         tracing::debug!(%remote, peer = %name, %error, "mesh message dropped");
