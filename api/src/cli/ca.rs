@@ -34,15 +34,8 @@ pub enum CaCommand {
         /// connects from.
         #[arg(long = "address")]
         addresses: Vec<IpAddr>,
-        #[arg(long, default_value = DEFAULT_CA_DIR)]
-        ca_dir: PathBuf,
-        /// Directory for <node>.pem and <node>.key.
-        #[arg(long, default_value = ".")]
-        out: PathBuf,
-        /// Validity in days (agents pick up a renewed certificate without
-        /// a restart, so keep it short).
-        #[arg(long, default_value_t = pki::NODE_VALIDITY_DAYS)]
-        days: i64,
+        #[command(flatten)]
+        issuing: Issuing,
     },
     /// Issue an HTTPS certificate for the API node (ECDSA P-256, which
     /// browsers accept for the web view; the mesh certificate is Ed25519).
@@ -54,13 +47,8 @@ pub enum CaCommand {
         /// An address users reach the API at (repeatable).
         #[arg(long = "address")]
         addresses: Vec<IpAddr>,
-        #[arg(long, default_value = DEFAULT_CA_DIR)]
-        ca_dir: PathBuf,
-        /// Directory for <name>-https.pem and <name>-https.key.
-        #[arg(long, default_value = ".")]
-        out: PathBuf,
-        #[arg(long, default_value_t = pki::NODE_VALIDITY_DAYS)]
-        days: i64,
+        #[command(flatten)]
+        issuing: Issuing,
     },
     /// Revoke a node: writes a revocation signed by the CA key, for any
     /// agent to spread through the mesh (`metalmesh-agent mesh revoke FILE`).
@@ -75,6 +63,21 @@ pub enum CaCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
+}
+
+/// Where a certificate is issued from and to, and for how long.
+#[derive(Debug, clap::Args)]
+pub struct Issuing {
+    #[arg(long, default_value = DEFAULT_CA_DIR)]
+    ca_dir: PathBuf,
+    /// Directory for the certificate and its key (`<node>.pem`/`.key`, or
+    /// `<name>-https.pem`/`.key`).
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// Validity in days (agents pick up a renewed certificate without a
+    /// restart, so keep it short).
+    #[arg(long, default_value_t = pki::NODE_VALIDITY_DAYS)]
+    days: i64,
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
@@ -98,9 +101,7 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
             node,
             role,
             addresses,
-            ca_dir,
-            out,
-            days,
+            issuing: Issuing { ca_dir, out, days },
         } => {
             let identity = NodeIdentity {
                 node,
@@ -114,9 +115,7 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
         CaCommand::IssueHttps {
             name,
             addresses,
-            ca_dir,
-            out,
-            days,
+            issuing: Issuing { ca_dir, out, days },
         } => {
             let (cert, key) = pki::issue_https_files(&ca_dir, &name, &addresses, &out, days)?;
             println!("HTTPS certificate: {}", cert.display());
