@@ -5,6 +5,7 @@
 
 pub mod dhcp;
 pub mod http;
+pub mod per_source;
 pub mod root;
 pub mod router_advert;
 pub mod tftp;

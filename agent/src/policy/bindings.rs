@@ -196,16 +196,8 @@ impl PortBindings {
 /// Which port of `ports` the bridge learned each MAC on (`bridge -j fdb
 /// show br BRIDGE`; the bridge's own and static entries are left out).
 pub async fn learned_macs(bridge: &str, ports: &BTreeSet<String>) -> BTreeMap<String, String> {
-    let out = tokio::process::Command::new("bridge")
-        .args(["-j", "fdb", "show", "br", bridge])
-        .kill_on_drop(true)
-        .output()
-        .await;
-    let Ok(out) = out else {
-        return BTreeMap::new();
-    };
-    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
-        .unwrap_or_default()
+    super::iproute2_json("bridge", &["-j", "fdb", "show", "br", bridge])
+        .await
         .iter()
         .filter(|entry| entry["state"].as_str() != Some("permanent"))
         .filter_map(|entry| {

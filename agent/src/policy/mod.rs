@@ -275,19 +275,23 @@ pub struct Identity {
     pub lease_bound: std::sync::Arc<tokio::sync::Notify>,
 }
 
-/// The ports of `bridge` (`ip -j link show master BRIDGE`); none when it
-/// does not exist yet.
-async fn bridge_ports(bridge: &str) -> BTreeSet<String> {
-    let out = tokio::process::Command::new("ip")
-        .args(["-j", "link", "show", "master", bridge])
+/// The JSON array an iproute2 tool prints with `-j` (`ip`, `bridge`);
+/// empty when it fails or prints nothing (a bridge that does not exist yet).
+async fn iproute2_json(program: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = tokio::process::Command::new(program)
+        .args(args)
         .kill_on_drop(true)
         .output()
         .await;
-    let Ok(out) = out else {
-        return BTreeSet::new();
-    };
-    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+    out.ok()
+        .and_then(|out| serde_json::from_slice(&out.stdout).ok())
         .unwrap_or_default()
+}
+
+/// The ports of `bridge` (`ip -j link show master BRIDGE`).
+async fn bridge_ports(bridge: &str) -> BTreeSet<String> {
+    iproute2_json("ip", &["-j", "link", "show", "master", bridge])
+        .await
         .iter()
         .filter_map(|link| link["ifname"].as_str().map(str::to_string))
         .collect()

@@ -133,44 +133,6 @@ async fn body_deadline(State(deadline): State<Duration>, request: Request, next:
     }
 }
 
-/// What each source address holds open.
-#[derive(Debug, Clone, Default)]
-struct OpenPerSource(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
-
-/// One open connection of a source; released when dropped.
-#[derive(Debug)]
-struct SourceSlot {
-    open: OpenPerSource,
-    source: std::net::IpAddr,
-}
-
-impl OpenPerSource {
-    fn acquire(&self, source: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
-        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let count = open.entry(source).or_default();
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(SourceSlot {
-            open: self.clone(),
-            source,
-        })
-    }
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut open = self.open.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = open.get_mut(&self.source) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.remove(&self.source);
-            }
-        }
-    }
-}
-
 /// The leaf's address on routed machine ports: tenants reach the leaf
 /// there, for phone-home only.
 pub const TENANT_GATEWAY: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 0, 1);
@@ -218,7 +180,7 @@ pub async fn serve(config: HttpBootConfig, cancel: CancellationToken) -> std::io
     tracing::info!(listen = %config.listen, root = %config.root.display(), "HTTP boot server running");
     let mut make_service = router(&config).into_make_service_with_connect_info::<SocketAddr>();
     let mut connections = tokio::task::JoinSet::new();
-    let open = OpenPerSource::default();
+    let open = crate::per_source::OpenPerSource::default();
     loop {
         while connections.try_join_next().is_some() {}
         let (stream, peer) = tokio::select! {

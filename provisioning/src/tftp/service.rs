@@ -106,8 +106,7 @@ pub async fn serve(
     let socket = bind(config.listen, config.interface.as_deref())?;
     tracing::info!(listen = %config.listen, root = %config.root.display(), "TFTP server running");
     let slots = Arc::new(Semaphore::new(config.max_transfers));
-    let per_source: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
-        Arc::default();
+    let per_source = crate::per_source::OpenPerSource::default();
     let root = Arc::new(config.root.clone());
     let mut buf = vec![0u8; 2048];
     loop {
@@ -168,22 +167,13 @@ pub async fn serve(
             send_error(&socket, peer, code::NOT_DEFINED, "Server busy").await;
             continue;
         };
-        let admitted = {
-            let mut open = per_source.lock().unwrap_or_else(|e| e.into_inner());
-            let count = open.entry(peer.ip()).or_default();
-            let admitted = *count < config.max_transfers_per_source;
-            if admitted {
-                *count += 1;
-            }
-            admitted
-        };
-        if !admitted {
+        let Some(source_slot) = per_source.acquire(peer.ip(), config.max_transfers_per_source)
+        else {
             counters.refused.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, "TFTP request refused: too many transfers from this source");
             send_error(&socket, peer, code::NOT_DEFINED, "Server busy").await;
             continue;
-        }
-        let per_source = Arc::clone(&per_source);
+        };
         let cancel = cancel.clone();
         tokio::spawn(async move {
             let result = match bind(local, interface.as_deref()) {
@@ -206,13 +196,7 @@ pub async fn serve(
                 }
             }
             drop(permit);
-            let mut open = per_source.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(count) = open.get_mut(&peer.ip()) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    open.remove(&peer.ip());
-                }
-            }
+            drop(source_slot);
         });
     }
 }
