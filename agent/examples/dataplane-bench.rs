@@ -48,10 +48,16 @@ fn batch(objects: &BTreeSet<Object>) -> String {
     let mut out = String::new();
     for o in objects {
         let _ = match o {
-            Object::Vrf { name, table } => writeln!(out, "link add {name} type vrf table {table}"),
-            Object::Bridge { name, mac, .. } => {
-                writeln!(out, "link add {name} address {mac} up type bridge")
+            Object::Vrf { name, table } => {
+                writeln!(out, "link add {name} up type vrf table {table}")
             }
+            Object::Bridge { name, mac, vrf } => match vrf {
+                Some(vrf) => writeln!(
+                    out,
+                    "link add {name} address {mac} up master {vrf} type bridge"
+                ),
+                None => writeln!(out, "link add {name} address {mac} up type bridge"),
+            },
             Object::Vxlan {
                 name,
                 vni,

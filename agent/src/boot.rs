@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metalmesh_provisioning::dhcp::service::{DhcpService, LeaseIndex, ServiceConfig};
+use metalmesh_provisioning::dhcp::service::{DhcpService, LeaseIndex, PortReleases, ServiceConfig};
 use metalmesh_provisioning::dhcp::{DhcpCounters, DhcpEvent};
 use metalmesh_provisioning::http::{HttpBootConfig, HttpCounters, IpxeSettings};
 use metalmesh_provisioning::tftp::{TftpConfig, TftpCounters};
@@ -27,6 +27,8 @@ pub struct DhcpShared {
     pub leases: LeaseIndex,
     /// Woken when a lease is bound (the packet filter binds its port).
     pub lease_bound: Arc<tokio::sync::Notify>,
+    /// Ports whose leases are untied from them (`port unbind`).
+    pub released_ports: PortReleases,
 }
 
 /// What the boot services count, for the metrics.
@@ -34,6 +36,31 @@ pub struct DhcpShared {
 pub struct BootCounters {
     pub tftp: Arc<TftpCounters>,
     pub http: Arc<HttpCounters>,
+}
+
+/// The running boot services: their counters, and the HTTP server's
+/// configuration (phone-home listeners in tenant VRFs serve with it).
+#[derive(Debug, Clone)]
+pub struct BootServices {
+    pub counters: BootCounters,
+    pub http: HttpBootConfig,
+}
+
+/// Resolves once `interface` is replaced: deleted and created again (by
+/// hand, or by the dataplane putting the provisioning bridge back), so it
+/// has a new index. Sockets bound to the old one receive nothing; the boot
+/// service ends with an error and the supervisor starts it again, bound to
+/// the new one.
+async fn replaced(interface: &str) {
+    let first = metalmesh_packet_socket::interface_index(interface).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = metalmesh_packet_socket::interface_index(interface).ok();
+        if now.is_some() && now != first {
+            return;
+        }
+    }
 }
 
 pub fn spawn(
@@ -44,7 +71,7 @@ pub fn spawn(
     shared: DhcpShared,
     machines: Option<metalmesh_provisioning::http::installer_api::InstallerSender>,
     pxe: Option<mpsc::Sender<String>>,
-) -> BootCounters {
+) -> BootServices {
     for (file, what) in [
         (boot.tftp_root.join(&boot.bios_file), "BIOS iPXE (TFTP)"),
         (
@@ -65,6 +92,7 @@ pub fn spawn(
         port: boot.dhcp_port,
         lease_db: state_dir.join("leases.db"),
         index: shared.leases.clone(),
+        released_ports: shared.released_ports.clone(),
     };
     let dhcp_counters = shared.counters;
     let lease_bound = shared.lease_bound;
@@ -75,11 +103,19 @@ pub fn spawn(
         let pxe = pxe.clone();
         async move {
             let (events_tx, mut events) = mpsc::channel::<DhcpEvent>(EVENT_QUEUE);
+            let interface = dhcp.interface.clone();
             let service = DhcpService::start(dhcp, events_tx)?;
             let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let replaced = replaced(&interface);
+            tokio::pin!(replaced);
+            let mut rebind = false;
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => break,
+                    () = &mut replaced => {
+                        rebind = true;
+                        break;
+                    }
                     Some(event) = events.recv() => {
                         log_event(&event);
                         if matches!(event, DhcpEvent::LeaseBound { .. }) {
@@ -103,6 +139,9 @@ pub fn spawn(
             }
             let stopped = tokio::task::spawn_blocking(move || service.stop()).await?;
             stopped?;
+            if rebind {
+                anyhow::bail!("{interface} was replaced; DHCP binds to it again");
+            }
             if cancel.is_cancelled() {
                 Ok(())
             } else {
@@ -123,7 +162,13 @@ pub fn spawn(
     supervisor.spawn("tftp", move |cancel| {
         let tftp = tftp.clone();
         let counters = Arc::clone(&tftp_counters_for_task);
-        async move { Ok(metalmesh_provisioning::tftp::serve(tftp, counters, cancel).await?) }
+        async move {
+            let interface = tftp.interface.clone().unwrap_or_default();
+            tokio::select! {
+                served = metalmesh_provisioning::tftp::serve(tftp, counters, cancel) => Ok(served?),
+                () = replaced(&interface) => anyhow::bail!("{interface} was replaced; TFTP binds to it again"),
+            }
+        }
     });
 
     // All addresses: installed machines phone home to 169.254.0.1 on their
@@ -148,15 +193,80 @@ pub fn spawn(
     let interface = boot.interface.clone();
     supervisor.spawn("router-advert", move |cancel| {
         let interface = interface.clone();
-        async move { Ok(metalmesh_provisioning::router_advert::serve(interface, cancel).await?) }
+        async move {
+            tokio::select! {
+                served = metalmesh_provisioning::router_advert::serve(interface.clone(), cancel) => Ok(served?),
+                () = replaced(&interface) => anyhow::bail!("{interface} was replaced; router advertisements bind to it again"),
+            }
+        }
     });
+    let http_config = http.clone();
     supervisor.spawn("http", move |cancel| {
         let http = http.clone();
         async move { Ok(metalmesh_provisioning::http::serve(http, cancel).await?) }
     });
-    BootCounters {
-        tftp: tftp_counters,
-        http: http_counters,
+    BootServices {
+        counters: BootCounters {
+            tftp: tftp_counters,
+            http: http_counters,
+        },
+        http: http_config,
+    }
+}
+
+/// In VRF-device mode: one phone-home listener per tenant VRF device of the
+/// intents (a listener in the default VRF does not see connections that
+/// arrive in a tenant VRF), started once the reconciler created the device
+/// and stopped when the VRF goes.
+pub async fn phone_home_in_vrfs(
+    http: HttpBootConfig,
+    mut intents: tokio::sync::watch::Receiver<crate::dataplane::Intents>,
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    let mut running: BTreeMap<
+        String,
+        (
+            tokio_util::sync::CancellationToken,
+            tokio::task::JoinHandle<()>,
+        ),
+    > = BTreeMap::new();
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let wanted: std::collections::BTreeSet<String> = intents
+            .borrow_and_update()
+            .vrfs
+            .iter()
+            .map(|vrf| crate::dataplane::desired::vrf_name(vrf.vni))
+            .collect();
+        running.retain(|vrf, (stop, task)| {
+            let keep = wanted.contains(vrf) && !task.is_finished();
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for vrf in wanted {
+            if running.contains_key(&vrf) {
+                continue;
+            }
+            let stop = cancel.child_token();
+            let (http, name, token) = (http.clone(), vrf.clone(), stop.clone());
+            let task = tokio::spawn(async move {
+                if let Err(error) =
+                    metalmesh_provisioning::http::serve_in_vrf(http, &name, token).await
+                {
+                    // The device is not there yet: tried again within a second.
+                    tracing::debug!(vrf = %name, %error, "phone-home listener not running");
+                }
+            });
+            running.insert(vrf, (stop, task));
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            changed = intents.changed() => changed?,
+            _ = retry.tick() => {}
+        }
     }
 }
 

@@ -97,6 +97,11 @@ pub struct MachinesConfig {
     /// Watchdog retries before the machine is left flagged for an operator.
     #[serde(default = "default_install_retries")]
     pub install_retries: Spanned<u32>,
+    /// How a machine's disks are wiped when it registers (fresh, or
+    /// reclaimed after an allocation): `signatures`, `discard` or `zero`
+    /// (see docs/lifecycle.md).
+    #[serde(default)]
+    pub wipe: metalmesh_installer::disk::WipeMode,
 }
 
 impl Default for MachinesConfig {
@@ -109,6 +114,7 @@ impl Default for MachinesConfig {
             reclaim_timeout_secs: default_reclaim_timeout(),
             install_timeout_secs: default_install_timeout(),
             install_retries: default_install_retries(),
+            wipe: Default::default(),
         }
     }
 }
@@ -155,7 +161,8 @@ fn default_install_retries() -> Spanned<u32> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BgpConfig {
-    /// `"native"`: metalmesh's own speaker.
+    /// `"native"`: metalmesh's own speaker; `"frr"`: the switch's FRR,
+    /// configured by the agent through `vtysh`.
     pub backend: Spanned<String>,
     /// Ports (names or glob patterns) with an unnumbered eBGP peer each.
     #[serde(default)]
@@ -170,6 +177,26 @@ pub struct BgpConfig {
     pub port: u16,
     #[serde(default, rename = "neighbor")]
     pub neighbors: Vec<NeighborConfig>,
+    /// How to reach FRR (`backend = "frr"`).
+    #[serde(default)]
+    pub frr: Option<FrrConfig>,
+}
+
+/// `[bgp.frr]`: how the agent reaches the switch's FRR.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrrConfig {
+    /// The `vtysh` program (SONiC's host wrapper reaches the `bgp` container).
+    #[serde(default = "default_vtysh")]
+    pub vtysh: std::path::PathBuf,
+    /// FRR's vty socket directory, where its daemons were started with
+    /// `--vty_socket`; default: FRR's own (`/var/run/frr`).
+    #[serde(default)]
+    pub vty_socket: Option<std::path::PathBuf>,
+}
+
+fn default_vtysh() -> std::path::PathBuf {
+    std::path::PathBuf::from("/usr/bin/vtysh")
 }
 
 /// A numbered neighbour.
@@ -318,6 +345,13 @@ pub struct BootConfig {
     pub decline_quarantine_secs: u32,
     #[serde(default = "default_rate")]
     pub requests_per_mac_per_sec: u32,
+    /// Requests per provisioning port per second (the port from the leaf's
+    /// packet filter; needs `[policy]` on).
+    #[serde(default = "default_port_rate")]
+    pub requests_per_port_per_sec: u32,
+    /// Addresses one provisioning port may hold (leases and offers).
+    #[serde(default = "default_leases_per_port")]
+    pub leases_per_port: u32,
     #[serde(default = "default_dhcp_port")]
     pub dhcp_port: u16,
     #[serde(default = "default_tftp_port")]
@@ -370,6 +404,12 @@ fn default_decline_secs() -> u32 {
 }
 fn default_rate() -> u32 {
     20
+}
+fn default_port_rate() -> u32 {
+    40
+}
+fn default_leases_per_port() -> u32 {
+    4
 }
 fn default_dhcp_port() -> u16 {
     67
@@ -427,6 +467,8 @@ impl BootConfig {
             offer_hold_secs: 30,
             decline_quarantine_secs: self.decline_quarantine_secs,
             requests_per_mac_per_sec: self.requests_per_mac_per_sec,
+            requests_per_port_per_sec: self.requests_per_port_per_sec,
+            leases_per_port: self.leases_per_port,
             boot: BootFiles {
                 bios: self.bios_file.clone(),
                 uefi_x64: self.uefi_x64_file.clone(),
@@ -470,6 +512,21 @@ pub struct SwitchConfig {
     /// uplinks, the provisioning bridge and loopback.
     #[serde(default)]
     pub machine_ports: Vec<Spanned<String>>,
+    /// How tenant VRFs are built: `auto` (VRF devices when the kernel has
+    /// them, else routing tables and rules), `vrf_devices` (refuse to start
+    /// without them) or `routing_tables` (even when the kernel has them).
+    #[serde(default)]
+    pub kernel_mode: KernelModeChoice,
+}
+
+/// `switch.kernel_mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelModeChoice {
+    #[default]
+    Auto,
+    VrfDevices,
+    RoutingTables,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -701,6 +701,20 @@ fn status_table(s: &AgentStatus) -> String {
             c.frames_in, c.frames_out, c.frames_discarded, c.frames_oversized
         ),
     );
+    if let Some(frr) = &s.frr {
+        let state = match &frr.last_error {
+            Some(error) => format!(
+                "NOT IN SYNC ({} failed pass(es), retrying): {error}",
+                frr.failures
+            ),
+            None if frr.in_sync => format!(
+                "in sync ({} line(s) changed in {} pass(es))",
+                frr.edits, frr.applies
+            ),
+            None => "starting".to_string(),
+        };
+        row("bgp frr", state);
+    }
     for (name, h) in &s.subsystems {
         let state = if h.running { "running" } else { "stopped" };
         let error = h
@@ -742,12 +756,13 @@ fn neighbors_table(snapshot: &LldpSnapshot) -> String {
 fn leases_table(leases: &[Lease]) -> String {
     let now = unix_now();
     let mut rows = vec![header(&[
-        "MAC", "IP", "STATE", "EXPIRES", "CLIENT", "HOSTNAME",
+        "MAC", "IP", "PORT", "STATE", "EXPIRES", "CLIENT", "HOSTNAME",
     ])];
     for l in leases {
         rows.push(vec![
             l.mac.clone(),
             l.ip.to_string(),
+            l.port.clone().unwrap_or_else(|| "-".into()),
             l.state.as_str().to_string(),
             format!("{} s", l.expires.saturating_sub(now)),
             l.client_kind.as_str().to_string(),

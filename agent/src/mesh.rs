@@ -243,7 +243,7 @@ pub fn spawn_publisher(
     lldp: watch::Receiver<LldpSnapshot>,
     lease_db: Option<PathBuf>,
     mesh_address: Option<String>,
-    bgp: Option<crate::bgp::task::SpeakerSlot>,
+    bgp: Option<crate::bgp::Sessions>,
 ) {
     supervisor.spawn("mesh-publisher", move |cancel| {
         let (store, mut switch, mut lldp, lease_db, mesh_address, bgp) = (
@@ -296,17 +296,15 @@ pub fn spawn_publisher(
     });
 }
 
-/// The speaker's sessions (none where FRR speaks BGP, or while the speaker
-/// restarts).
-async fn bgp_sessions(slot: Option<&crate::bgp::task::SpeakerSlot>) -> Vec<model::BgpSession> {
-    let speaker = slot.and_then(|slot| slot.lock().ok().and_then(|s| s.clone()));
-    let Some(speaker) = speaker else {
+/// The switch's BGP sessions, from its speaker or its FRR (none while the
+/// speaker restarts or FRR does not answer).
+async fn bgp_sessions(source: Option<&crate::bgp::Sessions>) -> Vec<model::BgpSession> {
+    let Some(source) = source else {
         return Vec::new();
     };
-    let mut sessions: Vec<model::BgpSession> = speaker
+    let mut sessions: Vec<model::BgpSession> = source
         .peers()
         .await
-        .unwrap_or_default()
         .into_iter()
         .map(|peer| model::BgpSession {
             peer: peer.remote.to_string(),

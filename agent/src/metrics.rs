@@ -247,6 +247,8 @@ impl Collector for Snapshot {
                     ("decline", dhcp.declines),
                     ("inform", dhcp.informs),
                     ("pool_exhausted", dhcp.pool_exhausted),
+                    ("wrong_port", dhcp.wrong_port),
+                    ("port_quota_exceeded", dhcp.port_quota_exceeded),
                 ]
                 .into_iter()
                 .map(|(kind, n)| (vec![("kind", kind.to_string())], n)),

@@ -57,7 +57,19 @@ fn bad_bgp_config_is_refused_with_line_and_key() {
         ),
         (
             "[bgp]\nbackend = \"quagga\"\n",
-            "key `bgp.backend`: unknown backend `quagga` (expected `native`)",
+            "key `bgp.backend`: unknown backend `quagga` (expected `native` or `frr`)",
+        ),
+        (
+            "[bgp]\nbackend = \"frr\"\n[[bgp.neighbor]]\naddress = \"192.0.2.1\"\nremote_as = 65001\n",
+            "key `bgp.neighbor`: numbered neighbours are configured in FRR itself",
+        ),
+        (
+            "[bgp]\nbackend = \"native\"\n[bgp.frr]\nvtysh = \"/usr/bin/vtysh\"\n",
+            "key `bgp.frr`: [bgp.frr] is set but the backend is `native`",
+        ),
+        (
+            "[bgp]\nbackend = \"frr\"\n[bgp.frr]\nvtysh_path = \"/usr/bin/vtysh\"\n",
+            "vtysh_path",
         ),
         (
             "[bgp]\nbackend = \"native\"\n[[bgp.neighbor]]\naddress = \"192.0.2.1\"\nremote_as = \"outside\"\n",

@@ -246,7 +246,7 @@ fn native_leaves_route_underlay_and_tenants_with_frr_spines() {
         "{detail}"
     );
     assert!(
-        detail.contains("RT:4200000001:10001 ET:8 Rmac:02:6d:0a:ff:00:01"),
+        detail.contains("RT:59905:10001 ET:8 Rmac:02:6d:0a:ff:00:01"),
         "{detail}"
     );
     assert!(

@@ -1,8 +1,9 @@
 //! The agent's boot services against real clients: dhclient and busybox
 //! udhcpc (obtain, renew, release), tftp-hpa and atftp (options, traversal,
 //! missing files), curl (ranges), `kill -9` between two clients' leases, an
-//! exhausted pool. A leaf namespace with a provisioning bridge and three
-//! client namespaces cabled into it.
+//! exhausted pool, a DHCP flood from one port against its port's quota. A
+//! leaf namespace with a provisioning bridge and three client namespaces
+//! cabled into it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -31,7 +32,12 @@ fn in_ns(ns: &str, args: &[&str]) -> Output {
 }
 
 impl Rack {
+    /// A pool of two addresses.
     fn new() -> Rack {
+        Rack::with_pool_end("10.100.9.101")
+    }
+
+    fn with_pool_end(pool_end: &str) -> Rack {
         let guard = Guard::new();
         ok(&run("ip", &["netns", "add", LEAF]));
         ok(&run("ip", &["-n", LEAF, "link", "set", "lo", "up"]));
@@ -83,6 +89,19 @@ impl Rack {
         }
         let http_root = guard.scratch.join("http");
         std::fs::create_dir_all(&http_root).unwrap();
+        // The TFTP root: the iPXE binary, and a file of more than 65,535
+        // blocks of 8 bytes (block numbers wrap on the wire).
+        let tftp_root = guard.scratch.join("tftp");
+        std::fs::create_dir_all(&tftp_root).unwrap();
+        std::fs::copy(
+            "/usr/lib/ipxe/undionly.kpxe",
+            tftp_root.join("undionly.kpxe"),
+        )
+        .unwrap();
+        let wrapping: Vec<u8> = (0..(70_000u32 * 8 - 3))
+            .map(|i| (i * 13 % 251) as u8)
+            .collect();
+        std::fs::write(tftp_root.join("wrapping.bin"), wrapping).unwrap();
         // A file with a recognisable, position-dependent pattern.
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(http_root.join("image.bin"), data).unwrap();
@@ -91,10 +110,11 @@ impl Rack {
         std::fs::write(
             &config,
             format!(
-                "state_dir = {:?}\n[switch]\nname = \"tb-leaf\"\nloopback = \"10.255.0.9\"\nasn = 4200000009\nchassis_mac = \"02:00:00:00:09:00\"\n[lldp]\nenabled = false\n[admin]\nsocket = {:?}\n[boot]\ninterface = \"mm-pxe\"\nserver_ip = \"{SERVER}\"\nprefix_len = 24\npool_start = \"10.100.9.100\"\npool_end = \"10.100.9.101\"\nlease_secs = 120\nhttp_root = {:?}\n",
+                "state_dir = {:?}\n[switch]\nname = \"tb-leaf\"\nloopback = \"10.255.0.9\"\nasn = 4200000009\nchassis_mac = \"02:00:00:00:09:00\"\n[lldp]\nenabled = false\n[admin]\nsocket = {:?}\n[boot]\ninterface = \"mm-pxe\"\nserver_ip = \"{SERVER}\"\nprefix_len = 24\npool_start = \"10.100.9.100\"\npool_end = \"{pool_end}\"\nlease_secs = 120\nhttp_root = {:?}\ntftp_root = {:?}\n",
                 guard.scratch.join("state"),
                 socket,
-                http_root
+                http_root,
+                tftp_root
             ),
         )
         .unwrap();
@@ -375,6 +395,59 @@ fn dhcp_clients_tftp_http_restart_and_exhaustion() {
         sha256(&std::fs::read(&out_atftp).unwrap()),
         sha256(&original)
     );
+    // Past block 65,535 (wire numbers wrap), windowed, with the options
+    // the server acknowledged as asked.
+    let wrapping = std::fs::read(rack.guard.scratch.join("tftp/wrapping.bin")).unwrap();
+    let out_wrapping = scratch.join("wrapping.bin");
+    let traced = in_ns(
+        CLIENTS[0],
+        &[
+            "atftp",
+            "--trace",
+            "--option",
+            "blksize 8",
+            "--option",
+            "windowsize 16",
+            "--option",
+            "tsize 0",
+            "-g",
+            "-r",
+            "wrapping.bin",
+            "-l",
+            out_wrapping.to_str().unwrap(),
+            SERVER,
+        ],
+    );
+    let trace = format!(
+        "{}{}",
+        String::from_utf8_lossy(&traced.stdout),
+        String::from_utf8_lossy(&traced.stderr)
+    );
+    assert!(
+        traced.status.success(),
+        "{}",
+        &trace[trace.len().saturating_sub(2000)..]
+    );
+    let oack = trace
+        .lines()
+        .find(|l| l.contains("OACK"))
+        .unwrap_or_else(|| panic!("no OACK: {}", &trace[..trace.len().min(2000)]));
+    for option in ["blksize", "windowsize", "tsize"] {
+        assert!(oack.contains(option), "{option} not acknowledged: {oack}");
+    }
+    assert!(
+        oack.contains(&(70_000 * 8 - 3).to_string()),
+        "tsize: {oack}"
+    );
+    // Past the wrap of wire numbers (atftp counts on: 65,535, 65,536, …).
+    assert!(
+        trace.contains("DATA <block: 65535,") && trace.contains("DATA <block: 65536,"),
+        "the transfer did not cross block 65535"
+    );
+    assert_eq!(
+        sha256(&std::fs::read(&out_wrapping).unwrap()),
+        sha256(&wrapping)
+    );
     for (name, expected) in [
         ("../../../../etc/passwd", "Access violation"),
         ("missing.efi", "not found"),
@@ -483,6 +556,125 @@ fn dhcp_clients_tftp_http_restart_and_exhaustion() {
         script.starts_with("#!ipxe") && script.contains("metalmesh.mac=02:00:00:00:09:01"),
         "{script}"
     );
+}
+
+/// DHCP messages from `namespace`'s eth0, broadcast, at most `per_sec` a
+/// second: a DISCOVER per random MAC (`count` of them), or with
+/// `request = MAC/IP` one INIT-REBOOT REQUEST under that MAC.
+fn dhcp_from(namespace: &str, count: u32, per_sec: u32, request: Option<(&str, &str)>) {
+    let program = r#"
+import os, socket, struct, sys, time
+count, per_sec = int(sys.argv[1]), int(sys.argv[2])
+def message(chaddr, kind, requested):
+    packet = struct.pack('!BBBBIHH4s4s4s4s16s64s128s', 1, 1, 6, 0, int.from_bytes(os.urandom(4), 'big'), 0, 0x8000,
+                         b'\0' * 4, b'\0' * 4, b'\0' * 4, b'\0' * 4, chaddr.ljust(16, b'\0'), b'', b'')
+    packet += b'\x63\x82\x53\x63' + bytes([53, 1, kind])
+    if requested:
+        packet += bytes([50, 4]) + requested
+    return packet + b'\xff'
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'eth0')
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+if len(sys.argv) > 3:
+    chaddr = bytes.fromhex(sys.argv[3].replace(':', ''))
+    s.sendto(message(chaddr, 3, socket.inet_aton(sys.argv[4])), ('255.255.255.255', 67))
+    sys.exit(0)
+for i in range(count):
+    s.sendto(message(bytes([2]) + os.urandom(5), 1, None), ('255.255.255.255', 67))
+    time.sleep(1 / per_sec)
+"#;
+    let (count, per_sec) = (count.to_string(), per_sec.to_string());
+    let mut args = vec!["python3", "-c", program, &count, &per_sec];
+    if let Some((mac, ip)) = request {
+        args.extend([mac, ip]);
+    }
+    ok(&in_ns(namespace, &args));
+}
+
+#[test]
+fn a_dhcp_flood_from_one_port_takes_only_its_quota() {
+    // 20 addresses; each port may hold 4 (the default).
+    let rack = Rack::with_pool_end("10.100.9.119");
+    let script = udhcpc_script(&rack.guard.scratch);
+    // 300 DISCOVERs under random MACs from swp1 within the offer hold
+    // time: without a port quota they would take the whole pool.
+    dhcp_from(CLIENTS[0], 300, 60, None);
+    assert!(
+        eventually(Duration::from_secs(5), || rack.counters()["received"]
+            .as_u64()
+            >= Some(250)),
+        "{}",
+        rack.counters()
+    );
+    let counters = rack.counters();
+    assert_eq!(counters["offers"], 4, "{counters}");
+    assert!(
+        counters["port_quota_exceeded"].as_u64() >= Some(200),
+        "{counters}"
+    );
+    assert_eq!(counters["pool_exhausted"], 0, "{counters}");
+    // Real clients on the other ports still get addresses, tied to their port.
+    for (client, port, mac) in [
+        (CLIENTS[1], "swp2", "02:00:00:00:09:02"),
+        (CLIENTS[2], "swp3", "02:00:00:00:09:03"),
+    ] {
+        let out = udhcpc_once(client, "5", &script);
+        assert!(out.status.success(), "{client}: {out:?}\n{}", rack.log());
+        let lease = rack.lease_of(mac).unwrap();
+        assert_eq!(lease["port"], port, "{lease}");
+        assert_eq!(lease["state"], "bound", "{lease}");
+    }
+    // swp3 asking under swp2's MAC for swp2's address: not answered (no
+    // NAK that would unsettle swp2's client), counted.
+    let victim = rack.lease_of("02:00:00:00:09:02").unwrap();
+    // (`status` counters are refreshed twice a second.)
+    assert!(eventually(
+        Duration::from_secs(5),
+        || rack.counters()["acks"].as_u64() >= Some(2)
+    ));
+    let before = rack.counters();
+    dhcp_from(
+        CLIENTS[2],
+        1,
+        1,
+        Some(("02:00:00:00:09:02", victim["ip"].as_str().unwrap())),
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || rack.counters()["wrong_port"]
+            .as_u64()
+            > before["wrong_port"].as_u64()),
+        "{}",
+        rack.counters()
+    );
+    let after = rack.counters();
+    assert_eq!(after["naks"], before["naks"], "{after}");
+    assert_eq!(after["acks"], before["acks"], "{after}");
+    assert_eq!(rack.lease_of("02:00:00:00:09:02").unwrap(), victim);
+    // The quota and the wrong-port drops are in the metrics too.
+    let metrics = ok(&in_ns(
+        LEAF,
+        &[
+            "curl",
+            "-sSf",
+            "--max-time",
+            "10",
+            "http://127.0.0.1:9469/metrics",
+        ],
+    ));
+    let sample = |kind: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "metalmesh_agent_dhcp_messages_total{{kind=\"{kind}\"}} "
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert!(sample("port_quota_exceeded") >= Some(200), "{metrics}");
+    assert!(sample("wrong_port") >= Some(1), "{metrics}");
 }
 
 #[test]

@@ -3,7 +3,10 @@
 //! intents: tenant machines reach each other over VXLAN, tenants are
 //! isolated, drift is reverted within a second, unmanaged objects are left
 //! alone, ports move between the provisioning bridge and a VRF, a restart
-//! changes nothing, and a bad VRF is rejected while the rest keeps working.
+//! changes nothing, and a bad VRF is rejected while the rest keeps working:
+//! a reused VNI, a missing port, a table another program uses. An
+//! operator's interface carrying the tenant gateway address is not taken
+//! over.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -141,6 +144,8 @@ fn tenants_over_vxlan_in_routing_table_mode() {
     let testbed = up(&guard.run_dir, 2, 2, 0);
     let status = agent_on(&guard.run_dir, AGENT, "leaf1", &["status", "-o", "json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    // The testbed forces routing-table mode (`switch.kernel_mode`), so this
+    // test means the same on a kernel with VRF devices.
     assert_eq!(status["kernel_mode"], "routing_tables");
 
     for leaf in [1, 2] {
@@ -218,7 +223,16 @@ fn tenants_over_vxlan_in_routing_table_mode() {
         String::from_utf8_lossy(&diff.stdout).trim() == "in sync"
     }));
     // Each change by hand must itself succeed, or the test would pass
-    // without any drift to repair.
+    // without any drift to repair; the agent counts the passes that found
+    // and repaired drift.
+    let repaired = || {
+        let out = agent_on(&guard.run_dir, AGENT, "leaf1", &["status", "-o", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["dataplane"]
+            ["drift_repaired"]
+            .as_u64()
+            .unwrap()
+    };
+    let repaired_before = repaired();
     drift(&[
         "ip", "rule", "del", "iif", "m1-1", "lookup", "1001", "prio", "20000",
     ]);
@@ -246,6 +260,10 @@ fn tenants_over_vxlan_in_routing_table_mode() {
         }),
         "drift not reverted within 1 s:\n{}",
         dump()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || repaired() > repaired_before),
+        "the repair was not counted as drift"
     );
     assert!(
         eventually(Duration::from_secs(5), || ping("m1-2", "10.0.2.22")),
@@ -340,7 +358,78 @@ fn tenants_over_vxlan_in_routing_table_mode() {
         "\n[[vrf]]\nname = \"tenant-d\"\nvni = 10004\ntable = 1004\nprefixes = [\"10.0.4.0/24\"]\n[[vrf.port]]\nname = \"swp99\"\n",
     );
     let out = apply(&guard.run_dir, &guard.scratch, 1, &missing_port);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("port `swp99` does not exist"));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("VRF `tenant-d` rejected: port `swp99` does not exist"),
+        "{out:?}"
+    );
+
+    // A table another program's route is in: refused with the reason.
+    drift(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "dev",
+        "lo",
+        "table",
+        "1005",
+    ]);
+    let foreign_table = intents(
+        1,
+        "\n[[vrf]]\nname = \"tenant-e\"\nvni = 10005\ntable = 1005\nprefixes = [\"10.0.5.0/24\"]\n",
+    );
+    let out = apply(&guard.run_dir, &guard.scratch, 1, &foreign_table);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "VRF `tenant-e` rejected: routing table 1005 holds routes or rules of another program"
+        ),
+        "{out:?}"
+    );
+    // None of the rejected VRFs left anything behind.
+    std::thread::sleep(Duration::from_millis(500));
+    let state = dump();
+    for absent in [
+        "mm-br10004",
+        "mm-br10005",
+        "lookup 1004",
+        "lookup 1005",
+        "mm-br10003",
+    ] {
+        assert!(!state.contains(absent), "{absent} present:\n{state}");
+    }
+    assert!(leaf1(&["ip", "route", "show", "table", "1005"]).contains("198.51.100.0/24 dev lo"));
+
+    // An operator's interface carrying 169.254.0.1/32 is not the agent's:
+    // never stripped, though no intent routes it.
+    ok(&apply(&guard.run_dir, &guard.scratch, 1, &intents(1, "")));
+    drift(&["ip", "link", "add", "operator0", "type", "bridge"]);
+    drift(&["ip", "addr", "add", "169.254.0.1/32", "dev", "operator0"]);
+    let passes = |out: Output| {
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["dataplane"]["passes"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = passes(agent_on(
+        &guard.run_dir,
+        AGENT,
+        "leaf1",
+        &["status", "-o", "json"],
+    ));
+    assert!(eventually(Duration::from_secs(15), || passes(agent_on(
+        &guard.run_dir,
+        AGENT,
+        "leaf1",
+        &["status", "-o", "json"]
+    )) >= before + 2));
+    assert!(
+        leaf1(&["ip", "addr", "show", "dev", "operator0"]).contains("169.254.0.1/32"),
+        "the agent took over an operator's interface"
+    );
+    let diff = agent_on(&guard.run_dir, AGENT, "leaf1", &["dataplane", "diff"]);
+    assert_eq!(String::from_utf8_lossy(&diff.stdout).trim(), "in sync");
     assert!(ping("m1-1", "10.0.1.21") && ping("m1-2", "10.0.2.22"));
     drop(testbed);
 }

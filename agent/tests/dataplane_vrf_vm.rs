@@ -3,7 +3,9 @@
 //! leaves and four tenant machines in namespaces; the agents detect VRF
 //! devices, render both tenants as VRFs with VXLAN, and the VM checks
 //! reachability across leaves, isolation between tenants and drift repair
-//! (`scripts/build-vrf-vm` holds the in-VM script).
+//! (`scripts/build-vrf-vm` holds the in-VM script). The same VM runs the
+//! leaves with BGP: both through their FRR (`backend = "frr"`, zebra
+//! installing the type-5 routes), and one native, one FRR.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -14,13 +16,15 @@ use metalmesh_testbed::testing::ok;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_metalmesh-agent");
 
-#[test]
-fn vrf_device_mode_in_a_debian_kernel_vm() {
+/// Boots the VM in `mode` (see `scripts/build-vrf-vm`) and checks that it
+/// passed; its console, without kernel lines.
+fn boot(mode: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-vrf-vm");
     let out = Command::new(&build)
         .arg(AGENT)
         .arg(dir.path())
+        .arg(mode)
         .output()
         .unwrap();
     ok(&out);
@@ -48,7 +52,7 @@ fn vrf_device_mode_in_a_debian_kernel_vm() {
         .spawn()
         .unwrap();
     // The VM powers itself off when done; bound the wait all the same.
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let deadline = std::time::Instant::now() + Duration::from_secs(420);
     while qemu.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -60,7 +64,7 @@ fn vrf_device_mode_in_a_debian_kernel_vm() {
     let failed: Vec<&str> = log.lines().filter(|l| l.contains("VRF-VM: FAIL")).collect();
     assert!(
         failed.is_empty(),
-        "VM reported {failed:?}:\n{}",
+        "VM ({mode}) reported {failed:?}:\n{}",
         tail.join("\n")
     );
     assert_eq!(
@@ -68,8 +72,8 @@ fn vrf_device_mode_in_a_debian_kernel_vm() {
             .filter(|l| l.trim_end() == "VRF-VM: PASS")
             .count(),
         1,
-        "VM did not pass:\n{}",
-        tail[tail.len().saturating_sub(40)..].join("\n")
+        "VM ({mode}) did not pass:\n{}",
+        tail[tail.len().saturating_sub(60)..].join("\n")
     );
     assert!(
         log.lines()
@@ -77,4 +81,36 @@ fn vrf_device_mode_in_a_debian_kernel_vm() {
         "{}",
         tail.join("\n")
     );
+    tail.join("\n")
+}
+
+#[test]
+fn vrf_device_mode_in_a_debian_kernel_vm() {
+    boot("native");
+}
+
+/// The VM's line about `leaf`'s route to the other leaf's tenant machine.
+fn tenant_route<'a>(console: &'a str, leaf: &str) -> &'a str {
+    console
+        .lines()
+        .find(|l| l.starts_with(&format!("{leaf}: 10.0.1.")))
+        .unwrap_or_else(|| panic!("no route of {leaf} reported:\n{console}"))
+}
+
+#[test]
+fn two_frr_leaves_configured_by_their_agents_carry_tenants() {
+    let console = boot("frr");
+    for leaf in ["leaf1", "leaf2"] {
+        let route = tenant_route(&console, leaf);
+        assert!(route.contains("proto bgp"), "not zebra's: {route}");
+    }
+}
+
+#[test]
+fn a_native_leaf_and_an_frr_leaf_carry_tenants() {
+    let console = boot("mixed");
+    let native = tenant_route(&console, "leaf1");
+    assert!(native.contains("proto 245"), "not the agent's: {native}");
+    let frr = tenant_route(&console, "leaf2");
+    assert!(frr.contains("proto bgp"), "not zebra's: {frr}");
 }

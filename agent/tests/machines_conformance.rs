@@ -46,6 +46,7 @@ fn settings() -> CoreSettings {
         // The recorded cases predate port bindings; the core's unit tests
         // cover callers identified by port.
         ports_known: false,
+        wipe: Default::default(),
     }
 }
 

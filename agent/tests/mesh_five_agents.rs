@@ -185,7 +185,7 @@ fn five_agents_replicate_recover_and_refuse_strangers() {
         replica(run_dir, 2).is_some_and(|r| has_port(&r, "leaf1/mmleft"))
             && replica(run_dir, 5).is_some_and(|r| has_port(&r, "leaf4/mmright"))
     }));
-    std::thread::sleep(Duration::from_secs(3));
+    rounds_pass(run_dir, &[1, 2, 3, 4, 5], 30);
     assert!(
         !has_port(&replica(run_dir, 1).unwrap(), "leaf4/mmright"),
         "the cut leaked"
@@ -204,9 +204,13 @@ fn five_agents_replicate_recover_and_refuse_strangers() {
             )),
         "replicas differ after the partition healed"
     );
-    assert!(eventually(Duration::from_secs(30), || LEAVES
-        .iter()
-        .all(|leaf| members(run_dir, *leaf).len() == 4)));
+    assert!(
+        eventually(Duration::from_secs(30), || LEAVES
+            .iter()
+            .all(|leaf| members(run_dir, *leaf).len() == 4)),
+        "membership did not heal: {:?}",
+        LEAVES.map(|leaf| members(run_dir, leaf))
+    );
 
     // A node whose certificate comes from another CA is refused and logged,
     // and nothing of it enters the replicas.
@@ -265,7 +269,19 @@ fn five_agents_replicate_recover_and_refuse_strangers() {
         .any(|l| l.contains("mesh peer refused") && l.contains("10.254.0.2"))),
         "leaf1 did not log the refusal"
     );
-    std::thread::sleep(Duration::from_secs(3));
+    // Refused again and again, while the others keep talking.
+    assert!(
+        eventually(Duration::from_secs(30), || std::fs::read_to_string(
+            &leaf1_log
+        )
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("mesh peer refused") && l.contains("10.254.0.2"))
+        .count()
+            >= 3),
+        "the rogue stopped trying"
+    );
+    rounds_pass(run_dir, &LEAVES, 20);
     for leaf in LEAVES {
         assert!(!members(run_dir, leaf).contains(&"rogue".to_string()));
         assert!(
@@ -318,7 +334,7 @@ fn five_agents_replicate_recover_and_refuse_strangers() {
     );
     println!("leaf5 cut off everywhere after {:?}", started.elapsed());
     add_port(5, "mmlate");
-    std::thread::sleep(Duration::from_secs(3));
+    rounds_pass(run_dir, &[1, 2, 3, 4], 30);
     for leaf in [1, 2, 3, 4] {
         let records = marked_records(run_dir, leaf);
         let switch5 = records
@@ -334,6 +350,25 @@ fn five_agents_replicate_recover_and_refuse_strangers() {
 }
 
 /// `mesh members -o json`'s health section of a leaf.
+/// Messages a leaf's mesh has sent since it started.
+fn messages_out(run_dir: &Path, leaf: u32) -> u64 {
+    health(run_dir, leaf)["messages_out"].as_u64().unwrap()
+}
+
+/// Waits until each of `leaves` has sent `more` messages since now: gossip
+/// and anti-entropy rounds in which anything that could travel would have
+/// (a negative check's window, counted instead of slept).
+fn rounds_pass(run_dir: &Path, leaves: &[u32], more: u64) {
+    let start: Vec<u64> = leaves.iter().map(|l| messages_out(run_dir, *l)).collect();
+    assert!(
+        eventually(Duration::from_secs(30), || leaves
+            .iter()
+            .zip(&start)
+            .all(|(l, s)| messages_out(run_dir, *l) >= s + more)),
+        "the mesh went quiet: {leaves:?} sent fewer than {more} messages"
+    );
+}
+
 fn health(run_dir: &Path, leaf: u32) -> serde_json::Value {
     let out = agent_on(
         run_dir,

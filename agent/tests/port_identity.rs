@@ -13,7 +13,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::uuid;
+use common::{nic, uuid};
 use metalmesh_testbed::testing::{Guard, eventually, in_netns, ok, run, script};
 
 const VICTIM_MAC: &str = "52:54:00:6d:01:01";
@@ -31,16 +31,6 @@ fn machine(guard: &Guard, id: &str) -> serde_json::Value {
 fn bindings(run_dir: &Path) -> serde_json::Value {
     let path = run_dir.join("nodes/leaf1/agent/state/port-bindings.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_default()).unwrap_or_default()
-}
-
-/// The one NIC of a namespace machine.
-fn nic(namespace: &str) -> String {
-    in_netns(namespace, &["ip", "-o", "link", "show"])
-        .lines()
-        .filter_map(|line| line.split(": ").nth(1))
-        .map(|name| name.split('@').next().unwrap_or(name).to_string())
-        .find(|name| name != "lo")
-        .unwrap()
 }
 
 fn address(namespace: &str, nic: &str) -> Option<String> {
@@ -141,6 +131,17 @@ fn an_attacker_beside_the_victim_cannot_take_its_identity() {
     // victim's address by gratuitous ARP and as a TCP source.
     let before = common::nft_dropped("bridge", "mm-pxe", "prerouting");
     dhcp_request("mm-m1-2", &attacker, VICTIM_MAC, &victim_ip);
+    // The DHCP server knows the request came in on the attacker's port
+    // (the leaf's filter marks it) while the victim's lease is bound to
+    // m1-1: not answered, counted.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let out = common::agent(&guard.run_dir, &["status", "-o", "json"]);
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            status["dhcp_counters"]["wrong_port"].as_u64() >= Some(3)
+        }),
+        "the victim's MAC from another port was not refused as such"
+    );
     ok(&run(
         "ip",
         &[

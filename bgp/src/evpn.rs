@@ -1,6 +1,6 @@
 //! EVPN type-5 (IP prefix, RFC 9136) routes as metalmesh originates them
 //! for the machines routed on a leaf: RD `<loopback>:<VNI>`, route target
-//! `<ASN>:<VNI>`, the router MAC (RFC 9135) and VXLAN encapsulation
+//! `<ASN mod 65536>:<VNI>`, the router MAC (RFC 9135) and VXLAN encapsulation
 //! (RFC 9012 tunnel type 8) extended communities, the VNI in the label.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -23,22 +23,15 @@ pub fn route_distinguisher(loopback: Ipv4Addr, vni: u32) -> RouteDistinguisher {
     RouteDistinguisher::new([0, 1, a, b, c, d, hi, lo])
 }
 
-/// Route target `<ASN>:<VNI>`: 2-octet-AS form where the ASN fits, else
-/// 4-octet-AS form (RFC 5668) with the VNI's low 16 bits.
+/// Route target `<ASN mod 65536>:<VNI>` in the 2-octet-AS form, the one
+/// FRR derives by itself for an L3VNI: FRR (and Junos) match such a route
+/// target on its VNI alone when importing, so leaves of different ASNs
+/// (eBGP) import each other's routes with no route target configured, and
+/// a native leaf and an FRR leaf do too.
 pub fn route_target(asn: u32, vni: u32) -> ExtendedCommunity {
-    let raw = match u16::try_from(asn) {
-        Ok(asn) => {
-            let [a, b] = asn.to_be_bytes();
-            let [c, d, e, f] = vni.to_be_bytes();
-            [0x00, 0x02, a, b, c, d, e, f]
-        }
-        Err(_) => {
-            let [a, b, c, d] = asn.to_be_bytes();
-            let [_, _, e, f] = vni.to_be_bytes();
-            [0x02, 0x02, a, b, c, d, e, f]
-        }
-    };
-    ExtendedCommunity::new(u64::from_be_bytes(raw))
+    let [_, _, a, b] = asn.to_be_bytes();
+    let [c, d, e, f] = vni.to_be_bytes();
+    ExtendedCommunity::new(u64::from_be_bytes([0x00, 0x02, a, b, c, d, e, f]))
 }
 
 /// The extended communities of a type-5 route of this leaf.
@@ -103,8 +96,11 @@ mod tests {
     fn rd_and_rt_take_the_documented_forms() {
         let rd = route_distinguisher(Ipv4Addr::new(10, 255, 0, 1), 10001);
         assert_eq!(rd.to_string(), "10.255.0.1:10001");
+        // 4200000001 = 0xFA56_EA01: its low 16 bits, 0xEA01 = 59905.
         let rt = route_target(4_200_000_001, 10001);
-        assert_eq!(rt.route_target(), Some((4_200_000_001, 10001)));
+        assert_eq!(rt.route_target(), Some((59_905, 10001)));
+        let rt = route_target(4_200_000_001, 16_000_000);
+        assert_eq!(rt.route_target(), Some((59_905, 16_000_000)));
         let rt = route_target(65001, 10001);
         assert_eq!(rt.route_target(), Some((65001, 10001)));
         let communities = communities(65001, 10001, [0x02, 0, 0, 0, 0, 1]);

@@ -266,7 +266,10 @@ fn evpn_type5_routes_carry_vni_rd_rt_and_router_mac() {
         "the VTEP is the next hop"
     );
     assert_eq!(path.attributes.router_mac(), Some([2, 0, 0, 0, 1, 1]));
-    assert_eq!(path.attributes.route_targets(), vec![(LEAF_AS, 10001)]);
+    assert_eq!(
+        path.attributes.route_targets(),
+        vec![(LEAF_AS & 0xFFFF, 10001)]
+    );
     assert_eq!(key.to_string(), "[5]:[10.255.0.1:10001]:[0]:[10.0.1.11/32]");
 }
 

@@ -25,8 +25,12 @@ pub struct Registration {
 pub enum Directive {
     /// Keep waiting (heartbeat again).
     Wait,
-    /// Wipe the disks, then report Waiting.
-    Wipe,
+    /// Wipe the disks (`mode`; absent: signatures only), then report
+    /// Waiting.
+    Wipe {
+        #[serde(default)]
+        mode: crate::disk::WipeMode,
+    },
     /// Install this allocation.
     Install { allocation: Allocation },
     /// Reboot (planned reboot, or a freed machine going back to the pool).

@@ -1,10 +1,44 @@
-//! Disks: wiping what identifies old contents, and streaming an image onto
-//! a disk while checking its SHA-256.
+//! Disks: wiping old contents, and streaming an image onto a disk while
+//! checking its SHA-256.
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::path::Path;
+
+/// How a disk is wiped before a machine waits for (or after it leaves) an
+/// allocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WipeMode {
+    /// Zeroes the first and last MiB: partition tables (MBR, GPT and its
+    /// backup) and the signatures of filesystems, RAID and LVM, so nothing
+    /// old is found or booted. The rest of the old data stays on the disk,
+    /// readable by whoever reads the raw device. Seconds, whatever the size.
+    #[default]
+    Signatures,
+    /// Asks the device to discard every block in a way that guarantees
+    /// zeroes on later reads (`fallocate` punch-hole: unmap / TRIM, or
+    /// write-zeroes offload). Quick on SSDs and thin volumes; where the
+    /// device cannot guarantee zeroes, falls back to `zero`.
+    Discard,
+    /// Zeroes every byte (`fallocate` zero-range: the device's write-zeroes
+    /// offload where it has one, else zeroes written by the installer).
+    /// Takes as long as writing the whole disk.
+    Zero,
+}
+
+impl WipeMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WipeMode::Signatures => "signatures",
+            WipeMode::Discard => "discard",
+            WipeMode::Zero => "zero",
+        }
+    }
+}
 
 /// Bytes zeroed at each end of a disk: partition tables (MBR, GPT and its
 /// backup), and the superblocks and signatures of filesystems, RAID and LVM.
@@ -44,8 +78,68 @@ pub fn capacity(path: &Path) -> Result<u64, DiskError> {
     file.seek(SeekFrom::End(0)).map_err(io(path))
 }
 
+/// Wipes a disk as `mode` says and flushes it; returns the mode carried out
+/// (`discard` falls back to `zero` where the device cannot guarantee
+/// zeroes).
+pub fn wipe(path: &Path, mode: WipeMode) -> Result<WipeMode, DiskError> {
+    match mode {
+        WipeMode::Signatures => wipe_signatures(path).map(|()| mode),
+        WipeMode::Discard => {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io(path))?;
+            let size = capacity(path)?;
+            let flags = nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+            match fallocate(&file, flags, size) {
+                Ok(()) => {
+                    file.sync_all().map_err(io(path))?;
+                    Ok(WipeMode::Discard)
+                }
+                Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EINVAL) => {
+                    zero(path).map(|()| WipeMode::Zero)
+                }
+                Err(errno) => Err(DiskError::Io {
+                    path: path.display().to_string(),
+                    source: errno.into(),
+                }),
+            }
+        }
+        WipeMode::Zero => zero(path).map(|()| mode),
+    }
+}
+
+fn fallocate(file: &File, flags: nix::fcntl::FallocateFlags, size: u64) -> nix::Result<()> {
+    let len = i64::try_from(size).map_err(|_| nix::errno::Errno::EFBIG)?;
+    nix::fcntl::fallocate(file.as_raw_fd(), flags, 0, len)
+}
+
+/// Every byte zeroed: the device's offload, or zeroes written in 4 MiB
+/// pieces where there is none.
+fn zero(path: &Path) -> Result<(), DiskError> {
+    let size = capacity(path)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    let flags = nix::fcntl::FallocateFlags::FALLOC_FL_ZERO_RANGE
+        | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    if fallocate(&file, flags, size).is_err() {
+        let zeros = vec![0u8; 4 << 20];
+        file.seek(SeekFrom::Start(0)).map_err(io(path))?;
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..n]).map_err(io(path))?;
+            left -= n as u64;
+        }
+    }
+    file.sync_all().map_err(io(path))
+}
+
 /// Zeroes the first and last MiB of a disk and flushes it.
-pub fn wipe(path: &Path) -> Result<(), DiskError> {
+fn wipe_signatures(path: &Path) -> Result<(), DiskError> {
     let size = capacity(path)?;
     let mut file = OpenOptions::new()
         .write(true)
@@ -86,7 +180,7 @@ pub fn write_image(
     if result.is_err() {
         // Whatever was written must not boot; a failed wipe is the worse
         // news and is reported instead.
-        wipe(path)?;
+        wipe_signatures(path)?;
     }
     result
 }
@@ -164,9 +258,29 @@ mod tests {
     }
 
     #[test]
+    fn discard_and_zero_leave_nothing_of_the_old_data() {
+        for mode in [WipeMode::Discard, WipeMode::Zero] {
+            let file = disk(5 * 1024 * 1024 + 17);
+            let done = wipe(file.path(), mode).unwrap();
+            // A file on tmpfs or ext4 can punch holes: no fallback needed.
+            assert_eq!(done, mode);
+            let bytes = std::fs::read(file.path()).unwrap();
+            assert_eq!(
+                bytes.len(),
+                5 * 1024 * 1024 + 17,
+                "{mode:?} changed the size"
+            );
+            assert!(bytes.iter().all(|b| *b == 0), "{mode:?} left old data");
+        }
+    }
+
+    #[test]
     fn wipe_zeroes_both_ends_only() {
         let file = disk(4 * 1024 * 1024);
-        wipe(file.path()).unwrap();
+        assert_eq!(
+            wipe(file.path(), WipeMode::Signatures).unwrap(),
+            WipeMode::Signatures
+        );
         let bytes = std::fs::read(file.path()).unwrap();
         let mib = 1024 * 1024;
         assert!(bytes[..mib].iter().all(|b| *b == 0));

@@ -212,14 +212,23 @@ impl Session {
             };
         loop {
             match directive {
-                Directive::Wipe => {
+                Directive::Wipe { mode } => {
+                    let mut done = Vec::new();
                     for disk in &self.disks {
-                        if let Err(error) = disk::wipe(disk) {
-                            return self.crash(&format!("wiping {}: {error}", disk.display()));
+                        match disk::wipe(disk, mode) {
+                            Ok(carried_out) => {
+                                done.push(format!("{} ({})", disk.display(), carried_out.as_str()))
+                            }
+                            Err(error) => {
+                                return self.crash(&format!("wiping {}: {error}", disk.display()));
+                            }
                         }
                     }
-                    log("disks wiped; waiting for an allocation");
-                    self.event("Waiting", "disks wiped");
+                    log(&format!(
+                        "disks wiped: {}; waiting for an allocation",
+                        done.join(", ")
+                    ));
+                    self.event("Waiting", &format!("disks wiped: {}", done.join(", ")));
                 }
                 Directive::Install { allocation } => return self.install(&allocation),
                 Directive::Reboot => {
@@ -256,8 +265,10 @@ impl Session {
         let Some(target) = self.disks.first() else {
             return self.crash("no disk to install to");
         };
+        // Before an install, signatures only: the image overwrites the
+        // start of the disk, and the full wipe (if any) was the reclaim's.
         for disk in &self.disks {
-            if let Err(error) = disk::wipe(disk) {
+            if let Err(error) = disk::wipe(disk, disk::WipeMode::Signatures) {
                 return self.crash(&format!("wiping {}: {error}", disk.display()));
             }
         }
@@ -405,8 +416,13 @@ impl Session {
 
 /// Loads and boots the installed kernel; returns only if that failed.
 fn kexec(kernel: &std::path::Path, initrd: &std::path::Path, append: &str) {
+    // `--no-checks`: the image was verified against its checksum as it
+    // was streamed; purgatory re-hashing the loaded kernel and initramfs
+    // at `kexec -e` guards only against memory corruption in the second
+    // between load and execute, and costs seconds on slow CPUs.
     let load = Command::new("kexec")
         .arg("-l")
+        .arg("--no-checks")
         .arg(kernel)
         .arg(format!("--initrd={}", initrd.display()))
         .arg(format!("--append={append}"))

@@ -59,6 +59,53 @@ async fn records_replicate_commands_answer_and_strangers_are_refused() {
     })
     .await;
 
+    // The gossip simulator charges each message its encoded size plus a
+    // flat 60 bytes (`sim::PACKET_OVERHEAD_BYTES`). Checked once against
+    // what QUIC really sends: 200 records written on node1 and replicated,
+    // node1's message bytes as the simulator would count them against its
+    // UDP bytes plus 28 bytes of IPv4 and UDP header per datagram.
+    let settle = Duration::from_millis(2500);
+    tokio::time::sleep(settle).await;
+    let before = nodes[0].view.health();
+    for i in 0..200 {
+        nodes[0]
+            .store
+            .put_local(
+                RecordKind::Port,
+                &format!("node1/swp{i}"),
+                Some(format!("{{\"mtu\":{i}}}")),
+            )
+            .unwrap();
+    }
+    eventually("200 records everywhere", Duration::from_secs(10), || {
+        nodes
+            .iter()
+            .all(|n| n.store.list(Some(RecordKind::Port)).unwrap().len() == 200)
+    })
+    .await;
+    tokio::time::sleep(settle).await;
+    let after = nodes[0].view.health();
+    let charged = (after.bytes_out - before.bytes_out)
+        + metalmesh_inventory::sim::PACKET_OVERHEAD_BYTES as u64
+            * (after.messages_out - before.messages_out);
+    let on_wire = after.udp_bytes_out.saturating_sub(before.udp_bytes_out)
+        + 28 * after
+            .udp_datagrams_out
+            .saturating_sub(before.udp_datagrams_out);
+    let ratio = on_wire as f64 / charged.max(1) as f64;
+    println!(
+        "node1 sent {} messages, {charged} bytes as the simulator counts them, {on_wire} on the wire ({ratio:.2}x)",
+        after.messages_out - before.messages_out
+    );
+    assert!(
+        after.udp_bytes_out > before.udp_bytes_out && after.messages_out > before.messages_out,
+        "no traffic counted: {before:?} -> {after:?}"
+    );
+    assert!(
+        (0.5..=2.0).contains(&ratio),
+        "the simulator's byte model is off by {ratio:.2}x against real QUIC ({charged} charged, {on_wire} sent)"
+    );
+
     // A command and its reply.
     let reply = nodes[0]
         .view
@@ -93,6 +140,13 @@ async fn records_replicate_commands_answer_and_strangers_are_refused() {
         .unwrap_err();
     // Each refusal is the certificate check, not some other failure.
     assert!(error.contains("UnknownIssuer"), "{error}");
+    // That was the stranger refusing our node; now our node refusing the
+    // stranger, which trusts our CA but presents another CA's certificate.
+    let error = raw_client(&ca, &foreign, true, addr(1)).await.unwrap_err();
+    assert!(
+        error.contains("aborted by peer") && error.contains("UnknownIssuer"),
+        "{error}"
+    );
     let now = OffsetDateTime::now_utc();
     let expired = pki::issue_node(
         &ca,
@@ -150,7 +204,12 @@ async fn records_replicate_commands_answer_and_strangers_are_refused() {
         .put_local(RecordKind::Port, "node3/swp1", Some("{}".into()))
         .unwrap();
     eventually("a record after the garbage", Duration::from_secs(5), || {
-        nodes[0].store.list(Some(RecordKind::Port)).unwrap().len() == 1
+        nodes[0]
+            .store
+            .list(Some(RecordKind::Port))
+            .unwrap()
+            .iter()
+            .any(|r| r.id.key == "node3/swp1")
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -1,7 +1,7 @@
 //! Raw Ethernet I/O on one interface: an `AF_PACKET`/`SOCK_RAW` socket bound
 //! to an interface index and an EtherType, non-blocking and driven by tokio.
-//! Link-layer protocols (LLDP now, DHCP's raw replies later) use it; the
-//! standard library and tokio offer no safe way to open one.
+//! Link-layer protocols (LLDP) use it, and DHCP reads packet marks with
+//! [`marks`]; the standard library and tokio offer no safe way to do either.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -148,6 +148,8 @@ fn send_frame(fd: BorrowedFd<'_>, frame: &[u8]) -> io::Result<()> {
         Ok(())
     }
 }
+
+pub mod marks;
 
 /// The kernel's index of interface `name`.
 pub fn interface_index(name: &str) -> io::Result<u32> {

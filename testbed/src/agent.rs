@@ -136,18 +136,32 @@ pub(crate) fn config(plan: &Plan, leaf: &Node, run: &RunDir) -> String {
     let _ = writeln!(conf, "rack = \"rack{rack}\"");
     let _ = writeln!(conf, "loopback = \"{}\"", leaf.loopback);
     let _ = writeln!(conf, "asn = {}", leaf.asn.unwrap_or_default());
-    if leaf.leaf_bgp == Some(crate::topology::LeafBgp::Native) {
+    // The same dataplane on every host kernel: VRF-device mode is tested
+    // in the Debian-kernel VM (scripts/build-vrf-vm).
+    let _ = writeln!(conf, "kernel_mode = \"routing_tables\"");
+    if let Some(bgp) = leaf.leaf_bgp {
+        use crate::topology::LeafBgp;
         let spines = leaf
             .bgp_interfaces
             .iter()
             .map(|p| format!("{p:?}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let backend = match bgp {
+            LeafBgp::Native => "native",
+            // The leaf's FRR, started by the testbed with nothing of BGP
+            // configured: the agent writes it through vtysh.
+            LeafBgp::Frr => "frr",
+        };
         let _ = writeln!(conf, "\n[bgp]");
-        let _ = writeln!(conf, "backend = \"native\"");
+        let _ = writeln!(conf, "backend = \"{backend}\"");
         let _ = writeln!(conf, "interfaces = [{spines}]");
         // Fabric sessions fail over within seconds, as the spines' FRR does.
         let _ = writeln!(conf, "hold_time_secs = 3");
+        if bgp == LeafBgp::Frr {
+            let _ = writeln!(conf, "\n[bgp.frr]");
+            let _ = writeln!(conf, "vty_socket = {:?}", path(&run.frr_dir(&leaf.name)));
+        }
     }
     let _ = writeln!(conf, "\n[lldp]");
     let _ = writeln!(conf, "ports = [{ports}]");

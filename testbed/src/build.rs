@@ -30,6 +30,47 @@ fn required_programs(topology: &Topology) -> Vec<(&'static str, &'static str)> {
     programs
 }
 
+/// Which run directory's testbed holds the host's `mm-*` namespaces. A
+/// test or bench starting its own testbed must not tear down another that
+/// is still running (a benchmark's, or a developer's), whatever its run
+/// directory; one whose daemons are all gone is a leftover and is removed.
+const OWNER_FILE: &str = "/run/metalmesh-testbed.owner";
+
+/// The other testbed that is up, if any (`run` itself does not count).
+fn held_by_another(run: &RunDir) -> Option<std::path::PathBuf> {
+    let owner = std::path::PathBuf::from(std::fs::read_to_string(OWNER_FILE).ok()?.trim());
+    if owner.as_os_str().is_empty() || same_dir(&owner, &run.root) {
+        return None;
+    }
+    let state = State::load(&RunDir::new(&owner).state_file()).ok()??;
+    let alive = state
+        .daemons
+        .values()
+        .flatten()
+        .any(|d| d.running_pid().is_some());
+    alive.then_some(owner)
+}
+
+fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+fn claim(run: &RunDir) -> Result<(), Error> {
+    let root = run.root.canonicalize().unwrap_or_else(|_| run.root.clone());
+    std::fs::write(OWNER_FILE, root.display().to_string())
+        .map_err(|e| Error::io(std::path::Path::new(OWNER_FILE), e))
+}
+
+fn release(run: &RunDir) {
+    let owner = std::fs::read_to_string(OWNER_FILE).unwrap_or_default();
+    if same_dir(std::path::Path::new(owner.trim()), &run.root) || held_by_another(run).is_none() {
+        let _ = std::fs::remove_file(OWNER_FILE);
+    }
+}
+
 fn ensure_root() -> Result<(), Error> {
     if nix::unistd::geteuid().is_root() {
         Ok(())
@@ -76,6 +117,9 @@ pub(crate) fn up(
             run_dir: run.root.clone(),
         });
     }
+    if let Some(run_dir) = held_by_another(&run) {
+        return Err(Error::HeldByAnother { run_dir });
+    }
     let leftovers = testbed_namespaces()?;
     if !leftovers.is_empty() {
         return Err(Error::Leftovers {
@@ -95,6 +139,7 @@ pub(crate) fn up(
     // The state goes first: if anything below fails or the process dies,
     // `down` still knows what to remove.
     state.save(&run.state_file())?;
+    claim(&run)?;
     let testbed = Testbed { run, state };
     match build(&testbed, progress) {
         Ok(()) => Ok(testbed),
@@ -401,6 +446,9 @@ pub struct DownReport {
 
 pub(crate) fn down(run: &RunDir, progress: &mut dyn Progress) -> Result<DownReport, Error> {
     ensure_root()?;
+    if let Some(run_dir) = held_by_another(run) {
+        return Err(Error::HeldByAnother { run_dir });
+    }
     let mut report = DownReport::default();
     // A broken state file must not prevent cleanup: fall back to the namespaces.
     let state = State::load(&run.state_file()).unwrap_or_else(|error| {
@@ -435,6 +483,7 @@ pub(crate) fn down(run: &RunDir, progress: &mut dyn Progress) -> Result<DownRepo
         report.namespaces.push(namespace.clone());
     }
     remove_run_files(run)?;
+    release(run);
     Ok(report)
 }
 

@@ -21,6 +21,12 @@ pub enum Error {
         "leftover testbed namespaces exist ({namespaces}); run `metalmesh-testbed down` to remove them"
     )]
     Leftovers { namespaces: String },
+    #[error(
+        "another testbed is up on this host (run dir {run_dir}, its daemons running); it owns the \
+         `mm-*` namespaces, so nothing was touched: wait for it, or run \
+         `metalmesh-testbed --run-dir {run_dir} down`"
+    )]
+    HeldByAnother { run_dir: PathBuf },
     #[error("the testbed is not up (no state in {run_dir}); run `metalmesh-testbed up`")]
     NotUp { run_dir: PathBuf },
     #[error("unknown node `{name}`; nodes are: {known}")]

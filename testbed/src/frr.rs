@@ -26,7 +26,9 @@ pub(crate) fn zebra_conf(node: &Node) -> String {
     format!("hostname {}\nlog stdout informational\n!\n", node.name)
 }
 
-/// bgpd's configuration for a spine, leaf or exit router.
+/// bgpd's configuration for a spine or the exit router; for a leaf with
+/// `bgp = "frr"` only the daemon's start-up (its agent configures BGP
+/// through vtysh, `[bgp] backend = "frr"`).
 pub(crate) fn bgpd_conf(node: &Node) -> String {
     let mut conf = String::new();
     // `datacenter` defaults: fast timers, no eBGP policy requirement, multipath-relax.
@@ -34,6 +36,9 @@ pub(crate) fn bgpd_conf(node: &Node) -> String {
     let _ = writeln!(conf, "hostname {}", node.name);
     let _ = writeln!(conf, "log stdout informational");
     let _ = writeln!(conf, "!");
+    if node.role == Role::Leaf {
+        return conf;
+    }
     let asn = node.asn.unwrap_or_default();
     let _ = writeln!(conf, "router bgp {asn}");
     let _ = writeln!(conf, " bgp router-id {}", node.loopback);
@@ -112,15 +117,21 @@ mod tests {
     use crate::topology::Topology;
 
     #[test]
-    fn leaf_config_is_unnumbered_to_every_spine() {
+    fn spine_config_is_unnumbered_to_every_leaf() {
+        let plan = Plan::new(&Topology::default());
+        let conf = bgpd_conf(plan.node("spine1").unwrap());
+        assert!(conf.contains(" neighbor leaf1 interface peer-group fabric\n"));
+        assert!(conf.contains(" neighbor leaf2 interface peer-group fabric\n"));
+        assert!(conf.contains("  network 10.255.1.1/32\n"), "{conf}");
+        assert!(!conf.contains("default-originate"));
+    }
+
+    #[test]
+    fn an_frr_leaf_gets_no_bgp_from_the_testbed() {
         let plan = Plan::new(&Topology::default());
         let conf = bgpd_conf(plan.node("leaf1").unwrap());
-        assert!(conf.contains("router bgp 4200000001\n"));
-        assert!(conf.contains(" bgp router-id 10.255.0.1\n"));
-        assert!(conf.contains(" neighbor spine1 interface peer-group fabric\n"));
-        assert!(conf.contains(" neighbor spine2 interface peer-group fabric\n"));
-        assert!(conf.contains("  network 10.255.0.1/32\n"));
-        assert!(!conf.contains("default-originate"));
+        assert!(conf.contains("frr defaults datacenter\n"));
+        assert!(!conf.contains("router bgp"), "{conf}");
     }
 
     #[test]

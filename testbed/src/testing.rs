@@ -65,10 +65,62 @@ impl Default for Scratch {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            keep_logs(&self.run_dir);
+        }
         if let Err(error) = Testbed::down(&self.run_dir, &mut Quiet) {
             eprintln!("cleanup failed: {error}");
         }
     }
+}
+
+/// A failed test's daemon logs outlive its testbed: copied to
+/// `target/test-artifacts/failed/<test>/`, and the end of each agent's log
+/// printed, so that a CI failure can be read without a rerun.
+fn keep_logs(run_dir: &Path) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .replace("::", "-");
+    let Some(target) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
+    else {
+        return;
+    };
+    let kept = target.join("test-artifacts/failed").join(test);
+    let _ = std::fs::remove_dir_all(&kept);
+    let Ok(nodes) = std::fs::read_dir(run_dir.join("nodes")) else {
+        return;
+    };
+    for node in nodes.flatten() {
+        for daemon in ["agent", "frr"] {
+            let Ok(files) = std::fs::read_dir(node.path().join(daemon)) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let name = file.file_name().to_string_lossy().into_owned();
+                if !name.ends_with(".log") {
+                    continue;
+                }
+                let to = kept.join(node.file_name()).join(&name);
+                if std::fs::create_dir_all(kept.join(node.file_name())).is_ok() {
+                    let _ = std::fs::copy(file.path(), &to);
+                }
+                if daemon == "agent" && name == "agent.log" {
+                    let text = std::fs::read_to_string(file.path()).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    let tail = &lines[lines.len().saturating_sub(20)..];
+                    eprintln!(
+                        "--- last lines of {}'s agent log ---\n{}",
+                        node.file_name().to_string_lossy(),
+                        tail.join("\n")
+                    );
+                }
+            }
+        }
+    }
+    eprintln!("daemon logs kept in {}", kept.display());
 }
 
 /// The `metalmesh-testbed` binary of this build (next to the test binary).

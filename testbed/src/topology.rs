@@ -20,7 +20,8 @@ pub(crate) const MAX_MACHINES_PER_RACK: u32 = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LeafBgp {
-    /// FRR's zebra + bgpd, configured by the testbed.
+    /// FRR's zebra + bgpd, started by the testbed and configured by the
+    /// leaf's agent (`[bgp] backend = "frr"`).
     Frr,
     /// metalmesh's own speaker, in the leaf's agent (`[bgp] backend = "native"`).
     #[default]

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use metalmesh_testbed::testing::{Guard, assert_nothing_left, cli, eventually, stderr};
+use metalmesh_testbed::testing::{
+    Guard, assert_nothing_left, cli, eventually, mm_namespaces, stderr,
+};
 use metalmesh_testbed::{Overrides, Quiet, Role, Testbed, Topology};
 
 fn ping(testbed: &Testbed, node: &str, source: &str, target: &str) -> bool {
@@ -194,4 +196,53 @@ fn two_racks_converge_route_and_come_down_clean() {
     assert_nothing_left(&guard.run_dir);
     let down_again = cli(&guard.run_dir, &["down"]);
     assert!(down_again.status.success(), "{}", stderr(&down_again));
+}
+
+/// A testbed that is up belongs to its run directory: another run
+/// directory's `up` and `down` (a test's guard while a benchmark runs)
+/// refuse and name it instead of tearing it down; once its daemons are
+/// gone it is a leftover anyone may remove.
+#[test]
+fn another_run_dir_leaves_a_running_testbed_alone() {
+    let guard = Guard::new();
+    let topology = Topology::load(
+        None,
+        &Overrides {
+            racks: Some(1),
+            spines: Some(1),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    let testbed = Testbed::up(&guard.run_dir, &topology, &mut Quiet).unwrap();
+    let other = guard.scratch.join("other-run");
+    let error = Testbed::down(&other, &mut Quiet).unwrap_err().to_string();
+    assert!(
+        error.contains("another testbed is up")
+            && error.contains(&*guard.run_dir.to_string_lossy()),
+        "{error}"
+    );
+    let error = Testbed::up(&other, &topology, &mut Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("another testbed is up"), "{error}");
+    // Nothing of the running one was touched.
+    testbed
+        .wait_converged(Duration::from_secs(30), &mut Quiet)
+        .unwrap();
+    assert!(eventually(Duration::from_secs(20), || ping(
+        &testbed,
+        "leaf1",
+        "10.255.0.1",
+        "10.255.1.1"
+    )));
+    // Its daemons gone (a killed run), it is a leftover: removed.
+    for node in ["leaf1", "spine1", "exit"] {
+        for daemon in testbed.daemons_of(node) {
+            let _ = daemon.stop(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let report = Testbed::down(&other, &mut Quiet).unwrap();
+    assert!(!report.namespaces.is_empty());
+    assert_eq!(mm_namespaces(), Vec::<String>::new());
 }

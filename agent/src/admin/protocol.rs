@@ -147,4 +147,7 @@ pub struct AgentStatus {
     /// DHCP counters, when boot services run.
     pub dhcp_counters: Option<metalmesh_provisioning::dhcp::DhcpCounters>,
     pub subsystems: BTreeMap<String, SubsystemHealth>,
+    /// The FRR backend's last pass (`[bgp] backend = "frr"`).
+    #[serde(default)]
+    pub frr: Option<crate::bgp::frr::FrrStatus>,
 }

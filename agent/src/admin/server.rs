@@ -27,6 +27,8 @@ pub struct AgentView {
     /// The BGP speaker, when `[bgp]` is configured (empty while it restarts).
     pub bgp: Option<crate::bgp::task::SpeakerSlot>,
     pub bgp_identity: Option<(u32, std::net::Ipv4Addr)>,
+    /// The FRR backend, when `[bgp] backend = "frr"`.
+    pub frr: Option<crate::bgp::frr::FrrHandle>,
     /// The machine lifecycle, where boot services run.
     pub machines: Option<tokio::sync::mpsc::Sender<crate::machines::task::CommandRequest>>,
     /// The node-local inventory replica.
@@ -60,6 +62,8 @@ pub struct AgentView {
     pub apply_lock: Arc<tokio::sync::Mutex<()>>,
     /// Which machine each provisioning port is bound to.
     pub port_bindings: Option<crate::policy::bindings::PortBindings>,
+    /// Where an unbound port's DHCP leases are untied from it.
+    pub released_ports: metalmesh_provisioning::dhcp::service::PortReleases,
 }
 
 impl AgentView {
@@ -96,6 +100,10 @@ impl AgentView {
                         .unwrap_or_default(),
                     dhcp_counters: self.dhcp_counters.lock().ok().and_then(|c| c.clone()),
                     subsystems: self.health.snapshot(),
+                    frr: self
+                        .frr
+                        .as_ref()
+                        .and_then(|f| f.status.lock().ok().map(|s| s.clone())),
                 }))
             }
             Request::Machines => self.machine_command(OperatorCommand::List).await,
@@ -174,17 +182,18 @@ impl AgentView {
                     },
                 }
             }
+            Request::BgpNeighbors if self.frr.is_some() => {
+                let (Some(frr), Some((asn, router_id))) = (&self.frr, self.bgp_identity) else {
+                    return Response::Error {
+                        message: "BGP is not configured on this switch ([bgp])".into(),
+                    };
+                };
+                bgp_neighbors(asn, router_id, frr.vtysh.sessions().await)
+            }
             Request::BgpNeighbors => match (self.speaker(), self.bgp_identity) {
-                (Ok(speaker), Some((asn, router_id))) => match speaker.peers().await {
-                    Ok(peers) => Response::BgpNeighbors {
-                        asn,
-                        router_id,
-                        peers,
-                    },
-                    Err(error) => Response::Error {
-                        message: error.to_string(),
-                    },
-                },
+                (Ok(speaker), Some((asn, router_id))) => {
+                    bgp_neighbors(asn, router_id, speaker.peers().await)
+                }
                 (Err(response), _) => *response,
                 (Ok(_), None) => Response::Error {
                     message: "BGP is not configured on this switch ([bgp])".into(),
@@ -208,6 +217,9 @@ impl AgentView {
                         if was_bound {
                             tracing::warn!(%port, "port binding removed by the operator");
                         }
+                        // The port's leases too: the machine that moved
+                        // away renews its address on its new port.
+                        self.released_ports.release(port);
                         Response::PortUnbound { was_bound }
                     }
                     Err(error) => Response::Error {
@@ -345,7 +357,7 @@ impl AgentView {
             .with_handle(|handle, _| async move { crate::dataplane::kernel::read(&handle).await })
             .await
         {
-            Ok(state) => state.interface_names(),
+            Ok(state) => state.facts(),
             Err(message) => return Response::Error { message },
         };
         // Persist first (atomically and durably): after a restart or power
@@ -649,7 +661,7 @@ async fn connection(
 
 /// Writes `bytes` to `tmp`, syncs it, and renames it over `file`, then syncs
 /// the directory: `file` holds either the old or the new text, durably.
-fn write_durably(
+pub(crate) fn write_durably(
     tmp: &std::path::Path,
     file: &std::path::Path,
     bytes: &[u8],
@@ -663,4 +675,22 @@ fn write_durably(
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// The answer to `bgp summary`, from either backend's sessions.
+fn bgp_neighbors<E: std::fmt::Display>(
+    asn: u32,
+    router_id: std::net::Ipv4Addr,
+    peers: Result<Vec<metalmesh_bgp::speaker::PeerView>, E>,
+) -> Response {
+    match peers {
+        Ok(peers) => Response::BgpNeighbors {
+            asn,
+            router_id,
+            peers,
+        },
+        Err(error) => Response::Error {
+            message: error.to_string(),
+        },
+    }
 }

@@ -3,9 +3,12 @@
 //! announces its loopback (the VTEP) in IPv4 unicast and an EVPN type-5
 //! route for every machine address routed on it; it installs underlay
 //! routes to other loopbacks in the main table ([`fib`]) and hands learned
-//! tenant routes to the dataplane as its third input. See `docs/bgp.md`.
+//! tenant routes to the dataplane as its third input. With `backend =
+//! "frr"` the same intent is written into the switch's FRR instead
+//! ([`frr`]). See `docs/bgp.md`.
 
 pub mod fib;
+pub mod frr;
 pub mod task;
 
 use std::collections::{BTreeSet, HashSet};
@@ -37,31 +40,99 @@ pub struct BgpSettings {
     pub hold_time: Duration,
     pub max_prefixes: usize,
     pub port: u16,
+    pub backend: Backend,
+}
+
+/// Where this switch's BGP sessions are read from.
+#[derive(Debug, Clone)]
+pub enum Sessions {
+    Native(task::SpeakerSlot),
+    Frr(frr::vtysh::Vtysh),
+}
+
+impl Sessions {
+    /// The sessions now; none while the speaker restarts or FRR does not
+    /// answer.
+    pub async fn peers(&self) -> Vec<metalmesh_bgp::speaker::PeerView> {
+        match self {
+            Sessions::Native(slot) => {
+                let speaker = slot.lock().ok().and_then(|s| s.clone());
+                match speaker {
+                    Some(speaker) => speaker.peers().await.unwrap_or_default(),
+                    None => Vec::new(),
+                }
+            }
+            Sessions::Frr(vtysh) => vtysh.sessions().await.unwrap_or_default(),
+        }
+    }
+}
+
+/// Who speaks BGP on this switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// metalmesh's own speaker, in the agent.
+    Native,
+    /// The switch's FRR, configured by the agent through `vtysh`.
+    Frr(frr::vtysh::Vtysh),
 }
 
 impl BgpSettings {
+    /// The switch's ports this leaf runs fabric sessions on, by name.
+    pub fn fabric_ports(
+        &self,
+        ports: &tokio::sync::watch::Receiver<Option<Vec<crate::switch::Port>>>,
+    ) -> Vec<String> {
+        let mut names: Vec<String> = ports
+            .borrow()
+            .iter()
+            .flatten()
+            .map(|p| p.name.clone())
+            .filter(|name| self.interfaces.matches(name))
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Checks `[bgp]`; errors name the file, line and key.
     pub fn check(
         bgp: &BgpConfig,
         switch: &SwitchConfig,
         source: &Source,
     ) -> Result<BgpSettings, ConfigError> {
-        match bgp.backend.get_ref().as_str() {
-            "native" => {}
+        let backend = match bgp.backend.get_ref().as_str() {
+            "native" => Backend::Native,
             "frr" => {
-                return Err(source.error_at(
-                    bgp.backend.span(),
-                    "bgp.backend",
-                    "`frr` is not available in this version; use `native`",
-                ));
+                if let Some(neighbor) = bgp.neighbors.first() {
+                    return Err(source.error_at(
+                        neighbor.address.span(),
+                        "bgp.neighbor",
+                        "numbered neighbours are configured in FRR itself with backend \"frr\" \
+                         (the agent manages the unnumbered fabric ports, its loopback and the tenants)",
+                    ));
+                }
+                let frr = bgp.frr.clone().unwrap_or(crate::config::FrrConfig {
+                    vtysh: std::path::PathBuf::from("/usr/bin/vtysh"),
+                    vty_socket: None,
+                });
+                Backend::Frr(frr::vtysh::Vtysh {
+                    program: frr.vtysh,
+                    vty_socket: frr.vty_socket,
+                })
             }
             other => {
                 return Err(source.error_at(
                     bgp.backend.span(),
                     "bgp.backend",
-                    format!("unknown backend `{other}` (expected `native`)"),
+                    format!("unknown backend `{other}` (expected `native` or `frr`)"),
                 ));
             }
+        };
+        if bgp.frr.is_some() && backend == Backend::Native {
+            return Err(source.error_at(
+                bgp.backend.span(),
+                "bgp.frr",
+                "[bgp.frr] is set but the backend is `native`",
+            ));
         }
         let hold = *bgp.hold_time_secs.get_ref();
         if hold != 0 && !(3..=65_535).contains(&hold) {
@@ -144,6 +215,7 @@ impl BgpSettings {
             hold_time: Duration::from_secs(u64::from(hold)),
             max_prefixes: max_prefixes as usize,
             port: bgp.port,
+            backend,
         })
     }
 

@@ -67,15 +67,7 @@ impl RouteSink for ChannelSink {
 impl BgpTask {
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         let settings = &self.settings;
-        let ports: Vec<String> = self
-            .ports
-            .borrow()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| p.name)
-            .filter(|name| settings.interfaces.matches(name))
-            .collect();
+        let ports = settings.fabric_ports(&self.ports);
         let mut speaker = Speaker::new(settings.asn);
         let mut remotes = HashMap::new();
         for port in &ports {

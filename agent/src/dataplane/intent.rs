@@ -177,14 +177,24 @@ impl Guardrails {
     }
 }
 
-/// Splits intents into those that can be rendered and the rejected ones.
-/// `interfaces` are the switch's interface names (ports must exist);
-/// `guardrails` what tenants may not touch.
+/// What the kernel holds that intents are checked against.
+#[derive(Debug, Clone, Default)]
+pub struct KernelFacts {
+    /// The switch's interface names (ports must exist).
+    pub interfaces: BTreeSet<String>,
+    /// Routing tables other programs use.
+    pub foreign_tables: BTreeSet<u32>,
+}
+
+/// Splits intents into those that can be rendered and the rejected ones,
+/// against what the kernel holds (`facts`) and what tenants may not touch
+/// (`guardrails`).
 pub fn validate(
     intents: &Intents,
-    interfaces: &BTreeSet<String>,
+    facts: &KernelFacts,
     guardrails: &Guardrails,
 ) -> (Vec<VrfIntent>, Vec<Rejection>) {
+    let interfaces = &facts.interfaces;
     let mut accepted: Vec<VrfIntent> = Vec::new();
     let mut rejected = Vec::new();
     // First come, first served: a later VRF that collides is the one rejected.
@@ -219,6 +229,12 @@ pub fn validate(
             if let Some(other) = tables.get(&vrf.table) {
                 return Some(format!(
                     "routing table {} is already used by VRF `{other}`",
+                    vrf.table
+                ));
+            }
+            if facts.foreign_tables.contains(&vrf.table) {
+                return Some(format!(
+                    "routing table {} holds routes or rules of another program",
                     vrf.table
                 ));
             }
@@ -296,11 +312,29 @@ mod tests {
         toml::from_str(text).unwrap()
     }
 
-    fn interfaces() -> BTreeSet<String> {
-        ["m1-1", "m1-2", "m1-3"]
-            .into_iter()
-            .map(String::from)
-            .collect()
+    fn interfaces() -> KernelFacts {
+        KernelFacts {
+            interfaces: ["m1-1", "m1-2", "m1-3"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            foreign_tables: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn a_table_another_program_uses_is_refused() {
+        let mut facts = interfaces();
+        facts.foreign_tables.insert(1002);
+        let (ok, rejected) = validate(&parse(TWO), &facts, &Guardrails::default());
+        assert_eq!(ok.len(), 1, "{rejected:?}");
+        assert_eq!(rejected[0].vrf, "tenant-b");
+        assert!(
+            rejected[0]
+                .reason
+                .contains("routing table 1002 holds routes or rules of another program"),
+            "{rejected:?}"
+        );
     }
 
     const TWO: &str = r#"

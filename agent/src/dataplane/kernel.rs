@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -38,7 +38,15 @@ const OWN_PREFIX: &str = "mm-";
 #[derive(Debug, Default)]
 pub struct KernelState {
     pub objects: BTreeSet<Object>,
+    /// Routing tables other programs' routes or rules use and the agent
+    /// holds nothing in (no VRF device, rule or route of its own; not the
+    /// kernel's own tables): a tenant VRF may not take one.
+    pub foreign_tables: BTreeSet<u32>,
     links: BTreeMap<String, u32>,
+    /// Each enslaved interface's controller (bridge or VRF) by name.
+    controllers: BTreeMap<String, String>,
+    /// Every interface's IPv4 addresses and prefix lengths.
+    ipv4: BTreeMap<String, BTreeSet<(Ipv4Addr, u8)>>,
     addresses: BTreeMap<Object, AddressMessage>,
     rules: BTreeMap<Object, RuleMessage>,
     routes: BTreeMap<Object, RouteMessage>,
@@ -50,11 +58,63 @@ impl KernelState {
         self.links.get(name).copied()
     }
 
+    /// The interfaces enslaved to `controller`.
+    pub fn ports_of(&self, controller: &str) -> BTreeSet<String> {
+        self.controllers
+            .iter()
+            .filter(|(_, c)| *c == controller)
+            .map(|(port, _)| port.clone())
+            .collect()
+    }
+
+    /// Whether `dev` carries `address/len`.
+    pub fn has_address(&self, dev: &str, address: Ipv4Addr, len: u8) -> bool {
+        self.ipv4
+            .get(dev)
+            .is_some_and(|addresses| addresses.contains(&(address, len)))
+    }
+
     /// Every interface of the switch, from the same link dump.
     pub fn interface_names(&self) -> BTreeSet<String> {
         self.links.keys().cloned().collect()
     }
+
+    /// What intents are validated against.
+    pub fn facts(&self) -> super::intent::KernelFacts {
+        super::intent::KernelFacts {
+            interfaces: self.interface_names(),
+            foreign_tables: self.foreign_tables.clone(),
+        }
+    }
+
+    /// Forgets the routed ports (the gateway address on a port) the agent
+    /// does not own: an operator's interface that happens to carry
+    /// 169.254.0.1/32 is never changed or removed.
+    pub fn keep_routed_ports(&mut self, owned: impl Fn(&str) -> bool) {
+        self.objects.retain(|object| match object {
+            Object::RoutedPort { port, .. } => owned(port),
+            Object::Address { dev, address, .. } if *address == GATEWAY => owned(dev),
+            _ => true,
+        });
+        self.addresses
+            .retain(|object, _| self.objects.contains(object));
+    }
+
+    /// The routed ports read (owned ones, after [`Self::keep_routed_ports`]).
+    pub fn routed_ports(&self) -> BTreeSet<String> {
+        self.objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::RoutedPort { port, .. } => Some(port.clone()),
+                _ => None,
+            })
+            .collect()
+    }
 }
+
+/// Tables no tenant may use and nobody else's routes make foreign: unspec,
+/// default, main, local.
+const KERNEL_TABLES: [u32; 4] = [0, 253, 254, 255];
 
 fn link_name(message: &LinkMessage) -> Option<String> {
     message.attributes.iter().find_map(|a| match a {
@@ -93,6 +153,11 @@ pub async fn read(handle: &Handle) -> Result<KernelState, rtnetlink::Error> {
             _ => None,
         })
     };
+    for message in &messages {
+        if let (Some(name), Some(controller)) = (link_name(message), controller_name(message)) {
+            state.controllers.insert(name, controller);
+        }
+    }
     for message in &messages {
         let Some(name) = link_name(message) else {
             continue;
@@ -167,6 +232,13 @@ pub async fn read(handle: &Handle) -> Result<KernelState, rtnetlink::Error> {
             }
             _ => None,
         });
+        if let (Some(ip), Some(dev)) = (address, name_of.get(&message.header.index)) {
+            state
+                .ipv4
+                .entry(dev.clone())
+                .or_default()
+                .insert((ip, message.header.prefix_len));
+        }
         if address != Some(GATEWAY) || message.header.prefix_len != 32 {
             continue;
         }
@@ -194,12 +266,24 @@ pub async fn read(handle: &Handle) -> Result<KernelState, rtnetlink::Error> {
         state.addresses.insert(object, message);
     }
 
+    // Tables used by anything but the agent; the kernel's own routes in the
+    // table of one of its VRF devices (VRF-device mode) do not count.
+    let mut foreign: BTreeSet<u32> = BTreeSet::new();
     for message in rule_messages {
         let priority = message.attributes.iter().find_map(|a| match a {
             RuleAttribute::Priority(p) => Some(*p),
             _ => None,
         });
+        let rule_table = message
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RuleAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(u32::from(message.header.table));
         if priority != Some(RULE_PRIORITY) {
+            foreign.insert(rule_table);
             continue;
         }
         let iif = message.attributes.iter().find_map(|a| match a {
@@ -213,23 +297,16 @@ pub async fn read(handle: &Handle) -> Result<KernelState, rtnetlink::Error> {
             }),
             _ => None,
         });
-        let table = message
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                RuleAttribute::Table(t) => Some(*t),
-                _ => None,
-            })
-            .unwrap_or(u32::from(message.header.table));
-        let object = Object::Rule { iif, to, table };
+        let object = Object::Rule {
+            iif,
+            to,
+            table: rule_table,
+        };
         state.objects.insert(object.clone());
         state.rules.insert(object, message);
     }
 
     for message in route_messages {
-        if message.header.protocol != RouteProtocol::Other(PROTOCOL) {
-            continue;
-        }
         let table = message
             .attributes
             .iter()
@@ -238,6 +315,10 @@ pub async fn read(handle: &Handle) -> Result<KernelState, rtnetlink::Error> {
                 _ => None,
             })
             .unwrap_or(u32::from(message.header.table));
+        if message.header.protocol != RouteProtocol::Other(PROTOCOL) {
+            foreign.insert(table);
+            continue;
+        }
         let dst = message
             .attributes
             .iter()
@@ -276,6 +357,24 @@ pub async fn read(handle: &Handle) -> Result<KernelState, rtnetlink::Error> {
         state.objects.insert(object.clone());
         state.routes.insert(object, message);
     }
+
+    // A table holding any of the agent's objects is the agent's, whatever
+    // else was added to it since (such routes are left alone, and the
+    // tenant stays).
+    let own_tables: BTreeSet<u32> = state
+        .objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::Vrf { table, .. }
+            | Object::Rule { table, .. }
+            | Object::Route { table, .. } => Some(*table),
+            _ => None,
+        })
+        .collect();
+    state.foreign_tables = foreign
+        .into_iter()
+        .filter(|t| !KERNEL_TABLES.contains(t) && !own_tables.contains(t))
+        .collect();
 
     for family in [AddressFamily::Inet, AddressFamily::Bridge] {
         let neighbours: Vec<NeighbourMessage> = handle
@@ -324,6 +423,94 @@ pub async fn read(handle: &Handle) -> Result<KernelState, rtnetlink::Error> {
     Ok(state)
 }
 
+/// The rack's provisioning bridge, as the boot services need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisioningBridge {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+/// What [`repair_provisioning_bridge`] put back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BridgeRepair {
+    pub created: bool,
+    pub address: bool,
+    pub ports: Vec<String>,
+}
+
+impl BridgeRepair {
+    pub fn is_empty(&self) -> bool {
+        !self.created && !self.address && self.ports.is_empty()
+    }
+}
+
+/// Puts the provisioning bridge back when it was deleted or stripped by
+/// hand: the bridge itself (up), the leaf's address on it, and `ports` (the
+/// machine ports it last held that are not routed now) as its ports again.
+pub async fn repair_provisioning_bridge(
+    handle: &Handle,
+    bridge: &ProvisioningBridge,
+    ports: &BTreeSet<String>,
+    state: &KernelState,
+) -> Result<BridgeRepair, String> {
+    let e = |what: &str, error: rtnetlink::Error| {
+        format!("provisioning bridge {}: {what}: {error}", bridge.name)
+    };
+    let mut repair = BridgeRepair::default();
+    let index = match state.index_of(&bridge.name) {
+        Some(index) => index,
+        None => {
+            handle
+                .link()
+                .add(LinkBridge::new(&bridge.name).up().build())
+                .execute()
+                .await
+                .map_err(|error| e("create", error))?;
+            repair.created = true;
+            let links = link_indexes(handle)
+                .await
+                .map_err(|error| e("find", error))?;
+            *links.get(&bridge.name).ok_or_else(|| {
+                format!(
+                    "provisioning bridge {}: not there after creating it",
+                    bridge.name
+                )
+            })?
+        }
+    };
+    if repair.created || !state.has_address(&bridge.name, bridge.address, bridge.prefix_len) {
+        handle
+            .address()
+            .add(index, IpAddr::V4(bridge.address), bridge.prefix_len)
+            .execute()
+            .await
+            .map_err(|error| e("address", error))?;
+        repair.address = true;
+    }
+    for port in ports {
+        let Some(port_index) = state.index_of(port) else {
+            continue;
+        };
+        if !repair.created && state.controllers.get(port) == Some(&bridge.name) {
+            continue;
+        }
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(port_index)
+                    .controller(index)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|error| e(port, error))?;
+        repair.ports.push(port.clone());
+    }
+    Ok(repair)
+}
+
 /// One object the kernel refused, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Failure {
@@ -351,23 +538,48 @@ pub async fn apply(
     // first needs one, instead of a lookup per created link.
     let mut links = state.links.clone();
     let mut stale = false;
-    for object in &plan.add {
-        if stale && needs_refresh(object, &links) {
+    let ipv6_off = ipv6_off_by_default();
+    // Objects of one kind never depend on each other (a bridge needs its
+    // VRF, a route its device: other kinds, created before), so each kind
+    // goes out with up to IN_FLIGHT requests outstanding instead of one
+    // round trip per object.
+    for batch in plan
+        .add
+        .chunk_by(|a, b| std::mem::discriminant(a) == std::mem::discriminant(b))
+    {
+        if stale && batch.iter().any(|object| needs_refresh(object, &links)) {
             if let Ok(fresh) = link_indexes(handle).await {
                 links = fresh;
             }
             stale = false;
         }
-        match add(handle, object, &links).await {
-            Ok(created) => stale |= created,
-            Err(error) => failures.push(Failure {
-                object: object.clone(),
-                error,
-            }),
+        let links = &links;
+        // Built eagerly: a lazily mapped slice iterator held across the
+        // await makes the reconciler's future fail the `Send` check.
+        let requests: Vec<_> = batch
+            .iter()
+            .map(|object| async move { (object, add(handle, object, links, ipv6_off).await) })
+            .collect();
+        let results: Vec<(&Object, Result<bool, String>)> = futures::stream::iter(requests)
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        for (object, result) in results {
+            match result {
+                Ok(created) => stale |= created,
+                Err(error) => failures.push(Failure {
+                    object: object.clone(),
+                    error,
+                }),
+            }
         }
     }
     failures
 }
+
+/// Netlink requests the reconciler keeps outstanding within one kind of
+/// object (the kernel still handles them one by one, under its lock).
+const IN_FLIGHT: usize = 64;
 
 /// Whether `object` refers to an interface missing from `links`.
 fn needs_refresh(object: &Object, links: &BTreeMap<String, u32>) -> bool {
@@ -401,9 +613,19 @@ async fn link_indexes(handle: &Handle) -> Result<BTreeMap<String, u32>, rtnetlin
 
 /// Tenants are routed in IPv4: without IPv6 the agent's devices carry no
 /// link-local addresses, IPv6 routes or multicast FDB entries, which keeps
-/// every later read of the kernel small. A kernel without IPv6 needs nothing.
-fn without_ipv6(name: &str) {
-    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+/// every later read of the kernel small. A kernel without IPv6 needs nothing,
+/// nor does a namespace whose new devices start without it (one sysctl
+/// write per device is a blocking file write in the middle of a batch).
+fn without_ipv6(name: &str, ipv6_off_by_default: bool) {
+    if !ipv6_off_by_default {
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+    }
+}
+
+/// Whether devices created now start with IPv6 disabled.
+fn ipv6_off_by_default() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv6/conf/default/disable_ipv6")
+        .is_ok_and(|value| value.trim() == "1")
 }
 
 /// Adds one object; `Ok(true)` when it created an interface.
@@ -411,6 +633,7 @@ async fn add(
     handle: &Handle,
     object: &Object,
     links: &BTreeMap<String, u32>,
+    ipv6_off_by_default: bool,
 ) -> Result<bool, String> {
     let index = |name: &str| {
         links
@@ -427,7 +650,7 @@ async fn add(
                 .execute()
                 .await
                 .map_err(e)?;
-            without_ipv6(name);
+            without_ipv6(name, ipv6_off_by_default);
             Ok(true)
         }
         Object::Bridge { name, mac, vrf } => {
@@ -444,7 +667,7 @@ async fn add(
                 .execute()
                 .await
                 .map_err(e)?;
-            without_ipv6(name);
+            without_ipv6(name, ipv6_off_by_default);
             Ok(true)
         }
         Object::Vxlan {
@@ -461,7 +684,7 @@ async fn add(
                 .up()
                 .build();
             handle.link().add(message).execute().await.map_err(e)?;
-            without_ipv6(name);
+            without_ipv6(name, ipv6_off_by_default);
             Ok(true)
         }
         Object::RoutedPort { port, vrf } => {

@@ -12,4 +12,4 @@ pub mod networks;
 pub mod reconcile;
 
 pub use desired::{KernelMode, Object, Plan, diff, render};
-pub use intent::{Guardrails, Intents, VrfIntent, validate};
+pub use intent::{Guardrails, Intents, KernelFacts, VrfIntent, validate};

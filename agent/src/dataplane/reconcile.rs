@@ -78,6 +78,89 @@ pub struct Reconciler {
     pub guardrails: Arc<crate::dataplane::Guardrails>,
     pub intents: watch::Receiver<Intents>,
     pub report: Arc<Mutex<PassReport>>,
+    /// The routed ports the agent owns, persisted (`None`: only the ports
+    /// the intents route are the agent's).
+    pub owned_ports: Option<OwnedPorts>,
+    /// The provisioning bridge, put back when deleted by hand (with the
+    /// ports it last held, `bridge_ports`), when boot services run here.
+    pub provisioning: Option<kernel::ProvisioningBridge>,
+    pub bridge_ports: Option<OwnedPorts>,
+}
+
+/// The machine ports the agent has routed (given the tenant gateway
+/// address), kept in `<state_dir>/dataplane-owned-ports.json`: ownership is
+/// what the agent did, not what an interface looks like, so an operator's
+/// interface carrying 169.254.0.1/32 is never taken over. Written before a
+/// port is routed and after one is released, so a crash in between leaves
+/// the agent owning a superset, never losing a port it configured.
+#[derive(Debug, Clone)]
+pub struct OwnedPorts {
+    path: PathBuf,
+    ports: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl OwnedPorts {
+    /// Loads the routed ports' file (none yet: the agent owns no routed
+    /// port). A damaged file stops the start, like the stored intents.
+    pub fn load(state_dir: &std::path::Path) -> anyhow::Result<OwnedPorts> {
+        OwnedPorts::load_file(state_dir.join("dataplane-owned-ports.json"))
+    }
+
+    /// Loads the provisioning bridge's ports as last seen.
+    pub fn load_bridge_ports(state_dir: &std::path::Path) -> anyhow::Result<OwnedPorts> {
+        OwnedPorts::load_file(state_dir.join("provisioning-bridge-ports.json"))
+    }
+
+    fn load_file(path: PathBuf) -> anyhow::Result<OwnedPorts> {
+        use anyhow::Context as _;
+        let ports = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is unreadable", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        Ok(OwnedPorts {
+            path,
+            ports: Arc::new(Mutex::new(ports)),
+        })
+    }
+
+    pub fn contains(&self, port: &str) -> bool {
+        self.ports.lock().is_ok_and(|p| p.contains(port))
+    }
+
+    /// Stores `ports` as the owned set (durably) when it changed.
+    fn store(&self, ports: BTreeSet<String>) -> std::io::Result<()> {
+        let Ok(mut current) = self.ports.lock() else {
+            return Err(std::io::Error::other("owned ports lock poisoned"));
+        };
+        if *current == ports {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec_pretty(&ports).map_err(std::io::Error::other)?;
+        crate::admin::server::write_durably(
+            &self.path.with_extension("json.tmp"),
+            &self.path,
+            &bytes,
+        )?;
+        *current = ports;
+        Ok(())
+    }
+
+    fn all(&self) -> BTreeSet<String> {
+        self.ports.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+/// The ports routed by `objects`.
+fn routed_ports(objects: &BTreeSet<Object>) -> BTreeSet<String> {
+    objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::RoutedPort { port, .. } => Some(port.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// What the last full pass read and wanted (what an incremental change is
@@ -91,12 +174,12 @@ struct Applied {
 /// Renders what the kernel should hold, with the rejected VRFs.
 pub fn desired(
     intents: &Intents,
-    interfaces: &BTreeSet<String>,
+    facts: &crate::dataplane::KernelFacts,
     guardrails: &crate::dataplane::Guardrails,
     mode: KernelMode,
     vtep: Ipv4Addr,
 ) -> (BTreeSet<Object>, Vec<Rejection>) {
-    let (accepted, rejected) = validate(intents, interfaces, guardrails);
+    let (accepted, rejected) = validate(intents, facts, guardrails);
     (render(&accepted, mode, vtep), rejected)
 }
 
@@ -117,14 +200,22 @@ impl Reconciler {
         &self,
         handle: &rtnetlink::Handle,
     ) -> Result<(KernelState, BTreeSet<Object>, Plan, Vec<Rejection>), rtnetlink::Error> {
-        let state = kernel::read(handle).await?;
+        let mut state = kernel::read(handle).await?;
         let (want, rejected) = desired(
             &self.intents.borrow(),
-            &state.interface_names(),
+            &state.facts(),
             &self.guardrails,
             self.mode,
             self.vtep,
         );
+        // A routed port is the agent's when it routed it before or the
+        // intents route it now; any other interface with the gateway
+        // address is left alone.
+        let wanted_ports = routed_ports(&want);
+        state.keep_routed_ports(|port| {
+            wanted_ports.contains(port)
+                || self.owned_ports.as_ref().is_some_and(|o| o.contains(port))
+        });
         let plan = diff(&want, &state.objects);
         Ok((state, want, plan, rejected))
     }
@@ -135,7 +226,7 @@ impl Reconciler {
     async fn incremental(&self, handle: &rtnetlink::Handle, last: &mut Applied) -> bool {
         let (want, rejected) = desired(
             &self.intents.borrow(),
-            &last.state.interface_names(),
+            &last.state.facts(),
             &self.guardrails,
             self.mode,
             self.vtep,
@@ -178,9 +269,65 @@ impl Reconciler {
         true
     }
 
+    /// Puts the provisioning bridge back (deleted or its address removed by
+    /// hand), or remembers its ports while it is there. True when the
+    /// kernel was changed.
+    async fn keep_provisioning_bridge(
+        &self,
+        handle: &rtnetlink::Handle,
+        state: &KernelState,
+    ) -> bool {
+        let (Some(bridge), Some(remembered)) = (&self.provisioning, &self.bridge_ports) else {
+            return false;
+        };
+        if state.index_of(&bridge.name).is_some()
+            && let Err(error) = remembered.store(state.ports_of(&bridge.name))
+        {
+            tracing::error!(%error, "cannot store the provisioning bridge's ports");
+        }
+        // Ports routed since they were seen in the bridge stay routed.
+        let routed = state.routed_ports();
+        let ports: BTreeSet<String> = remembered
+            .all()
+            .into_iter()
+            .filter(|p| !routed.contains(p))
+            .collect();
+        match kernel::repair_provisioning_bridge(handle, bridge, &ports, state).await {
+            Ok(repair) if repair.is_empty() => false,
+            Ok(repair) => {
+                tracing::warn!(
+                    bridge = %bridge.name,
+                    created = repair.created,
+                    address = repair.address,
+                    ports = ?repair.ports,
+                    "the provisioning bridge was changed by hand; put back"
+                );
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, "provisioning bridge not repaired; retrying");
+                false
+            }
+        }
+    }
+
     async fn pass(&self, handle: &rtnetlink::Handle) -> Result<Applied, rtnetlink::Error> {
         let started = Instant::now();
-        let (state, want, plan, rejected) = self.compute(handle).await?;
+        let (mut state, mut want, mut plan, mut rejected) = self.compute(handle).await?;
+        if self.keep_provisioning_bridge(handle, &state).await {
+            (state, want, plan, rejected) = self.compute(handle).await?;
+        }
+        let wanted_ports = routed_ports(&want);
+        if let Some(owned) = &self.owned_ports {
+            // Before routing a port: own it (a crash now leaves a port
+            // owned that is not routed yet, which the next pass settles).
+            let mut before = owned.all();
+            before.extend(wanted_ports.iter().cloned());
+            if let Err(error) = owned.store(before) {
+                tracing::error!(%error, "dataplane: cannot store the routed ports it owns; not applying");
+                return Ok(Applied { state, want });
+            }
+        }
         let failures = if plan.is_empty() {
             Vec::new()
         } else {
@@ -191,6 +338,23 @@ impl Reconciler {
             );
             kernel::apply(handle, &plan, &state, &self.provisioning_bridge).await
         };
+        if let Some(owned) = &self.owned_ports {
+            // Released ports stay owned until their removal succeeded.
+            let mut after = wanted_ports;
+            after.extend(
+                failures
+                    .iter()
+                    .filter_map(|f| match &f.object {
+                        Object::RoutedPort { port, .. } => Some(port.clone()),
+                        Object::Address { dev, .. } => Some(dev.clone()),
+                        _ => None,
+                    })
+                    .filter(|port| owned.contains(port)),
+            );
+            if let Err(error) = owned.store(after) {
+                tracing::error!(%error, "dataplane: cannot store the routed ports it owns");
+            }
+        }
         for failure in &failures {
             tracing::warn!(object = ?failure.object, error = %failure.error, "dataplane: kernel refused");
         }
@@ -281,5 +445,25 @@ pub fn load_intents(path: &std::path::Path) -> anyhow::Result<crate::dataplane::
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_ports_are_kept_across_restarts_and_a_damaged_file_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let owned = OwnedPorts::load(dir.path()).unwrap();
+        assert!(!owned.contains("swp1"));
+        owned
+            .store(["swp1".to_string(), "swp2".to_string()].into())
+            .unwrap();
+        let again = OwnedPorts::load(dir.path()).unwrap();
+        assert!(again.contains("swp1") && again.contains("swp2") && !again.contains("swp3"));
+        std::fs::write(dir.path().join("dataplane-owned-ports.json"), b"{oops").unwrap();
+        let error = OwnedPorts::load(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("unreadable"), "{error}");
     }
 }

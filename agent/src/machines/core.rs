@@ -257,6 +257,9 @@ pub struct CoreSettings {
     /// (where the leaf's packet filter binds ports; see `policy`).
     #[serde(default)]
     pub ports_known: bool,
+    /// How disks are wiped at registration (a fresh or reclaimed machine).
+    #[serde(default)]
+    pub wipe: metalmesh_installer::disk::WipeMode,
 }
 
 /// A heartbeat held open until its machine has something to do.
@@ -916,7 +919,9 @@ impl MachineCore {
                     allocation: installer_allocation(executed),
                 }
             }
-            None => Directive::Wipe,
+            None => Directive::Wipe {
+                mode: self.settings.wipe,
+            },
         };
         self.save(step, &uuid);
         Ok(directive)
@@ -1280,6 +1285,7 @@ mod tests {
                 thresholds,
                 leases_known: false,
                 ports_known: false,
+                wipe: Default::default(),
             },
             Vec::new(),
         );
@@ -1304,6 +1310,7 @@ mod tests {
                 thresholds: Thresholds::default(),
                 leases_known: false,
                 ports_known: false,
+                wipe: Default::default(),
             },
             Vec::new(),
         );
@@ -1321,6 +1328,7 @@ mod tests {
                 thresholds: Thresholds::default(),
                 leases_known: false,
                 ports_known: false,
+                wipe: Default::default(),
             },
             Vec::new(),
         );
@@ -1338,6 +1346,7 @@ mod tests {
                 thresholds: Thresholds::default(),
                 leases_known: true,
                 ports_known: true,
+                wipe: Default::default(),
             },
             Vec::new(),
         );
@@ -1380,6 +1389,19 @@ mod tests {
             },
         );
         outcome.answers.into_iter().next().unwrap().1
+    }
+
+    #[test]
+    fn a_registered_machine_is_told_the_leafs_wipe_mode() {
+        use metalmesh_installer::disk::WipeMode;
+        for mode in [WipeMode::Signatures, WipeMode::Discard, WipeMode::Zero] {
+            let mut core = port_bound_core(&[("m1-1", UUID)]);
+            core.settings.wipe = mode;
+            assert_eq!(
+                register(&mut core, 10, Some("m1-1")).unwrap(),
+                Directive::Wipe { mode }
+            );
+        }
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub struct ImageSource {
 pub struct Settings {
     pub switch: String,
     pub thresholds: super::lifecycle::Thresholds,
+    /// How disks are wiped at registration.
+    pub wipe: metalmesh_installer::disk::WipeMode,
     pub images: Option<ImageSource>,
     /// Who holds which address (none where this leaf serves no DHCP).
     pub leases: Option<LeaseIndex>,
@@ -290,6 +292,7 @@ impl MachinesTask {
                 thresholds: settings.thresholds,
                 leases_known: settings.leases.is_some(),
                 ports_known: settings.leases.is_some() && settings.bindings.is_some(),
+                wipe: settings.wipe,
             },
             load(&store)?,
         );

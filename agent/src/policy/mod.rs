@@ -4,8 +4,9 @@
 //! repaired when they drift.
 //!
 //! - Machines on the provisioning bridge reach only DHCP, TFTP and the HTTP
-//!   boot server (and ICMP) on the leaf, never each other (frames between
-//!   two ports of the bridge are dropped, as isolated ports would be) and
+//!   boot server (and ICMP) on the leaf, never each other (its ports are
+//!   isolated bridge ports, and frames between two of them are dropped by
+//!   the filter too) and
 //!   never anything beyond the leaf (no forwarding from or to the bridge);
 //!   a machine port cannot answer as a DHCP server.
 //! - Routed machine ports (allocated machines, in a tenant VRF) reach only
@@ -47,10 +48,12 @@ pub struct PolicyInputs {
     /// The provisioning bridge and the leaf's boot service ports
     /// (DHCP, TFTP, HTTP), where boot services run.
     pub provisioning: Option<Provisioning>,
-    /// Routed machine ports (every port of every tenant VRF).
-    pub tenant_ports: BTreeSet<String>,
-    /// The provisioning bridge's ports, as the kernel has them.
-    pub pxe_ports: BTreeSet<String>,
+    /// Routed machine ports (every port of every tenant VRF the
+    /// guardrails accept) and the addresses their machine may send from.
+    pub tenant_ports: BTreeMap<String, Vec<std::net::Ipv4Addr>>,
+    /// The provisioning bridge's ports and their interface indexes, as the
+    /// kernel has them.
+    pub pxe_ports: BTreeMap<String, u32>,
     /// Which MAC and address each port is bound to (anti-spoofing); `None`:
     /// ports are not bound (no boot services), nothing is filtered by
     /// source.
@@ -89,7 +92,7 @@ pub fn render(inputs: &PolicyInputs) -> String {
         let _ = writeln!(
             out,
             "    elements = {{ {} }}",
-            set_elements(&inputs.tenant_ports)
+            set_elements(inputs.tenant_ports.keys())
         );
     }
     let _ = writeln!(out, "  }}");
@@ -102,7 +105,36 @@ pub fn render(inputs: &PolicyInputs) -> String {
         let _ = writeln!(out, "    iifname \"{}\" jump provisioning", p.bridge);
     }
     let _ = writeln!(out, "    iifname @tenant_ports jump tenant");
+    // In VRF-device mode a routed port's packets reach the input hook with
+    // their VRF device as input interface: anything arriving in a tenant
+    // VRF is a tenant's.
+    let _ = writeln!(out, "    iifname \"mm-vrf*\" jump tenant");
     let _ = writeln!(out, "    udp dport 4789 jump vxlan");
+    let _ = writeln!(out, "  }}");
+    // A routed machine sends only from its own addresses, to the leaf and
+    // through it (before routing; in VRF-device mode this hook still sees
+    // the port, not the VRF), so an address identifies a port here too.
+    let _ = writeln!(out, "  chain tenant_sources {{");
+    let _ = writeln!(
+        out,
+        "    type filter hook prerouting priority -150; policy accept;"
+    );
+    for (port, addresses) in &inputs.tenant_ports {
+        if addresses.is_empty() {
+            let _ = writeln!(out, "    iifname \"{port}\" counter drop");
+        } else {
+            let _ = writeln!(
+                out,
+                "    iifname \"{port}\" ip saddr != {{ {} }} counter drop",
+                addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let _ = writeln!(out, "    iifname \"{port}\" meta nfproto ipv6 counter drop");
+        }
+    }
     let _ = writeln!(out, "  }}");
     if let Some(p) = &inputs.provisioning {
         let _ = writeln!(out, "  chain provisioning {{");
@@ -115,7 +147,8 @@ pub fn render(inputs: &PolicyInputs) -> String {
         let _ = writeln!(out, "    tcp dport {} accept", p.http_port);
         let _ = writeln!(out, "    icmp type echo-request accept");
         // Neighbour and router discovery on the bridge.
-        let _ = writeln!(out, "    meta l4proto ipv6-icmp accept");
+        // By number: a switch without /etc/protocols cannot resolve the name.
+        let _ = writeln!(out, "    meta l4proto 58 accept");
         let _ = writeln!(out, "    counter drop");
         let _ = writeln!(out, "  }}");
     }
@@ -165,12 +198,14 @@ pub fn render(inputs: &PolicyInputs) -> String {
             let _ = writeln!(
                 out,
                 "    elements = {{ {} }}",
-                set_elements(&inputs.pxe_ports)
+                set_elements(inputs.pxe_ports.keys())
             );
         }
         let _ = writeln!(out, "  }}");
+        render_port_marks(&mut out, &inputs.pxe_ports, p.dhcp_port);
         if let Some(bound) = &inputs.bindings {
-            render_anti_spoofing(&mut out, &inputs.pxe_ports, bound);
+            let ports: BTreeSet<String> = inputs.pxe_ports.keys().cloned().collect();
+            render_anti_spoofing(&mut out, &ports, bound);
         }
         // Machines talk to the leaf only, never to each other: nothing
         // arriving on a port of the provisioning bridge is forwarded.
@@ -196,6 +231,36 @@ pub fn render(inputs: &PolicyInputs) -> String {
         let _ = writeln!(out, "}}");
     }
     out
+}
+
+/// DHCP requests carry the port they came in on to the DHCP server as their
+/// packet mark (`metalmesh_provisioning::dhcp::service::port_mark`): the
+/// server ties leases, quotas and rate limits to ports, which a client
+/// cannot choose.
+fn render_port_marks(out: &mut String, ports: &BTreeMap<String, u32>, dhcp_port: u16) {
+    use metalmesh_provisioning::dhcp::service::port_mark;
+    let marks: Vec<String> = ports
+        .iter()
+        .filter_map(|(name, index)| port_mark(*index).map(|mark| format!("\"{name}\" : {mark:#x}")))
+        .collect();
+    if marks.len() < ports.len() {
+        tracing::warn!(
+            "ports with an interface index above 65535 are not marked: their DHCP requests are not tied to them"
+        );
+    }
+    let _ = writeln!(out, "  chain port_marks {{");
+    let _ = writeln!(
+        out,
+        "    type filter hook prerouting priority filter - 10; policy accept;"
+    );
+    if !marks.is_empty() {
+        let _ = writeln!(
+            out,
+            "    udp dport {dhcp_port} meta mark set iifname map {{ {} }}",
+            marks.join(", ")
+        );
+    }
+    let _ = writeln!(out, "  }}");
 }
 
 /// Per port of the provisioning bridge: a bound port may send only from
@@ -288,13 +353,44 @@ async fn iproute2_json(program: &str, args: &[&str]) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-/// The ports of `bridge` (`ip -j link show master BRIDGE`).
-async fn bridge_ports(bridge: &str) -> BTreeSet<String> {
-    iproute2_json("ip", &["-j", "link", "show", "master", bridge])
-        .await
-        .iter()
-        .filter_map(|link| link["ifname"].as_str().map(str::to_string))
-        .collect()
+/// The ports of `bridge` and their interface indexes (`ip -j -d link show
+/// master BRIDGE`). Ports not yet isolated are isolated on the way: the
+/// bridge then forwards nothing between two machine ports (the filter's
+/// forward rule is the second line of that defence).
+async fn bridge_ports(bridge: &str) -> BTreeMap<String, u32> {
+    let links = iproute2_json("ip", &["-j", "-d", "link", "show", "master", bridge]).await;
+    let mut ports = BTreeMap::new();
+    for link in &links {
+        let (Some(name), Some(index)) = (
+            link["ifname"].as_str(),
+            link["ifindex"].as_u64().and_then(|i| u32::try_from(i).ok()),
+        ) else {
+            continue;
+        };
+        if link["linkinfo"]["info_slave_data"]["isolated"] != serde_json::Value::Bool(true) {
+            isolate(name).await;
+        }
+        ports.insert(name.to_string(), index);
+    }
+    ports
+}
+
+/// `bridge link set dev PORT isolated on`.
+async fn isolate(port: &str) {
+    let out = tokio::process::Command::new("bridge")
+        .args(["link", "set", "dev", port, "isolated", "on"])
+        .kill_on_drop(true)
+        .output()
+        .await;
+    match out {
+        Ok(out) if out.status.success() => tracing::info!(%port, "provisioning port isolated"),
+        Ok(out) => {
+            tracing::warn!(%port, error = %String::from_utf8_lossy(&out.stderr).trim(), "provisioning port not isolated")
+        }
+        Err(error) => {
+            tracing::warn!(%port, %error, "provisioning port not isolated (bridge from iproute2 missing?)")
+        }
+    }
 }
 
 /// The policy's tables as the kernel lists them (for drift checks).
@@ -335,10 +431,39 @@ async fn nft(args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
+/// The routed ports of the intents and their machines' addresses. A VRF the
+/// guardrails refuse (an uplink as a port…) is left out, so a bad intent
+/// can never put an uplink behind the tenant rules.
+fn tenant_ports(
+    intents: &Intents,
+    guardrails: &crate::dataplane::Guardrails,
+) -> BTreeMap<String, Vec<std::net::Ipv4Addr>> {
+    // Every named port counts as existing: whether it does is the
+    // reconciler's concern; filtering it costs nothing.
+    let facts = crate::dataplane::KernelFacts {
+        interfaces: intents
+            .vrfs
+            .iter()
+            .flat_map(|vrf| vrf.ports.iter().map(|p| p.name.clone()))
+            .collect(),
+        foreign_tables: BTreeSet::new(),
+    };
+    let (accepted, _) = crate::dataplane::validate(intents, &facts, guardrails);
+    accepted
+        .iter()
+        .flat_map(|vrf| {
+            vrf.ports
+                .iter()
+                .map(|p| (p.name.clone(), p.addresses.clone()))
+        })
+        .collect()
+}
+
 /// Applies the policy whenever its inputs change and puts it back when
 /// someone else changed or removed it.
 pub async fn run(
     base: PolicyInputs,
+    guardrails: std::sync::Arc<crate::dataplane::Guardrails>,
     mut intents: watch::Receiver<Intents>,
     identity: Option<Identity>,
     cancel: CancellationToken,
@@ -348,16 +473,12 @@ pub async fn run(
     let mut check = tokio::time::interval(DRIFT_CHECK);
     loop {
         let mut inputs = base.clone();
-        inputs.tenant_ports = intents
-            .borrow_and_update()
-            .vrfs
-            .iter()
-            .flat_map(|vrf| vrf.ports.iter().map(|p| p.name.clone()))
-            .collect();
+        inputs.tenant_ports = tenant_ports(&intents.borrow_and_update(), &guardrails);
         if let Some(p) = &base.provisioning {
             inputs.pxe_ports = bridge_ports(&p.bridge).await;
             if let Some(identity) = &identity {
-                let learned = bindings::learned_macs(&p.bridge, &inputs.pxe_ports).await;
+                let ports: BTreeSet<String> = inputs.pxe_ports.keys().cloned().collect();
+                let learned = bindings::learned_macs(&p.bridge, &ports).await;
                 match identity
                     .bindings
                     .learn(&identity.leases.entries(), &learned)
@@ -431,8 +552,12 @@ mod tests {
                 tftp_port: 69,
                 http_port: 8070,
             }),
-            tenant_ports: ["m1-1".to_string(), "m1-2".to_string()].into(),
-            pxe_ports: ["m1-3".to_string(), "m1-4".to_string()].into(),
+            tenant_ports: [
+                ("m1-1".to_string(), vec!["10.0.1.11".parse().unwrap()]),
+                ("m1-2".to_string(), vec![]),
+            ]
+            .into(),
+            pxe_ports: [("m1-3".to_string(), 7), ("m1-4".to_string(), 8)].into(),
             bindings: Some(
                 [(
                     "m1-3".to_string(),
@@ -454,6 +579,10 @@ mod tests {
             "udp dport { 67, 69 } accept",
             "tcp dport 8070 accept",
             "ip daddr 169.254.0.1 tcp dport 8070 accept",
+            "iifname \"mm-vrf*\" jump tenant",
+            "iifname \"m1-1\" ip saddr != { 10.0.1.11 } counter drop",
+            "iifname \"m1-1\" meta nfproto ipv6 counter drop",
+            "iifname \"m1-2\" counter drop",
             "iifname != { \"spine1\", \"spine2\" } counter drop",
             "ip saddr != { 10.255.0.0/16 } counter drop",
             "iifname \"mm-pxe\" counter drop",
@@ -467,9 +596,40 @@ mod tests {
             "iifname \"m1-4\" ip protocol != udp counter drop",
             "iifname \"m1-4\" udp dport != 67 counter drop",
             "iifname @pxe_ports udp sport 67 counter drop",
+            "udp dport 67 meta mark set iifname map { \"m1-3\" : 0x4d4d0007, \"m1-4\" : 0x4d4d0008 }",
         ] {
             assert!(script.contains(expected), "{expected} missing:\n{script}");
         }
+    }
+
+    #[test]
+    fn a_vrf_the_guardrails_refuse_puts_no_port_behind_the_tenant_rules() {
+        let intents: Intents = toml::from_str(
+            r#"
+[[vrf]]
+name = "good"
+vni = 1
+table = 1001
+prefixes = ["10.0.1.0/24"]
+[[vrf.port]]
+name = "m1-1"
+addresses = ["10.0.1.11"]
+[[vrf]]
+name = "bad"
+vni = 2
+table = 1002
+prefixes = ["10.0.2.0/24"]
+[[vrf.port]]
+name = "spine1"
+"#,
+        )
+        .unwrap();
+        let guardrails = crate::dataplane::Guardrails {
+            refused_ports: ["spine1".to_string()].into(),
+            ..Default::default()
+        };
+        let ports = tenant_ports(&intents, &guardrails);
+        assert_eq!(ports.keys().collect::<Vec<_>>(), ["m1-1"]);
     }
 
     #[test]

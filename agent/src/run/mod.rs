@@ -92,7 +92,7 @@ impl Agent {
         let (installer_tx, installer_rx) = channels.installer;
         let (pxe_tx, pxe_rx) = channels.pxe;
         let (machine_commands_tx, machine_commands_rx) = channels.machine_commands;
-        let boot_counters = config.boot.as_ref().map(|boot| {
+        let boot_services = config.boot.as_ref().map(|boot| {
             crate::boot::spawn(
                 &mut supervisor,
                 boot,
@@ -132,6 +132,15 @@ impl Agent {
         let (machine_ports_tx, machine_ports) = channels.machine_ports;
         let (merged_tx, intents_rx) = watch::channel(initial_intents);
         let merged_tx = Arc::new(merged_tx);
+        if let Some(services) = &boot_services
+            && kernel_mode == crate::dataplane::desired::KernelMode::VrfDevice
+        {
+            let (http, intents) = (services.http.clone(), intents_rx.clone());
+            supervisor.spawn("phone-home-vrfs", move |cancel| {
+                crate::boot::phone_home_in_vrfs(http.clone(), intents.clone(), cancel)
+            });
+        }
+        let boot_counters = boot_services.map(|services| services.counters);
         if config.policy.enabled {
             let base = crate::policy::PolicyInputs {
                 provisioning: config
@@ -170,8 +179,15 @@ impl Agent {
                     leases: dhcp.leases.clone(),
                     lease_bound: Arc::clone(&dhcp.lease_bound),
                 });
+            let guardrails = Arc::new(loaded.guardrails());
             supervisor.spawn("policy", move |cancel| {
-                crate::policy::run(base.clone(), intents.clone(), identity.clone(), cancel)
+                crate::policy::run(
+                    base.clone(),
+                    Arc::clone(&guardrails),
+                    intents.clone(),
+                    identity.clone(),
+                    cancel,
+                )
             });
         }
         let (learned_tx, learned_rx) = watch::channel(Vec::new());
@@ -184,16 +200,40 @@ impl Agent {
                 cancel,
             )
         });
+        // Held until the agent stops: with the FRR backend nothing sends on
+        // it, and a closed channel would stop the intents task.
+        let learned_tx = Arc::new(learned_tx);
         let bgp = crate::bgp::task::SpeakerSlot::default();
-        if let Some(settings) = &loaded.bgp {
-            let task = crate::bgp::task::BgpTask {
-                settings: settings.clone(),
-                ports: ports_rx.clone(),
-                intents: intents_rx.clone(),
-                learned: Arc::new(learned_tx),
-                slot: Arc::clone(&bgp),
-            };
-            supervisor.spawn("bgp", move |cancel| task.clone().run(cancel));
+        let mut frr = None;
+        match loaded.bgp.as_ref().map(|s| (s, &s.backend)) {
+            None => {}
+            Some((settings, crate::bgp::Backend::Native)) => {
+                let task = crate::bgp::task::BgpTask {
+                    settings: settings.clone(),
+                    ports: ports_rx.clone(),
+                    intents: intents_rx.clone(),
+                    learned: Arc::clone(&learned_tx),
+                    slot: Arc::clone(&bgp),
+                };
+                supervisor.spawn("bgp", move |cancel| task.clone().run(cancel));
+            }
+            Some((settings, crate::bgp::Backend::Frr(vtysh))) => {
+                // FRR's zebra installs what BGP learns: the dataplane's
+                // third input (learned tenant routes) stays empty.
+                let handle = crate::bgp::frr::FrrHandle {
+                    vtysh: vtysh.clone(),
+                    status: Arc::default(),
+                };
+                let task = crate::bgp::frr::FrrTask {
+                    settings: settings.clone(),
+                    vtysh: vtysh.clone(),
+                    ports: ports_rx.clone(),
+                    intents: intents_rx.clone(),
+                    status: Arc::clone(&handle.status),
+                };
+                supervisor.spawn("bgp-frr", move |cancel| task.clone().run(cancel));
+                frr = Some(handle);
+            }
         }
         let provisioning_durations = crate::machines::durations::ProvisioningHistograms::default();
         let machine_commands = match &config.boot {
@@ -202,6 +242,7 @@ impl Agent {
                 let settings = crate::machines::task::Settings {
                     switch: name.clone(),
                     thresholds: config.machines.thresholds(),
+                    wipe: config.machines.wipe,
                     images: Some(crate::machines::task::ImageSource {
                         dir: boot.http_root.join("images"),
                         base_url: format!("{}/boot/images", boot.http_base()),
@@ -252,6 +293,22 @@ impl Agent {
             guardrails: Arc::new(loaded.guardrails()),
             intents: intents_rx,
             report: Arc::default(),
+            owned_ports: Some(crate::dataplane::reconcile::OwnedPorts::load(
+                &config.state_dir,
+            )?),
+            provisioning: config.boot.as_ref().map(|boot| {
+                crate::dataplane::kernel::ProvisioningBridge {
+                    name: boot.interface.clone(),
+                    address: boot.server_ip,
+                    prefix_len: *boot.prefix_len.get_ref(),
+                }
+            }),
+            bridge_ports: match &config.boot {
+                Some(_) => Some(crate::dataplane::reconcile::OwnedPorts::load_bridge_ports(
+                    &config.state_dir,
+                )?),
+                None => None,
+            },
         };
         {
             let reconciler = reconciler.clone();
@@ -280,13 +337,21 @@ impl Agent {
                 .mesh
                 .as_ref()
                 .map(|mesh| mesh.advertise_addr(config.switch.loopback).to_string()),
-            loaded.bgp.as_ref().map(|_| Arc::clone(&bgp)),
+            loaded.bgp.as_ref().map(|b| match &b.backend {
+                crate::bgp::Backend::Native => crate::bgp::Sessions::Native(Arc::clone(&bgp)),
+                crate::bgp::Backend::Frr(vtysh) => crate::bgp::Sessions::Frr(vtysh.clone()),
+            }),
         );
         crate::mesh::spawn_follower(&mut supervisor, store.clone());
 
         let view = AgentView {
             bgp_identity: loaded.bgp.as_ref().map(|b| (b.asn, b.router_id)),
-            bgp: loaded.bgp.as_ref().map(|_| bgp),
+            bgp: loaded
+                .bgp
+                .as_ref()
+                .filter(|b| b.backend == crate::bgp::Backend::Native)
+                .map(|_| bgp),
+            frr,
             machines: machine_commands,
             store,
             mesh: mesh_view,
@@ -300,6 +365,7 @@ impl Agent {
                 .as_ref()
                 .map(|boot| u64::from(boot.dhcp_settings().pool_size())),
             dhcp_counters: dhcp.counters,
+            released_ports: dhcp.released_ports,
             boot_counters,
             provisioning_durations: config.boot.as_ref().map(|_| provisioning_durations),
             started: Instant::now(),

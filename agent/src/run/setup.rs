@@ -81,8 +81,21 @@ pub(super) async fn setup(options: RunOptions) -> anyhow::Result<Agent> {
 
     let ports = links::dump_once().await?;
     let kernel_mode = {
+        use crate::config::KernelModeChoice;
+        use crate::dataplane::desired::KernelMode;
         let (handle, _driver) = crate::netlink::connect()?;
-        crate::dataplane::mode::detect(&handle).await
+        match config.switch.kernel_mode {
+            KernelModeChoice::RoutingTables => KernelMode::RoutingTables,
+            choice => {
+                let detected = crate::dataplane::mode::detect(&handle).await;
+                if choice == KernelModeChoice::VrfDevices && detected != KernelMode::VrfDevice {
+                    anyhow::bail!(
+                        "switch.kernel_mode = \"vrf_devices\", but this kernel has no VRF devices (CONFIG_NET_VRF)"
+                    );
+                }
+                detected
+            }
+        }
     };
     let names: Vec<String> = ports.iter().map(|p| p.name.clone()).collect();
     loaded.check_ports_exist(&names)?;

@@ -137,3 +137,13 @@ pub(crate) fn start_installer(scratch: &Path, rack: u32, index: u32) -> std::pat
     );
     disk
 }
+
+/// The one NIC of a namespace machine.
+pub(crate) fn nic(namespace: &str) -> String {
+    metalmesh_testbed::testing::in_netns(namespace, &["ip", "-o", "link", "show"])
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .find(|name| name != "lo")
+        .unwrap()
+}

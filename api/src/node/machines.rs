@@ -23,8 +23,11 @@ const FREE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Candidates tried per allocation before giving up.
 const MAX_CANDIDATES: usize = 8;
 /// Times a candidate is asked again while its leaf does not know the
-/// network yet (half a second apart).
+/// network yet or is not reachable (half a second apart).
 const NETWORK_ARRIVAL_TRIES: usize = 10;
+/// How long an allocation whose reply was lost waits for the machine's
+/// record to show whether its agent committed it.
+const INTERRUPTED_WAIT: Duration = Duration::from_secs(10);
 /// Tags per allocation, and the longest tag.
 const MAX_TAGS: usize = 32;
 const MAX_TAG_LEN: usize = 63;
@@ -414,13 +417,19 @@ impl Api {
             let body = serde_json::json!({ "uuid": uuid, "allocation": allocation });
             let mut answer = Err(MeshError::Stopped);
             // A network created a moment ago may not have reached the
-            // machine's leaf yet: its agent then knows no such VRF.
+            // machine's leaf yet: its agent then knows no such VRF. And a
+            // leaf whose records are here may be briefly out of this node's
+            // membership (just restarted, or suspected under load): the
+            // command did not reach it, so asking again is safe.
             for _ in 0..NETWORK_ARRIVAL_TRIES {
                 answer = self
                     .mesh
                     .request(switch, "machine.allocate", body.clone(), ALLOCATE_TIMEOUT)
                     .await;
                 match &answer {
+                    Err(MeshError::UnknownMember(_) | MeshError::Peer { .. }) => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                     Err(error) if error.to_string().contains("no VRF") => {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
@@ -429,6 +438,25 @@ impl Api {
             }
             let answer = match answer {
                 Ok(answer) => answer,
+                // The agent may have committed it: its machine record,
+                // gossiped here, says so (the address is held by this
+                // request alone, so a record with it is this allocation).
+                Err(error @ MeshError::Interrupted { .. }) => {
+                    tracing::warn!(machine = %uuid, %error, "allocation interrupted; waiting for the machine's record");
+                    match self.committed_with(uuid, ip, INTERRUPTED_WAIT).await {
+                        Some(machine) => serde_json::to_value(&*machine).unwrap_or_default(),
+                        None => {
+                            self.journal
+                                .record(who, "machine.allocate", uuid, "no answer");
+                            return Err(ApiError::new(
+                                504,
+                                format!(
+                                    "{error}; machine {uuid} may still be allocated with {ip}: see `machine describe {uuid}`"
+                                ),
+                            ));
+                        }
+                    }
+                }
                 Err(MeshError::TimedOut { peer, after }) => {
                     // The agent may still commit (a first download of a
                     // large image): the machine and the address stay held,
@@ -521,6 +549,34 @@ impl Api {
             409,
             format!("no machine took the allocation ({})", refusals.join("; ")),
         ))
+    }
+
+    /// The record of machine `uuid` once it shows an allocation with `ip`,
+    /// waiting up to `limit` for it to arrive by gossip.
+    async fn committed_with(
+        &self,
+        uuid: &str,
+        ip: std::net::Ipv4Addr,
+        limit: Duration,
+    ) -> Option<std::sync::Arc<Machine>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let found = self.index.snapshot().into_iter().find(|indexed| {
+                indexed.machine.uuid == uuid
+                    && indexed
+                        .machine
+                        .allocation
+                        .as_ref()
+                        .is_some_and(|a| a.request.ip == ip)
+            });
+            if let Some(indexed) = found {
+                return Some(indexed.machine);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The machines that may take `request`, best first: `(uuid, switch,

@@ -15,6 +15,7 @@ use crate::replica::Replica;
 use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec};
 use indexmap::IndexMap;
 use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -128,6 +129,8 @@ pub struct MeshNode<R> {
     seeds: Vec<SocketAddr>,
     tuning: Tuning,
     foca: Foca<Peer, PostcardCodec, SmallRng, NoCustomBroadcast>,
+    /// What SWIM instances are built with (again after a rejoin).
+    swim: foca::Config,
     runtime: AccumulatingRuntime<Peer>,
     replica: R,
     /// Records still to push, oldest first, by key.
@@ -168,7 +171,7 @@ impl<R: Replica> MeshNode<R> {
         config.remove_down_after = Some(Duration::from_secs(15 * 60));
         let foca = Foca::new(
             identity.clone(),
-            config,
+            config.clone(),
             SmallRng::seed_from_u64(seed),
             PostcardCodec,
         );
@@ -177,6 +180,7 @@ impl<R: Replica> MeshNode<R> {
             seeds,
             tuning,
             foca,
+            swim: config,
             runtime: AccumulatingRuntime::new(),
             replica,
             pending: IndexMap::new(),
@@ -609,6 +613,7 @@ impl<R: Replica> MeshNode<R> {
     }
 
     fn drain_swim(&mut self, actions: &mut Vec<Action>) {
+        let mut rejoined = None;
         while let Some((to, data)) = self.runtime.to_send() {
             self.send(actions, &to, Message::Swim(data.to_vec()));
         }
@@ -628,11 +633,41 @@ impl<R: Replica> MeshNode<R> {
                 }
                 OwnedNotification::Rejoin(new) => {
                     tracing::info!(identity = %new, "rejoined the mesh with a renewed identity");
-                    self.identity = new;
+                    self.identity = new.clone();
+                    rejoined = Some(new);
                 }
                 other => tracing::debug!(?other, "SWIM notification"),
             }
         }
+        if let Some(new) = rejoined {
+            self.restart_swim(new, actions);
+        }
+    }
+
+    /// Starts SWIM afresh under a renewed identity. A renewed SWIM instance
+    /// drops the timers it had armed, so members it suspected would stay
+    /// suspected forever, neither alive nor ever declared down (seen after
+    /// a healed partition); a new instance learns the members again from
+    /// the seeds and a few members it knew, within a round trip.
+    fn restart_swim(&mut self, identity: Peer, actions: &mut Vec<Action>) {
+        let mut known: Vec<Peer> = self
+            .foca
+            .iter_members()
+            .map(|member| member.id().clone())
+            .collect();
+        self.foca = Foca::new(
+            identity,
+            self.swim.clone(),
+            SmallRng::seed_from_u64(self.rng.random::<u64>()),
+            PostcardCodec,
+        );
+        known.shuffle(&mut self.rng);
+        for peer in known.into_iter().take(3) {
+            if let Err(error) = self.foca.announce(peer, &mut self.runtime) {
+                tracing::debug!(%error, "announcing after a rejoin");
+            }
+        }
+        self.announce_to_seeds(actions);
     }
 }
 

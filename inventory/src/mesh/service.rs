@@ -66,6 +66,10 @@ pub enum MeshError {
     /// The peer answered the command with a refusal.
     #[error("mesh peer {peer}: {reason}")]
     Refused { peer: String, reason: String },
+    /// The command was sent whole, then the connection ended before the
+    /// reply: the peer may have acted on it.
+    #[error("mesh peer {peer}: connection lost after the command was sent ({detail})")]
+    Interrupted { peer: String, detail: String },
     /// No answer in time: the peer may still act on the command.
     #[error("mesh peer {peer}: no reply within {after:?}")]
     TimedOut { peer: String, after: Duration },
@@ -157,6 +161,16 @@ pub struct MeshHealth {
     pub bytes_in: u64,
     #[serde(default)]
     pub bytes_out: u64,
+    /// Messages sent (one QUIC stream each) since start.
+    #[serde(default)]
+    pub messages_out: u64,
+    /// What QUIC put on the wire for the open connections: UDP payload
+    /// bytes and datagrams sent (handshakes, acknowledgements and
+    /// retransmissions included).
+    #[serde(default)]
+    pub udp_bytes_out: u64,
+    #[serde(default)]
+    pub udp_datagrams_out: u64,
 }
 
 /// A command another node sent to this one (the API node asks a rack agent
@@ -256,10 +270,14 @@ impl MeshView {
                 .await
                 .map_err(|e| peer_error(e.to_string()))?;
             send.finish().map_err(|e| peer_error(e.to_string()))?;
-            let reply = receive
-                .read_to_end(MAX_COMMAND_BYTES)
-                .await
-                .map_err(|e| peer_error(e.to_string()))?;
+            // From here the peer may have the whole command: losing the
+            // connection no longer means it was not carried out.
+            let reply = receive.read_to_end(MAX_COMMAND_BYTES).await.map_err(|e| {
+                MeshError::Interrupted {
+                    peer: node.to_string(),
+                    detail: e.to_string(),
+                }
+            })?;
             match serde_json::from_slice::<ReplyFrame>(&reply)
                 .map_err(|e| peer_error(format!("bad reply: {e}")))?
             {
@@ -293,14 +311,16 @@ struct Connections {
     /// Message bytes received and sent (gossip and records), for metrics.
     bytes_in: std::sync::atomic::AtomicU64,
     bytes_out: std::sync::atomic::AtomicU64,
+    messages_out: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
 struct PeerState {
     budget: Arc<tokio::sync::Semaphore>,
     counters: Mutex<PeerCounters>,
-    /// Its connections (both directions), to close them on revocation.
-    live: Mutex<Vec<quinn::Connection>>,
+    /// Its connections, to close them on revocation; `true` marks the ones
+    /// it dialled (only those count against [`MAX_CONNECTIONS_PER_PEER`]).
+    live: Mutex<Vec<(quinn::Connection, bool)>>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -323,7 +343,24 @@ impl Connections {
             peers: Mutex::new(HashMap::new()),
             bytes_in: std::sync::atomic::AtomicU64::new(0),
             bytes_out: std::sync::atomic::AtomicU64::new(0),
+            messages_out: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// UDP payload bytes and datagrams QUIC sent on the open connections.
+    fn udp_out(&self) -> (u64, u64) {
+        locked(&self.peers)
+            .values()
+            .flat_map(|peer| locked(&peer.live).clone())
+            .map(|(c, _)| c)
+            .filter(|c| c.close_reason().is_none())
+            .map(|c| {
+                let udp = c.stats().udp_tx;
+                (udp.bytes, udp.datagrams)
+            })
+            .fold((0, 0), |(b, d), (bytes, datagrams)| {
+                (b + bytes, d + datagrams)
+            })
     }
 
     fn peer(&self, name: &str) -> Arc<PeerState> {
@@ -352,17 +389,20 @@ impl Connections {
     }
 
     /// Records a connection of `name`; an inbound one is refused (`false`)
-    /// when the name holds [`MAX_CONNECTIONS_PER_PEER`] already.
+    /// when the name has dialled [`MAX_CONNECTIONS_PER_PEER`] open ones
+    /// already. The connections this node dialled do not count: they are
+    /// one per address, and closed when the member goes down.
     fn register(&self, name: &str, connection: &quinn::Connection, inbound: bool) -> bool {
         let peer = self.peer(name);
         let mut live = locked(&peer.live);
-        live.retain(|c| c.close_reason().is_none());
-        if inbound && live.len() >= MAX_CONNECTIONS_PER_PEER {
+        live.retain(|(c, _)| c.close_reason().is_none());
+        let dialled_by_peer = live.iter().filter(|(_, inbound)| *inbound).count();
+        if inbound && dialled_by_peer >= MAX_CONNECTIONS_PER_PEER {
             drop(live);
             self.count(name, |c| c.connections_refused += 1);
             return false;
         }
-        live.push(connection.clone());
+        live.push((connection.clone(), inbound));
         true
     }
 
@@ -376,7 +416,7 @@ impl Connections {
         let mut cut = Vec::new();
         for (name, peer) in peers {
             let mut live = locked(&peer.live);
-            live.retain(|connection| {
+            live.retain(|(connection, _)| {
                 let refusal = peer_certificate(connection)
                     .and_then(|certificate| admission.refusal(&certificate));
                 match refusal {
@@ -395,14 +435,27 @@ impl Connections {
         cut
     }
 
-    /// Drops the connection to `addr` (closed once no stream uses it).
+    /// Closes the connections this node dialled to `addr`: a member that
+    /// went down is dialled afresh when it comes back. (`live` holds a
+    /// handle of each, so dropping the slot alone would keep them open,
+    /// kept alive by keep-alives, for as long as the process runs.)
     fn forget(&self, addr: SocketAddr) {
         locked(&self.slots).remove(&addr);
+        let peers: Vec<Arc<PeerState>> = locked(&self.peers).values().cloned().collect();
+        for peer in peers {
+            locked(&peer.live).retain(|(connection, inbound)| {
+                if !inbound && connection.remote_address() == addr {
+                    connection.close(quinn::VarInt::from_u32(0), b"member down");
+                    return false;
+                }
+                true
+            });
+        }
     }
 
     async fn get(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
-        let slot = Arc::clone(locked(&self.slots).entry(addr).or_default());
-        let mut slot = slot.lock().await;
+        let slot_handle = Arc::clone(locked(&self.slots).entry(addr).or_default());
+        let mut slot = slot_handle.lock().await;
         if let Some(connection) = slot.as_ref()
             && connection.close_reason().is_none()
         {
@@ -420,6 +473,12 @@ impl Connections {
             .map_err(|e| e.to_string())?;
         if let Some(name) = peer_name(&connection) {
             self.register(&name, &connection, false);
+        }
+        // Forgotten while dialling (the member went down): not kept.
+        let current = locked(&self.slots).get(&addr).cloned();
+        if !current.is_some_and(|current| Arc::ptr_eq(&current, &slot_handle)) {
+            connection.close(quinn::VarInt::from_u32(0), b"member down");
+            return Err("the member went down while it was dialled".into());
         }
         *slot = Some(connection.clone());
         Ok(connection)
@@ -738,6 +797,18 @@ impl Driver {
                 .connections
                 .bytes_out
                 .load(std::sync::atomic::Ordering::Relaxed),
+            messages_out: self
+                .connections
+                .messages_out
+                .load(std::sync::atomic::Ordering::Relaxed),
+            udp_bytes_out: 0,
+            udp_datagrams_out: 0,
+        };
+        let (udp_bytes_out, udp_datagrams_out) = self.connections.udp_out();
+        let health = MeshHealth {
+            udp_bytes_out,
+            udp_datagrams_out,
+            ..health
         };
         self.view.lock().health = health;
     }
@@ -790,6 +861,9 @@ async fn peer_writer(
             connections
                 .bytes_out
                 .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            connections
+                .messages_out
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             stream.finish().map_err(|e| e.to_string())
         }
         .await;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::client::ClientKind;
 
 /// Schema version this build writes; older files are migrated, newer refused.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -54,6 +54,11 @@ pub struct Lease {
     pub client_kind: ClientKind,
     pub hostname: Option<String>,
     pub updated: u64,
+    /// The provisioning bridge port the lease was obtained on (from the
+    /// leaf's packet mark); `None` when it is not known (relayed requests,
+    /// no leaf policy, or a lease older than port tracking).
+    #[serde(default)]
+    pub port: Option<String>,
 }
 
 /// An address withdrawn after a DECLINE (someone else uses it).
@@ -133,15 +138,15 @@ impl LeaseStore {
                 detail: check,
             });
         }
-        connection
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
-            .map_err(err)?;
         let version = schema_version(&connection, &name)?;
-        if version < 1 {
-            connection
-                .execute_batch(
-                    "BEGIN;
-                     CREATE TABLE IF NOT EXISTS leases (
+        if version < SCHEMA_VERSION {
+            // Every step in one transaction: a file a step fails on (a
+            // table that is not what its version says) is left exactly as
+            // it was, and refused.
+            let mut script = String::from("BEGIN;");
+            if version < 1 {
+                script.push_str(
+                    "CREATE TABLE IF NOT EXISTS leases (
                          mac TEXT PRIMARY KEY,
                          ip TEXT NOT NULL UNIQUE,
                          state TEXT NOT NULL,
@@ -154,12 +159,23 @@ impl LeaseStore {
                          ip TEXT PRIMARY KEY,
                          until INTEGER NOT NULL,
                          mac TEXT NOT NULL
-                     );
-                     PRAGMA user_version = 1;
-                     COMMIT;",
-                )
-                .map_err(err)?;
+                     );",
+                );
+            }
+            if version < 2 {
+                // Version 2: the port a lease was obtained on.
+                script.push_str("ALTER TABLE leases ADD COLUMN port TEXT;");
+            }
+            script.push_str(&format!("PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"));
+            if let Err(error) = connection.execute_batch(&script) {
+                let _ = connection.execute_batch("ROLLBACK;");
+                return Err(err(error));
+            }
         }
+        // WAL only once the file is known good: switching rewrites its header.
+        connection
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+            .map_err(err)?;
         Ok(LeaseStore {
             connection,
             path: name,
@@ -179,7 +195,8 @@ impl LeaseStore {
             Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .map_err(err)?;
         let version = schema_version(&connection, &name)?;
-        Ok((version >= 1).then_some(LeaseStore {
+        // A file the server has not migrated yet is read once it has.
+        Ok((version >= SCHEMA_VERSION).then_some(LeaseStore {
             connection,
             path: name,
         }))
@@ -195,7 +212,7 @@ impl LeaseStore {
     pub fn leases(&self) -> Result<Vec<Lease>, StoreError> {
         let mut statement = self
             .connection
-            .prepare("SELECT mac, ip, state, expires, client_kind, hostname, updated FROM leases ORDER BY ip")
+            .prepare("SELECT mac, ip, state, expires, client_kind, hostname, updated, port FROM leases ORDER BY ip")
             .map_err(|e| self.error(e))?;
         let rows = statement
             .query_map([], |row| {
@@ -207,12 +224,13 @@ impl LeaseStore {
                     row.get::<_, String>(4)?,
                     row.get::<_, Option<String>>(5)?,
                     row.get::<_, i64>(6)?,
+                    row.get::<_, Option<String>>(7)?,
                 ))
             })
             .map_err(|e| self.error(e))?;
         let mut leases = Vec::new();
         for row in rows {
-            let (mac, ip, state, expires, kind, hostname, updated) =
+            let (mac, ip, state, expires, kind, hostname, updated, port) =
                 row.map_err(|e| self.error(e))?;
             let corrupt = |what: &str| StoreError::Corrupt {
                 path: self.path.clone(),
@@ -225,6 +243,7 @@ impl LeaseStore {
                 client_kind: ClientKind::parse(&kind).ok_or_else(|| corrupt("client kind"))?,
                 hostname,
                 updated: u64::try_from(updated).map_err(|_| corrupt("update time"))?,
+                port,
                 mac,
             });
         }
@@ -279,11 +298,12 @@ impl LeaseStore {
                         .and_then(|mut s| s.execute(params![l.ip.to_string(), l.mac]))
                         .map_err(err)?;
                     tx.prepare_cached(
-                        "INSERT INTO leases (mac, ip, state, expires, client_kind, hostname, updated)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                        "INSERT INTO leases (mac, ip, state, expires, client_kind, hostname, updated, port)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                          ON CONFLICT(mac) DO UPDATE SET ip = excluded.ip, state = excluded.state,
                            expires = excluded.expires, client_kind = excluded.client_kind,
-                           hostname = excluded.hostname, updated = excluded.updated",
+                           hostname = excluded.hostname, updated = excluded.updated,
+                           port = excluded.port",
                     )
                     .and_then(|mut s| {
                         s.execute(params![
@@ -293,7 +313,8 @@ impl LeaseStore {
                             l.expires as i64,
                             l.client_kind.as_str(),
                             l.hostname,
-                            l.updated as i64
+                            l.updated as i64,
+                            l.port
                         ])
                     })
                     .map_err(err)?;
@@ -335,7 +356,39 @@ mod tests {
             client_kind: ClientKind::Ipxe,
             hostname: Some("m1".into()),
             updated: 1,
+            port: Some("swp1".into()),
         }
+    }
+
+    #[test]
+    fn a_version_1_file_gains_ports_and_keeps_its_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE leases (mac TEXT PRIMARY KEY, ip TEXT NOT NULL UNIQUE,
+                   state TEXT NOT NULL, expires INTEGER NOT NULL, client_kind TEXT NOT NULL,
+                   hostname TEXT, updated INTEGER NOT NULL);
+                 CREATE TABLE quarantine (ip TEXT PRIMARY KEY, until INTEGER NOT NULL, mac TEXT NOT NULL);
+                 INSERT INTO leases VALUES ('aa', '10.0.0.10', 'bound', 100, 'ipxe', NULL, 1);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        // A reader waits for the server's migration instead of failing.
+        assert!(LeaseStore::open_read_only(&path).unwrap().is_none());
+        let mut store = LeaseStore::open(&path).unwrap();
+        let old = store.lease_of("aa").unwrap().unwrap();
+        assert_eq!((old.ip, old.port), (Ipv4Addr::new(10, 0, 0, 10), None));
+        store
+            .commit(&[Write::Lease(lease("aa", [10, 0, 0, 10]))])
+            .unwrap();
+        drop(store);
+        let store = LeaseStore::open(&path).unwrap();
+        assert_eq!(
+            store.lease_of("aa").unwrap().unwrap().port.as_deref(),
+            Some("swp1")
+        );
     }
 
     #[test]

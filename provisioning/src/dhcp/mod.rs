@@ -10,5 +10,5 @@ pub mod settings;
 
 pub use client::ClientKind;
 pub use leases::{Lease, LeaseState, LeaseStore};
-pub use server::{DhcpCounters, DhcpEvent, DhcpServer};
+pub use server::{DhcpCounters, DhcpEvent, DhcpServer, Origin};
 pub use settings::{BootFiles, DhcpSettings};

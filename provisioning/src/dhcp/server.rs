@@ -2,7 +2,7 @@
 //! I/O: a datagram in, replies, lease writes and events out. The service
 //! persists the writes before it sends the replies.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
@@ -52,6 +52,56 @@ pub enum DhcpEvent {
     },
 }
 
+/// Where a datagram came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Its IPv4 source address.
+    pub address: Ipv4Addr,
+    /// The provisioning bridge port it came in on, when the leaf's filter
+    /// marked it (see `metalmesh_packet_socket::marks`).
+    pub port: Option<String>,
+}
+
+impl Origin {
+    pub fn address(address: Ipv4Addr) -> Self {
+        Origin {
+            address,
+            port: None,
+        }
+    }
+}
+
+/// An address offered and not yet requested.
+#[derive(Debug, Clone)]
+struct Offer {
+    ip: Ipv4Addr,
+    until: u64,
+    port: Option<String>,
+}
+
+/// Takes a token from `key`'s bucket (refilled at `rate` per second,
+/// bursts of twice that); false when it is empty.
+fn allow(buckets: &mut HashMap<String, Bucket>, key: &str, rate: f64, now_ms: u64) -> bool {
+    let burst = rate * 2.0;
+    if buckets.len() > 100_000 {
+        // Bounded memory under a flood of random keys: forget idle buckets.
+        buckets.retain(|_, b| now_ms.saturating_sub(b.last_ms) < 10_000);
+    }
+    let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
+        tokens: burst,
+        last_ms: now_ms,
+    });
+    let elapsed = now_ms.saturating_sub(bucket.last_ms) as f64 / 1000.0;
+    bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+    bucket.last_ms = now_ms;
+    if bucket.tokens >= 1.0 {
+        bucket.tokens -= 1.0;
+        true
+    } else {
+        false
+    }
+}
+
 /// What one datagram led to.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -73,6 +123,12 @@ pub struct DhcpCounters {
     pub declines: u64,
     pub informs: u64,
     pub pool_exhausted: u64,
+    /// Messages for a MAC whose lease or offer belongs to another port.
+    #[serde(default)]
+    pub wrong_port: u64,
+    /// Clients refused an address because their port holds its quota.
+    #[serde(default)]
+    pub port_quota_exceeded: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -86,10 +142,13 @@ pub struct DhcpServer {
     settings: DhcpSettings,
     leases: HashMap<String, Lease>,
     owner_of: HashMap<Ipv4Addr, String>,
-    offers: HashMap<String, (Ipv4Addr, u64)>,
+    offers: HashMap<String, Offer>,
     offered: HashMap<Ipv4Addr, String>,
     quarantine: HashMap<Ipv4Addr, u64>,
     buckets: HashMap<String, Bucket>,
+    port_buckets: HashMap<String, Bucket>,
+    /// The MACs that held a lease or offer on each port (pruned when counted).
+    holders: HashMap<String, HashSet<String>>,
     pxe_events: HashMap<String, u64>,
     cursor: u32,
     counters: DhcpCounters,
@@ -109,12 +168,21 @@ impl DhcpServer {
             offered: HashMap::new(),
             quarantine: quarantine.into_iter().map(|q| (q.ip, q.until)).collect(),
             buckets: HashMap::new(),
+            port_buckets: HashMap::new(),
+            holders: HashMap::new(),
             pxe_events: HashMap::new(),
             counters: DhcpCounters::default(),
             last_sweep: 0,
         };
         for lease in leases {
             server.owner_of.insert(lease.ip, lease.mac.clone());
+            if let Some(port) = &lease.port {
+                server
+                    .holders
+                    .entry(port.clone())
+                    .or_default()
+                    .insert(lease.mac.clone());
+            }
             server.leases.insert(lease.mac.clone(), lease);
         }
         server
@@ -128,9 +196,14 @@ impl DhcpServer {
         &self.settings
     }
 
+    /// Every lease the server holds (bound, released or expired).
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.values()
+    }
+
     /// Handles one datagram received at `now_ms` (milliseconds since the
-    /// Unix epoch) from IPv4 address `source`.
-    pub fn handle(&mut self, now_ms: u64, source: Ipv4Addr, datagram: &[u8]) -> Outcome {
+    /// Unix epoch) from `origin`.
+    pub fn handle(&mut self, now_ms: u64, origin: &Origin, datagram: &[u8]) -> Outcome {
         let mut outcome = Outcome::default();
         self.counters.received += 1;
         if !options_are_sane(datagram) {
@@ -156,7 +229,18 @@ impl DhcpServer {
             return outcome;
         }
         let mac = metalmesh_lldp::format_mac(&message.chaddr()[..6]);
-        if !self.allow(&mac, now_ms) {
+        let port = origin.port.as_deref();
+        // The port's bucket first: a flood of random MACs from one port
+        // must not reach the per-MAC buckets' memory at all.
+        let per_port = f64::from(self.settings.requests_per_port_per_sec);
+        if port.is_some_and(|p| !allow(&mut self.port_buckets, p, per_port, now_ms))
+            || !allow(
+                &mut self.buckets,
+                &mac,
+                f64::from(self.settings.requests_per_mac_per_sec),
+                now_ms,
+            )
+        {
             self.counters.rate_limited += 1;
             return outcome;
         }
@@ -168,40 +252,32 @@ impl DhcpServer {
         }
         let now = now_ms / 1000;
         self.expire(now);
+        if let Some(port) = port
+            && let Some(other) = self.held_elsewhere(now, &mac, port)
+        {
+            // The MAC's address belongs to another port: whoever sends
+            // this chose the MAC. Nothing is answered (a NAK would be
+            // broadcast and unsettle the real holder).
+            self.counters.wrong_port += 1;
+            tracing::warn!(%mac, port, holder = other, "DHCP message for a MAC held on another port ignored");
+            return outcome;
+        }
         let kind = classify(&message);
         match message.opts().msg_type() {
-            Some(MessageType::Discover) => self.discover(now, &mac, kind, &message, &mut outcome),
-            Some(MessageType::Request) => self.request(now, &mac, kind, &message, &mut outcome),
+            Some(MessageType::Discover) => {
+                self.discover(now, &mac, port, kind, &message, &mut outcome)
+            }
+            Some(MessageType::Request) => {
+                self.request(now, &mac, port, kind, &message, &mut outcome)
+            }
             Some(MessageType::Decline) => self.decline(now, &mac, &message, &mut outcome),
-            Some(MessageType::Release) => self.release(now, &mac, source, &message, &mut outcome),
+            Some(MessageType::Release) => {
+                self.release(now, &mac, origin.address, &message, &mut outcome)
+            }
             Some(MessageType::Inform) => self.inform(&mac, kind, &message, &mut outcome),
             _ => self.counters.ignored += 1,
         }
         outcome
-    }
-
-    /// Token bucket per MAC.
-    fn allow(&mut self, mac: &str, now_ms: u64) -> bool {
-        let rate = f64::from(self.settings.requests_per_mac_per_sec);
-        let burst = rate * 2.0;
-        if self.buckets.len() > 100_000 {
-            // Bounded memory under a flood of random MACs: forget idle buckets.
-            self.buckets
-                .retain(|_, b| now_ms.saturating_sub(b.last_ms) < 10_000);
-        }
-        let bucket = self.buckets.entry(mac.to_string()).or_insert(Bucket {
-            tokens: burst,
-            last_ms: now_ms,
-        });
-        let elapsed = now_ms.saturating_sub(bucket.last_ms) as f64 / 1000.0;
-        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
-        bucket.last_ms = now_ms;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 
     /// Sweeps expired offers and quarantine entries, once per second at
@@ -213,10 +289,10 @@ impl DhcpServer {
             return;
         }
         self.last_sweep = now;
-        self.offers.retain(|_, (ip, until)| {
-            let keep = *until > now;
+        self.offers.retain(|_, offer| {
+            let keep = offer.until > now;
             if !keep {
-                self.offered.remove(ip);
+                self.offered.remove(&offer.ip);
             }
             keep
         });
@@ -225,9 +301,89 @@ impl DhcpServer {
 
     /// Withdraws the address offered to `mac`, if any.
     fn drop_offer(&mut self, mac: &str) {
-        if let Some((ip, _)) = self.offers.remove(mac) {
-            self.offered.remove(&ip);
+        if let Some(offer) = self.offers.remove(mac) {
+            self.offered.remove(&offer.ip);
         }
+    }
+
+    /// Whether `mac` holds an address (a bound lease or an offer) on `port`.
+    fn holds_on(&self, now: u64, mac: &str, port: &str) -> bool {
+        let lease = self.leases.get(mac).is_some_and(|l| {
+            l.state == LeaseState::Bound && l.expires > now && l.port.as_deref() == Some(port)
+        });
+        lease
+            || self
+                .offers
+                .get(mac)
+                .is_some_and(|o| o.until > now && o.port.as_deref() == Some(port))
+    }
+
+    /// The other port `mac`'s bound lease or offer belongs to, if any.
+    fn held_elsewhere(&self, now: u64, mac: &str, port: &str) -> Option<String> {
+        let lease = self
+            .leases
+            .get(mac)
+            .filter(|l| l.state == LeaseState::Bound && l.expires > now)
+            .and_then(|l| l.port.as_ref());
+        let offer = self
+            .offers
+            .get(mac)
+            .filter(|o| o.until > now)
+            .and_then(|o| o.port.as_ref());
+        lease.or(offer).filter(|p| *p != port).cloned()
+    }
+
+    /// Whether `mac` may take (another) address on `port`: it already holds
+    /// one there, or the port holds fewer than its quota.
+    fn within_quota(&mut self, now: u64, mac: &str, port: Option<&str>) -> bool {
+        let Some(port) = port else {
+            return true;
+        };
+        if self.holds_on(now, mac, port) {
+            return true;
+        }
+        let Some(mut holders) = self.holders.remove(port) else {
+            return true;
+        };
+        holders.retain(|holder| self.holds_on(now, holder, port));
+        let room = holders.len() < self.settings.leases_per_port as usize;
+        if !holders.is_empty() {
+            self.holders.insert(port.to_string(), holders);
+        }
+        if !room {
+            self.counters.port_quota_exceeded += 1;
+            tracing::warn!(%mac, port, quota = self.settings.leases_per_port, "DHCP port quota reached: no address");
+        }
+        room
+    }
+
+    fn note_holder(&mut self, mac: &str, port: Option<&str>) {
+        if let Some(port) = port {
+            self.holders
+                .entry(port.to_string())
+                .or_default()
+                .insert(mac.to_string());
+        }
+    }
+
+    /// Forgets which port the leases obtained on `port` came from (the
+    /// machine behind it moved, `metalmesh-agent port unbind`): their next
+    /// request binds them to the port it arrives on.
+    pub fn forget_port(&mut self, port: &str) -> Vec<Write> {
+        self.holders.remove(port);
+        for offer in self.offers.values_mut() {
+            if offer.port.as_deref() == Some(port) {
+                offer.port = None;
+            }
+        }
+        self.leases
+            .values_mut()
+            .filter(|l| l.port.as_deref() == Some(port))
+            .map(|l| {
+                l.port = None;
+                Write::Lease(l.clone())
+            })
+            .collect()
     }
 
     /// Whether `ip` may be given to `mac` now.
@@ -249,8 +405,8 @@ impl DhcpServer {
     }
 
     fn choose(&mut self, now: u64, mac: &str, requested: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
-        if let Some((ip, _)) = self.offers.get(mac) {
-            return Some(*ip);
+        if let Some(offer) = self.offers.get(mac) {
+            return Some(offer.ip);
         }
         if let Some(lease) = self.leases.get(mac) {
             let ip = lease.ip;
@@ -280,7 +436,18 @@ impl DhcpServer {
             .find(|ip| self.free_for(*ip, mac, now))
     }
 
-    fn discover(&mut self, now: u64, mac: &str, kind: ClientKind, m: &Message, out: &mut Outcome) {
+    fn discover(
+        &mut self,
+        now: u64,
+        mac: &str,
+        port: Option<&str>,
+        kind: ClientKind,
+        m: &Message,
+        out: &mut Outcome,
+    ) {
+        if !self.within_quota(now, mac, port) {
+            return;
+        }
         self.pxe_event(now, mac, kind, out);
         let requested = requested_ip(m);
         let Some(ip) = self.choose(now, mac, requested) else {
@@ -292,20 +459,33 @@ impl DhcpServer {
             });
             return;
         };
-        if let Some((old, _)) = self.offers.insert(
+        if let Some(old) = self.offers.insert(
             mac.to_string(),
-            (ip, now + u64::from(self.settings.offer_hold_secs)),
-        ) && old != ip
+            Offer {
+                ip,
+                until: now + u64::from(self.settings.offer_hold_secs),
+                port: port.map(str::to_string),
+            },
+        ) && old.ip != ip
         {
-            self.offered.remove(&old);
+            self.offered.remove(&old.ip);
         }
         self.offered.insert(ip, mac.to_string());
+        self.note_holder(mac, port);
         self.counters.offers += 1;
         out.replies
             .extend(self.reply(m, MessageType::Offer, ip, kind, true));
     }
 
-    fn request(&mut self, now: u64, mac: &str, kind: ClientKind, m: &Message, out: &mut Outcome) {
+    fn request(
+        &mut self,
+        now: u64,
+        mac: &str,
+        port: Option<&str>,
+        kind: ClientKind,
+        m: &Message,
+        out: &mut Outcome,
+    ) {
         let server_id = match m.opts().get(OptionCode::ServerIdentifier) {
             Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
             _ => None,
@@ -338,7 +518,7 @@ impl DhcpServer {
             self.nak(m, "address is not on this network", out);
             return;
         }
-        let has_offer = self.offers.get(mac).is_some_and(|(o, _)| *o == ip);
+        let has_offer = self.offers.get(mac).is_some_and(|o| o.ip == ip);
         let has_lease = self.leases.get(mac).is_some_and(|l| l.ip == ip);
         if !has_offer && !has_lease && !self.settings.in_pool(ip) {
             self.nak(m, "address is outside the pool", out);
@@ -350,6 +530,9 @@ impl DhcpServer {
             || self.offered.get(&ip).is_some_and(|owner| owner != mac);
         if contested || !(has_offer || has_lease || self.free_for(ip, mac, now)) {
             self.nak(m, "address belongs to another client", out);
+            return;
+        }
+        if !self.within_quota(now, mac, port) {
             return;
         }
         self.drop_offer(mac);
@@ -365,7 +548,9 @@ impl DhcpServer {
             client_kind: kind,
             hostname,
             updated: now,
+            port: port.map(str::to_string),
         };
+        self.note_holder(mac, port);
         if let Some(previous) = self.leases.get(mac)
             && previous.ip != ip
         {
@@ -394,7 +579,7 @@ impl DhcpServer {
             return;
         };
         let ours = self.leases.get(mac).is_some_and(|l| l.ip == ip)
-            || self.offers.get(mac).is_some_and(|(o, _)| *o == ip);
+            || self.offers.get(mac).is_some_and(|o| o.ip == ip);
         if !ours {
             self.counters.ignored += 1;
             return;
@@ -751,32 +936,163 @@ mod tests {
 
     /// Sends from the message's ciaddr, as a client does.
     fn send(server: &mut DhcpServer, now: u64, m: &Message) -> Outcome {
-        server.handle(now, m.ciaddr(), &m.to_vec().unwrap())
+        server.handle(now, &Origin::address(m.ciaddr()), &m.to_vec().unwrap())
+    }
+
+    /// Sends from the message's ciaddr on bridge port `port`.
+    fn send_on(server: &mut DhcpServer, now: u64, port: &str, m: &Message) -> Outcome {
+        let origin = Origin {
+            address: m.ciaddr(),
+            port: Some(port.to_string()),
+        };
+        server.handle(now, &origin, &m.to_vec().unwrap())
+    }
+
+    /// DISCOVER then REQUEST of the offer, on bridge port `port` when given:
+    /// the ACKed address.
+    fn dora_from(
+        server: &mut DhcpServer,
+        port: Option<&str>,
+        mac: [u8; 6],
+        now: u64,
+    ) -> Option<Ipv4Addr> {
+        let mut exchange = |m: &Message| match port {
+            Some(port) => send_on(server, now, port, m),
+            None => send(server, now, m),
+        };
+        let offer = exchange(&request_message(mac, MessageType::Discover, vec![]));
+        let ip = decode(offer.replies.first()?).yiaddr();
+        let ack = exchange(&request_message(
+            mac,
+            MessageType::Request,
+            vec![
+                DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 100, 1, 1)),
+                DhcpOption::RequestedIpAddress(ip),
+            ],
+        ));
+        let reply = decode(ack.replies.first()?);
+        (reply.opts().msg_type() == Some(MessageType::Ack) && ack.writes.len() == 1)
+            .then(|| reply.yiaddr())
+    }
+
+    fn dora_on(server: &mut DhcpServer, port: &str, mac: [u8; 6], now: u64) -> Option<Ipv4Addr> {
+        dora_from(server, Some(port), mac, now)
+    }
+
+    #[test]
+    fn a_port_holds_at_most_its_quota_and_other_ports_still_get_addresses() {
+        let mut settings = example();
+        settings.pool_end = Ipv4Addr::new(10, 100, 1, 120);
+        let mut server = DhcpServer::new(settings, vec![], vec![]);
+        // Random MACs from one port: two addresses (the quota), no more.
+        let flood: Vec<_> = (0..10u8)
+            .filter_map(|i| dora_on(&mut server, "swp1", [2, 0xf1, 0, 0, 0, i], T0))
+            .collect();
+        assert_eq!(flood.len(), 2, "{flood:?}");
+        assert_eq!(server.counters().port_quota_exceeded, 8);
+        // The holders renew; other ports are untouched.
+        assert!(dora_on(&mut server, "swp1", [2, 0xf1, 0, 0, 0, 0], T0 + 1000).is_some());
+        assert!(dora_on(&mut server, "swp2", MAC, T0).is_some());
+        assert!(dora_on(&mut server, "swp3", [2, 0, 0, 0, 0, 3], T0).is_some());
+        // Leases carry their port into the store.
+        let acked = send_on(
+            &mut server,
+            T0,
+            "swp3",
+            &request_message(
+                [2, 0, 0, 0, 0, 3],
+                MessageType::Request,
+                vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(
+                    10, 100, 1, 103,
+                ))],
+            ),
+        );
+        assert!(
+            matches!(&acked.writes[..], [Write::Lease(l)] if l.port.as_deref() == Some("swp3")),
+            "{:?}",
+            acked.writes
+        );
+        // A released address frees the port's room.
+        let mut release = request_message([2, 0xf1, 0, 0, 0, 0], MessageType::Release, vec![]);
+        release.set_ciaddr(flood[0]);
+        assert_eq!(
+            send_on(&mut server, T0 + 2000, "swp1", &release)
+                .writes
+                .len(),
+            1
+        );
+        assert!(dora_on(&mut server, "swp1", [2, 0xf1, 0, 0, 0, 9], T0 + 2000).is_some());
+    }
+
+    #[test]
+    fn a_port_floods_only_its_own_bucket() {
+        let mut server = DhcpServer::new(example(), vec![], vec![]);
+        // 100 MACs, one DISCOVER each, from one port at one instant: the
+        // port's burst (twice 40/s) passes, the rest is dropped.
+        for i in 0..100u8 {
+            send_on(
+                &mut server,
+                T0,
+                "swp1",
+                &request_message([2, 0xf1, 0, 0, 1, i], MessageType::Discover, vec![]),
+            );
+        }
+        assert_eq!(server.counters().rate_limited, 20);
+        assert!(
+            !send_on(
+                &mut server,
+                T0,
+                "swp2",
+                &request_message(MAC, MessageType::Discover, vec![])
+            )
+            .replies
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn messages_for_a_mac_held_on_another_port_are_ignored() {
+        let mut server = DhcpServer::new(example(), vec![], vec![]);
+        let ip = dora_on(&mut server, "swp1", MAC, T0).unwrap();
+        let before = server.counters().clone();
+        // From swp2 under the holder's MAC: a REQUEST, a DISCOVER, a
+        // RELEASE from its address and a DECLINE — nothing answered or written.
+        let mut release = request_message(MAC, MessageType::Release, vec![]);
+        release.set_ciaddr(ip);
+        for m in [
+            request_message(
+                MAC,
+                MessageType::Request,
+                vec![DhcpOption::RequestedIpAddress(ip)],
+            ),
+            request_message(MAC, MessageType::Discover, vec![]),
+            release,
+            request_message(
+                MAC,
+                MessageType::Decline,
+                vec![DhcpOption::RequestedIpAddress(ip)],
+            ),
+        ] {
+            let out = send_on(&mut server, T0 + 100, "swp2", &m);
+            assert!(
+                out.replies.is_empty() && out.writes.is_empty(),
+                "{m:?}: {out:?}"
+            );
+        }
+        assert_eq!(server.counters().wrong_port, before.wrong_port + 4);
+        assert_eq!(server.counters().acks, before.acks);
+        // The machine moved (the operator unbound swp1): its next request
+        // from swp2 binds the lease to swp2, same address.
+        let writes = server.forget_port("swp1");
+        assert!(matches!(&writes[..], [Write::Lease(l)] if l.port.is_none()));
+        assert_eq!(dora_on(&mut server, "swp2", MAC, T0 + 200), Some(ip));
+        // A lease that ran out no longer ties its MAC to a port.
+        let later = T0 + 1000 * (u64::from(example().lease_secs) + 10);
+        assert_eq!(dora_on(&mut server, "swp3", MAC, later), Some(ip));
     }
 
     fn dora(server: &mut DhcpServer, mac: [u8; 6], now: u64) -> Option<Ipv4Addr> {
-        let offer = send(
-            server,
-            now,
-            &request_message(mac, MessageType::Discover, vec![]),
-        );
-        let ip = decode(offer.replies.first()?).yiaddr();
-        let ack = send(
-            server,
-            now,
-            &request_message(
-                mac,
-                MessageType::Request,
-                vec![
-                    DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 100, 1, 1)),
-                    DhcpOption::RequestedIpAddress(ip),
-                ],
-            ),
-        );
-        assert_eq!(ack.writes.len(), 1);
-        let reply = decode(&ack.replies[0]);
-        assert_eq!(reply.opts().msg_type(), Some(MessageType::Ack));
-        Some(reply.yiaddr())
+        dora_from(server, None, mac, now)
     }
 
     #[test]
@@ -964,7 +1280,11 @@ mod tests {
         let mut release = request_message(MAC, MessageType::Release, vec![]);
         release.set_ciaddr(ip);
         // Under the holder's MAC but from another address: ignored.
-        let out = server.handle(T0, Ipv4Addr::new(10, 0, 0, 99), &release.to_vec().unwrap());
+        let out = server.handle(
+            T0,
+            &Origin::address(Ipv4Addr::new(10, 0, 0, 99)),
+            &release.to_vec().unwrap(),
+        );
         assert!(out.writes.is_empty(), "a release from elsewhere was taken");
         let out = send(&mut server, T0, &release);
         assert!(out.replies.is_empty());
@@ -1036,7 +1356,7 @@ mod tests {
         assert_eq!(server.counters().rate_limited, 60);
         assert!(
             server
-                .handle(T0, Ipv4Addr::UNSPECIFIED, &[1, 2, 3])
+                .handle(T0, &Origin::address(Ipv4Addr::UNSPECIFIED), &[1, 2, 3])
                 .replies
                 .is_empty()
         );
@@ -1054,7 +1374,7 @@ mod tests {
         bytes.splice(end..end, [94u8, 1, 1]);
         assert!(
             server
-                .handle(T0, Ipv4Addr::UNSPECIFIED, &bytes)
+                .handle(T0, &Origin::address(Ipv4Addr::UNSPECIFIED), &bytes)
                 .replies
                 .is_empty()
         );

@@ -13,8 +13,28 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::mpsc;
 
 use super::leases::{LeaseStore, StoreError};
-use super::server::{DhcpCounters, DhcpEvent, DhcpServer};
+use super::server::{DhcpCounters, DhcpEvent, DhcpServer, Origin};
 use super::settings::{DhcpSettings, SettingsError};
+
+/// The packet mark the leaf's bridge filter gives a DHCP datagram that came
+/// in on a provisioning port: this tag in the upper 16 bits, the port's
+/// interface index in the lower 16.
+pub const PORT_MARK_TAG: u32 = 0x4d4d_0000;
+
+/// The mark for a datagram from the port with `ifindex` (`None` when the
+/// index does not fit the mark).
+pub fn port_mark(ifindex: u32) -> Option<u32> {
+    (ifindex > 0 && ifindex <= 0xffff).then_some(PORT_MARK_TAG | ifindex)
+}
+
+/// The port a marked datagram came in on.
+fn port_of_mark(mark: Option<u32>) -> Option<String> {
+    let mark = mark?;
+    if mark & 0xffff_0000 != PORT_MARK_TAG {
+        return None;
+    }
+    metalmesh_packet_socket::marks::interface_name(mark & 0xffff).ok()
+}
 
 /// Datagrams handled per batch (and per transaction).
 const BATCH: usize = 256;
@@ -49,6 +69,32 @@ pub struct ServiceConfig {
     /// Kept current with every committed batch, for readers on the leaf
     /// (who holds which address) that must not open the database per call.
     pub index: LeaseIndex,
+    /// Ports whose leases are to be untied from them (an operator's
+    /// `port unbind`).
+    pub released_ports: PortReleases,
+}
+
+/// Ports whose leases the DHCP service is to untie from them (the machine
+/// behind the port moved): a cheap shared handle, applied by the service's
+/// loop within its poll interval.
+#[derive(Debug, Clone, Default)]
+pub struct PortReleases {
+    queue: Arc<Mutex<Vec<String>>>,
+}
+
+impl PortReleases {
+    pub fn release(&self, port: &str) {
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.push(port.to_string());
+        }
+    }
+
+    fn take(&self) -> Vec<String> {
+        self.queue
+            .lock()
+            .map(|mut q| q.drain(..).collect())
+            .unwrap_or_default()
+    }
 }
 
 /// Who holds which address, as the DHCP service last committed it: a cheap
@@ -146,6 +192,11 @@ fn open_socket(interface: &str, port: u16) -> std::io::Result<UdpSocket> {
     socket.set_recv_buffer_size(4 * 1024 * 1024)?;
     let socket: UdpSocket = socket.into();
     socket.set_read_timeout(Some(POLL))?;
+    if let Err(error) = metalmesh_packet_socket::marks::receive_marks(&socket) {
+        // Kernels before 5.19: leases are not tied to ports (no per-port
+        // quota or RELEASE check); everything else works.
+        tracing::warn!(%error, "DHCP cannot read packet marks: the bridge port of a request stays unknown");
+    }
     Ok(socket)
 }
 
@@ -178,10 +229,24 @@ impl DhcpService {
         let thread = {
             let stop = Arc::clone(&stop);
             let counters = Arc::clone(&counters);
+            let forget = config.released_ports.clone();
             let index = config.index.clone();
             std::thread::Builder::new()
                 .name("dhcp".into())
-                .spawn(move || serve(socket, server, store, &index, events, &stop, &counters))
+                .spawn(move || {
+                    serve(
+                        socket,
+                        Loop {
+                            server,
+                            store,
+                            index: &index,
+                            events,
+                            stop: &stop,
+                            counters: &counters,
+                            released_ports: &forget,
+                        },
+                    )
+                })
                 .map_err(|source| ServiceError::Socket {
                     interface: config.interface.clone(),
                     port: config.port,
@@ -222,23 +287,55 @@ impl Drop for DhcpService {
     }
 }
 
-fn serve(
-    socket: UdpSocket,
-    mut server: DhcpServer,
-    mut store: LeaseStore,
-    index: &LeaseIndex,
+/// What the socket loop works with.
+struct Loop<'a> {
+    server: DhcpServer,
+    store: LeaseStore,
+    index: &'a LeaseIndex,
     events: mpsc::Sender<DhcpEvent>,
-    stop: &AtomicBool,
-    counters: &Mutex<DhcpCounters>,
-) -> Result<(), ServiceError> {
+    stop: &'a AtomicBool,
+    counters: &'a Mutex<DhcpCounters>,
+    released_ports: &'a PortReleases,
+}
+
+/// One datagram and where it came from.
+fn receive(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(Origin, Vec<u8>)> {
+    let got = metalmesh_packet_socket::marks::recv_marked(socket, buf)?;
+    let origin = Origin {
+        address: *got.from.ip(),
+        port: port_of_mark(got.mark),
+    };
+    Ok((origin, buf[..got.len.min(buf.len())].to_vec()))
+}
+
+fn serve(socket: UdpSocket, state: Loop<'_>) -> Result<(), ServiceError> {
+    let Loop {
+        mut server,
+        mut store,
+        index,
+        events,
+        stop,
+        counters,
+        released_ports,
+    } = state;
     let mut buf = vec![0u8; 2048];
-    let mut batch: Vec<(Ipv4Addr, Vec<u8>)> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<(Origin, Vec<u8>)> = Vec::with_capacity(BATCH);
     while !stop.load(Ordering::SeqCst) {
         batch.clear();
+        let ports = released_ports.take();
+        if !ports.is_empty() {
+            let writes: Vec<_> = ports.iter().flat_map(|p| server.forget_port(p)).collect();
+            if let Err(error) = store.commit(&writes) {
+                tracing::error!(%error, "cannot persist leases; not answering");
+                return Err(error.into());
+            }
+            index.apply(&writes);
+            tracing::info!(ports = ?ports, leases = writes.len(), "leases untied from their ports");
+        }
         // Block for the first datagram, then take whatever else is queued.
         socket.set_nonblocking(false).ok();
-        match socket.recv_from(&mut buf) {
-            Ok((n, from)) => batch.push((source_v4(from), buf[..n].to_vec())),
+        match receive(&socket, &mut buf) {
+            Ok(received) => batch.push(received),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -254,16 +351,16 @@ fn serve(
         }
         socket.set_nonblocking(true).ok();
         while batch.len() < BATCH {
-            match socket.recv_from(&mut buf) {
-                Ok((n, from)) => batch.push((source_v4(from), buf[..n].to_vec())),
+            match receive(&socket, &mut buf) {
+                Ok(received) => batch.push(received),
                 Err(_) => break,
             }
         }
         let now = now_ms();
         let mut writes = Vec::new();
         let mut replies = Vec::new();
-        for (source, datagram) in &batch {
-            let outcome = server.handle(now, *source, datagram);
+        for (origin, datagram) in &batch {
+            let outcome = server.handle(now, origin, datagram);
             writes.extend(outcome.writes);
             replies.extend(outcome.replies);
             for event in outcome.events {
@@ -290,14 +387,6 @@ fn serve(
         }
     }
     Ok(())
-}
-
-/// The IPv4 address a datagram came from (the socket is IPv4 only).
-fn source_v4(from: SocketAddr) -> Ipv4Addr {
-    match from {
-        SocketAddr::V4(v4) => *v4.ip(),
-        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
-    }
 }
 
 /// Reads the leases of a store file beside its running server (admin API,
@@ -328,6 +417,7 @@ mod tests {
             client_kind: ClientKind::Plain,
             hostname: None,
             updated: 0,
+            port: None,
         }
     }
 

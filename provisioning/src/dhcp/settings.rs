@@ -36,6 +36,11 @@ pub struct DhcpSettings {
     pub decline_quarantine_secs: u32,
     /// Requests accepted per MAC per second (bursts of twice that pass).
     pub requests_per_mac_per_sec: u32,
+    /// Requests accepted per bridge port per second (bursts of twice that
+    /// pass): a client chooses its MAC, not its port.
+    pub requests_per_port_per_sec: u32,
+    /// Addresses (leases and outstanding offers) one bridge port may hold.
+    pub leases_per_port: u32,
     pub boot: BootFiles,
 }
 
@@ -56,7 +61,9 @@ pub enum SettingsError {
     LeaseTime(u32),
     #[error("boot file name or URL `{0}` is longer than the 127 bytes DHCP can carry")]
     BootName(String),
-    #[error("requests_per_mac_per_sec must be at least 1")]
+    #[error("leases_per_port must be at least 1")]
+    PortQuota,
+    #[error("requests_per_mac_per_sec and requests_per_port_per_sec must be at least 1")]
     RateLimit,
 }
 
@@ -114,8 +121,11 @@ impl DhcpSettings {
         if !(60..=31_536_000).contains(&self.lease_secs) {
             return Err(SettingsError::LeaseTime(self.lease_secs));
         }
-        if self.requests_per_mac_per_sec == 0 {
+        if self.requests_per_mac_per_sec == 0 || self.requests_per_port_per_sec == 0 {
             return Err(SettingsError::RateLimit);
+        }
+        if self.leases_per_port == 0 {
+            return Err(SettingsError::PortQuota);
         }
         let ipxe_script = format!("{}/ipxe/00-00-00-00-00-00", self.boot.http_base);
         for name in [
@@ -157,6 +167,8 @@ pub(crate) fn example() -> DhcpSettings {
         offer_hold_secs: 30,
         decline_quarantine_secs: 600,
         requests_per_mac_per_sec: 20,
+        requests_per_port_per_sec: 40,
+        leases_per_port: 2,
         boot: BootFiles {
             bios: "undionly.kpxe".into(),
             uefi_x64: "ipxe.efi".into(),

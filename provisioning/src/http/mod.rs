@@ -178,6 +178,39 @@ async fn tenant_gateway_serves_phone_home_only(request: Request, next: Next) -> 
 pub async fn serve(config: HttpBootConfig, cancel: CancellationToken) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %config.listen, root = %config.root.display(), "HTTP boot server running");
+    serve_listener(listener, config, cancel).await
+}
+
+/// Serves phone-home on the tenant gateway inside one VRF device
+/// (VRF-device mode): a socket in the default VRF does not see connections
+/// that arrive in a tenant VRF, so each tenant VRF gets its own listener,
+/// bound to the VRF and to the gateway address. Fails when the VRF device
+/// does not exist (yet).
+pub async fn serve_in_vrf(
+    config: HttpBootConfig,
+    vrf: &str,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let address = SocketAddr::new(TENANT_GATEWAY.into(), config.listen.port());
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind_device(Some(vrf.as_bytes()))?;
+    // The gateway address appears with the VRF's first routed port.
+    socket.set_freebind_v4(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(128)?;
+    socket.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(socket.into())?;
+    tracing::info!(%vrf, listen = %address, "phone-home listener in tenant VRF running");
+    serve_listener(listener, config, cancel).await
+}
+
+async fn serve_listener(
+    listener: tokio::net::TcpListener,
+    config: HttpBootConfig,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
     let mut make_service = router(&config).into_make_service_with_connect_info::<SocketAddr>();
     let mut connections = tokio::task::JoinSet::new();
     let open = crate::per_source::OpenPerSource::default();

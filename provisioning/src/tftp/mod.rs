@@ -2,6 +2,7 @@
 
 pub mod packet;
 pub mod service;
+pub mod window;
 
 pub use packet::Packet;
 pub use service::{TftpConfig, TftpCounters, serve};

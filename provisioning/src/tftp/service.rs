@@ -16,14 +16,14 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::packet::{Packet, code};
+use super::window::{Ack, Window};
 use crate::root::{PathError, resolve};
 
 const DEFAULT_BLKSIZE: usize = 512;
 const MAX_BLKSIZE: usize = 65464;
 const MAX_WINDOW: u16 = 64;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Retransmissions of one window before the transfer is abandoned.
-const MAX_RETRIES: u32 = 6;
+use super::window::MAX_RETRIES;
 
 #[derive(Debug, Clone)]
 pub struct TftpConfig {
@@ -311,24 +311,16 @@ async fn transfer(
             ));
         }
     }
-    // Blocks are numbered from 1; the last one is shorter than blksize (maybe empty).
-    let blocks = size / n.blksize as u64 + 1;
-    let mut acked: u64 = 0;
-    let mut retries = 0;
-    // RFC 7440: a client that missed a block of a window ACKs the last one
-    // it got in order (maybe the window's base): resend at once, once per
-    // window (more would be the Sorcerer's Apprentice again).
-    let mut gap_reported = false;
+    let mut window = Window::new(size, n.blksize, n.windowsize);
     let mut data = vec![0u8; n.blksize];
-    while acked < blocks {
-        let window_end = (acked + u64::from(n.windowsize)).min(blocks);
-        for block in acked + 1..=window_end {
+    while !window.is_done() {
+        for block in window.to_send() {
             let offset = (block - 1) * n.blksize as u64;
             let len = (size.saturating_sub(offset)).min(n.blksize as u64) as usize;
             file.read_exact_at(&mut data[..len], offset)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             let packet = Packet::Data {
-                block: block as u16,
+                block: Window::wire(block),
                 data: data[..len].to_vec(),
             }
             .encode();
@@ -338,28 +330,22 @@ async fn transfer(
                 .map_err(|e| e.to_string())?;
             counters.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
         }
-        // The ACK names a block by its low 16 bits; map it back into the
-        // window. Stale and duplicate ACKs are ignored, not answered with
-        // the window again: resending on them would send every later block
-        // twice (the Sorcerer's Apprentice, RFC 1123 4.2.3.1), and a peer
-        // repeating old ACKs must not keep the transfer alive.
-        let base = acked;
-        let gap_report_allowed = n.windowsize > 1 && !gap_reported;
-        let in_window = |wire: u16| {
-            let delta = u64::from(wire.wrapping_sub(base as u16));
-            (delta >= 1 && delta <= window_end - base) || (delta == 0 && gap_report_allowed)
-        };
+        // ACKs the window does not accept (stale, duplicate) are ignored,
+        // not answered with the window again: resending on them would send
+        // every later block twice, and a peer repeating old ACKs must not
+        // keep the transfer alive.
         let deadline = tokio::time::Instant::now() + n.timeout;
-        match wait_ack(socket, peer, &mut buf, deadline, in_window).await? {
-            Some(wire) if wire == base as u16 => gap_reported = true,
+        match wait_ack(socket, peer, &mut buf, deadline, |wire| {
+            window.accepts(wire)
+        })
+        .await?
+        {
             Some(wire) => {
-                acked += u64::from(wire.wrapping_sub(acked as u16));
-                retries = 0;
-                gap_reported = false;
+                let outcome = window.on_ack(wire);
+                debug_assert_ne!(outcome, Ack::Ignored);
             }
             None => {
-                retries += 1;
-                if retries > MAX_RETRIES {
+                if !window.on_timeout() {
                     return Err(Failure::Failed(format!(
                         "{filename}: client stopped acknowledging"
                     )));

@@ -4,6 +4,11 @@
 //! flight, as fast as the server answers, for a fixed time. Packets are
 //! patched templates, so the generator spends little CPU per exchange and
 //! the server, not the client, is what gets measured.
+//!
+//! It also checks what it was given: every ACK must name the client and the
+//! address of its own exchange (`mismatched` otherwise), and no address may
+//! be acknowledged to two clients in one run (`duplicates`); the summary
+//! line prints both.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -87,6 +92,8 @@ struct Flight {
     mac: [u8; 6],
     started: Instant,
     requested: bool,
+    /// The address offered and requested.
+    offered: [u8; 4],
 }
 
 fn main() -> ExitCode {
@@ -111,6 +118,9 @@ fn run(args: &Args) -> std::io::Result<()> {
     let mut flights: HashMap<u32, Flight> = HashMap::with_capacity(args.window * 2);
     let (mut xid, mut next_client) = (1u32, 0u32);
     let (mut acks, mut naks, mut lost, mut sent) = (0u64, 0u64, 0u64, 0u64);
+    let (mut mismatched, mut duplicates) = (0u64, 0u64);
+    // Who each acknowledged address went to.
+    let mut holders: HashMap<[u8; 4], [u8; 6]> = HashMap::new();
     let mut buf = [0u8; 1500];
     let mut out = discover.clone();
     let started = Instant::now();
@@ -139,6 +149,7 @@ fn run(args: &Args) -> std::io::Result<()> {
                     mac,
                     started: Instant::now(),
                     requested: false,
+                    offered: [0; 4],
                 },
             );
             xid = xid.wrapping_add(1);
@@ -160,14 +171,24 @@ fn run(args: &Args) -> std::io::Result<()> {
                         req[CHADDR].copy_from_slice(&flight.mac);
                         if let Some(yiaddr) = reply.get(YIADDR) {
                             req[requested_at..requested_at + 4].copy_from_slice(yiaddr);
+                            flight.offered.copy_from_slice(yiaddr);
                         }
                         flight.requested = true;
                         socket.send_to(&req, server)?;
                         sent += 1;
                     }
-                    (Some(5), Some(_)) => {
+                    (Some(5), Some(flight)) if flight.requested => {
+                        let (mac, offered) = (flight.mac, flight.offered);
                         flights.remove(&id);
                         acks += 1;
+                        let yiaddr: Option<[u8; 4]> =
+                            reply.get(YIADDR).and_then(|b| b.try_into().ok());
+                        let chaddr = reply.get(CHADDR);
+                        if yiaddr != Some(offered) || chaddr != Some(&mac[..]) {
+                            mismatched += 1;
+                        } else if holders.insert(offered, mac).is_some_and(|m| m != mac) {
+                            duplicates += 1;
+                        }
                     }
                     (Some(6), Some(_)) => {
                         flights.remove(&id);
@@ -193,7 +214,8 @@ fn run(args: &Args) -> std::io::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     println!(
-        "acks={acks} naks={naks} lost={lost} sent={sent} seconds={elapsed:.2} rate={:.0}",
+        "acks={acks} naks={naks} lost={lost} sent={sent} clients={} mismatched={mismatched} duplicates={duplicates} seconds={elapsed:.2} rate={:.0}",
+        holders.len(),
         acks as f64 / elapsed
     );
     Ok(())
