@@ -306,9 +306,27 @@ fn a_hundred_concurrent_allocations_share_fifty_machines_exactly() {
     });
     let (won, lost): (Vec<&Output>, Vec<&Output>) =
         outcomes.iter().partition(|out| out.status.success());
-    assert_eq!(won.len(), 50, "{} allocations succeeded", won.len());
     let api_log =
         std::fs::read_to_string(run_dir.join("nodes/api/api/api.log")).unwrap_or_default();
+    if won.len() != 50 {
+        // Why the others lost, grouped by answer, and what the API did.
+        let mut reasons: std::collections::BTreeMap<String, usize> = Default::default();
+        for out in &lost {
+            *reasons
+                .entry(String::from_utf8_lossy(&out.stderr).trim().to_string())
+                .or_default() += 1;
+        }
+        let notable: Vec<&str> = api_log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("refused"))
+            .take(80)
+            .collect();
+        panic!(
+            "{} allocations succeeded; the others were answered {reasons:#?}\nAPI log:\n{}",
+            won.len(),
+            notable.join("\n")
+        );
+    }
     for out in &lost {
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !stderr.contains("no machine available") {

@@ -116,28 +116,29 @@ fn one_machine_registers_installs_phones_home_and_is_reclaimed() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Two allocations of the same machine at once: exactly one wins.
+    // The same allocation twice at once (a caller retrying after a lost
+    // answer): one commit, both told so. A different one is refused.
     let (first, second) = std::thread::scope(|scope| {
         let a = scope.spawn(|| allocate(&guard, &id, "10.0.1.11", "web-1"));
         let b = scope.spawn(|| allocate(&guard, &id, "10.0.1.11", "web-1"));
         (a.join().unwrap(), b.join().unwrap())
     });
-    assert!(
-        first.status.success() ^ second.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&first.stderr),
-        String::from_utf8_lossy(&second.stderr)
-    );
-    let refused = if first.status.success() {
-        &second
-    } else {
-        &first
-    };
+    ok(&first);
+    ok(&second);
+    let refused = allocate(&guard, &id, "10.0.1.12", "web-2");
+    assert!(!refused.status.success());
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("already allocated"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+    for out in [&first, &second] {
+        let told = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            told.contains("web-1") && told.contains("10.0.1.11"),
+            "{told}"
+        );
+    }
 
     assert!(
         eventually(Duration::from_secs(40), || state(&guard, &id)

@@ -690,10 +690,20 @@ impl Replica for Store {
         let mut state = self.lock();
         let mut accepted = Vec::with_capacity(records.len());
         for record in records {
-            if record.origin == self.inner.origin && self.get_locked(&state, &record.id)?.is_some()
+            if record.origin == self.inner.origin
+                && let Some(held) = self.get_locked(&state, &record.id)?
             {
-                tracing::warn!(record = %record.id, origin = %record.origin,
-                    reason = "claims to be this node's record", "received record refused");
+                // This node's own record coming back (gossip echoes what
+                // it spread) is expected; one newer than this node ever
+                // wrote is not.
+                if record.version > held.version {
+                    tracing::warn!(record = %record.id, origin = %record.origin,
+                        version = record.version, held = held.version,
+                        reason = "claims to be a newer version of this node's record",
+                        "received record refused");
+                } else {
+                    tracing::trace!(record = %record.id, "own record echoed back");
+                }
                 continue;
             }
             accepted.push(record);

@@ -986,7 +986,13 @@ impl MachineCore {
             .machines
             .get(uuid)
             .ok_or_else(|| MachineError::NoSuchMachine(uuid.to_string()))?;
-        if machine.machine.allocation.is_some() {
+        if let Some(existing) = &machine.machine.allocation {
+            // The same request again is a retry of a caller whose answer was
+            // lost (the connection dropped after the commit): it gets the
+            // committed machine, not a refusal it would take for "not mine".
+            if existing.request == request {
+                return self.described(uuid, step.now);
+            }
             return Err(MachineError::AlreadyAllocated(uuid.to_string()));
         }
         if machine.lifecycle.state() != Some(EventKind::Waiting) {

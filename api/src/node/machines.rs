@@ -23,10 +23,11 @@ const FREE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Candidates tried per allocation before giving up.
 const MAX_CANDIDATES: usize = 8;
 /// Times a candidate is asked again while its leaf does not know the
-/// network yet or is not reachable (half a second apart).
-const NETWORK_ARRIVAL_TRIES: usize = 10;
-/// How long an allocation whose reply was lost waits for the machine's
-/// record to show whether its agent committed it.
+/// network yet, is not reachable, or its reply was lost (half a second
+/// apart).
+const ASK_AGAIN_TRIES: usize = 20;
+/// How long an allocation whose every reply was lost waits for the
+/// machine's record to show whether its agent committed it.
 const INTERRUPTED_WAIT: Duration = Duration::from_secs(10);
 /// Tags per allocation, and the longest tag.
 const MAX_TAGS: usize = 32;
@@ -417,17 +418,24 @@ impl Api {
             let body = serde_json::json!({ "uuid": uuid, "allocation": allocation });
             let mut answer = Err(MeshError::Stopped);
             // A network created a moment ago may not have reached the
-            // machine's leaf yet: its agent then knows no such VRF. And a
-            // leaf whose records are here may be briefly out of this node's
+            // machine's leaf yet: its agent then knows no such VRF. A leaf
+            // whose records are here may be briefly out of this node's
             // membership (just restarted, or suspected under load): the
-            // command did not reach it, so asking again is safe.
-            for _ in 0..NETWORK_ARRIVAL_TRIES {
+            // command did not reach it. And a reply lost with its
+            // connection (a member declared down closes it) is asked again
+            // with the same request: the agent answers a repeated request
+            // with the machine it committed, so asking again is safe.
+            for _ in 0..ASK_AGAIN_TRIES {
                 answer = self
                     .mesh
                     .request(switch, "machine.allocate", body.clone(), ALLOCATE_TIMEOUT)
                     .await;
                 match &answer {
-                    Err(MeshError::UnknownMember(_) | MeshError::Peer { .. }) => {
+                    Err(
+                        MeshError::UnknownMember(_)
+                        | MeshError::Peer { .. }
+                        | MeshError::Interrupted { .. },
+                    ) => {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                     Err(error) if error.to_string().contains("no VRF") => {
